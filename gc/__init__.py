@@ -1,0 +1,1 @@
+"""lpm's checkpoint store collector (imported as ``lpm_gc``: the built-in ``gc`` always wins)."""

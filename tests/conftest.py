@@ -1,0 +1,18 @@
+"""Shared fixtures: real directories, real archives, the real ``lpm`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+@pytest.fixture
+def kube_dir(tmp_path: Path) -> Path:
+    """A kubelet checkpoint directory as the kubelet makes it (0700)."""
+    path = tmp_path / "kubelet-checkpoints"
+    path.mkdir(mode=0o700)
+    return path
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"

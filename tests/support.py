@@ -1,0 +1,89 @@
+"""Helpers for tests: the real ``lpm`` command line, run as an operator runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def lpm(*args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``lpm`` command line as an operator would."""
+    result = subprocess.run([sys.executable, "-m", "watcher", *args], capture_output=True, text=True,
+                            timeout=timeout, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and result.returncode != 0:
+        raise AssertionError(f"lpm {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+class AgentProcess:
+    """``lpm agent --standalone`` as a real child process, its JSON log lines collected."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "watcher", "agent", "--standalone", *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines: list[dict] = []
+        self.raw: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self.raw.append(line)
+                try:
+                    self.lines.append(json.loads(line))
+                except json.JSONDecodeError:
+                    self.lines.append({"msg": "<not JSON>", "line": line})
+                self._changed.notify_all()
+
+    def logs(self, msg: str) -> list[dict]:
+        with self._changed:
+            return [line for line in self.lines if line.get("msg") == msg]
+
+    def wait_for(self, predicate: Callable[[list[dict]], bool], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self.lines):
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None and not self._reader.is_alive():
+                    raise AssertionError("agent never logged what was awaited; its log:\n" + "".join(self.raw))
+                self._changed.wait(min(left, 0.2))
+
+    def wait_logged(self, msg: str, count: int = 1, timeout: float = 30) -> list[dict]:
+        self.wait_for(lambda lines: sum(1 for line in lines if line.get("msg") == msg) >= count, timeout)
+        return self.logs(msg)
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, float]:
+        """Signal the agent; returns (exit code, seconds it took to exit)."""
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=30)
+        elapsed = time.monotonic() - started
+        self._reader.join(timeout=5)
+        return code, elapsed
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self._reader.join(timeout=5)
+
+    def __enter__(self) -> "AgentProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.kill()

@@ -1,0 +1,74 @@
+"""The ``lpm`` command line exactly as other tools call it."""
+
+import json
+
+from tests.archives import ArchiveSpec, Pod, make_archive
+from tests.support import lpm
+
+
+def test_ingest_prints_uri_and_ls_json_lists_it(kube_dir, store):
+    archive = make_archive(kube_dir, ArchiveSpec(memory=1 << 20))
+    result = lpm("ingest", str(archive), "--store", str(store), "--node", "node-a", "--target-node", "node-b",
+                 check=True)
+    uri = result.stdout.strip()
+    assert uri.startswith(f"shared://{Pod().uid}/") and uri.endswith("/cart-api/dump.tar.zst")
+    listed = [json.loads(line) for line in lpm("store", "ls", "--store", str(store), "--json",
+                                               check=True).stdout.splitlines()]
+    assert listed == [{
+        "podUID": Pod().uid, "podNamespace": "shop-prod", "podName": "cart-7d9f8-x2x4z",
+        "checkpointID": uri.split("/")[3], "containers": ["cart-api"], "creationTime": "2026-11-25T10:11:12Z",
+        "targetNode": "node-b", "artifactURIs": {"cart-api": uri},
+    }]
+    # Ingesting the same archive again prints the same URI and adds nothing.
+    assert lpm("ingest", str(archive), "--store", str(store), "--node", "node-a", check=True).stdout.strip() == uri
+    assert len(lpm("store", "ls", "--store", str(store), "--json").stdout.splitlines()) == 1
+
+
+def test_get_writes_the_original_archive(kube_dir, store, tmp_path):
+    archive = make_archive(kube_dir, ArchiveSpec(memory=1 << 20))
+    uri = lpm("ingest", str(archive), "--store", str(store), "--node", "node-a", check=True).stdout.strip()
+    out = tmp_path / "restored.tar"
+    lpm("store", "get", uri, "--store", str(store), "-o", str(out), check=True)
+    assert out.read_bytes() == archive.read_bytes()
+
+
+def _fails_cleanly(result, out, *words):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(word in lines[0] for word in words), result.stderr
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))
+
+
+def test_get_refuses_unsafe_unknown_incomplete_and_corrupt(kube_dir, store, tmp_path):
+    archive = make_archive(kube_dir)
+    uri = lpm("ingest", str(archive), "--store", str(store), "--node", "node-a", check=True).stdout.strip()
+    out = tmp_path / "out.tar"
+    _, _, uid, cid, container, _ = uri.split("/")
+    _fails_cleanly(lpm("store", "get", f"shared://{uid}/../{container}/dump.tar.zst", "--store", str(store), "-o",
+                       str(out)), out, "unsafe", "checkpoint ID")
+    _fails_cleanly(lpm("store", "get", "file:///etc/passwd", "--store", str(store), "-o", str(out)), out,
+                   "scheme file://")
+    _fails_cleanly(lpm("store", "get", uri.replace(cid, "20200101T000000Z-00000000"), "--store", str(store),
+                       "-o", str(out)), out, "does not exist")
+    dump = store / uid / cid / container / "dump.tar.zst"
+    data = bytearray(dump.read_bytes())
+    data[-20] ^= 0xFF
+    dump.write_bytes(bytes(data))
+    _fails_cleanly(lpm("store", "get", uri, "--store", str(store), "-o", str(out)), out, uri)
+    (store / uid / cid / ".checkpoint-complete").unlink()
+    _fails_cleanly(lpm("store", "get", uri, "--store", str(store), "-o", str(out)), out, "incomplete")
+    assert lpm("store", "ls", "--store", str(store), "--json", check=True).stdout == ""
+
+
+def test_ingest_of_a_bad_archive_names_it_and_the_reason(kube_dir, store):
+    bad = kube_dir / "checkpoint-p_ns-c-2026-11-25T10:11:12Z.tar"
+    bad.write_bytes(b"this is not a tar archive" * 100)
+    result = lpm("ingest", str(bad), "--store", str(store), "--node", "node-a")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"lpm: archive {bad.name!r}: not a tar archive (bad header checksum)"]
+
+
+def test_ls_on_a_missing_store_is_an_error_not_a_new_directory(tmp_path):
+    result = lpm("store", "ls", "--store", str(tmp_path / "nope"))
+    assert result.returncode == 1 and "does not exist" in result.stderr
+    assert not (tmp_path / "nope").exists()

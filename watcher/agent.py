@@ -1,0 +1,115 @@
+"""The node agent's standalone mode: the kubelet checkpoint directory in, the store out.
+
+Composition only: the watcher decides when an archive is ready, the ingest service moves and
+commits it in a worker thread, and this module turns each outcome into one log line a
+person can act on, then tells the watcher what to do next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from watcher.errors import ArchiveChanged, ArchiveError, ArchiveIncomplete, Cancelled, LpmError
+from watcher.ingest import service
+from watcher.store import commit, fsio
+from watcher.store.ledger import ArchiveStamp
+from watcher.watch.dirwatch import WatchSettings, watch_directory
+from watcher.watch.stability import Outcome
+from watcher.zstream import CompressionSettings
+
+log = logging.getLogger("lpm.agent")
+
+STAGING_SWEEP_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class StandaloneConfig:
+    node: str
+    store: Path
+    watch: WatchSettings
+    compression: CompressionSettings = field(default_factory=CompressionSettings)
+    delete_ingested: bool = False
+    """Remove a kubelet archive once its stored copy is read back and verified."""
+
+
+class StandaloneAgent:
+    def __init__(self, config: StandaloneConfig) -> None:
+        self._config = config
+        self._root_fd = fsio.open_root(config.store, create=True)
+        self._cancel = threading.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self._config
+        log.info("agent starting", extra={"fields": {
+            "mode": "standalone", "node": cfg.node, "checkpointDir": str(cfg.watch.directory),
+            "store": str(cfg.store), "deleteIngested": cfg.delete_ingested,
+            "forcePolling": cfg.watch.force_polling}})
+        sweeper = asyncio.create_task(self._sweep_staging(stop), name="staging-sweeper")
+        try:
+            await watch_directory(cfg.watch, self._ingest, stop)
+        finally:
+            self._cancel.set()  # running ingests stop at their next chunk
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+            log.info("agent stopped", extra={"fields": {"node": cfg.node}})
+
+    async def _sweep_staging(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            removed = await asyncio.to_thread(commit.sweep_staging, self._root_fd, self._config.node,
+                                              STAGING_SWEEP_INTERVAL)
+            if removed:
+                log.info("removed abandoned staging files", extra={"fields": {"count": removed}})
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=STAGING_SWEEP_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _ingest(self, path: Path, stamp: ArchiveStamp) -> Outcome:
+        cfg = self._config
+        fields = {"archive": path.name, "bytes": stamp.size}
+        started = time.monotonic()
+        try:
+            result = await asyncio.to_thread(
+                service.ingest_archive, self._root_fd, path, cfg.node, cfg.compression, self._cancel,
+                datetime.now(timezone.utc))
+        except Cancelled:
+            return Outcome.STORE_TROUBLE
+        except (ArchiveIncomplete, ArchiveChanged) as err:
+            log.info("archive not finished yet; waiting for its writer",
+                     extra={"fields": {**fields, "reason": str(err)}})
+            return Outcome.INCOMPLETE
+        except ArchiveError as err:
+            log.error("archive refused", extra={"fields": {**fields, "reason": str(err)}})
+            return Outcome.REFUSED
+        except LpmError as err:
+            log.error("ingest failed", extra={"fields": {**fields, "reason": str(err)}})
+            return Outcome.STORE_TROUBLE
+        seconds = time.monotonic() - started
+        manifest = result.manifest
+        log.info("archive already in the store" if result.duplicate else "archive ingested",
+                 extra={"fields": {
+                     **fields, "podUID": manifest.pod_uid, "pod": f"{manifest.pod_namespace}/{manifest.pod_name}",
+                     "container": manifest.container_name, "checkpointID": manifest.checkpoint_id,
+                     "artifactURI": manifest.ref.uri, "compressedBytes": manifest.compressed_size,
+                     "seconds": round(seconds, 3),
+                     "mbPerSecond": round(stamp.size / seconds / 1e6, 1) if seconds > 0 else None}})
+        if cfg.delete_ingested:
+            await self._delete(path, fields)
+        return Outcome.DONE
+
+    async def _delete(self, path: Path, fields: dict[str, object]) -> None:
+        try:
+            await asyncio.to_thread(service.delete_verified, self._root_fd, path, self._config.node,
+                                    self._config.compression, self._cancel)
+        except Cancelled:
+            return
+        except LpmError as err:
+            log.error("kubelet archive kept: verification failed", extra={"fields": {**fields, "reason": str(err)}})
+            return
+        log.info("kubelet archive removed after verified ingest", extra={"fields": fields})

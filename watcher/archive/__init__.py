@@ -1,0 +1,1 @@
+"""Reading kubelet checkpoint archives: names, tar structure, identity."""

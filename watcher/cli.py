@@ -1,0 +1,175 @@
+"""``lpm``: the command line. Tests outside this repository rely on these flags exactly.
+
+    lpm agent --standalone --node NAME --checkpoint-dir DIR --store DIR [--delete-ingested] [--force-polling]
+    lpm ingest ARCHIVE --store DIR --node NAME [--target-node NAME]
+    lpm store ls --store DIR [--json]
+    lpm store get URI --store DIR -o FILE
+
+Errors end as one line on stderr naming the thing and the reason, and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from watcher import logs
+from watcher.agent import StandaloneAgent, StandaloneConfig
+from watcher.errors import LpmError
+from watcher.ingest import service
+from watcher.store import catalog, fsio, layout, retrieve
+from watcher.store.catalog import Checkpoint
+from watcher.watch.dirwatch import WatchSettings
+from watcher.zstream import CompressionSettings
+
+SHUTDOWN_GRACE = 4.0  # seconds; the contract is "exits 0 within 5 s of SIGTERM"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+def _compression_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = CompressionSettings()
+    parser.add_argument("--zstd-level", type=int, default=int(_env("LPM_ZSTD_LEVEL", str(defaults.level)) or 1),
+                        help=f"zstd level (default {defaults.level}; env LPM_ZSTD_LEVEL)")
+    parser.add_argument("--zstd-threads", type=int,
+                        default=int(_env("LPM_ZSTD_THREADS", str(defaults.threads)) or 0),
+                        help=f"zstd worker threads (default {defaults.threads}; env LPM_ZSTD_THREADS)")
+
+
+def _compression(args: argparse.Namespace) -> CompressionSettings:
+    return CompressionSettings(level=args.zstd_level, threads=args.zstd_threads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lpm", description="live pod migration: checkpoint storage and transport")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    agent = commands.add_parser("agent", help="run the node agent until SIGINT/SIGTERM")
+    agent.add_argument("--standalone", action="store_true",
+                       help="no cluster: ingest the kubelet checkpoint directory into the store")
+    agent.add_argument("--node", default=_env("LPM_NODE_NAME"), help="this node's name (env LPM_NODE_NAME)")
+    agent.add_argument("--checkpoint-dir", type=Path,
+                       default=Path(_env("LPM_CHECKPOINT_DIR", "/var/lib/kubelet/checkpoints") or ""),
+                       help="kubelet checkpoint directory (env LPM_CHECKPOINT_DIR)")
+    agent.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""),
+                       help="shared checkpoint store (env LPM_STORE)")
+    agent.add_argument("--delete-ingested", action="store_true",
+                       help="remove a kubelet archive after its stored copy is verified")
+    agent.add_argument("--force-polling", action="store_true",
+                       help="poll the checkpoint directory instead of inotify (network filesystems)")
+    agent.add_argument("--debounce", type=float, default=2.0,
+                       help="seconds an archive must be unchanged before it is read (default 2)")
+    _compression_flags(agent)
+
+    ingest = commands.add_parser("ingest", help="ingest one kubelet archive and print its artifact URI")
+    ingest.add_argument("archive", type=Path)
+    ingest.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
+    ingest.add_argument("--node", default=_env("LPM_NODE_NAME"))
+    ingest.add_argument("--target-node", default=None)
+    _compression_flags(ingest)
+
+    store = commands.add_parser("store", help="read the checkpoint store")
+    store_commands = store.add_subparsers(dest="store_command", required=True)
+    ls = store_commands.add_parser("ls", help="list complete checkpoints")
+    ls.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
+    ls.add_argument("--json", action="store_true", help="one JSON object per line per checkpoint")
+    get = store_commands.add_parser("get", help="write a checkpoint's original kubelet archive, verified")
+    get.add_argument("uri")
+    get.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
+    get.add_argument("-o", "--output", type=Path, required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup()
+    try:
+        if args.command == "agent":
+            return _agent(args)
+        if args.command == "ingest":
+            return _ingest(args)
+        if args.store_command == "ls":
+            return _ls(args)
+        return _get(args)
+    except LpmError as err:
+        print(f"lpm: {err}", file=sys.stderr)
+        return 1
+
+
+def _node(args: argparse.Namespace) -> str:
+    if not args.node:
+        raise LpmError("no node name: pass --node or set LPM_NODE_NAME")
+    return layout.node_name(args.node)
+
+
+def _agent(args: argparse.Namespace) -> int:
+    if not args.standalone:
+        raise LpmError("cluster mode is not built yet: run with --standalone")
+    config = StandaloneConfig(
+        node=_node(args),
+        store=args.store.resolve(),
+        watch=WatchSettings(directory=args.checkpoint_dir, debounce=args.debounce,
+                            force_polling=args.force_polling),
+        compression=_compression(args),
+        delete_ingested=args.delete_ingested,
+    )
+    return asyncio.run(_run_until_signal(StandaloneAgent(config)))
+
+
+async def _run_until_signal(agent: StandaloneAgent) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(agent.run(stop), name="agent")
+    await asyncio.wait([task, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # the agent ended on its own: that is an error worth its traceback
+        return 1
+    try:
+        await asyncio.wait_for(task, timeout=SHUTDOWN_GRACE)
+    except asyncio.TimeoutError:
+        logging.getLogger("lpm.agent").error("shutdown took too long; exiting anyway")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    node = _node(args)
+    target = layout.node_name(args.target_node) if args.target_node else None
+    root_fd = fsio.open_root(args.store.resolve(), create=True)
+    result = service.ingest_archive(root_fd, args.archive, node, _compression(args), threading.Event(),
+                                    datetime.now(timezone.utc), target_node=target)
+    print(result.manifest.ref.uri)
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    root_fd = fsio.open_root(args.store.resolve(), create=False)
+    for entry in catalog.scan(root_fd):
+        if not isinstance(entry, Checkpoint):
+            continue
+        summary = entry.summary()
+        if args.json:
+            print(json.dumps(summary, sort_keys=True))
+        else:
+            print(f"{summary['creationTime']}  {summary['podNamespace']}/{summary['podName']}  "
+                  f"{summary['podUID']}/{summary['checkpointID']}  {','.join(summary['containers'])}")
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    ref = layout.parse_uri(args.uri)
+    root_fd = fsio.open_root(args.store.resolve(), create=False)
+    retrieve.get(root_fd, ref, args.output, CompressionSettings(), threading.Event())
+    return 0

@@ -1,0 +1,50 @@
+"""lpm's own exception tree.
+
+Library and OS errors are mapped into these once, at the boundary where they happen, so
+callers decide on lpm's terms (retry? report? refuse?) and every message names the thing
+and the reason.
+"""
+
+
+class LpmError(Exception):
+    """Base of every error lpm reports to a person."""
+
+
+class UnsafeNameError(LpmError):
+    """A name, identity field or URI segment that could escape the store or confuse a path."""
+
+
+class ArchiveError(LpmError):
+    """A kubelet checkpoint archive that cannot be ingested as it is."""
+
+
+class ArchiveIncomplete(ArchiveError):
+    """The archive ends before its end-of-archive blocks: still being written, or truncated."""
+
+
+class ArchiveChanged(ArchiveError):
+    """The archive changed while it was being read: the writer had not finished."""
+
+
+class IdentityError(ArchiveError):
+    """The archive's Kubernetes identity is missing, malformed, conflicting or unsafe."""
+
+
+class StoreError(LpmError):
+    """The checkpoint store refused an operation (permissions, full disk, unsafe layout)."""
+
+
+class UnknownCheckpoint(StoreError):
+    """No such checkpoint or artifact in the store."""
+
+
+class IncompleteCheckpoint(StoreError):
+    """The checkpoint has no completion marker, or the marker lists containers that are not there."""
+
+
+class ChecksumMismatch(StoreError):
+    """Stored bytes do not hash to what the manifest recorded."""
+
+
+class Cancelled(LpmError):
+    """A blocking operation stopped because the agent is shutting down."""

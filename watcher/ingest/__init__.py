@@ -1,0 +1,1 @@
+"""Turning kubelet archives into committed checkpoints."""

@@ -1,0 +1,230 @@
+"""Ingesting kubelet archives: stage (one pass), identify, commit, record.
+
+Blocking functions, run by the agent in a worker thread. The steps are separate so cluster
+mode can stage every container of a pod first and commit them under one checkpoint ID; the
+standalone path (``ingest_archive``) is the same steps for a one-container checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+from watcher.archive import names
+from watcher.archive.identity import ArchiveIdentity, Identity, identify
+from watcher.archive.tarscan import TarScanner
+from watcher.errors import ArchiveChanged, ArchiveError, StoreError
+from watcher.store import catalog, commit, fsio, layout, retrieve
+from watcher.store.ledger import ArchiveStamp, Ledger, LedgerRecord
+from watcher.store.manifest import Manifest
+from watcher.zstream import CompressionSettings, StreamDigest, compress_stream
+
+_CAPTURED = frozenset({"spec.dump", "config.dump"})
+
+
+@dataclass
+class StagedArchive:
+    archive: names.ArchiveName
+    stamp: ArchiveStamp
+    identity: ArchiveIdentity
+    digest: StreamDigest
+    dump_name: str
+    """The fsynced dump's temp name in this node's staging directory."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    manifest: Manifest
+    duplicate: bool
+    """True when the archive was already in the store and nothing new was written."""
+
+
+def open_archive(path: Path) -> tuple[int, ArchiveStamp]:
+    """Open a kubelet archive without following links; only regular files are archives."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        raise ArchiveError(f"archive {str(path)!r}: cannot open ({err.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ArchiveError(f"archive {str(path)!r}: not a regular file")
+    return fd, ArchiveStamp(path.name, info.st_size, info.st_mtime_ns)
+
+
+def stamp_of(path: Path) -> ArchiveStamp | None:
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return ArchiveStamp(path.name, info.st_size, info.st_mtime_ns)
+
+
+def stage_archive(
+    root_fd: int,
+    path: Path,
+    node: str,
+    hint: Identity | None,
+    settings: CompressionSettings,
+    cancel: threading.Event,
+) -> StagedArchive:
+    """Read the archive once: check its tar structure, compress and hash it into staging.
+
+    Raises ArchiveIncomplete when it ends before its end-of-archive blocks, ArchiveChanged
+    when it grew or was replaced meanwhile (its writer was not done), and ArchiveError or
+    IdentityError when it can never be ingested. Nothing is left in staging on failure.
+    """
+    archive = names.parse(path.name)
+    label = repr(path.name)
+    src, stamp = open_archive(path)
+    try:
+        with commit.staging(root_fd, node) as staging_fd:
+            dst, temp = fsio.create_temp(staging_fd, layout.DUMP_FILE, "store staging")
+            try:
+                scanner = TarScanner(_CAPTURED, label)
+                try:
+                    with fsio.os_errors(f"ingest of {label} into the store"):
+                        digest = compress_stream(src, dst, scanner.feed, settings, cancel, label)
+                finally:
+                    os.close(dst)
+                scan = scanner.finish()
+                _check_unchanged(path, src, stamp, digest)
+                identity = identify(scan.captured.get("spec.dump"), archive, scan.top_level, hint)
+            except BaseException:
+                fsio.discard(staging_fd, temp)
+                raise
+    finally:
+        os.close(src)
+    return StagedArchive(archive, stamp, identity, digest, temp)
+
+
+def _check_unchanged(path: Path, src: int, stamp: ArchiveStamp, digest: StreamDigest) -> None:
+    after = os.fstat(src)
+    now = stamp_of(path)
+    if (
+        digest.raw_size != stamp.size
+        or (after.st_size, after.st_mtime_ns) != (stamp.size, stamp.mtime_ns)
+        or now != stamp
+    ):
+        raise ArchiveChanged(f"archive {path.name!r}: changed while it was read (its writer is not done)")
+
+
+def commit_staged(
+    root_fd: int,
+    node: str,
+    staged: Sequence[StagedArchive],
+    target_node: str | None,
+    now: datetime,
+) -> list[IngestResult]:
+    """Commit staged archives of one pod as ONE checkpoint, marker last; record them in the ledger."""
+    uids = {s.identity.identity.pod_uid for s in staged}
+    containers = [s.identity.identity.container for s in staged]
+    if len(uids) != 1 or len(set(containers)) != len(containers):
+        raise ArchiveError("one checkpoint takes one archive per container of one pod")
+    uid = uids.pop()
+    cid = layout.make_checkpoint_id(uid, [s.archive.file_name for s in staged],
+                                    min(s.archive.taken_at for s in staged))
+    with commit.staging(root_fd, node) as staging_fd:
+        try:
+            if commit.marker_exists(root_fd, uid, cid):
+                results = [IngestResult(_committed(root_fd, uid, cid, c), True) for c in containers]
+            else:
+                results = []
+                for item in staged:
+                    manifest = _manifest(item, cid, node, target_node)
+                    commit.commit_container(root_fd, staging_fd, item.dump_name, manifest)
+                    results.append(IngestResult(manifest, False))
+                commit.complete(root_fd, uid, cid, containers, now, target_node)
+        finally:
+            # Staged dumps not moved into place (a duplicate, or a failure part-way) must
+            # not pile up. A partial checkpoint stays invisible without its marker, and a
+            # retry lands on the same ID and overwrites it.
+            for item in staged:
+                fsio.discard(staging_fd, item.dump_name)
+    ledger = Ledger(root_fd, node)
+    for item in staged:
+        ledger.record(LedgerRecord(item.stamp, uid, cid, item.identity.identity.container, verified=False))
+    return results
+
+
+def _committed(root_fd: int, uid: str, cid: str, container: str) -> Manifest:
+    return catalog.find(root_fd, layout.ArtifactRef(uid, cid, container))[1]
+
+
+def _manifest(item: StagedArchive, cid: str, node: str, target_node: str | None) -> Manifest:
+    who = item.identity.identity
+    return Manifest(
+        pod_uid=who.pod_uid,
+        pod_namespace=who.namespace,
+        pod_name=who.pod_name,
+        container_name=who.container,
+        checkpoint_id=cid,
+        creation_time=item.archive.taken_at,
+        source_node=node,
+        target_node=target_node,
+        runtime=item.identity.runtime,
+        kubelet_archive=item.archive.file_name,
+        checksum_sha256=item.digest.compressed_sha256,
+        compressed_size=item.digest.compressed_size,
+        uncompressed_sha256=item.digest.raw_sha256,
+        uncompressed_size=item.digest.raw_size,
+    )
+
+
+def already_ingested(root_fd: int, node: str, path: Path) -> IngestResult | None:
+    """The committed checkpoint of this exact archive version, if the ledger has one."""
+    record = Ledger(root_fd, node).lookup(path.name)
+    if record is None or record.stamp != stamp_of(path):
+        return None
+    try:
+        return IngestResult(catalog.find(root_fd, record.ref)[1], True)
+    except StoreError:
+        return None  # the collector removed it, or it was damaged: ingest it afresh
+
+
+def ingest_archive(
+    root_fd: int,
+    path: Path,
+    node: str,
+    settings: CompressionSettings,
+    cancel: threading.Event,
+    now: datetime,
+    target_node: str | None = None,
+    hint: Identity | None = None,
+) -> IngestResult:
+    """Ingest one archive as a one-container checkpoint; idempotent."""
+    known = already_ingested(root_fd, node, path)
+    if known is not None:
+        return known
+    staged = stage_archive(root_fd, path, node, hint, settings, cancel)
+    return commit_staged(root_fd, node, [staged], target_node, now)[0]
+
+
+def delete_verified(
+    root_fd: int, path: Path, node: str, settings: CompressionSettings, cancel: threading.Event
+) -> Manifest:
+    """Remove a kubelet archive after proving the store holds its exact bytes.
+
+    The stored dump is read back and both SHA-256 sums checked, and the archive must be
+    the very version that was ingested (size and mtime): it holds process memory, so it is
+    removed only when the store's copy is known good.
+    """
+    record = Ledger(root_fd, node).lookup(path.name)
+    if record is None or record.stamp != stamp_of(path):
+        raise StoreError(f"archive {path.name!r}: not ingested in this version, kept")
+    manifest = retrieve.verify(root_fd, record.ref, settings, cancel)
+    if manifest.uncompressed_size != record.stamp.size:
+        raise StoreError(f"archive {path.name!r}: stored copy has another size, kept")
+    Ledger(root_fd, node).record(
+        LedgerRecord(record.stamp, record.pod_uid, record.checkpoint_id, record.container, verified=True)
+    )
+    if stamp_of(path) != record.stamp:
+        raise StoreError(f"archive {path.name!r}: changed during verification, kept")
+    with fsio.os_errors(f"archive {path.name!r}: remove after verified ingest"):
+        os.unlink(path)
+    return manifest

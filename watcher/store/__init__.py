@@ -1,0 +1,1 @@
+"""The shared checkpoint store: layout, commit protocol, catalog, retrieval."""

@@ -1,0 +1,210 @@
+"""Filesystem primitives for the store: no symlinks followed, durable commits, 0700/0600.
+
+Every path below the store root is walked one segment at a time with ``O_NOFOLLOW`` and
+directory file descriptors, so a symlink planted anywhere in the store (by a hostile pod
+name, a confused operator or another node) is refused instead of followed out of it. The
+root itself is resolved once by the caller: operators may mount the volume through a link.
+
+Durability follows the commit protocol in ARCHITECTURE.md: write a temp file under a
+dot-name readers ignore, fsync it, rename it into place, fsync the directory. A directory
+made here is fsynced into its parent, so a crash cannot leave a committed file whose
+directory entry was never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from watcher.errors import StoreError, UnknownCheckpoint, UnsafeNameError
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@contextlib.contextmanager
+def os_errors(what: str) -> Iterator[None]:
+    """Map OSError into StoreError once, naming the thing and the reason."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreError(f"{what}: no space left on the store's filesystem") from err
+        if err.errno == errno.ELOOP:
+            raise UnsafeNameError(f"{what}: is a symlink, refused") from err
+        raise StoreError(f"{what}: {err.strerror or err}") from err
+
+
+def open_root(path: Path, *, create: bool) -> int:
+    """Open the store root; writers create it (0700), readers require it."""
+    with os_errors(f"store {path}"):
+        if create:
+            path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        elif not path.is_dir():
+            raise StoreError(f"store {path}: does not exist or is not a directory")
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def open_dir(root_fd: int, segments: Sequence[str], *, create: bool, where: str) -> int:
+    """Open ``root/segments...`` as a directory fd without following any symlink.
+
+    With ``create``, missing directories are made 0700 and fsynced into their parent.
+    Without it, a missing segment is UnknownCheckpoint.
+    """
+    fd = os.dup(root_fd)
+    try:
+        for segment in segments:
+            with os_errors(f"{where}: {segment}"):
+                try:
+                    child = os.open(segment, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise UnknownCheckpoint(f"{where}: {segment} does not exist") from None
+                    child = _make_dir(fd, segment)
+                except NotADirectoryError:
+                    # O_NOFOLLOW|O_DIRECTORY reports a symlink to a directory as ENOTDIR.
+                    kind = "a symlink" if _is_link(fd, segment) else "not a directory"
+                    raise UnsafeNameError(f"{where}: {segment} is {kind}, refused") from None
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _make_dir(parent_fd: int, name: str) -> int:
+    try:
+        os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
+    except FileExistsError:
+        made = False  # another writer (or node) made it between our open and mkdir
+    else:
+        made = True
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    if made:
+        # mkdir honours the umask; the mode is a security property, so set it outright.
+        os.fchmod(fd, DIR_MODE)
+        os.fsync(parent_fd)
+    return fd
+
+
+def _is_link(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def temp_name(final: str) -> str:
+    """A dot-name for a file on its way to ``final``; readers and listings skip dot-names."""
+    return f".{final}.tmp-{secrets.token_hex(6)}"
+
+
+def create_temp(dir_fd: int, final: str, where: str) -> tuple[int, str]:
+    """Create a fresh 0600 temp file beside ``final``; returns (fd, temp name)."""
+    name = temp_name(final)
+    with os_errors(f"{where}: create {name}"):
+        fd = os.open(
+            name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            FILE_MODE,
+            dir_fd=dir_fd,
+        )
+        os.fchmod(fd, FILE_MODE)  # the umask must not widen or narrow what a dump is
+    return fd, name
+
+
+def publish(dir_fd: int, temp: str, final: str, where: str) -> None:
+    """Rename an fsynced temp file into place and make the rename durable."""
+    with os_errors(f"{where}: rename {temp} to {final}"):
+        os.rename(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+
+
+def discard(dir_fd: int, name: str) -> None:
+    """Best-effort removal of a temp file after a failure; the failure is what gets reported."""
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def write_atomic(dir_fd: int, final: str, data: bytes, where: str) -> None:
+    fd, temp = create_temp(dir_fd, final, where)
+    try:
+        with os_errors(f"{where}: write {final}"):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        discard(dir_fd, temp)
+        raise
+    os.close(fd)
+    try:
+        publish(dir_fd, temp, final, where)
+    except BaseException:
+        discard(dir_fd, temp)
+        raise
+
+
+def open_regular(dir_fd: int, name: str, where: str) -> int:
+    """Open an existing regular file for reading, refusing symlinks and special files."""
+    with os_errors(f"{where}: {name}"):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise UnknownCheckpoint(f"{where}: {name} does not exist") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafeNameError(f"{where}: {name} is not a regular file, refused")
+    return fd
+
+
+def read_small(dir_fd: int, name: str, cap: int, where: str) -> bytes:
+    """Read a small file whole, refusing one larger than ``cap`` bytes."""
+    fd = open_regular(dir_fd, name, where)
+    try:
+        with os_errors(f"{where}: read {name}"):
+            data = os.read(fd, cap + 1)
+            chunks = [data]
+            while data and sum(map(len, chunks)) <= cap:
+                data = os.read(fd, cap + 1)
+                chunks.append(data)
+    finally:
+        os.close(fd)
+    blob = b"".join(chunks)
+    if len(blob) > cap:
+        raise StoreError(f"{where}: {name} is larger than {cap} bytes, refused")
+    return blob
+
+
+def is_regular(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def list_dirs(dir_fd: int) -> list[str]:
+    """Visible subdirectories of an open directory, sorted, symlinks included.
+
+    Symlinks are listed so callers refuse them loudly (``open_dir`` will) instead of
+    passing over them in silence: a link in the store is something an operator must hear of.
+    """
+    names = []
+    for name in os.listdir(dir_fd):
+        if name.startswith("."):
+            continue
+        try:
+            mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            continue  # removed while we listed (the collector runs beside us)
+        if stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+            names.append(name)
+    return sorted(names)

@@ -1,0 +1,140 @@
+"""The store's names and addresses, as pure functions (ARCHITECTURE.md, "Store layout").
+
+    <store>/<podUID>/<checkpointID>/<container>/dump.tar.zst
+    <store>/<podUID>/<checkpointID>/<container>/manifest.json
+    <store>/<podUID>/<checkpointID>/.checkpoint-complete
+
+Every segment that ends up in a path passes one of the validators below first, so no
+identity read from an archive or URI taken from the API can name a place outside the store:
+``..``, ``/``, NUL, newlines, empty and absolute segments are refused by construction (the
+patterns admit none of them). Symlinks are the filesystem's business: see ``fsio``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterable
+
+from watcher.errors import UnsafeNameError
+
+DUMP_FILE = "dump.tar.zst"
+MANIFEST_FILE = "manifest.json"
+MARKER_FILE = ".checkpoint-complete"
+URI_SCHEME = "shared://"
+# Names that start with a dot are never pod UIDs, checkpoint IDs or containers, so the
+# store's own bookkeeping lives under them and every reader skips them.
+INGEST_LEDGER_DIR = ".ingest"
+COLLECTOR_DIR = ".gc"
+
+# A pod UID is a UUID in practice; admit what a path segment can safely hold.
+_POD_UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+# Container names and namespaces are DNS-1123 labels (Kubernetes validates them).
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Pod names are DNS-1123 subdomains. They never become path segments, but they are
+# printed and matched against file names, so they get the same strictness.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_CHECKPOINT_ID = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{8})$")
+_NODE_NAME = _DNS_SUBDOMAIN
+
+
+def _check(kind: str, value: object, pattern: re.Pattern[str], rule: str) -> str:
+    if not isinstance(value, str) or pattern.fullmatch(value) is None or ".." in value:
+        raise UnsafeNameError(f"unsafe {kind} {value!r}: must be {rule}")
+    return value
+
+
+def pod_uid(value: object) -> str:
+    return _check("pod UID", value, _POD_UID, "letters, digits, '-' or '_' (at most 128)")
+
+
+def container_name(value: object) -> str:
+    return _check("container name", value, _DNS_LABEL, "a DNS-1123 label")
+
+
+def namespace(value: object) -> str:
+    return _check("namespace", value, _DNS_LABEL, "a DNS-1123 label")
+
+
+def pod_name(value: object) -> str:
+    return _check("pod name", value, _DNS_SUBDOMAIN, "a DNS-1123 subdomain")
+
+
+def node_name(value: object) -> str:
+    return _check("node name", value, _NODE_NAME, "a DNS-1123 subdomain")
+
+
+def checkpoint_id(value: object) -> str:
+    return _check("checkpoint ID", value, _CHECKPOINT_ID, "YYYYMMDDTHHMMSSZ-xxxxxxxx")
+
+
+def make_checkpoint_id(uid: str, archive_names: Iterable[str], taken_at: datetime) -> str:
+    """The ID of the checkpoint made of these kubelet archives of pod ``uid``.
+
+    Deterministic in (pod UID, archive names), so re-ingesting the same archives after a
+    crash or restart lands on the same directory instead of a duplicate. The time prefix
+    (UTC, second precision) makes IDs sort by age for people and the collector.
+    """
+    names = sorted(set(archive_names))
+    if not names:
+        raise ValueError("a checkpoint needs at least one archive")
+    digest = hashlib.sha256("\0".join([pod_uid(uid), *names]).encode()).hexdigest()
+    stamp = taken_at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{digest[:8]}"
+
+
+def checkpoint_time(cid: str) -> datetime:
+    """The UTC time encoded in a checkpoint ID."""
+    match = _CHECKPOINT_ID.fullmatch(checkpoint_id(cid))
+    assert match is not None  # checkpoint_id() validated it
+    return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """One container's dump in the store, addressed by validated segments."""
+
+    pod_uid: str
+    checkpoint_id: str
+    container: str
+
+    def __post_init__(self) -> None:
+        pod_uid(self.pod_uid)
+        checkpoint_id(self.checkpoint_id)
+        container_name(self.container)
+
+    @property
+    def uri(self) -> str:
+        return f"{URI_SCHEME}{self.pod_uid}/{self.checkpoint_id}/{self.container}/{DUMP_FILE}"
+
+    @property
+    def segments(self) -> tuple[str, str, str]:
+        return (self.pod_uid, self.checkpoint_id, self.container)
+
+
+def parse_uri(uri: str) -> ArtifactRef:
+    """Parse ``shared://<podUID>/<checkpointID>/<container>/dump.tar.zst``.
+
+    Anything else is refused with the reason: another scheme, extra or missing segments,
+    or a segment that could walk out of the store. ``file://`` URIs (legacy node-local
+    kubelet archives) are resolved by ingesting them, not by this function.
+    """
+    if not isinstance(uri, str) or "\0" in uri or "\n" in uri:
+        raise UnsafeNameError(f"unsafe artifact URI {uri!r}: contains NUL or a newline")
+    if not uri.startswith(URI_SCHEME):
+        scheme = uri.split("://", 1)[0] + "://" if "://" in uri else "(none)"
+        raise UnsafeNameError(
+            f"unsupported artifact URI {uri!r}: scheme {scheme} is not {URI_SCHEME}"
+        )
+    parts = uri[len(URI_SCHEME) :].split("/")
+    if len(parts) != 4 or parts[3] != DUMP_FILE:
+        raise UnsafeNameError(
+            f"malformed artifact URI {uri!r}: expected "
+            f"{URI_SCHEME}<podUID>/<checkpointID>/<container>/{DUMP_FILE}"
+        )
+    try:
+        return ArtifactRef(parts[0], parts[1], parts[2])
+    except UnsafeNameError as err:
+        raise UnsafeNameError(f"unsafe artifact URI {uri!r}: {err}") from None

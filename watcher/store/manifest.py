@@ -1,0 +1,200 @@
+"""manifest.json (one per container) and .checkpoint-complete (one per checkpoint).
+
+Both are JSON with camelCase keys as ARCHITECTURE.md fixes them. Decoding validates every
+field that a reader will later turn into a path or compare with a hash, so a tampered or
+truncated file is an error naming the file, never a crash or a path outside the store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Mapping
+
+from watcher.errors import StoreError, UnsafeNameError
+from watcher.store import layout
+
+FORMAT_VERSION = 1
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Runtime(str, Enum):
+    CRIO = "cri-o"
+    CONTAINERD = "containerd"
+    PODMAN = "podman"
+    UNKNOWN = "unknown"
+
+
+def rfc3339(moment: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``, second precision, as Kubernetes prints times."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"time {text!r} has no zone")
+    return moment.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    pod_uid: str
+    pod_namespace: str
+    pod_name: str
+    container_name: str
+    checkpoint_id: str
+    creation_time: datetime
+    source_node: str
+    target_node: str | None
+    runtime: Runtime
+    kubelet_archive: str
+    checksum_sha256: str
+    compressed_size: int
+    uncompressed_sha256: str
+    uncompressed_size: int
+
+    @property
+    def ref(self) -> layout.ArtifactRef:
+        return layout.ArtifactRef(self.pod_uid, self.checkpoint_id, self.container_name)
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "formatVersion": FORMAT_VERSION,
+            "podUID": self.pod_uid,
+            "podNamespace": self.pod_namespace,
+            "podName": self.pod_name,
+            "containerName": self.container_name,
+            "checkpointID": self.checkpoint_id,
+            "creationTime": rfc3339(self.creation_time),
+            "sourceNode": self.source_node,
+            "runtime": self.runtime.value,
+            "kubeletArchive": self.kubelet_archive,
+            "compression": "zstd",
+            "checksumSHA256": self.checksum_sha256,
+            "compressedSize": self.compressed_size,
+            "uncompressedSHA256": self.uncompressed_sha256,
+            "uncompressedSize": self.uncompressed_size,
+            "artifactURI": self.ref.uri,
+        }
+        if self.target_node is not None:
+            body["targetNode"] = self.target_node
+        return body
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], where: str) -> "Manifest":
+        try:
+            if raw.get("formatVersion") != FORMAT_VERSION:
+                raise ValueError(f"formatVersion {raw.get('formatVersion')!r} is not {FORMAT_VERSION}")
+            if raw.get("compression") != "zstd":
+                raise ValueError(f"compression {raw.get('compression')!r} is not zstd")
+            manifest = cls(
+                pod_uid=layout.pod_uid(raw["podUID"]),
+                pod_namespace=layout.namespace(raw["podNamespace"]),
+                pod_name=layout.pod_name(raw["podName"]),
+                container_name=layout.container_name(raw["containerName"]),
+                checkpoint_id=layout.checkpoint_id(raw["checkpointID"]),
+                creation_time=parse_rfc3339(_string(raw, "creationTime")),
+                source_node=layout.node_name(raw["sourceNode"]),
+                target_node=(
+                    layout.node_name(raw["targetNode"]) if raw.get("targetNode") is not None else None
+                ),
+                runtime=Runtime(raw["runtime"]),
+                kubelet_archive=_string(raw, "kubeletArchive"),
+                checksum_sha256=_sha256(raw, "checksumSHA256"),
+                compressed_size=_size(raw, "compressedSize"),
+                uncompressed_sha256=_sha256(raw, "uncompressedSHA256"),
+                uncompressed_size=_size(raw, "uncompressedSize"),
+            )
+            if raw.get("artifactURI") != manifest.ref.uri:
+                raise ValueError(f"artifactURI {raw.get('artifactURI')!r} does not match its fields")
+        except (KeyError, TypeError, ValueError, UnsafeNameError) as err:
+            raise StoreError(f"invalid manifest {where}: {_reason(err)}") from None
+        return manifest
+
+
+@dataclass(frozen=True)
+class Marker:
+    """The completion marker: its presence publishes the checkpoint."""
+
+    checkpoint_id: str
+    pod_uid: str
+    containers: tuple[str, ...]
+    completed_at: datetime
+    target_node: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "checkpointID": self.checkpoint_id,
+            "podUID": self.pod_uid,
+            "containers": list(self.containers),
+            "completedAt": rfc3339(self.completed_at),
+        }
+        if self.target_node is not None:
+            body["targetNode"] = self.target_node
+        return body
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], where: str) -> "Marker":
+        try:
+            containers = raw["containers"]
+            if not isinstance(containers, list) or not containers:
+                raise ValueError("containers must be a non-empty list")
+            names = tuple(layout.container_name(name) for name in containers)
+            if len(set(names)) != len(names):
+                raise ValueError("containers lists a name twice")
+            return cls(
+                checkpoint_id=layout.checkpoint_id(raw["checkpointID"]),
+                pod_uid=layout.pod_uid(raw["podUID"]),
+                containers=names,
+                completed_at=parse_rfc3339(_string(raw, "completedAt")),
+                target_node=(
+                    layout.node_name(raw["targetNode"]) if raw.get("targetNode") is not None else None
+                ),
+            )
+        except (KeyError, TypeError, ValueError, UnsafeNameError) as err:
+            raise StoreError(f"invalid completion marker {where}: {_reason(err)}") from None
+
+
+def encode(body: Mapping[str, Any]) -> bytes:
+    return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+
+
+def decode(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StoreError(f"invalid JSON in {where}: {err}") from None
+    if not isinstance(body, dict):
+        raise StoreError(f"invalid JSON in {where}: not an object")
+    return body
+
+
+def _string(raw: Mapping[str, Any], key: str) -> str:
+    value = raw[key]
+    if not isinstance(value, str) or not value or "\0" in value or "\n" in value:
+        raise ValueError(f"{key} must be a one-line string")
+    return value
+
+
+def _sha256(raw: Mapping[str, Any], key: str) -> str:
+    value = raw[key]
+    if not isinstance(value, str) or _SHA256.fullmatch(value) is None:
+        raise ValueError(f"{key} must be 64 lowercase hex digits")
+    return value
+
+
+def _size(raw: Mapping[str, Any], key: str) -> int:
+    value = raw[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{key} must be a non-negative integer")
+    return value
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, KeyError):
+        return f"missing field {err.args[0]}"
+    return str(err)

@@ -1,0 +1,80 @@
+"""Getting a kubelet archive back out of the store, verified, or not at all."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import zstandard
+
+from watcher.errors import ChecksumMismatch
+from watcher.zstream import CompressionSettings, StreamDigest, decompress_stream
+from watcher.store import catalog, fsio, layout
+from watcher.store.manifest import Manifest
+
+
+def _check(manifest: Manifest, digest: StreamDigest) -> None:
+    where = f"artifact {manifest.ref.uri}"
+    if (digest.compressed_sha256, digest.compressed_size) != (manifest.checksum_sha256, manifest.compressed_size):
+        raise ChecksumMismatch(
+            f"{where}: stored dump has sha256 {digest.compressed_sha256} ({digest.compressed_size} bytes), "
+            f"manifest says {manifest.checksum_sha256} ({manifest.compressed_size} bytes)"
+        )
+    if (digest.raw_sha256, digest.raw_size) != (manifest.uncompressed_sha256, manifest.uncompressed_size):
+        raise ChecksumMismatch(
+            f"{where}: decompressed archive has sha256 {digest.raw_sha256} ({digest.raw_size} bytes), "
+            f"manifest says {manifest.uncompressed_sha256} ({manifest.uncompressed_size} bytes)"
+        )
+
+
+def _stream(root_fd: int, ref: layout.ArtifactRef, dst_fd: int | None,
+            settings: CompressionSettings, cancel: threading.Event) -> Manifest:
+    _, manifest = catalog.find(root_fd, ref)
+    dir_fd = fsio.open_dir(root_fd, ref.segments, create=False, where=f"artifact {ref.uri}")
+    try:
+        src = fsio.open_regular(dir_fd, layout.DUMP_FILE, f"artifact {ref.uri}")
+    finally:
+        os.close(dir_fd)
+    try:
+        with fsio.os_errors(f"artifact {ref.uri}"):
+            try:
+                digest = decompress_stream(src, dst_fd, settings, cancel)
+            except zstandard.ZstdError as err:
+                raise ChecksumMismatch(f"artifact {ref.uri}: stored dump is not valid zstd ({err})") from None
+    finally:
+        os.close(src)
+    _check(manifest, digest)
+    return manifest
+
+
+def verify(root_fd: int, ref: layout.ArtifactRef, settings: CompressionSettings,
+           cancel: threading.Event) -> Manifest:
+    """Read the whole dump back and check both of its recorded SHA-256 sums."""
+    return _stream(root_fd, ref, None, settings, cancel)
+
+
+def get(root_fd: int, ref: layout.ArtifactRef, out: Path, settings: CompressionSettings,
+        cancel: threading.Event) -> Manifest:
+    """Write the original archive bytes to ``out``; on any failure ``out`` is left untouched."""
+    out = out.absolute()
+    where = f"output {out}"
+    with fsio.os_errors(where):
+        dir_fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd, temp = fsio.create_temp(dir_fd, out.name, where)
+        try:
+            manifest = _stream(root_fd, ref, fd, settings, cancel)
+        except BaseException:
+            os.close(fd)
+            fsio.discard(dir_fd, temp)
+            raise
+        os.close(fd)
+        try:
+            fsio.publish(dir_fd, temp, out.name, where)
+        except BaseException:
+            fsio.discard(dir_fd, temp)
+            raise
+    finally:
+        os.close(dir_fd)
+    return manifest

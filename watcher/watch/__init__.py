@@ -1,0 +1,1 @@
+"""Watching the kubelet checkpoint directory for finished archives."""

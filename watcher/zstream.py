@@ -1,0 +1,143 @@
+"""The byte mover: one pass over a stream, read -> (observe, sha256) -> zstd -> sha256 -> write.
+
+It runs as one blocking loop in a worker thread. Measured here (bench/ingest.py) that beats
+per-chunk ``aiofiles`` calls: zstd and hashlib release the GIL on large buffers, so the loop
+overlaps with the event loop instead of bouncing every chunk through it. It parses nothing
+itself: the ``observe`` callable (the tar scanner) sees every raw chunk, which is how the
+archive is checked and identified without being read twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import zstandard
+
+from watcher.errors import Cancelled
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompressionSettings:
+    """How archives are compressed; the defaults are what bench/ingest.py chose on 2 cores."""
+
+    level: int = 1
+    """zstd level. 1 is CPU-cheap and CRIU dumps (zero pages, text) still shrink well."""
+    threads: int = 2
+    """zstd worker threads; 0 compresses in the calling thread."""
+    chunk_size: int = 1 << 20
+    """Bytes read per step: bounds memory, and the granularity of cancellation."""
+    progress_interval: float = 5.0
+    """Seconds between progress log lines of one long ingest."""
+
+
+@dataclass(frozen=True)
+class StreamDigest:
+    raw_size: int
+    raw_sha256: str
+    compressed_size: int
+    compressed_sha256: str
+
+
+def compress_stream(
+    src_fd: int,
+    dst_fd: int,
+    observe: Callable[[memoryview], None],
+    settings: CompressionSettings,
+    cancel: threading.Event,
+    label: str,
+) -> StreamDigest:
+    """Copy ``src_fd`` to ``dst_fd`` as one zstd frame; hash both sides; fsync the output."""
+    compressor = zstandard.ZstdCompressor(
+        level=settings.level, threads=settings.threads, write_checksum=True
+    ).compressobj()
+    raw_hash, out_hash = hashlib.sha256(), hashlib.sha256()
+    raw_size = out_size = 0
+    buffer = bytearray(settings.chunk_size)
+    view = memoryview(buffer)
+    started = next_report = time.monotonic()
+    next_report += settings.progress_interval
+    while True:
+        if cancel.is_set():
+            raise Cancelled(f"ingest of {label} cancelled at byte {raw_size}")
+        count = os.readv(src_fd, [buffer])
+        if not count:
+            break
+        chunk = view[:count]
+        observe(chunk)
+        raw_hash.update(chunk)
+        raw_size += count
+        out_size += _emit(dst_fd, compressor.compress(chunk), out_hash)
+        now = time.monotonic()
+        if now >= next_report:
+            next_report = now + settings.progress_interval
+            log.info(
+                "ingest progress",
+                extra={"fields": {"archive": label, "bytesRead": raw_size, "bytesWritten": out_size,
+                                  "mbPerSecond": round(raw_size / (now - started) / 1e6, 1)}},
+            )
+    out_size += _emit(dst_fd, compressor.flush(), out_hash)
+    os.fsync(dst_fd)
+    return StreamDigest(raw_size, raw_hash.hexdigest(), out_size, out_hash.hexdigest())
+
+
+def _emit(fd: int, data: bytes, digest: "hashlib._Hash") -> int:
+    if data:
+        digest.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    return len(data)
+
+
+def decompress_stream(
+    src_fd: int,
+    dst_fd: int | None,
+    settings: CompressionSettings,
+    cancel: threading.Event,
+) -> StreamDigest:
+    """Inverse of compress_stream: decompress ``src_fd`` into ``dst_fd``, hashing both sides.
+
+    Output is produced in ``chunk_size`` pieces: a megabyte of compressed zero pages can
+    stand for gigabytes, so nothing here may hold a whole chunk's expansion. With no
+    ``dst_fd`` the bytes are only hashed (verification).
+    """
+    source = _HashingReader(src_fd, cancel)
+    out_hash = hashlib.sha256()
+    out_size = 0
+    for piece in zstandard.ZstdDecompressor().read_to_iter(
+        source, read_size=settings.chunk_size, write_size=settings.chunk_size
+    ):
+        if dst_fd is None:
+            out_hash.update(piece)
+            out_size += len(piece)
+        else:
+            out_size += _emit(dst_fd, piece, out_hash)
+    if dst_fd is not None:
+        os.fsync(dst_fd)
+    return StreamDigest(out_size, out_hash.hexdigest(), source.size, source.digest.hexdigest())
+
+
+class _HashingReader:
+    """A file-like ``read`` over an fd that hashes what it hands out."""
+
+    def __init__(self, fd: int, cancel: threading.Event) -> None:
+        self._fd = fd
+        self._cancel = cancel
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int) -> bytes:
+        if self._cancel.is_set():
+            raise Cancelled(f"read cancelled at byte {self.size}")
+        data = os.read(self._fd, size)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
