@@ -32,3 +32,5 @@ def setup(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # watchfiles logs every batch of changes at info: one line per kubelet write.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)

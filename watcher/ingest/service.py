@@ -171,9 +171,15 @@ def _manifest(item: StagedArchive, cid: str, node: str, target_node: str | None)
         kubelet_archive=item.archive.file_name,
         checksum_sha256=item.digest.compressed_sha256,
         compressed_size=item.digest.compressed_size,
-        uncompressed_sha256=item.digest.raw_sha256,
+        uncompressed_sha256=_known(item.digest.raw_sha256),
         uncompressed_size=item.digest.raw_size,
     )
+
+
+def _known(digest: str | None) -> str:
+    if digest is None:  # compress_stream always hashes its input
+        raise AssertionError("ingest produced no SHA-256 of the archive")
+    return digest
 
 
 def already_ingested(root_fd: int, node: str, path: Path) -> IngestResult | None:

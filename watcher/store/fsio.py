@@ -35,7 +35,7 @@ def os_errors(what: str) -> Iterator[None]:
         yield
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreError(f"{what}: no space left on the store's filesystem") from err
+            raise StoreError(f"{what}: no space left on its filesystem") from err
         if err.errno == errno.ELOOP:
             raise UnsafeNameError(f"{what}: is a symlink, refused") from err
         raise StoreError(f"{what}: {err.strerror or err}") from err

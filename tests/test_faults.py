@@ -1,0 +1,48 @@
+"""Faults of the store: a full disk. Needs root for a small tmpfs; CI runs as root."""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.archives import ArchiveSpec, Pod, make_archive
+from tests.support import AgentProcess, lpm
+
+
+@pytest.fixture
+def small_store(tmp_path):
+    """A 4 MiB tmpfs: a store that fills up after one mid-sized dump."""
+    path = tmp_path / "small-store"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(path)], check=True)
+    yield path
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def test_full_disk_is_one_clear_error_nothing_half_written_and_the_agent_goes_on(kube_dir, small_store):
+    big = make_archive(kube_dir, ArchiveSpec(pod=Pod(container="big"), memory=24 << 20))
+    with AgentProcess("--node", "node-a", "--checkpoint-dir", str(kube_dir), "--store", str(small_store),
+                      "--debounce", "0.3") as proc:
+        [failure] = proc.wait_logged("ingest failed")
+        assert failure["archive"] == big.name
+        assert "into the store: no space left on its filesystem" in failure["reason"] and big.name in failure["reason"]
+        small = make_archive(kube_dir, ArchiveSpec(pod=Pod(container="small"), memory=256 << 10))
+        [done] = proc.wait_logged("archive ingested")
+        assert done["archive"] == small.name
+        assert proc.stop()[0] == 0
+    listed = [json.loads(line) for line in lpm("store", "ls", "--store", str(small_store), "--json",
+                                               check=True).stdout.splitlines()]
+    assert [entry["containers"] for entry in listed] == [["small"]]
+    # The failed dump left nothing: no temp file, no directory under the big pod's final name.
+    leftovers = [p for p in small_store.rglob("*") if ".tmp-" in p.name]
+    assert leftovers == []
+    assert not any(p.name == "big" for p in small_store.rglob("*"))
+
+
+def test_full_disk_on_the_cli_exits_non_zero_with_one_line(kube_dir, small_store):
+    big = make_archive(kube_dir, ArchiveSpec(memory=24 << 20))
+    result = lpm("ingest", str(big), "--store", str(small_store), "--node", "node-a")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "no space left" in line and big.name in line
+    assert [p for p in small_store.rglob("*") if p.is_file()] == []
