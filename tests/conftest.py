@@ -16,3 +16,6 @@ def kube_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     return tmp_path / "store"
+
+
+from tests.realstack.fixtures import *  # noqa: E402,F401,F403  (the session's real control plane)

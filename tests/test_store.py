@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.archives import ArchiveSpec, Pod, archive_bytes, archive_name, make_archive
-from watcher.errors import ChecksumMismatch, IdentityError, IncompleteCheckpoint, UnknownCheckpoint, UnsafeNameError
+from watcher.errors import ArchiveChanged, ChecksumMismatch, IdentityError, IncompleteCheckpoint, UnknownCheckpoint, UnsafeNameError
 from watcher.ingest import service
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.store.catalog import Checkpoint, Skipped
@@ -165,3 +165,34 @@ def test_staging_is_clean_after_a_refused_archive(kube_dir, store):
         ingest(store, bad)
     assert not list((store / ".ingest" / "node-a" / "staging").iterdir())
     assert listing(store) == []
+
+
+def test_archive_changed_while_read_is_not_committed(kube_dir, store):
+    """The writer touched the file after the ingest began: re-checked before commit, refused."""
+    archive = make_archive(kube_dir, ArchiveSpec(memory=384 << 20))
+    staging = store / ".ingest" / "node-a" / "staging"
+    touched = threading.Event()
+
+    def touch_once_reading_began():
+        while not (staging.exists() and any(staging.iterdir())):
+            pass
+        os.utime(archive, ns=(0, archive.stat().st_mtime_ns + 1))
+        touched.set()
+
+    toucher = threading.Thread(target=touch_once_reading_began, daemon=True)
+    toucher.start()
+    with pytest.raises(ArchiveChanged, match="changed while it was read"):
+        ingest(store, archive)
+    assert touched.is_set()
+    assert listing(store) == [] and not list(staging.iterdir())
+
+
+def test_long_ingests_log_progress(kube_dir, store, caplog):
+    archive = make_archive(kube_dir, ArchiveSpec(memory=64 << 20))
+    root = fsio.open_root(store, create=True)
+    with caplog.at_level("INFO", logger="watcher.zstream"):
+        service.ingest_archive(root, archive, "node-a", CompressionSettings(progress_interval=0.0, chunk_size=4 << 20),
+                               threading.Event(), NOW)
+    progress = [r for r in caplog.records if r.getMessage() == "ingest progress"]
+    assert len(progress) >= 10
+    assert progress[-1].fields["archive"] == archive.name and progress[-1].fields["bytesRead"] > 0

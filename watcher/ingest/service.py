@@ -89,7 +89,7 @@ def stage_archive(
                 scanner = TarScanner(_CAPTURED, label)
                 try:
                     with fsio.os_errors(f"ingest of {label} into the store"):
-                        digest = compress_stream(src, dst, scanner.feed, settings, cancel, label)
+                        digest = compress_stream(src, dst, scanner.feed, settings, cancel, path.name)
                 finally:
                     os.close(dst)
                 scan = scanner.finish()

@@ -1,0 +1,305 @@
+"""A real, local Kubernetes control plane: Debian's etcd and a kube-apiserver built from source.
+
+Everything listens on 127.0.0.1 on free ports and lives in one 0700 temporary directory: the CA and
+certificates, the service-account signing keys, the etcd data, the logs and the kubeconfigs. RBAC is
+enforced (``--authorization-mode=Node,RBAC``) and ServiceAccount tokens are real (TokenRequest), so a test
+that passes here passes against a cluster's apiserver too.
+
+There is no controller-manager, scheduler or kubelet: namespaces and ServiceAccounts are created by hand
+(``create_namespace`` also adds the ``default`` ServiceAccount that the ServiceAccount admission plugin wants
+before it admits a pod), and tests set ``spec.nodeName`` and pod status themselves.
+
+Use it as a context manager::
+
+    with ControlPlane(locate_binaries()) as cp:
+        print(cp.admin_kubeconfig)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from tests.realstack.apiclient import ApiClient, ApiError
+from tests.realstack.kubeconfig import write_cert_kubeconfig, write_token_kubeconfig
+from tests.realstack.pki import CertificateAuthority, write_signing_key_pair
+
+REPO = Path(__file__).resolve().parents[2]
+# The one place that names the kube-apiserver release; scripts/kube/build-kube-apiserver.sh reads it too.
+KUBE_VERSION_FILE = REPO / "scripts" / "kube" / "kube-apiserver.version"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+_START_TIMEOUT = 60.0  # seconds; etcd and the apiserver are ready in about 2.5 s on 2 cores
+_STOP_TIMEOUT = 10.0  # seconds of grace after SIGTERM before SIGKILL
+_PR_SET_PDEATHSIG = 1
+
+
+class ControlPlaneError(Exception):
+    """The control plane could not be found, started or used."""
+
+
+@dataclass(frozen=True)
+class Binaries:
+    kube_apiserver: Path
+    etcd: Path
+
+
+def kube_version() -> str:
+    return KUBE_VERSION_FILE.read_text().strip()
+
+
+def locate_binaries() -> Binaries:
+    """Find etcd and the cached kube-apiserver; never build or install anything (that is install-deps.sh's job).
+
+    ``LPM_KUBE_APISERVER`` and ``LPM_ETCD`` override the paths; ``LPM_CACHE_DIR`` moves the build cache.
+    """
+    cache = Path(os.environ.get("LPM_CACHE_DIR", REPO / ".cache"))
+    apiserver = Path(os.environ.get("LPM_KUBE_APISERVER", cache / "kube-apiserver" / kube_version() / "kube-apiserver"))
+    etcd = Path(os.environ.get("LPM_ETCD") or shutil.which("etcd") or "/usr/bin/etcd")
+    missing = []
+    if not os.access(apiserver, os.X_OK):
+        missing.append(f"kube-apiserver not found at {apiserver} (build it: scripts/kube/build-kube-apiserver.sh)")
+    if not os.access(etcd, os.X_OK):
+        missing.append(f"etcd not found at {etcd} (install it: scripts/kube/install-deps.sh)")
+    if missing:
+        raise ControlPlaneError("; ".join(missing))
+    return Binaries(kube_apiserver=apiserver, etcd=etcd)
+
+
+def _free_port() -> int:
+    # The port is released before the server binds it; another process could take it in between, which on
+    # a test machine is rare enough that a clear start-up error (with the log) is the right answer.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if the test process is killed (SIGKILL, OOM, a CI timeout)
+    # the kernel kills etcd and kube-apiserver too, instead of leaving them running for the next session.
+    # (Strictly, when the thread that started them ends: start a control plane from a long-lived thread.)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class _Process:
+    """One server process with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], log_file: Path) -> None:
+        self.name = name
+        self.log_file = log_file
+        self._log: IO[bytes] = log_file.open("wb")
+        self._proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            # Own session: a Ctrl-C in the terminal reaches pytest, which then stops us in order.
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+    def check_running(self) -> None:
+        code = self._proc.poll()
+        if code is not None:
+            raise ControlPlaneError(f"{self.name} exited with code {code}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._log.close()
+
+
+class ControlPlane:
+    """etcd + kube-apiserver on loopback, with an admin identity and helpers for ServiceAccount tokens."""
+
+    def __init__(self, binaries: Binaries) -> None:
+        self._binaries = binaries
+        self._processes: list[_Process] = []
+        # mkdtemp creates the directory 0700: keys, tokens and etcd's data are readable by us only.
+        self.directory = Path(tempfile.mkdtemp(prefix="lpm-control-plane-"))
+        self._pki = self.directory / "pki"
+        self._pki.mkdir(mode=0o700)
+        self._port = _free_port()
+        self.server = f"https://127.0.0.1:{self._port}"
+
+        ca = CertificateAuthority(self._pki)
+        self.ca_file = ca.cert_file
+        self._serving = ca.issue_serving("apiserver", ["127.0.0.1", "localhost", "kubernetes.default.svc"])
+        # O=system:masters is bound to cluster-admin by the apiserver's bootstrap policy.
+        admin = ca.issue_client("admin", "lpm-admin", ("system:masters",))
+        self._sa_keys = write_signing_key_pair(self._pki, "service-account")
+        self.admin_kubeconfig = write_cert_kubeconfig(
+            self.directory / "admin.kubeconfig", self.server, self.ca_file, admin.cert, admin.key
+        )
+        self.admin = ApiClient(self.server, self.ca_file, admin.cert, admin.key)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> ControlPlane:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        etcd_url = self._start_etcd()
+        self._start_apiserver(etcd_url)
+
+    def stop(self) -> None:
+        """Stop the apiserver, then etcd (the apiserver flushes to etcd on shutdown), then delete every file."""
+        for process in reversed(self._processes):
+            process.stop()
+        self._processes.clear()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _start_etcd(self) -> str:
+        client_url = f"http://127.0.0.1:{_free_port()}"
+        peer_url = f"http://127.0.0.1:{_free_port()}"
+        etcd = _Process(
+            "etcd",
+            [
+                str(self._binaries.etcd),
+                "--name=default",
+                f"--data-dir={self.directory / 'etcd'}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=default={peer_url}",
+                "--logger=zap",
+                "--log-level=warn",
+            ],
+            self.directory / "etcd.log",
+        )
+        self._processes.append(etcd)
+        self._wait(etcd, lambda: _etcd_healthy(client_url))
+        return client_url
+
+    def _start_apiserver(self, etcd_url: str) -> None:
+        apiserver = _Process(
+            "kube-apiserver",
+            [
+                str(self._binaries.kube_apiserver),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                # The endpoint reconciler publishes the advertise address as the `kubernetes` Service's
+                # endpoint and refuses a loopback one; nothing here reaches the apiserver through it.
+                "--endpoint-reconciler-type=none",
+                f"--secure-port={self._port}",
+                f"--cert-dir={self._pki}",
+                f"--tls-cert-file={self._serving.cert}",
+                f"--tls-private-key-file={self._serving.key}",
+                f"--client-ca-file={self.ca_file}",
+                "--authorization-mode=Node,RBAC",
+                # What kubeadm enables beyond the defaults: kubelets may only touch their own node's objects.
+                "--enable-admission-plugins=NodeRestriction",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={self._sa_keys.public}",
+                f"--service-account-signing-key-file={self._sa_keys.private}",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--allow-privileged=true",
+                "--profiling=false",
+            ],
+            self.directory / "kube-apiserver.log",
+        )
+        self._processes.append(apiserver)
+        self._wait(apiserver, self._apiserver_ready)
+
+    def _wait(self, process: _Process, ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not ready():
+            process.check_running()
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"{process.name} not ready after {_START_TIMEOUT} s:\n{process.log_tail()}")
+            time.sleep(0.1)
+
+    def _apiserver_ready(self) -> bool:
+        try:
+            self.admin.request("GET", "/readyz")
+        # Refused or reset while it starts listening, then 500 until every post-start hook has run.
+        except (OSError, http.client.HTTPException, ApiError):
+            return False
+        return True
+
+    # -- provisioning ----------------------------------------------------------------------------------
+
+    def create_namespace(self, name: str) -> None:
+        """A namespace plus its ``default`` ServiceAccount (normally the controller-manager's job)."""
+        self._create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        self.create_service_account(name, "default")
+
+    def create_service_account(self, namespace: str, name: str) -> None:
+        self._create(
+            f"/api/v1/namespaces/{namespace}/serviceaccounts",
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}},
+        )
+
+    def create_node(self, name: str) -> None:
+        """A Node object (no kubelet behind it): enough for pods pinned to it and for lookups by name."""
+        self._create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+
+    def _create(self, collection: str, body: dict[str, object]) -> None:
+        try:
+            self.admin.request("POST", collection, body)
+        except ApiError as e:
+            if e.status != 409:  # already there: creation is idempotent for callers
+                raise
+
+    def service_account_token(self, namespace: str, name: str, expiration_seconds: int = 3600) -> str:
+        """A real, signed, audience-bound token for the ServiceAccount, from the TokenRequest API."""
+        answer = self.admin.request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"expirationSeconds": expiration_seconds},
+            },
+        )
+        token: str = answer["status"]["token"]
+        return token
+
+    def service_account_kubeconfig(self, namespace: str, name: str) -> Path:
+        """A kubeconfig that acts as the ServiceAccount, TLS verified against this control plane's CA."""
+        token = self.service_account_token(namespace, name)
+        return write_token_kubeconfig(
+            self.directory / f"sa-{namespace}-{name}.kubeconfig", self.server, self.ca_file, token
+        )
+
+
+def _etcd_healthy(client_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{client_url}/health", timeout=1) as response:
+            return b'"true"' in response.read()
+    except OSError:
+        return False

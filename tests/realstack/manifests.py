@@ -1,0 +1,78 @@
+"""Apply lpm's deploy/ manifests (CRDs, RBAC) to a control plane, the way `kubectl apply --server-side` does."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.realstack.apiclient import ApiClient
+
+FIELD_MANAGER = "lpm-tests"
+
+# The kinds deploy/ holds: (apiVersion, kind) -> (plural, namespaced). A static table rather than API
+# discovery: a manifest of any other kind is a mistake in deploy/ that should fail loudly here.
+_RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
+    ("v1", "Namespace"): ("namespaces", False),
+    ("v1", "ServiceAccount"): ("serviceaccounts", True),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): ("customresourcedefinitions", False),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): ("clusterroles", False),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ("clusterrolebindings", False),
+}
+# Namespaces before what lives in them; CRDs before anything that might name their resources.
+_ORDER = {"Namespace": 0, "CustomResourceDefinition": 1}
+
+
+def load_manifests(*directories: Path) -> list[dict[str, Any]]:
+    """Every YAML document in ``*.yaml`` files of ``directories``, in apply order."""
+    documents: list[dict[str, Any]] = []
+    for directory in directories:
+        files = sorted(directory.glob("*.yaml"))
+        if not files:
+            raise FileNotFoundError(f"no *.yaml manifests in {directory}")
+        for file in files:
+            with file.open() as f:
+                documents.extend(doc for doc in yaml.safe_load_all(f) if doc)
+    return sorted(documents, key=lambda doc: _ORDER.get(doc["kind"], len(_ORDER)))
+
+
+def _object_path(manifest: dict[str, Any]) -> str:
+    api_version, kind = manifest["apiVersion"], manifest["kind"]
+    try:
+        plural, namespaced = _RESOURCES[(api_version, kind)]
+    except KeyError:
+        raise ValueError(f"deploy/ manifest of unexpected kind {api_version} {kind}") from None
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    metadata = manifest["metadata"]
+    if namespaced:
+        prefix += f"/namespaces/{metadata['namespace']}"
+    return f"{prefix}/{plural}/{metadata['name']}"
+
+
+def apply(client: ApiClient, manifests: list[dict[str, Any]]) -> None:
+    """Server-side apply: creates what is missing, updates what differs, idempotent across runs."""
+    for manifest in manifests:
+        client.request(
+            "PATCH",
+            f"{_object_path(manifest)}?fieldManager={FIELD_MANAGER}&force=true",
+            manifest,
+            content_type="application/apply-patch+yaml",
+        )
+
+
+def wait_established(client: ApiClient, crd_names: list[str], timeout: float = 30.0) -> None:
+    """Block until every named CRD reports Established=True, i.e. its resource is being served."""
+    deadline = time.monotonic() + timeout
+    pending = set(crd_names)
+    while pending:
+        for name in sorted(pending):
+            crd = client.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            conditions = crd.get("status", {}).get("conditions", [])
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                pending.discard(name)
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"CRDs not Established after {timeout} s: {sorted(pending)}")
+        if pending:
+            time.sleep(0.1)
