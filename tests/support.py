@@ -25,11 +25,12 @@ def lpm(*args: str, check: bool = False, timeout: float = 120) -> subprocess.Com
 
 
 class AgentProcess:
-    """``lpm agent --standalone`` as a real child process, its JSON log lines collected."""
+    """``lpm agent`` (standalone unless made with ``cluster``) as a real child process, its JSON log lines collected."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, standalone: bool = True) -> None:
+        mode = ["--standalone"] if standalone else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "watcher", "agent", "--standalone", *args],
+            [sys.executable, "-m", "watcher", "agent", *mode, *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -49,6 +50,10 @@ class AgentProcess:
                 except json.JSONDecodeError:
                     self.lines.append({"msg": "<not JSON>", "line": line})
                 self._changed.notify_all()
+
+    @classmethod
+    def cluster(cls, *args: str) -> "AgentProcess":
+        return cls(*args, standalone=False)
 
     def logs(self, msg: str) -> list[dict]:
         with self._changed:

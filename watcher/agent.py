@@ -14,9 +14,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 from watcher.errors import ArchiveChanged, ArchiveError, ArchiveIncomplete, Cancelled, LpmError
 from watcher.ingest import service
+from watcher.ingest.service import IngestResult
 from watcher.store import commit, fsio
 from watcher.store.ledger import ArchiveStamp
 from watcher.watch.dirwatch import WatchSettings, watch_directory
@@ -38,30 +40,43 @@ class StandaloneConfig:
     """Remove a kubelet archive once its stored copy is read back and verified."""
 
 
+class IngestHooks(Protocol):
+    """What cluster mode adds around the directory's ingests."""
+
+    def before(self, path: Path) -> Outcome | None:
+        """An outcome to report without ingesting (the archive is the agent's own request), or None."""
+
+    async def after(self, path: Path, result: IngestResult) -> None:
+        """Announce an ingested archive nobody requested."""
+
+
 class StandaloneAgent:
-    def __init__(self, config: StandaloneConfig) -> None:
+    """Ingests the kubelet checkpoint directory into the store; cluster mode adds hooks."""
+
+    def __init__(self, config: StandaloneConfig, hooks: IngestHooks | None = None) -> None:
         self._config = config
-        self._root_fd = fsio.open_root(config.store, create=True)
-        self._cancel = threading.Event()
+        self._hooks = hooks
+        self.root_fd = fsio.open_root(config.store, create=True)
+        self.cancel = threading.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self._config
         log.info("agent starting", extra={"fields": {
-            "mode": "standalone", "node": cfg.node, "checkpointDir": str(cfg.watch.directory),
+            "mode": "standalone" if self._hooks is None else "cluster", "node": cfg.node, "checkpointDir": str(cfg.watch.directory),
             "store": str(cfg.store), "deleteIngested": cfg.delete_ingested,
             "forcePolling": cfg.watch.force_polling}})
         sweeper = asyncio.create_task(self._sweep_staging(stop), name="staging-sweeper")
         try:
             await watch_directory(cfg.watch, self._ingest, stop)
         finally:
-            self._cancel.set()  # running ingests stop at their next chunk
+            self.cancel.set()  # running ingests stop at their next chunk
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
             log.info("agent stopped", extra={"fields": {"node": cfg.node}})
 
     async def _sweep_staging(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            removed = await asyncio.to_thread(commit.sweep_staging, self._root_fd, self._config.node,
+            removed = await asyncio.to_thread(commit.sweep_staging, self.root_fd, self._config.node,
                                               STAGING_SWEEP_INTERVAL)
             if removed:
                 log.info("removed abandoned staging files", extra={"fields": {"count": removed}})
@@ -73,10 +88,12 @@ class StandaloneAgent:
     async def _ingest(self, path: Path, stamp: ArchiveStamp) -> Outcome:
         cfg = self._config
         fields = {"archive": path.name, "bytes": stamp.size}
+        if self._hooks is not None and (decided := self._hooks.before(path)) is not None:
+            return decided
         started = time.monotonic()
         try:
             result = await asyncio.to_thread(
-                service.ingest_archive, self._root_fd, path, cfg.node, cfg.compression, self._cancel,
+                service.ingest_archive, self.root_fd, path, cfg.node, cfg.compression, self.cancel,
                 datetime.now(timezone.utc))
         except Cancelled:
             return Outcome.STORE_TROUBLE
@@ -99,14 +116,22 @@ class StandaloneAgent:
                      "artifactURI": manifest.ref.uri, "compressedBytes": manifest.compressed_size,
                      "seconds": round(seconds, 3),
                      "mbPerSecond": round(stamp.size / seconds / 1e6, 1) if seconds > 0 else None}})
+        if self._hooks is not None:
+            # Also for duplicates: announcing is idempotent, and a restart must finish an
+            # announcement the API refused last time.
+            try:
+                await self._hooks.after(path, result)
+            except LpmError as err:
+                log.error("ingested archive not announced yet", extra={"fields": {**fields, "reason": str(err)}})
+                return Outcome.STORE_TROUBLE
         if cfg.delete_ingested:
             await self._delete(path, fields)
         return Outcome.DONE
 
     async def _delete(self, path: Path, fields: dict[str, object]) -> None:
         try:
-            await asyncio.to_thread(service.delete_verified, self._root_fd, path, self._config.node,
-                                    self._config.compression, self._cancel)
+            await asyncio.to_thread(service.delete_verified, self.root_fd, path, self._config.node,
+                                    self._config.compression, self.cancel)
         except Cancelled:
             return
         except LpmError as err:

@@ -1,6 +1,7 @@
 """``lpm``: the command line. Tests outside this repository rely on these flags exactly.
 
     lpm agent --standalone --node NAME --checkpoint-dir DIR --store DIR [--delete-ingested] [--force-polling]
+    lpm agent --node NAME [--kubeconfig FILE] --kubelet-ca FILE [--kubelet-token-file FILE] ...  (cluster mode)
     lpm ingest ARCHIVE --store DIR --node NAME [--target-node NAME]
     lpm store ls --store DIR [--json]
     lpm store get URI --store DIR -o FILE
@@ -24,7 +25,9 @@ from typing import Sequence
 
 from watcher import logs
 from watcher.agent import StandaloneAgent, StandaloneConfig
+from watcher.cluster.agent import ClusterAgent, ClusterConfig
 from watcher.errors import LpmError
+from watcher.kubelet import KubeletSettings
 from watcher.ingest import service
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.store.catalog import Checkpoint
@@ -36,6 +39,14 @@ SHUTDOWN_GRACE = 4.0  # seconds; the contract is "exits 0 within 5 s of SIGTERM"
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
+
+
+IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def _path_env(name: str) -> Path | None:
+    value = _env(name)
+    return Path(value) if value else None
 
 
 def _compression_flags(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lpm", description="live pod migration: checkpoint storage and transport")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    agent = commands.add_parser("agent", help="run the node agent until SIGINT/SIGTERM")
+    agent = commands.add_parser("agent", help="run the node agent until SIGINT/SIGTERM (cluster mode by default)")
     agent.add_argument("--standalone", action="store_true",
                        help="no cluster: ingest the kubelet checkpoint directory into the store")
     agent.add_argument("--node", default=_env("LPM_NODE_NAME"), help="this node's name (env LPM_NODE_NAME)")
@@ -68,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="remove a kubelet archive after its stored copy is verified")
     agent.add_argument("--force-polling", action="store_true",
                        help="poll the checkpoint directory instead of inotify (network filesystems)")
+    agent.add_argument("--kubeconfig", type=Path, default=None,
+                       help="cluster mode: kubeconfig file (default: the pod's in-cluster service account)")
+    agent.add_argument("--kubelet-ca", type=Path, default=_path_env("LPM_KUBELET_CA"),
+                       help="cluster mode: CA of the kubelets' serving certificates (env LPM_KUBELET_CA)")
+    agent.add_argument("--kubelet-token-file", type=Path,
+                       default=Path(_env("LPM_KUBELET_TOKEN_FILE", IN_CLUSTER_TOKEN) or IN_CLUSTER_TOKEN),
+                       help="cluster mode: bearer token for the kubelet (env LPM_KUBELET_TOKEN_FILE)")
     agent.add_argument("--debounce", type=float, default=2.0,
                        help="seconds an archive must be unchanged before it is read (default 2)")
     _compression_flags(agent)
@@ -114,8 +132,6 @@ def _node(args: argparse.Namespace) -> str:
 
 
 def _agent(args: argparse.Namespace) -> int:
-    if not args.standalone:
-        raise LpmError("cluster mode is not built yet: run with --standalone")
     config = StandaloneConfig(
         node=_node(args),
         store=args.store.resolve(),
@@ -124,10 +140,17 @@ def _agent(args: argparse.Namespace) -> int:
         compression=_compression(args),
         delete_ingested=args.delete_ingested,
     )
-    return asyncio.run(_run_until_signal(StandaloneAgent(config)))
+    if args.standalone:
+        return asyncio.run(_run_until_signal(StandaloneAgent(config)))
+    if args.kubelet_ca is None:
+        raise LpmError("cluster mode needs the kubelets' CA: pass --kubelet-ca or set LPM_KUBELET_CA "
+                       "(lpm never skips TLS verification)")
+    cluster = ClusterConfig(config, args.kubeconfig,
+                            KubeletSettings(ca_file=args.kubelet_ca, token_file=args.kubelet_token_file))
+    return asyncio.run(_run_until_signal(ClusterAgent(cluster)))
 
 
-async def _run_until_signal(agent: StandaloneAgent) -> int:
+async def _run_until_signal(agent: StandaloneAgent | ClusterAgent) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

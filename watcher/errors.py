@@ -48,3 +48,31 @@ class ChecksumMismatch(StoreError):
 
 class Cancelled(LpmError):
     """A blocking operation stopped because the agent is shutting down."""
+
+
+class ApiError(LpmError):
+    """The Kubernetes API answered with an error; ``status`` is its HTTP status (0: no answer)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(ApiError):
+    """404: a positive answer that the object does not exist."""
+
+
+class Conflict(ApiError):
+    """409: a stale resourceVersion, or the object already exists."""
+
+
+class Gone(ApiError):
+    """410: the watch's resourceVersion is too old; relist."""
+
+
+class Forbidden(ApiError):
+    """403: RBAC refuses; retrying will not help."""
+
+
+class ApiUnavailable(ApiError):
+    """No answer, 5xx or 429: worth retrying with backoff."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -144,7 +145,7 @@ class ControlPlane:
         self._port = _free_port()
         self.server = f"https://127.0.0.1:{self._port}"
 
-        ca = CertificateAuthority(self._pki)
+        ca = self.ca = CertificateAuthority(self._pki)
         self.ca_file = ca.cert_file
         self._serving = ca.issue_serving("apiserver", ["127.0.0.1", "localhost", "kubernetes.default.svc"])
         # O=system:masters is bound to cluster-admin by the apiserver's bootstrap policy.
@@ -171,8 +172,36 @@ class ControlPlane:
         self.stop()
 
     def start(self) -> None:
-        etcd_url = self._start_etcd()
-        self._start_apiserver(etcd_url)
+        self._etcd_url = self._start_etcd()
+        self._start_apiserver(self._etcd_url)
+
+    def restart_apiserver(self, down: float = 0.0) -> None:
+        """Stop kube-apiserver, stay down ``down`` seconds, start it again on the same port; etcd keeps its data.
+
+        Clients see what a control-plane upgrade shows them: broken watches, refused connections, then a
+        server whose watch cache starts afresh. Call it from the main thread: the new process is tied to the
+        life of the thread that starts it (PR_SET_PDEATHSIG), and a worker thread's exit would kill it.
+        """
+        apiserver = next(p for p in self._processes if p.name == "kube-apiserver")
+        apiserver.stop()
+        self._processes.remove(apiserver)
+        time.sleep(down)
+        self._start_apiserver(self._etcd_url)
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to now, so older resourceVersions are gone (watches on them get 410)."""
+        def post(path: str, body: dict[str, object]) -> dict[str, object]:
+            request = urllib.request.Request(f"{self._etcd_url}{path}", data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                decoded: dict[str, object] = json.loads(answer.read())
+                return decoded
+
+        # etcd's JSON gateway wants keys base64-encoded; AA== is the key "\0", enough to read the revision.
+        header = post("/v3/kv/range", {"key": "AA=="})["header"]
+        revision = int(header["revision"])  # type: ignore[index]
+        post("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        return revision
 
     def stop(self) -> None:
         """Stop the apiserver, then etcd (the apiserver flushes to etcd on shutdown), then delete every file."""

@@ -234,3 +234,11 @@ def delete_verified(
     with fsio.os_errors(f"archive {path.name!r}: remove after verified ingest"):
         os.unlink(path)
     return manifest
+
+
+def discard_staged(root_fd: int, node: str, staged: Sequence[StagedArchive]) -> None:
+    """Drop staged dumps that will not be committed (another container of the pod failed)."""
+    if staged:
+        with commit.staging(root_fd, node) as staging_fd:
+            for item in staged:
+                fsio.discard(staging_fd, item.dump_name)

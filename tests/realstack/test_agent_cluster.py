@@ -1,0 +1,305 @@
+"""The agent's cluster mode against the real apiserver, with a kubelet stand-in per node.
+
+The agent is the real ``lpm agent`` process, authenticated with the lpm-agent ServiceAccount's
+real token (so RBAC is enforced), calling the stand-in kubelet over TLS verified against the
+test CA. Each test gets its own namespace, checkpoint directory and store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+import pytest_asyncio
+
+from tests.archives import ArchiveSpec, Pod, archive_name, make_archive
+from tests.realstack.controlplane import ControlPlane
+from tests.realstack.fixtures import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT
+from tests.realstack.kubelet import KubeletStandIn, pod_body
+from tests.support import AgentProcess, lpm
+
+GROUP = "/apis/lpm.my.domain/v1"
+_namespaces = itertools.count()
+
+
+@dataclass
+class Node:
+    name: str
+    kubelet: KubeletStandIn
+    checkpoint_dir: Path
+    store: Path
+    agent: AgentProcess | None = None
+
+
+@dataclass
+class Cluster:
+    cp: ControlPlane
+    namespace: str
+    nodes: dict[str, Node]
+    tmp: Path
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.cp.admin.request(method, path, body)
+
+    def create_pod(self, name: str, node: str, containers: tuple[str, ...] = ("app",),
+                   annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        return self.api("POST", f"/api/v1/namespaces/{self.namespace}/pods",
+                        pod_body(self.namespace, name, node, containers, annotations))
+
+    def create(self, plural: str, name: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.api("POST", f"{GROUP}/namespaces/{self.namespace}/{plural}", {
+            "apiVersion": "lpm.my.domain/v1", "kind": kind,
+            "metadata": {"name": name, "namespace": self.namespace}, "spec": spec})
+
+    def get(self, plural: str, name: str, namespaced: bool = True) -> dict[str, Any]:
+        path = f"{GROUP}/namespaces/{self.namespace}/{plural}/{name}" if namespaced else f"{GROUP}/{plural}/{name}"
+        return self.api("GET", path)
+
+    def items(self, plural: str, namespaced: bool = True) -> list[dict[str, Any]]:
+        path = f"{GROUP}/namespaces/{self.namespace}/{plural}" if namespaced else f"{GROUP}/{plural}"
+        return self.api("GET", path)["items"]
+
+    def events(self, involved: str) -> list[dict[str, Any]]:
+        return [e for e in self.api("GET", f"/api/v1/namespaces/{self.namespace}/events")["items"]
+                if e["involvedObject"]["name"] == involved]
+
+    def start_agent(self, node: str, *extra: str) -> AgentProcess:
+        token = self.tmp / "agent.token"
+        token.write_text(self.cp.service_account_token(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT))
+        os.chmod(token, 0o600)
+        kubeconfig = self.cp.service_account_kubeconfig(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT)
+        n = self.nodes[node]
+        n.agent = AgentProcess.cluster(
+            "--node", node, "--kubeconfig", str(kubeconfig), "--kubelet-ca", str(self.cp.ca_file),
+            "--kubelet-token-file", str(token), "--checkpoint-dir", str(n.checkpoint_dir),
+            "--store", str(n.store), "--debounce", "0.5", *extra)
+        n.agent.wait_logged("cluster mode watching")
+        return n.agent
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(check)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+@pytest_asyncio.fixture
+async def cluster(control_plane: ControlPlane, tmp_path: Path) -> AsyncIterator[Cluster]:
+    namespace = f"lpm-e2e-{os.getpid()}-{next(_namespaces)}"
+    control_plane.create_namespace(namespace)
+    store = tmp_path / "shared-store"
+    nodes = {}
+    for name in ("node-a", "node-b"):
+        directory = tmp_path / name / "checkpoints"
+        directory.mkdir(parents=True, mode=0o700)
+        kubelet = KubeletStandIn(control_plane, name, directory)
+        await kubelet.start()
+        nodes[name] = Node(name, kubelet, directory, store)
+    yield Cluster(control_plane, namespace, nodes, tmp_path)
+    for node in nodes.values():
+        if node.agent is not None and node.agent.proc.poll() is None:
+            node.agent.kill()
+        await node.kubelet.stop()
+
+
+def _phase(obj: dict[str, Any]) -> str | None:
+    return obj.get("status", {}).get("phase")
+
+
+@pytest.mark.asyncio
+async def test_container_checkpoint_is_taken_stored_and_announced(cluster: Cluster, tmp_path: Path) -> None:
+    pod = cluster.create_pod("web-0", "node-a")
+    cluster.start_agent("node-a")
+    cluster.create("containercheckpoints", "web-0-app", "ContainerCheckpoint",
+                   {"podName": "web-0", "containerName": "app"})
+    done = await eventually(lambda: _phase(c := cluster.get("containercheckpoints", "web-0-app")) in
+                            ("Succeeded", "Failed") and c, what="ContainerCheckpoint to finish")
+    assert _phase(done) == "Succeeded", done["status"]
+    assert done["status"]["ready"] is True and done["status"]["completionTime"]
+    content = cluster.get("containercheckpointcontents", done["status"]["boundContentName"], namespaced=False)
+    spec = content["spec"]
+    assert spec["storageType"] == "shared" and spec["artifactURI"].startswith(f"shared://{pod['metadata']['uid']}/")
+    assert spec["containerCheckpointRef"] == {"name": "web-0-app", "namespace": cluster.namespace}
+    # The announced artifact is in the store, verified byte for byte against the kubelet's archive.
+    out = tmp_path / "got.tar"
+    lpm("store", "get", spec["artifactURI"], "--store", str(cluster.nodes["node-a"].store), "-o", str(out), check=True)
+    [archive] = cluster.nodes["node-a"].checkpoint_dir.glob("checkpoint-web-0_*.tar")
+    assert out.read_bytes() == archive.read_bytes()
+    [listed] = [json.loads(l) for l in lpm("store", "ls", "--store", str(cluster.nodes["node-a"].store), "--json",
+                                           check=True).stdout.splitlines()]
+    assert listed["checkpointID"] in spec["artifactURI"] and listed["podName"] == "web-0"
+    manifest_sha = spec["checksumSHA256"]
+    assert len(manifest_sha) == 64 and spec["compressedSize"] > 0
+    assert [e["reason"] for e in cluster.events("web-0")] == ["Checkpointed"]
+    # The agent made exactly one kubelet call, and the archive was not announced twice.
+    assert [status for _, status in cluster.nodes["node-a"].kubelet.requests] == [200]
+    assert len(cluster.items("containercheckpointcontents", namespaced=False)) >= 1
+    assert cluster.nodes["node-a"].agent.stop()[0] == 0  # type: ignore[union-attr]
+    assert [c for c in cluster.items("containercheckpoints") if c["metadata"]["name"] != "web-0-app"] == []
+
+
+@pytest.mark.asyncio
+async def test_annotation_migrates_the_checkpoint_phase_to_checkpoint_complete(cluster: Cluster) -> None:
+    cluster.start_agent("node-a")
+    pod = cluster.create_pod("cart-0", "node-a", ("app", "sidecar"),
+                             annotations={"lpm.my.domain/migrate-to": "node-b"})
+    migration = await eventually(lambda: [m for m in cluster.items("podmigrations")
+                                          if _phase(m) in ("CheckpointComplete", "Failed")],
+                                 what="PodMigration to reach CheckpointComplete")
+    [migration] = migration
+    status = migration["status"]
+    assert status["phase"] == "CheckpointComplete", status
+    assert status["sourceNode"] == "node-a" and status["podCheckpointRef"]["name"] == migration["metadata"]["name"]
+    checkpoint = cluster.get("podcheckpoints", status["podCheckpointRef"]["name"])
+    content = cluster.get("podcheckpointcontents", checkpoint["status"]["boundContentName"], namespaced=False)
+    assert content["spec"]["targetNode"] == "node-b" and content["spec"]["podUID"] == pod["metadata"]["uid"]
+    uris = {c["containerName"]: c["artifactURI"] for c in content["spec"]["containers"]}
+    assert set(uris) == {"app", "sidecar"}
+    assert len({uri.split("/")[3] for uri in uris.values()}) == 1  # ONE checkpoint ID for the pod
+    store = cluster.nodes["node-a"].store
+    [listed] = [json.loads(l) for l in lpm("store", "ls", "--store", str(store), "--json", check=True)
+                .stdout.splitlines()]
+    assert listed["targetNode"] == "node-b" and sorted(listed["containers"]) == ["app", "sidecar"]
+    manifest = json.loads((store / pod["metadata"]["uid"] / listed["checkpointID"] / "app" / "manifest.json")
+                          .read_text())
+    assert manifest["targetNode"] == "node-b" and manifest["sourceNode"] == "node-a"
+    # Seeing the annotation again (an update, a relist, a restart) creates no second migration.
+    agent = cluster.nodes["node-a"].agent
+    assert agent is not None and agent.stop()[0] == 0
+    cluster.start_agent("node-a")
+    await asyncio.sleep(2)
+    assert len(cluster.items("podmigrations")) == 1
+    assert len(cluster.nodes["node-a"].kubelet.requests) == 2  # one per container, never repeated
+    assert "CheckpointComplete" in [e["reason"] for e in cluster.events("cart-0")]
+
+
+@pytest.mark.asyncio
+async def test_archive_taken_without_a_request_is_ingested_and_announced(cluster: Cluster) -> None:
+    pod = cluster.create_pod("manual-0", "node-a")
+    cluster.start_agent("node-a")
+    who = Pod(uid=pod["metadata"]["uid"], namespace=cluster.namespace, name="manual-0", container="app")
+    make_archive(cluster.nodes["node-a"].checkpoint_dir, ArchiveSpec(pod=who, memory=1 << 20), archive_name(who))
+    [request] = await eventually(lambda: [c for c in cluster.items("containercheckpoints")
+                                          if _phase(c) == "Succeeded"], what="an announced ContainerCheckpoint")
+    assert request["metadata"]["annotations"]["lpm.my.domain/origin"] == "kubelet-directory"
+    content = cluster.get("containercheckpointcontents", request["status"]["boundContentName"], namespaced=False)
+    assert content["spec"]["podName"] == "manual-0" and content["spec"]["artifactURI"].startswith("shared://")
+    assert cluster.nodes["node-a"].kubelet.requests == []  # the agent did not checkpoint it again
+
+
+@pytest.mark.asyncio
+async def test_kubelet_failures_are_retried_then_fail_with_the_reason(cluster: Cluster) -> None:
+    cluster.create_pod("flaky-0", "node-a")
+    cluster.nodes["node-a"].kubelet.fail_next(10, 500)
+    cluster.start_agent("node-a")
+    cluster.create("containercheckpoints", "flaky", "ContainerCheckpoint", {"podName": "flaky-0", "containerName": "app"})
+    done = await eventually(lambda: _phase(c := cluster.get("containercheckpoints", "flaky")) == "Failed" and c,
+                            what="ContainerCheckpoint to fail")
+    message = done["status"]["message"]
+    assert "kubelet on node-a" in message and "500" in message and "after 4 attempts" in message
+    assert [s for _, s in cluster.nodes["node-a"].kubelet.requests] == [500] * 4
+    assert [e["type"] for e in cluster.events("flaky-0")] == ["Warning"]
+    # A transient failure is retried and then succeeds.
+    cluster.nodes["node-a"].kubelet._failures.clear()
+    cluster.nodes["node-a"].kubelet.fail_next(2, 503)
+    cluster.create("containercheckpoints", "flaky-2", "ContainerCheckpoint",
+                   {"podName": "flaky-0", "containerName": "app"})
+    done = await eventually(lambda: _phase(c := cluster.get("containercheckpoints", "flaky-2")) in
+                            ("Succeeded", "Failed") and c, what="retry to succeed")
+    assert _phase(done) == "Succeeded", done["status"]
+
+
+@pytest.mark.asyncio
+async def test_migration_to_a_node_that_does_not_exist_fails_with_the_reason(cluster: Cluster) -> None:
+    cluster.create_pod("lost-0", "node-a")
+    cluster.start_agent("node-a")
+    cluster.create("podmigrations", "lost", "PodMigration", {"podName": "lost-0", "targetNode": "node-zz"})
+    done = await eventually(lambda: _phase(m := cluster.get("podmigrations", "lost")) == "Failed" and m,
+                            what="PodMigration to fail")
+    assert done["status"]["message"] == "target node node-zz does not exist"
+    assert cluster.nodes["node-a"].kubelet.requests == []  # the pod was never touched
+
+
+@pytest.mark.asyncio
+async def test_unwritable_store_fails_the_checkpoint_clearly(cluster: Cluster) -> None:
+    store = cluster.nodes["node-a"].store
+    store.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(store)], check=True)
+    try:
+        cluster.create_pod("ro-0", "node-a")
+        cluster.start_agent("node-a")
+        subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
+        cluster.create("containercheckpoints", "ro", "ContainerCheckpoint", {"podName": "ro-0", "containerName": "app"})
+        done = await eventually(lambda: _phase(c := cluster.get("containercheckpoints", "ro")) == "Failed" and c,
+                                what="ContainerCheckpoint to fail")
+        assert "Read-only file system" in done["status"]["message"], done["status"]
+        pod = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/ro-0")
+        assert pod["metadata"].get("deletionTimestamp") is None  # the source pod is untouched
+    finally:
+        agent = cluster.nodes["node-a"].agent
+        if agent is not None:
+            agent.kill()
+        subprocess.run(["umount", str(store)], check=True)
+
+
+@pytest.mark.asyncio
+async def test_apiserver_restart_and_expired_watch_miss_nothing_and_repeat_nothing(cluster: Cluster) -> None:
+    cluster.create_pod("steady-0", "node-a")
+    agent = cluster.start_agent("node-a")
+    cluster.create("containercheckpoints", "before", "ContainerCheckpoint",
+                   {"podName": "steady-0", "containerName": "app"})
+    await eventually(lambda: _phase(cluster.get("containercheckpoints", "before")) == "Succeeded", what="first")
+    # Move history on, then compact it away: the versions the agent's watches hold are gone.
+    for index in range(5):
+        cluster.api("POST", f"/api/v1/namespaces/{cluster.namespace}/configmaps",
+                    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"churn-{index}"}})
+    await asyncio.to_thread(cluster.cp.compact_etcd)
+    # Not in a worker thread: the apiserver dies with the thread that started it (PR_SET_PDEATHSIG).
+    cluster.cp.restart_apiserver(1.0)
+    # A request made right after the restart, while the agent is still reconnecting.
+    cluster.create("containercheckpoints", "after", "ContainerCheckpoint",
+                   {"podName": "steady-0", "containerName": "app"})
+    done = await eventually(lambda: _phase(c := cluster.get("containercheckpoints", "after")) in
+                            ("Succeeded", "Failed") and c, what="request made after the restart")
+    assert _phase(done) == "Succeeded", done["status"]
+    assert [s for _, s in cluster.nodes["node-a"].kubelet.requests] == [200, 200]  # nothing done twice
+    assert agent.logs("watch expired; relisting"), "the agent should have relisted after 410"
+    assert agent.proc.poll() is None  # it rode out the outage
+
+
+@pytest.mark.asyncio
+async def test_status_update_conflict_is_re_read_and_retried(cluster: Cluster) -> None:
+    from watcher.cluster.status import update_status
+    from watcher.kube.client import Kube, connect
+
+    cluster.create("containercheckpoints", "raced", "ContainerCheckpoint", {"podName": "x", "containerName": "app"})
+    seen: list[str | None] = []
+
+    def mutate(status: dict[str, Any]) -> dict[str, Any]:
+        seen.append(status.get("message"))
+        if len(seen) == 1:  # another writer gets in between our read and our write
+            body = cluster.get("containercheckpoints", "raced")
+            body["status"] = {"phase": "Pending", "message": "other writer"}
+            cluster.api("PUT", f"{GROUP}/namespaces/{cluster.namespace}/containercheckpoints/raced/status", body)
+        return {**status, "phase": "Running", "message": "ours"}
+
+    kube = Kube(await connect(cluster.cp.admin_kubeconfig))
+    try:
+        await update_status(kube, "ContainerCheckpoint", cluster.namespace, "raced", mutate)
+    finally:
+        await kube.client.close()
+    assert seen == [None, "other writer"]  # re-read after the 409, change applied to the fresh object
+    assert cluster.get("containercheckpoints", "raced")["status"] == {"phase": "Running", "message": "ours"}

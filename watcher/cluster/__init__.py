@@ -1,0 +1,1 @@
+"""The agent's cluster mode: lpm's custom resources, the kubelet, Events."""

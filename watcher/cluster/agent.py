@@ -1,0 +1,137 @@
+"""The node agent in cluster mode: informers, one worker per object, the directory watcher.
+
+Watches (list, then watch, relist on 410): pods on this node (field selector
+``spec.nodeName``), ContainerCheckpoints, PodCheckpoints and PodMigrations. Every background
+task is named and supervised: if one ends unexpectedly the agent logs it and stops, and the
+DaemonSet restarts it, rather than running on half-blind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from watcher.agent import StandaloneAgent, StandaloneConfig
+from watcher.cluster.checkpointing import (
+    Source, announce_container, create_idempotent, reconcile_container_checkpoint, reconcile_pod_checkpoint,
+)
+from watcher.cluster.claims import Claim, Claims
+from watcher.cluster.migration import reconcile_annotated_pod, reconcile_migration
+from watcher.cluster.objects import (
+    API_VERSION, MIGRATION_LABEL, ORIGIN_ANNOTATION, ORIGIN_KUBELET_DIRECTORY, Phase, content_name, lpm_path, meta,
+    pod_path,
+)
+from watcher.cluster.status import now, update_status
+from watcher.errors import LpmError
+from watcher.ingest.service import IngestResult
+from watcher.kube.client import Kube, connect
+from watcher.kube.informer import Resource, Workers, informer
+from watcher.kubelet import KubeletClient, KubeletSettings
+from watcher.watch.stability import Outcome
+
+log = logging.getLogger("lpm.agent")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    base: StandaloneConfig
+    kubeconfig: Path | None
+    """None: the pod's in-cluster service account."""
+    kubelet: KubeletSettings
+
+
+class _DirectoryHooks:
+    """Archives in the kubelet directory: the agent's own requests, or ones nobody asked for."""
+
+    def __init__(self, kube: Kube, claims: Claims) -> None:
+        self._kube = kube
+        self._claims = claims
+
+    def before(self, path: Path) -> Outcome | None:
+        claim = self._claims.of(path.name)
+        if claim is Claim.OURS:
+            return Outcome.DONE  # ingested by the request that asked for it
+        if claim is Claim.WAIT:
+            return Outcome.STORE_TROUBLE  # look again once the request has answered
+        return None
+
+    async def after(self, path: Path, result: IngestResult) -> None:
+        """Record an unrequested archive as a finished ContainerCheckpoint with its content."""
+        manifest = result.manifest
+        request_name = content_name("kubelet", manifest.pod_name, manifest.checkpoint_id, manifest.container_name)
+        request = {
+            "apiVersion": API_VERSION, "kind": "ContainerCheckpoint",
+            "metadata": {"name": request_name, "namespace": manifest.pod_namespace,
+                         "annotations": {ORIGIN_ANNOTATION: ORIGIN_KUBELET_DIRECTORY}},
+            "spec": {"podName": manifest.pod_name, "containerName": manifest.container_name},
+        }
+        await create_idempotent(self._kube, lpm_path("ContainerCheckpoint", manifest.pod_namespace), request)
+        content = await announce_container(self._kube, request, manifest)
+
+        def done(status: dict[str, Any]) -> dict[str, Any] | None:
+            if status.get("phase") == Phase.SUCCEEDED.value:
+                return None
+            return {**status, "phase": Phase.SUCCEEDED.value, "ready": True, "boundContentName": content,
+                    "completionTime": now(), "message": f"taken without a request; stored as {manifest.ref.uri}"}
+
+        await update_status(self._kube, "ContainerCheckpoint", manifest.pod_namespace, request_name, done)
+
+
+class ClusterAgent:
+    def __init__(self, config: ClusterConfig) -> None:
+        self._config = config
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg, node = self._config, self._config.base.node
+        kube = Kube(await connect(cfg.kubeconfig))
+        kubelet = KubeletClient(cfg.kubelet)
+        claims = Claims()
+        directory = StandaloneAgent(cfg.base, _DirectoryHooks(kube, claims))
+        source = Source(kube, kubelet, node, cfg.base.watch.directory, directory.root_fd, cfg.base.compression,
+                        directory.cancel, claims)
+        migrations = Workers("podmigration", lambda e, o: reconcile_migration(kube, node, e, o))
+        pod_checkpoints = Workers("podcheckpoint", lambda e, o: reconcile_pod_checkpoint(source, e, o))
+        container_checkpoints = Workers("containercheckpoint",
+                                        lambda e, o: reconcile_container_checkpoint(source, e, o))
+        pods = Workers("pod", lambda e, o: reconcile_annotated_pod(kube, node, e, o))
+
+        def on_pod_checkpoint(event: str, obj: dict[str, Any]) -> None:
+            pod_checkpoints.submit(event, obj)
+            owner = meta(obj).get("labels", {}).get(MIGRATION_LABEL)
+            if owner:  # the PodMigration mirrors its PodCheckpoint's outcome
+                migrations.submit("MODIFIED", {"metadata": {"namespace": meta(obj)["namespace"], "name": owner}})
+
+        tasks = {
+            asyncio.create_task(informer(kube, Resource(pod_path(), {"fieldSelector": f"spec.nodeName={node}"}),
+                                         pods.submit, stop), name="watch pods"),
+            asyncio.create_task(informer(kube, Resource(lpm_path("PodMigration")), migrations.submit, stop),
+                                name="watch podmigrations"),
+            asyncio.create_task(informer(kube, Resource(lpm_path("PodCheckpoint")), on_pod_checkpoint, stop),
+                                name="watch podcheckpoints"),
+            asyncio.create_task(informer(kube, Resource(lpm_path("ContainerCheckpoint")),
+                                         container_checkpoints.submit, stop), name="watch containercheckpoints"),
+            asyncio.create_task(directory.run(stop), name="checkpoint directory"),
+        }
+        log.info("cluster mode watching", extra={"fields": {"node": node}})
+        try:
+            done, _ = await asyncio.wait([*tasks, asyncio.ensure_future(stop.wait())],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            died = [task for task in done & tasks if not stop.is_set()]
+            for task in died:
+                reason = "cancelled" if task.cancelled() else repr(task.exception())
+                log.error("background task ended; stopping the agent",
+                          extra={"fields": {"task": task.get_name(), "reason": reason}})
+            if died:
+                raise LpmError(f"background task {died[0].get_name()!r} ended unexpectedly")
+        finally:
+            stop.set()
+            directory.cancel.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for workers in (migrations, pod_checkpoints, container_checkpoints, pods):
+                await workers.close()
+            await kubelet.close()
+            await kube.client.close()
+

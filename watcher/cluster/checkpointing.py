@@ -1,0 +1,216 @@
+"""The source node's half: checkpoint requests in, committed and announced checkpoints out.
+
+ContainerCheckpoint -> one container; PodCheckpoint -> every container of the pod under ONE
+checkpoint ID, the marker after the last. Each reconciler re-reads its object, acts only for
+pods on this node, and is idempotent by phase, so relists and restarts repeat no finished work.
+Failures a person can act on end the request as ``Failed`` with the reason, and an Event on the
+pod; API trouble is raised for the worker to retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from watcher.archive import names
+from watcher.archive.identity import Identity
+from watcher.cluster import events
+from watcher.cluster.claims import Claims
+from watcher.cluster.nodes import endpoint_of
+from watcher.cluster.objects import (
+    API_VERSION, ORIGIN_ANNOTATION, TARGET_NODE_ANNOTATION, Phase, content_name, lpm_path, meta, node_path,
+    pod_path,
+)
+from watcher.cluster.status import now, update_status
+from watcher.errors import ArchiveError, Conflict, LpmError, NotFound, StoreError, UnsafeNameError
+from watcher.ingest import service
+from watcher.ingest.service import IngestResult, StagedArchive
+from watcher.kube.client import Kube
+from watcher.kubelet import KubeletClient, KubeletError
+from watcher.store.manifest import Manifest
+from watcher.zstream import CompressionSettings
+
+log = logging.getLogger(__name__)
+
+# What ends a request as Failed (the reason is in the message); anything else is retried.
+FINAL_ERRORS = (KubeletError, ArchiveError, StoreError, UnsafeNameError)
+
+
+@dataclass
+class Source:
+    kube: Kube
+    kubelet: KubeletClient
+    node: str
+    checkpoint_dir: Path
+    root_fd: int
+    compression: CompressionSettings
+    cancel: threading.Event
+    claims: Claims
+
+    async def checkpoint(self, pod: Mapping[str, Any], containers: list[str],
+                         target_node: str | None) -> list[IngestResult]:
+        """Checkpoint ``containers`` of ``pod`` through the kubelet and commit them as one checkpoint."""
+        endpoint = endpoint_of(await self.kube.get(node_path(self.node)), 10250)
+        namespace, name, uid = meta(pod)["namespace"], meta(pod)["name"], meta(pod)["uid"]
+        staged: list[StagedArchive] = []
+        try:
+            for container in containers:
+                prefix = self.claims.begin(namespace, name, container)
+                archive: str | None = None
+                try:
+                    archive = (await self.kubelet.checkpoint(endpoint, namespace, name, container)).name
+                finally:
+                    self.claims.end(prefix, archive)
+                if not names.is_candidate(archive):
+                    raise KubeletError(f"kubelet on {self.node} named {archive!r}, which is not a checkpoint archive")
+                hint = Identity.checked(uid, namespace, name, container)
+                staged.append(await asyncio.to_thread(
+                    service.stage_archive, self.root_fd, self.checkpoint_dir / archive, self.node, hint,
+                    self.compression, self.cancel))
+            return await asyncio.to_thread(service.commit_staged, self.root_fd, self.node, staged, target_node,
+                                           datetime.now(timezone.utc))
+        except BaseException:
+            await asyncio.to_thread(service.discard_staged, self.root_fd, self.node, staged)
+            raise
+
+
+def _content_spec(manifest: Manifest) -> dict[str, Any]:
+    return {"artifactURI": manifest.ref.uri, "storageType": "shared", "checksumSHA256": manifest.checksum_sha256,
+            "compressedSize": manifest.compressed_size}
+
+
+async def create_idempotent(kube: Kube, path: str, body: Mapping[str, Any]) -> None:
+    try:
+        await kube.create(path, body)
+    except Conflict:
+        pass  # made by an earlier attempt of this same reconcile: same name, same content
+
+
+async def announce_container(kube: Kube, request: Mapping[str, Any], manifest: Manifest) -> str:
+    name = content_name(manifest.pod_namespace, meta(request)["name"], manifest.checkpoint_id, manifest.container_name)
+    await create_idempotent(kube, lpm_path("ContainerCheckpointContent"), {
+        "apiVersion": API_VERSION, "kind": "ContainerCheckpointContent", "metadata": {"name": name},
+        "spec": {"containerCheckpointRef": {"name": meta(request)["name"], "namespace": meta(request)["namespace"]},
+                 "podNamespace": manifest.pod_namespace, "podName": manifest.pod_name,
+                 "containerName": manifest.container_name, **_content_spec(manifest)},
+    })
+    return name
+
+
+async def announce_pod(kube: Kube, request: Mapping[str, Any], manifests: list[Manifest]) -> str:
+    first = manifests[0]
+    name = content_name(first.pod_namespace, meta(request)["name"], first.checkpoint_id)
+    spec: dict[str, Any] = {
+        "podCheckpointRef": {"name": meta(request)["name"], "namespace": meta(request)["namespace"]},
+        "podNamespace": first.pod_namespace, "podName": first.pod_name, "podUID": first.pod_uid,
+        "checkpointID": first.checkpoint_id,
+        "containers": [{"containerName": m.container_name, **_content_spec(m)} for m in manifests],
+    }
+    if first.target_node is not None:
+        spec["targetNode"] = first.target_node
+    await create_idempotent(kube, lpm_path("PodCheckpointContent"), {
+        "apiVersion": API_VERSION, "kind": "PodCheckpointContent", "metadata": {"name": name}, "spec": spec})
+    return name
+
+
+def _set(phase: Phase, message: str, **extra: Any) -> Any:
+    def mutate(status: dict[str, Any]) -> dict[str, Any] | None:
+        if status.get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value):
+            return None  # terminal phases are final; a late writer must not flip them
+        status.update({"phase": phase.value, "message": message, **extra})
+        return status
+    return mutate
+
+
+async def _fresh_request(kube: Kube, kind: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    try:
+        request = await kube.get(lpm_path(kind, meta(obj)["namespace"], meta(obj)["name"]))
+    except NotFound:
+        return None
+    if request.get("status", {}).get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value):
+        return None
+    if meta(request).get("annotations", {}).get(ORIGIN_ANNOTATION):
+        return None  # the agent's record of an archive nobody requested: nothing to do
+    return request
+
+
+async def _my_pod(src: Source, kind: str, request: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The request's pod if it runs on this node; fails the request if the pod does not exist."""
+    namespace, name = meta(request)["namespace"], request["spec"]["podName"]
+    try:
+        pod = await src.kube.get(pod_path(namespace, name))
+    except NotFound:
+        await update_status(src.kube, kind, namespace, meta(request)["name"],
+                            _set(Phase.FAILED, f"pod {namespace}/{name} does not exist"))
+        return None
+    return pod if pod.get("spec", {}).get("nodeName") == src.node else None
+
+
+async def reconcile_container_checkpoint(src: Source, event: str, obj: dict[str, Any]) -> None:
+    if event == "DELETED":
+        return
+    request = await _fresh_request(src.kube, "ContainerCheckpoint", obj)
+    if request is None:
+        return
+    pod = await _my_pod(src, "ContainerCheckpoint", request)
+    if pod is None:
+        return
+    namespace, name = meta(request)["namespace"], meta(request)["name"]
+    container = request["spec"]["containerName"]
+    if container not in [c["name"] for c in pod["spec"].get("containers", [])]:
+        await update_status(src.kube, "ContainerCheckpoint", namespace, name,
+                            _set(Phase.FAILED, f"pod {namespace}/{meta(pod)['name']} has no container {container}"))
+        return
+    await update_status(src.kube, "ContainerCheckpoint", namespace, name, _set(Phase.RUNNING, "checkpointing"))
+    try:
+        [result] = await src.checkpoint(pod, [container], None)
+    except FINAL_ERRORS as err:
+        await _fail(src, "ContainerCheckpoint", request, pod, err)
+        return
+    content = await announce_container(src.kube, request, result.manifest)
+    await update_status(src.kube, "ContainerCheckpoint", namespace, name, _set(
+        Phase.SUCCEEDED, f"checkpoint {result.manifest.ref.uri}", ready=True, boundContentName=content,
+        completionTime=now()))
+    await events.record(src.kube, pod, "Checkpointed",
+                        f"container {container} checkpointed to {result.manifest.ref.uri}", node=src.node)
+
+
+async def reconcile_pod_checkpoint(src: Source, event: str, obj: dict[str, Any]) -> None:
+    if event == "DELETED":
+        return
+    request = await _fresh_request(src.kube, "PodCheckpoint", obj)
+    if request is None:
+        return
+    pod = await _my_pod(src, "PodCheckpoint", request)
+    if pod is None:
+        return
+    namespace, name = meta(request)["namespace"], meta(request)["name"]
+    containers = [c["name"] for c in pod["spec"].get("containers", [])]
+    target = meta(request).get("annotations", {}).get(TARGET_NODE_ANNOTATION)
+    await update_status(src.kube, "PodCheckpoint", namespace, name, _set(Phase.RUNNING, "checkpointing"))
+    try:
+        results = await src.checkpoint(pod, containers, target)
+    except FINAL_ERRORS as err:
+        await _fail(src, "PodCheckpoint", request, pod, err)
+        return
+    manifests = [r.manifest for r in results]
+    content = await announce_pod(src.kube, request, manifests)
+    await update_status(src.kube, "PodCheckpoint", namespace, name, _set(
+        Phase.SUCCEEDED, f"checkpoint {manifests[0].pod_uid}/{manifests[0].checkpoint_id}", ready=True,
+        boundContentName=content, completionTime=now(),
+        containers=[{"containerName": m.container_name, "contentName": content, "ready": True} for m in manifests]))
+    await events.record(src.kube, pod, "Checkpointed",
+                        f"{len(manifests)} container(s) checkpointed as {manifests[0].checkpoint_id}", node=src.node)
+
+
+async def _fail(src: Source, kind: str, request: Mapping[str, Any], pod: Mapping[str, Any], err: LpmError) -> None:
+    namespace, name = meta(request)["namespace"], meta(request)["name"]
+    log.error("checkpoint failed", extra={"fields": {"kind": kind, "object": f"{namespace}/{name}",
+                                                      "pod": f"{namespace}/{meta(pod)['name']}", "reason": str(err)}})
+    await update_status(src.kube, kind, namespace, name, _set(Phase.FAILED, str(err), ready=False))
+    await events.record(src.kube, pod, "CheckpointFailed", str(err), warning=True, node=src.node)

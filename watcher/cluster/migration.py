@@ -1,0 +1,106 @@
+"""PodMigration on the source node: from the annotation to ``CheckpointComplete``.
+
+The annotation ``lpm.my.domain/migrate-to: NODE`` on a pod makes this node's agent create one
+PodMigration for that pod instance (the name is derived from the pod's UID, so seeing the
+annotation again — after a relist or a restart — creates nothing new). The PodMigration's
+checkpoint phase is a PodCheckpoint the agent creates and owns; its outcome is mirrored into
+the PodMigration, which ends here at ``CheckpointComplete`` with ``podCheckpointRef`` (the
+destination node's agent takes it from there) or ``Failed`` with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from watcher.cluster import events
+from watcher.cluster.checkpointing import create_idempotent
+from watcher.cluster.nodes import NodeUnusable, usable_target
+from watcher.cluster.objects import (
+    API_VERSION, MIGRATE_ANNOTATION, MIGRATION_LABEL, TARGET_NODE_ANNOTATION, MigrationPhase, Phase, lpm_path, meta,
+    migration_name, owner_reference, pod_path,
+)
+from watcher.cluster.status import now, update_status
+from watcher.errors import NotFound, UnsafeNameError
+from watcher.kube.client import Kube
+from watcher.store import layout
+
+log = logging.getLogger(__name__)
+
+_DONE_HERE = {MigrationPhase.CHECKPOINT_COMPLETE.value, MigrationPhase.RESTORING.value,
+              MigrationPhase.SUCCEEDED.value, MigrationPhase.FAILED.value}
+
+
+async def reconcile_annotated_pod(kube: Kube, node: str, event: str, pod: dict[str, Any]) -> None:
+    """Create the PodMigration an annotated pod on this node asks for (idempotent)."""
+    target = meta(pod).get("annotations", {}).get(MIGRATE_ANNOTATION)
+    if event == "DELETED" or not target or pod.get("spec", {}).get("nodeName") != node:
+        return
+    namespace, name, uid = meta(pod)["namespace"], meta(pod)["name"], meta(pod)["uid"]
+    migration = migration_name(name, uid)
+    await create_idempotent(kube, lpm_path("PodMigration", namespace), {
+        "apiVersion": API_VERSION, "kind": "PodMigration",
+        "metadata": {"name": migration, "namespace": namespace, "labels": {f"{MIGRATION_LABEL}-pod-uid": uid}},
+        "spec": {"podName": name, "targetNode": target},
+    })
+
+
+def _phase(phase: MigrationPhase, message: str, **extra: Any) -> Any:
+    def mutate(status: dict[str, Any]) -> dict[str, Any] | None:
+        if status.get("phase") in _DONE_HERE:
+            return None
+        if status.get("phase") == phase.value and status.get("message") == message:
+            return None
+        status.update({"phase": phase.value, "message": message, **extra})
+        return status
+    return mutate
+
+
+async def reconcile_migration(kube: Kube, node: str, event: str, obj: Mapping[str, Any]) -> None:
+    if event == "DELETED":
+        return
+    namespace, name = meta(obj)["namespace"], meta(obj)["name"]
+    try:
+        migration = await kube.get(lpm_path("PodMigration", namespace, name))
+    except NotFound:
+        return
+    if migration.get("status", {}).get("phase") in _DONE_HERE:
+        return
+    pod_name, target = migration["spec"]["podName"], migration["spec"]["targetNode"]
+    try:
+        pod = await kube.get(pod_path(namespace, pod_name))
+    except NotFound:
+        await update_status(kube, "PodMigration", namespace, name,
+                            _phase(MigrationPhase.FAILED, f"pod {namespace}/{pod_name} does not exist"))
+        return
+    if pod.get("spec", {}).get("nodeName") != node:
+        return  # another node's agent is the source
+    try:
+        layout.node_name(target)
+        if target == node:
+            raise NodeUnusable(f"target node {target} is the node the pod already runs on")
+        await usable_target(kube, target)
+    except (NodeUnusable, UnsafeNameError) as err:
+        await update_status(kube, "PodMigration", namespace, name, _phase(MigrationPhase.FAILED, str(err)))
+        await events.record(kube, pod, "MigrationRefused", str(err), warning=True, node=node)
+        return
+    await update_status(kube, "PodMigration", namespace, name, _phase(
+        MigrationPhase.CHECKPOINTING, f"checkpointing on {node}", sourceNode=node, startTime=now()))
+    await create_idempotent(kube, lpm_path("PodCheckpoint", namespace), {
+        "apiVersion": API_VERSION, "kind": "PodCheckpoint",
+        "metadata": {"name": name, "namespace": namespace, "labels": {MIGRATION_LABEL: name},
+                     "annotations": {TARGET_NODE_ANNOTATION: target},
+                     "ownerReferences": [owner_reference(migration)]},
+        "spec": {"podName": pod_name},
+    })
+    checkpoint = await kube.get(lpm_path("PodCheckpoint", namespace, name))
+    state = checkpoint.get("status", {})
+    if state.get("phase") == Phase.SUCCEEDED.value:
+        await update_status(kube, "PodMigration", namespace, name, _phase(
+            MigrationPhase.CHECKPOINT_COMPLETE, state.get("message", "checkpoint complete"),
+            podCheckpointRef={"name": name, "namespace": namespace}))
+        await events.record(kube, pod, "CheckpointComplete",
+                            f"migration {name} to {target}: {state.get('message', '')}", node=node)
+    elif state.get("phase") == Phase.FAILED.value:
+        await update_status(kube, "PodMigration", namespace, name, _phase(
+            MigrationPhase.FAILED, f"checkpoint failed: {state.get('message', '')}"))

@@ -1,0 +1,98 @@
+"""lpm's API objects: paths, names, labels and phases (pure; ARCHITECTURE.md, "Kubernetes API")."""
+
+from __future__ import annotations
+
+import hashlib
+from enum import Enum
+from typing import Any, Mapping
+from urllib.parse import quote
+
+GROUP = "lpm.my.domain"
+VERSION = "v1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+MIGRATE_ANNOTATION = f"{GROUP}/migrate-to"
+MIGRATION_LABEL = f"{GROUP}/migration"
+TARGET_NODE_ANNOTATION = f"{GROUP}/target-node"
+ORIGIN_ANNOTATION = f"{GROUP}/origin"
+ORIGIN_KUBELET_DIRECTORY = "kubelet-directory"
+"""Set on a ContainerCheckpoint the agent made for an archive nobody requested: already done."""
+
+
+class Phase(str, Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class MigrationPhase(str, Enum):
+    PENDING = "Pending"
+    CHECKPOINTING = "Checkpointing"
+    CHECKPOINT_COMPLETE = "CheckpointComplete"
+    RESTORING = "Restoring"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+PLURALS = {
+    "ContainerCheckpoint": "containercheckpoints",
+    "ContainerCheckpointContent": "containercheckpointcontents",
+    "PodCheckpoint": "podcheckpoints",
+    "PodCheckpointContent": "podcheckpointcontents",
+    "PodMigration": "podmigrations",
+}
+
+
+def lpm_path(kind: str, namespace: str | None = None, name: str | None = None, status: bool = False) -> str:
+    path = f"/apis/{GROUP}/{VERSION}"
+    if namespace is not None:
+        path += f"/namespaces/{quote(namespace, safe='')}"
+    path += f"/{PLURALS[kind]}"
+    if name is not None:
+        path += f"/{quote(name, safe='')}"
+        if status:
+            path += "/status"
+    return path
+
+
+def pod_path(namespace: str | None = None, name: str | None = None) -> str:
+    if namespace is None:
+        return "/api/v1/pods"
+    path = f"/api/v1/namespaces/{quote(namespace, safe='')}/pods"
+    return f"{path}/{quote(name, safe='')}" if name is not None else path
+
+
+def node_path(name: str) -> str:
+    return f"/api/v1/nodes/{quote(name, safe='')}"
+
+
+def meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata", {})
+
+
+def short_hash(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
+
+
+def dns_name(*parts: str, limit: int = 253) -> str:
+    """A DNS-1123 subdomain made of ``parts``; long ones keep a hash so they stay unique."""
+    name = "-".join(part.lower() for part in parts)
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit - 9]}-{short_hash(name)}"
+
+
+def migration_name(pod: str, uid: str) -> str:
+    """One PodMigration per pod instance: the annotation re-seen after a restart maps to it."""
+    return dns_name(pod, "migration", uid[:8])
+
+
+def content_name(namespace: str, owner: str, checkpoint_id: str, container: str | None = None) -> str:
+    parts = [namespace, owner, checkpoint_id] + ([container] if container else [])
+    return dns_name(*parts)
+
+
+def owner_reference(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta(obj)["name"],
+            "uid": meta(obj)["uid"], "controller": True}

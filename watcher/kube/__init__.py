@@ -1,0 +1,1 @@
+"""Talking to the Kubernetes API: raw JSON requests, list-then-watch, per-object workers."""
