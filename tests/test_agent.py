@@ -117,7 +117,7 @@ def test_delete_ingested_keeps_an_archive_whose_stored_copy_is_bad(kube_dir, sto
     damaged[100] ^= 0xFF
     dump.write_bytes(bytes(damaged))
     with agent(kube_dir, store, "--delete-ingested") as proc:
-        [line] = proc.wait_logged("kubelet archive kept: verification failed")
+        [line] = proc.wait_logged("stored copy failed verification; kubelet archive kept")
         assert proc.stop()[0] == 0
     assert archive.exists() and line["reason"].startswith(f"artifact {uri}: stored dump")
 

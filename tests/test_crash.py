@@ -17,6 +17,14 @@ NEW_PER_TRIAL = 2
 MEMORY = 48 << 20  # ~0.1-0.3 s of ingest each: kills land in the middle often
 
 
+def _writing_since(store, started):
+    staging = store / ".ingest" / "node-a" / "staging"
+    try:
+        return any(p.stat().st_mtime >= started for p in staging.iterdir())
+    except FileNotFoundError:
+        return False  # not created yet, or the file was committed between listing and stat
+
+
 def _listed(store):
     return [json.loads(line) for line in lpm("store", "ls", "--store", str(store), "--json",
                                              check=True).stdout.splitlines()]
@@ -49,7 +57,13 @@ def test_sigkill_during_ingest_never_exposes_a_partial_checkpoint_nor_duplicates
         with AgentProcess("--node", "node-a", "--checkpoint-dir", str(kube_dir), "--store", str(store),
                           "--debounce", "0") as proc:
             proc.wait_logged("agent starting")
-            time.sleep(rng.uniform(0.0, 0.8))
+            # Kill at a random moment of an ingest: wait until this run is writing a dump, then a
+            # random fraction of the time one takes (so load on the machine cannot make every kill
+            # land before or after the ingests).
+            deadline = time.monotonic() + 20
+            while not _writing_since(store, started) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.3))
             proc.kill()
         staging = store / ".ingest" / "node-a" / "staging"
         if staging.exists() and any(p.stat().st_mtime >= started for p in staging.iterdir()):

@@ -124,17 +124,20 @@ class StandaloneAgent:
             except LpmError as err:
                 log.error("ingested archive not announced yet", extra={"fields": {**fields, "reason": str(err)}})
                 return Outcome.STORE_TROUBLE
-        if cfg.delete_ingested:
-            await self._delete(path, fields)
+        await self._verify_and_clean(path, fields)
         return Outcome.DONE
 
-    async def _delete(self, path: Path, fields: dict[str, object]) -> None:
+    async def _verify_and_clean(self, path: Path, fields: dict[str, object]) -> None:
+        """Read the stored copy back (the ledger then says verified), then remove the kubelet's if asked."""
+        step = service.delete_verified if self._config.delete_ingested else service.verify_ingested
         try:
-            await asyncio.to_thread(service.delete_verified, self.root_fd, path, self._config.node,
-                                    self._config.compression, self.cancel)
+            await asyncio.to_thread(step, self.root_fd, path, self._config.node, self._config.compression,
+                                    self.cancel)
         except Cancelled:
             return
         except LpmError as err:
-            log.error("kubelet archive kept: verification failed", extra={"fields": {**fields, "reason": str(err)}})
+            log.error("stored copy failed verification; kubelet archive kept",
+                      extra={"fields": {**fields, "reason": str(err)}})
             return
-        log.info("kubelet archive removed after verified ingest", extra={"fields": fields})
+        if self._config.delete_ingested:
+            log.info("kubelet archive removed after verified ingest", extra={"fields": fields})

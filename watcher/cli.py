@@ -5,6 +5,8 @@
     lpm ingest ARCHIVE --store DIR --node NAME [--target-node NAME]
     lpm store ls --store DIR [--json]
     lpm store get URI --store DIR -o FILE
+    lpm gc --store DIR [--once] [--interval 10m] [--retention 24h] [--stale-after 1h] [--dry-run]
+           [--standalone | --kubeconfig FILE]      (the collector: package lpm_gc, folder gc/)
 
 Errors end as one line on stderr naming the thing and the reason, and a non-zero exit.
 """
@@ -23,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+from lpm_gc import cli as gc_cli
 from watcher import logs
 from watcher.agent import StandaloneAgent, StandaloneConfig
 from watcher.cluster.agent import ClusterAgent, ClusterConfig
@@ -106,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("uri")
     get.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
     get.add_argument("-o", "--output", type=Path, required=True)
+
+    gc_cli.add_parser(commands)
     return parser
 
 
@@ -117,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _agent(args)
         if args.command == "ingest":
             return _ingest(args)
+        if args.command == "gc":
+            return gc_cli.run(args)
         if args.store_command == "ls":
             return _ls(args)
         return _get(args)

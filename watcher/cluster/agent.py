@@ -51,15 +51,16 @@ class _DirectoryHooks:
         self._claims = claims
 
     def before(self, path: Path) -> Outcome | None:
-        claim = self._claims.of(path.name)
-        if claim is Claim.OURS:
-            return Outcome.DONE  # ingested by the request that asked for it
-        if claim is Claim.WAIT:
+        if self._claims.of(path.name) is Claim.WAIT:
             return Outcome.STORE_TROUBLE  # look again once the request has answered
+        # The agent's own archives go on too: the ledger makes their ingest a no-op, and the
+        # stored copy is then verified like any other.
         return None
 
     async def after(self, path: Path, result: IngestResult) -> None:
         """Record an unrequested archive as a finished ContainerCheckpoint with its content."""
+        if self._claims.of(path.name) is Claim.OURS:
+            return  # announced by the request that asked for it
         manifest = result.manifest
         request_name = content_name("kubelet", manifest.pod_name, manifest.checkpoint_id, manifest.container_name)
         request = {

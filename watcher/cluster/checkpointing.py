@@ -58,16 +58,16 @@ class Source:
         endpoint = endpoint_of(await self.kube.get(node_path(self.node)), 10250)
         namespace, name, uid = meta(pod)["namespace"], meta(pod)["name"], meta(pod)["uid"]
         staged: list[StagedArchive] = []
+        # Claimed until committed: the directory watcher must not ingest these archives on its
+        # own (as one-container checkpoints) while this request is between the kubelet and the ledger.
+        prefixes = {c: self.claims.begin(namespace, name, c) for c in containers}
+        archives: dict[str, str] = {}
         try:
             for container in containers:
-                prefix = self.claims.begin(namespace, name, container)
-                archive: str | None = None
-                try:
-                    archive = (await self.kubelet.checkpoint(endpoint, namespace, name, container)).name
-                finally:
-                    self.claims.end(prefix, archive)
+                archive = (await self.kubelet.checkpoint(endpoint, namespace, name, container)).name
                 if not names.is_candidate(archive):
                     raise KubeletError(f"kubelet on {self.node} named {archive!r}, which is not a checkpoint archive")
+                archives[container] = archive
                 hint = Identity.checked(uid, namespace, name, container)
                 staged.append(await asyncio.to_thread(
                     service.stage_archive, self.root_fd, self.checkpoint_dir / archive, self.node, hint,
@@ -77,6 +77,9 @@ class Source:
         except BaseException:
             await asyncio.to_thread(service.discard_staged, self.root_fd, self.node, staged)
             raise
+        finally:
+            for container, prefix in prefixes.items():
+                self.claims.end(prefix, archives.get(container))
 
 
 def _content_spec(manifest: Manifest) -> dict[str, Any]:

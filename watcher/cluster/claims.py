@@ -2,8 +2,8 @@
 
 The kubelet's runtime writes an archive in place while the agent's own request is still
 open, so the directory watcher sees it too. Archives of a (namespace, pod, container) with a
-request in flight are held back; once the reply names the archive it belongs to the
-request. Everything else in the directory was taken without lpm (a person with curl) and
+request in flight are held back until the request has committed them; the archives its
+replies named are then the request's. Everything else in the directory was taken without lpm (a person with curl) and
 is ingested and announced on its own, so nothing taken is invisible.
 """
 

@@ -211,29 +211,38 @@ def ingest_archive(
     return commit_staged(root_fd, node, [staged], target_node, now)[0]
 
 
-def delete_verified(
+def verify_ingested(
     root_fd: int, path: Path, node: str, settings: CompressionSettings, cancel: threading.Event
-) -> Manifest:
-    """Remove a kubelet archive after proving the store holds its exact bytes.
+) -> LedgerRecord:
+    """Prove the store holds this kubelet archive's exact bytes, and say so in the ledger.
 
-    The stored dump is read back and both SHA-256 sums checked, and the archive must be
-    the very version that was ingested (size and mtime): it holds process memory, so it is
-    removed only when the store's copy is known good.
+    The stored dump is read back and both SHA-256 sums checked, and the archive must be the
+    very version that was ingested (size and mtime). The ledger's ``verified`` is what allows
+    removing the kubelet's copy (``--delete-ingested``, or the collector after its grace).
     """
-    record = Ledger(root_fd, node).lookup(path.name)
+    ledger = Ledger(root_fd, node)
+    record = ledger.lookup(path.name)
     if record is None or record.stamp != stamp_of(path):
-        raise StoreError(f"archive {path.name!r}: not ingested in this version, kept")
+        raise StoreError(f"archive {path.name!r}: not ingested in this version")
+    if record.verified:
+        return record
     manifest = retrieve.verify(root_fd, record.ref, settings, cancel)
     if manifest.uncompressed_size != record.stamp.size:
-        raise StoreError(f"archive {path.name!r}: stored copy has another size, kept")
-    Ledger(root_fd, node).record(
-        LedgerRecord(record.stamp, record.pod_uid, record.checkpoint_id, record.container, verified=True)
-    )
+        raise StoreError(f"archive {path.name!r}: stored copy has another size")
+    verified = LedgerRecord(record.stamp, record.pod_uid, record.checkpoint_id, record.container, verified=True)
+    ledger.record(verified)
+    return verified
+
+
+def delete_verified(
+    root_fd: int, path: Path, node: str, settings: CompressionSettings, cancel: threading.Event
+) -> None:
+    """Remove a kubelet archive once its stored copy is verified: it holds process memory."""
+    record = verify_ingested(root_fd, path, node, settings, cancel)
     if stamp_of(path) != record.stamp:
         raise StoreError(f"archive {path.name!r}: changed during verification, kept")
     with fsio.os_errors(f"archive {path.name!r}: remove after verified ingest"):
         os.unlink(path)
-    return manifest
 
 
 def discard_staged(root_fd: int, node: str, staged: Sequence[StagedArchive]) -> None:
