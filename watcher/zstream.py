@@ -123,8 +123,7 @@ def decompress_stream(
     stand for gigabytes, so nothing here may hold a whole chunk's expansion. With no
     ``dst_fd`` the bytes are only checked.
     """
-    source = _HashingReader(src_fd, cancel)
-    out_hash = hashlib.sha256()
+    in_hash, out_hash = hashlib.sha256(), hashlib.sha256()
 
     def consume(piece: bytes) -> None:
         if hash_output:
@@ -133,24 +132,24 @@ def decompress_stream(
             _write_all(dst_fd, piece)
 
     size = 0
-    with _Offload(consume) as offload:
+    with _Offload(in_hash.update) as hash_input, _Offload(consume) as output:
+        source = _Reader(src_fd, cancel, hash_input)
         for piece in zstandard.ZstdDecompressor().read_to_iter(
             source, read_size=settings.chunk_size, write_size=settings.chunk_size
         ):
-            offload.put(piece)
+            output.put(piece)
             size += len(piece)
     if dst_fd is not None:
         os.fsync(dst_fd)
-    return StreamDigest(size, out_hash.hexdigest() if hash_output else None, source.size,
-                        source.digest.hexdigest())
+    return StreamDigest(size, out_hash.hexdigest() if hash_output else None, source.size, in_hash.hexdigest())
 
 
 class _Offload:
-    """Hand each decompressed piece to a second thread (write, and hash when asked).
+    """Hand each piece to another thread (write it, hash it).
 
     Decompressing runs at several GB/s; writing and SHA-256 (about 1.2 GB/s here) are the
-    slow parts, and all of them release the GIL. Overlapping them with the read-hash-
-    decompress loop is what lets a verified read keep up with ``zstd -d`` (bench/ingest.py).
+    slow parts, and all of them release the GIL. Overlapping them with the read-decompress
+    loop is what lets a verified read keep up with ``zstd -d`` (bench/ingest.py).
     The queue is short, so memory stays at a few pieces whatever the expansion, and an
     error in the consumer is raised in the caller's thread.
     """
@@ -187,19 +186,19 @@ class _Offload:
                     self._error = err
 
 
-class _HashingReader:
-    """A file-like ``read`` over an fd that hashes what it hands out."""
+class _Reader:
+    """A file-like ``read`` over an fd that hands what it reads to a hashing thread."""
 
-    def __init__(self, fd: int, cancel: threading.Event) -> None:
+    def __init__(self, fd: int, cancel: threading.Event, hasher: _Offload) -> None:
         self._fd = fd
         self._cancel = cancel
-        self.digest = hashlib.sha256()
+        self._hasher = hasher
         self.size = 0
 
     def read(self, size: int) -> bytes:
         if self._cancel.is_set():
             raise Cancelled(f"read cancelled at byte {self.size}")
         data = os.read(self._fd, size)
-        self.digest.update(data)
+        self._hasher.put(data)
         self.size += len(data)
         return data

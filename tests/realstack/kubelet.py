@@ -35,6 +35,7 @@ class KubeletStandIn:
         self.pieces = pieces
         self.pause = pause
         self.requests: list[tuple[str, int]] = []  # (path, HTTP status answered)
+        self.seconds: list[float] = []  # how long each request took to answer
         self._failures: list[int] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -96,7 +97,9 @@ class KubeletStandIn:
         return pod if pod.get("spec", {}).get("nodeName") == self.node else None
 
     async def _checkpoint(self, request: web.Request) -> web.Response:
+        started = time.monotonic()
         status, body = await self._answer(request)
+        self.seconds.append(time.monotonic() - started)
         self.requests.append((request.path, status))
         return web.json_response(body, status=status) if status == 200 else web.Response(status=status, text=body)
 

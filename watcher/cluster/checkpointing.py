@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,16 +65,26 @@ class Source:
         archives: dict[str, str] = {}
         try:
             for container in containers:
+                started = time.monotonic()
                 archive = (await self.kubelet.checkpoint(endpoint, namespace, name, container)).name
                 if not names.is_candidate(archive):
                     raise KubeletError(f"kubelet on {self.node} named {archive!r}, which is not a checkpoint archive")
                 archives[container] = archive
+                asked = time.monotonic()
                 hint = Identity.checked(uid, namespace, name, container)
                 staged.append(await asyncio.to_thread(
                     service.stage_archive, self.root_fd, self.checkpoint_dir / archive, self.node, hint,
                     self.compression, self.cancel))
-            return await asyncio.to_thread(service.commit_staged, self.root_fd, self.node, staged, target_node,
-                                           datetime.now(timezone.utc))
+                log.info("container checkpointed", extra={"fields": {
+                    "pod": f"{namespace}/{name}", "container": container, "archive": archive,
+                    "kubeletSeconds": round(asked - started, 4), "ingestSeconds": round(time.monotonic() - asked, 4)}})
+            started = time.monotonic()
+            results = await asyncio.to_thread(service.commit_staged, self.root_fd, self.node, staged, target_node,
+                                              datetime.now(timezone.utc))
+            log.info("checkpoint committed", extra={"fields": {
+                "pod": f"{namespace}/{name}", "checkpointID": results[0].manifest.checkpoint_id,
+                "commitSeconds": round(time.monotonic() - started, 4)}})
+            return results
         except BaseException:
             await asyncio.to_thread(service.discard_staged, self.root_fd, self.node, staged)
             raise
