@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--kubelet-token-file", type=Path,
                        default=Path(_env("LPM_KUBELET_TOKEN_FILE", IN_CLUSTER_TOKEN) or IN_CLUSTER_TOKEN),
                        help="cluster mode: bearer token for the kubelet (env LPM_KUBELET_TOKEN_FILE)")
+    agent.add_argument("--kubelet-timeout", type=int, default=120,
+                       help="cluster mode: seconds the kubelet may take per container checkpoint (default 120)")
     agent.add_argument("--debounce", type=float, default=2.0,
                        help="seconds an archive must be unchanged before it is read (default 2)")
     _compression_flags(agent)
@@ -153,7 +155,8 @@ def _agent(args: argparse.Namespace) -> int:
         raise LpmError("cluster mode needs the kubelets' CA: pass --kubelet-ca or set LPM_KUBELET_CA "
                        "(lpm never skips TLS verification)")
     cluster = ClusterConfig(config, args.kubeconfig,
-                            KubeletSettings(ca_file=args.kubelet_ca, token_file=args.kubelet_token_file))
+                            KubeletSettings(ca_file=args.kubelet_ca, token_file=args.kubelet_token_file,
+                                            checkpoint_timeout=args.kubelet_timeout))
     return asyncio.run(_run_until_signal(ClusterAgent(cluster)))
 
 

@@ -72,7 +72,10 @@ class KubeletClient:
         url = (f"https://{endpoint.host}:{endpoint.port}/checkpoint/"
                f"{quote(namespace, safe='')}/{quote(pod, safe='')}/{quote(container, safe='')}")
         what = f"kubelet on {endpoint.node}: checkpoint of {namespace}/{pod} container {container}"
-        timeout = aiohttp.ClientTimeout(total=self._settings.checkpoint_timeout + 30)
+        # The kubelet answers once the runtime is done; allow it its own timeout plus as much again
+        # (at most 30 s) for the archive write and the reply, then count the call as failed.
+        grace = min(30, self._settings.checkpoint_timeout)
+        timeout = aiohttp.ClientTimeout(total=self._settings.checkpoint_timeout + grace)
         last = ""
         for attempt in range(1, self._settings.attempts + 1):
             token = self._settings.token_file.read_text().strip()
@@ -86,7 +89,9 @@ class KubeletClient:
                     last = f"HTTP {response.status}: {body.strip()[:300]}"
                     if response.status < 500:
                         raise KubeletError(f"{what} refused: {last}")
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+            except asyncio.TimeoutError:
+                last = f"no answer within {timeout.total:.0f} s"
+            except (aiohttp.ClientError, OSError) as err:
                 last = f"{type(err).__name__}: {err}"
             if attempt < self._settings.attempts:
                 delay = self._settings.backoff.delay(attempt)

@@ -7,7 +7,8 @@ PLACE, slowly, in the CRI-O layout, into the node's checkpoint directory (0600, 
 file, no rename), answering ``{"items": [path]}`` only once it is complete. Its serving
 certificate comes from the test CA, so the agent verifies it as it would a real kubelet's.
 
-Faults for tests: ``fail_next(n, status)`` answers the next n requests with that status.
+Faults for tests: ``fail_next(n, status)`` answers the next n requests with that status;
+``hang_next(n, seconds)`` answers them only after ``seconds``.
 """
 
 from __future__ import annotations
@@ -37,11 +38,16 @@ class KubeletStandIn:
         self.requests: list[tuple[str, int]] = []  # (path, HTTP status answered)
         self.seconds: list[float] = []  # how long each request took to answer
         self._failures: list[int] = []
+        self._hangs: list[float] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     def fail_next(self, count: int, status: int = 500) -> None:
         self._failures.extend([status] * count)
+
+    def hang_next(self, count: int, seconds: float) -> None:
+        """The next ``count`` requests get no answer for ``seconds`` (a runtime stuck in CRIU)."""
+        self._hangs.extend([seconds] * count)
 
     async def start(self) -> None:
         serving = self.cp.ca.issue_serving(f"kubelet-{self.node}", ["127.0.0.1"])
@@ -112,6 +118,9 @@ class KubeletStandIn:
             return decision, "Forbidden" if decision == 403 else "Unauthorized"
         if self._failures:
             return self._failures.pop(0), "checkpointing container failed: injected fault"
+        if self._hangs:
+            await asyncio.sleep(self._hangs.pop(0))
+            return 500, "checkpointing container failed: hung"
         namespace, name, container = (request.match_info[k] for k in ("namespace", "pod", "container"))
         pod = await asyncio.to_thread(self._pod, namespace, name)
         if pod is None:

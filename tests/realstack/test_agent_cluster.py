@@ -303,3 +303,15 @@ async def test_status_update_conflict_is_re_read_and_retried(cluster: Cluster) -
         await kube.client.close()
     assert seen == [None, "other writer"]  # re-read after the 409, change applied to the fresh object
     assert cluster.get("containercheckpoints", "raced")["status"] == {"phase": "Running", "message": "ours"}
+
+
+@pytest.mark.asyncio
+async def test_kubelet_that_never_answers_is_timed_out_retried_then_failed(cluster: Cluster) -> None:
+    cluster.create_pod("stuck-0", "node-a")
+    cluster.nodes["node-a"].kubelet.hang_next(10, 6.0)
+    cluster.start_agent("node-a", "--kubelet-timeout", "1")
+    cluster.create("containercheckpoints", "stuck", "ContainerCheckpoint", {"podName": "stuck-0", "containerName": "app"})
+    done = await eventually(lambda: _phase(c := cluster.get("containercheckpoints", "stuck")) == "Failed" and c,
+                            timeout=90, what="ContainerCheckpoint to fail on timeouts")
+    message = done["status"]["message"]
+    assert "failed after 4 attempts: no answer within 2 s" in message, message
