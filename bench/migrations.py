@@ -10,7 +10,7 @@
 2. ``--pods`` idle pods are bound to node-a; once the agent has listed them, its CPU time
    (utime + stime from /proc) over ``--idle-seconds`` gives its idle load in % of one core.
 
-Needs the cached kube-apiserver and etcd (scripts/setup --with-cluster).
+Needs the cached kube-apiserver and etcd (scripts/setup --for-tests).
 """
 
 from __future__ import annotations

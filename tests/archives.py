@@ -118,6 +118,8 @@ class ArchiveSpec:
     omit_spec: bool = False  # no spec.dump at all, as in a hand-made or damaged archive
     extra: dict[str, bytes] = field(default_factory=dict)
     runtime: str = "crio"
+    # config.dump as the runtime writes it; podman's also has "runtime" (its OCI runtime, e.g. crun)
+    config: dict = field(default_factory=lambda: {"id": "0123abcd", "rootfsImageName": "app:1"})
 
     def spec_bytes(self) -> bytes | None:
         if self.omit_spec:
@@ -155,7 +157,7 @@ def write_archive(fileobj, spec: ArchiveSpec) -> None:  # type: ignore[no-untype
         _add(tar, "checkpoint/inventory.img", b"\x01" * 64)
         _add(tar, "checkpoint/pagemap-1.img", os.urandom(512))
         _add(tar, "checkpoint/pages-1.img", MemoryImage(spec.memory), spec.memory)
-        _add(tar, "config.dump", json.dumps({"id": "0123abcd", "rootfsImageName": "app:1"}).encode())
+        _add(tar, "config.dump", json.dumps(spec.config).encode())
         spec_bytes = spec.spec_bytes()
         if spec_bytes is not None:
             _add(tar, "spec.dump", spec_bytes)

@@ -30,6 +30,10 @@ class IdentityError(ArchiveError):
     """The archive's Kubernetes identity is missing, malformed, conflicting or unsafe."""
 
 
+class ImageError(LpmError):
+    """A checkpoint image could not be written (output exists, disk full, bad tag or platform)."""
+
+
 class StoreError(LpmError):
     """The checkpoint store refused an operation (permissions, full disk, unsafe layout)."""
 

@@ -1,0 +1,1 @@
+"""The destination's half: a verified checkpoint becomes an image the node's runtime restores."""
