@@ -20,12 +20,13 @@ from typing import Any, Awaitable, Callable, TextIO
 from lpm_gc import kubelet, runner
 from lpm_gc.entries import Entry, Kind
 from lpm_gc.lock import Lock
-from lpm_gc.metrics import USAGE_WARNING, Metrics, store_usage
+from lpm_gc.metrics import Metrics
 from lpm_gc.planner import Deletion, Policy, Reason, plan
 from lpm_gc.references import NoReferences, Reference, References, Unknown
 from lpm_gc.scanner import scan
 from watcher.errors import LpmError
 from watcher.store import fsio
+from watcher.store.usage import USAGE_WARNING, store_usage
 
 log = logging.getLogger("lpm.gc")
 

@@ -1,39 +1,15 @@
-"""The collector's Prometheus metrics, and how full the store's filesystem is.
+"""The collector's Prometheus metrics.
 
-Usage is computed as ``df`` computes Use%: used / (used + available to unprivileged
-writers), because that is when ingest starts failing with ENOSPC, not when the last
-root-reserved block goes. The alert rule (issue 6) fires on ``lpm_gc_store_usage_ratio > 0.8``;
-the collector also logs a warning every pass above that line.
+How full the store is comes from ``watcher.store.usage``, which the agent reports too. The
+alert rule (deploy/overlays/alerting) fires on ``lpm_gc_store_usage_ratio > 0.8`` (or the
+agents' ``lpm_store_usage_ratio``); the collector also logs a warning every pass above that line.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-USAGE_WARNING = 0.8
-
-
-@dataclass(frozen=True)
-class StoreUsage:
-    used: int
-    capacity: int
-    available: int
-    """Bytes an unprivileged writer (the agent) can still write."""
-
-    @property
-    def ratio(self) -> float:
-        denominator = self.used + self.available
-        return self.used / denominator if denominator else 0.0
-
-
-def store_usage(root_fd: int) -> StoreUsage:
-    info = os.fstatvfs(root_fd)
-    return StoreUsage(used=(info.f_blocks - info.f_bfree) * info.f_frsize,
-                      capacity=info.f_blocks * info.f_frsize,
-                      available=info.f_bavail * info.f_frsize)
+from watcher.store.usage import StoreUsage
 
 
 class Metrics:

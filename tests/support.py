@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,12 +27,14 @@ def lpm(*args: str, check: bool = False, timeout: float = 120) -> subprocess.Com
 class AgentProcess:
     """``lpm agent`` (standalone unless made with ``cluster``) as a real child process, its JSON log lines collected."""
 
-    def __init__(self, *args: str, standalone: bool = True) -> None:
+    def __init__(self, *args: str, standalone: bool = True, wrapper: Sequence[str] = ()) -> None:
+        """``wrapper``: a command the agent runs under, e.g. setpriv dropping capabilities."""
         mode = ["--standalone"] if standalone else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "watcher", "agent", *mode, *args],
+            [*wrapper, sys.executable, "-m", "watcher", "agent", *mode, *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # Health endpoints on a free port: several agents run at once, and 8080 may be taken.
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "LPM_HEALTH_PORT": "0"},
         )
         self.lines: list[dict] = []
         self.raw: list[str] = []

@@ -19,6 +19,7 @@ from typing import Protocol
 from watcher.errors import ArchiveChanged, ArchiveError, ArchiveIncomplete, Cancelled, LpmError
 from watcher.ingest import service
 from watcher.ingest.service import IngestResult
+from watcher.observe import AgentMetrics, Operation
 from watcher.store import commit, fsio
 from watcher.store.ledger import ArchiveStamp
 from watcher.watch.dirwatch import WatchSettings, watch_directory
@@ -53,8 +54,9 @@ class IngestHooks(Protocol):
 class StandaloneAgent:
     """Ingests the kubelet checkpoint directory into the store; cluster mode adds hooks."""
 
-    def __init__(self, config: StandaloneConfig, hooks: IngestHooks | None = None) -> None:
+    def __init__(self, config: StandaloneConfig, metrics: AgentMetrics, hooks: IngestHooks | None = None) -> None:
         self._config = config
+        self._metrics = metrics
         self._hooks = hooks
         self.root_fd = fsio.open_root(config.store, create=True)
         self.cancel = threading.Event()
@@ -76,10 +78,15 @@ class StandaloneAgent:
 
     async def _sweep_staging(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            removed = await asyncio.to_thread(commit.sweep_staging, self.root_fd, self._config.node,
-                                              STAGING_SWEEP_INTERVAL)
-            if removed:
-                log.info("removed abandoned staging files", extra={"fields": {"count": removed}})
+            try:
+                removed = await asyncio.to_thread(commit.sweep_staging, self.root_fd, self._config.node,
+                                                  STAGING_SWEEP_INTERVAL)
+            except LpmError as err:
+                # The store can be read-only or away for a while (/readyz says so): sweep when it is back.
+                log.warning("cannot sweep staging files yet", extra={"fields": {"reason": str(err)}})
+            else:
+                if removed:
+                    log.info("removed abandoned staging files", extra={"fields": {"count": removed}})
             try:
                 await asyncio.wait_for(stop.wait(), timeout=STAGING_SWEEP_INTERVAL)
             except asyncio.TimeoutError:
@@ -103,11 +110,14 @@ class StandaloneAgent:
             return Outcome.INCOMPLETE
         except ArchiveError as err:
             log.error("archive refused", extra={"fields": {**fields, "reason": str(err)}})
+            self._metrics.failed(Operation.INGEST, err)
             return Outcome.REFUSED
         except LpmError as err:
             log.error("ingest failed", extra={"fields": {**fields, "reason": str(err)}})
+            self._metrics.failed(Operation.INGEST, err)
             return Outcome.STORE_TROUBLE
         seconds = time.monotonic() - started
+        self._metrics.ingested(result, seconds)
         manifest = result.manifest
         log.info("archive already in the store" if result.duplicate else "archive ingested",
                  extra={"fields": {

@@ -2,6 +2,7 @@
 
     lpm agent --standalone --node NAME --checkpoint-dir DIR --store DIR [--delete-ingested] [--force-polling]
     lpm agent --node NAME [--kubeconfig FILE] --kubelet-ca FILE [--kubelet-token-file FILE] ...  (cluster mode)
+              both modes: [--health-port 8080]  (/metrics, /healthz, /readyz; 0: any free port)
     lpm ingest ARCHIVE --store DIR --node NAME [--target-node NAME]
     lpm store ls --store DIR [--json]
     lpm store get URI --store DIR -o FILE
@@ -18,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -28,9 +30,10 @@ from typing import Sequence
 from lpm_gc import cli as gc_cli
 from watcher import logs
 from watcher.agent import StandaloneAgent, StandaloneConfig
-from watcher.cluster.agent import ClusterAgent, ClusterConfig
+from watcher.cluster.agent import ClusterAgent, ClusterConfig, RestoreSettings
 from watcher.errors import LpmError
 from watcher.kubelet import KubeletSettings
+from watcher.observe import AgentMetrics, Readiness, serving
 from watcher.ingest import service
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.store.catalog import Checkpoint
@@ -91,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cluster mode: bearer token for the kubelet (env LPM_KUBELET_TOKEN_FILE)")
     agent.add_argument("--kubelet-timeout", type=int, default=120,
                        help="cluster mode: seconds the kubelet may take per container checkpoint (default 120)")
+    agent.add_argument("--restore-work-dir", type=Path,
+                       default=Path(_env("LPM_RESTORE_WORK_DIR", "/var/lib/lpm/restore") or ""),
+                       help="cluster mode: node-local scratch space for restores (env LPM_RESTORE_WORK_DIR)")
+    agent.add_argument("--import-prefix", default=_env("LPM_IMPORT_PREFIX", "") or "",
+                       help="cluster mode: command prefix under which skopeo reaches the node's "
+                            "containers-storage, e.g. 'nsenter -t 1 -m --' (env LPM_IMPORT_PREFIX)")
+    agent.add_argument("--health-port", type=int, default=int(_env("LPM_HEALTH_PORT", "8080") or "8080"),
+                       help="serve /metrics, /healthz and /readyz on this port, all addresses "
+                            "(0: any free port, logged; env LPM_HEALTH_PORT, default 8080)")
     agent.add_argument("--debounce", type=float, default=2.0,
                        help="seconds an archive must be unchanged before it is read (default 2)")
     _compression_flags(agent)
@@ -149,22 +161,32 @@ def _agent(args: argparse.Namespace) -> int:
         compression=_compression(args),
         delete_ingested=args.delete_ingested,
     )
+    metrics = AgentMetrics(config.store)
+    readiness = Readiness(config.store, config.node)
     if args.standalone:
-        return asyncio.run(_run_until_signal(StandaloneAgent(config)))
+        return asyncio.run(_run_until_signal(StandaloneAgent(config, metrics), args.health_port, metrics, readiness))
     if args.kubelet_ca is None:
         raise LpmError("cluster mode needs the kubelets' CA: pass --kubelet-ca or set LPM_KUBELET_CA "
                        "(lpm never skips TLS verification)")
     cluster = ClusterConfig(config, args.kubeconfig,
                             KubeletSettings(ca_file=args.kubelet_ca, token_file=args.kubelet_token_file,
-                                            checkpoint_timeout=args.kubelet_timeout))
-    return asyncio.run(_run_until_signal(ClusterAgent(cluster)))
+                                            checkpoint_timeout=args.kubelet_timeout),
+                            RestoreSettings(args.restore_work_dir, tuple(shlex.split(args.import_prefix))))
+    return asyncio.run(_run_until_signal(ClusterAgent(cluster, metrics, readiness), args.health_port, metrics,
+                                         readiness))
 
 
-async def _run_until_signal(agent: StandaloneAgent | ClusterAgent) -> int:
+async def _run_until_signal(agent: StandaloneAgent | ClusterAgent, health_port: int, metrics: AgentMetrics,
+                            readiness: Readiness) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    async with serving(health_port, metrics, readiness):
+        return await _until_stopped(agent, stop)
+
+
+async def _until_stopped(agent: StandaloneAgent | ClusterAgent, stop: asyncio.Event) -> int:
     task = asyncio.create_task(agent.run(stop), name="agent")
     await asyncio.wait([task, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     if task.done():

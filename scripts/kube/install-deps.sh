@@ -4,6 +4,7 @@
 #
 #   etcd            Debian's etcd-server (3.4 on bookworm), started by tests/realstack/controlplane.py
 #   kube-apiserver  built from the Go module proxy by build-kube-apiserver.sh, cached under .cache/
+#   kustomize       likewise by build-kustomize.sh: tests/deploy/ renders deploy/ with it
 #   Go              comes with the machine; Debian's golang (1.19) is too old for kubernetes v1.37
 set -euo pipefail
 
@@ -26,3 +27,4 @@ fi
 echo "install-deps: $(/usr/bin/etcd --version | head -n1)" >&2
 
 "$here/build-kube-apiserver.sh"
+"$here/build-kustomize.sh"

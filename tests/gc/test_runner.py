@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from lpm_gc import metrics as metrics_module
 from lpm_gc.collector import Collector, Settings
 from lpm_gc.entries import Entry, Kind
 from lpm_gc.lock import FileLock
@@ -25,6 +24,7 @@ from tests.archives import Pod
 from tests.gc.support import Stored, age, ingest, listed
 from watcher.errors import StoreError
 from watcher.store import fsio
+from watcher.store import usage as usage_module
 
 HOUR = 3600.0
 
@@ -105,7 +105,7 @@ def test_usage_above_80_percent_is_a_warning_every_pass_and_a_metric(kube_dir, s
         f_bfree = 100
         f_bavail = 50
 
-    monkeypatch.setattr(metrics_module.os, "fstatvfs", lambda fd: Full)
+    monkeypatch.setattr(usage_module.os, "statvfs", lambda root: Full)
     metrics = Metrics()
     out = io.StringIO()
     collector = Collector(Settings(store, Policy()), FileLock(root), metrics, out)

@@ -16,8 +16,8 @@ from tests.realstack.manifests import apply, load_manifests, wait_established
 
 __all__ = ["control_plane"]
 
-CRD_DIR = REPO / "deploy" / "crds"
-RBAC_DIR = REPO / "deploy" / "rbac"
+CRD_DIR = REPO / "deploy" / "base" / "crds"
+RBAC_DIR = REPO / "deploy" / "base" / "rbac"
 AGENT_NAMESPACE = "live-pod-migration-controller-system"
 AGENT_SERVICE_ACCOUNT = "lpm-agent"
 

@@ -69,7 +69,7 @@ def wait_established(client: ApiClient, crd_names: list[str], timeout: float = 3
     while pending:
         for name in sorted(pending):
             crd = client.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-            conditions = crd.get("status", {}).get("conditions", [])
+            conditions = crd.get("status", {}).get("conditions") or []  # null until the first condition
             if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
                 pending.discard(name)
         if pending and time.monotonic() > deadline:

@@ -315,3 +315,48 @@ async def test_kubelet_that_never_answers_is_timed_out_retried_then_failed(clust
                             timeout=90, what="ContainerCheckpoint to fail on timeouts")
     message = done["status"]["message"]
     assert "failed after 4 attempts: no answer within 2 s" in message, message
+
+
+async def _checkpoint_complete(cluster: Cluster, pod: str) -> dict[str, Any]:
+    [migration] = await eventually(lambda: [m for m in cluster.items("podmigrations")
+                                            if m["spec"]["podName"] == pod and _phase(m) in
+                                            ("CheckpointComplete", "Failed")], what="CheckpointComplete")
+    assert _phase(migration) == "CheckpointComplete", migration["status"]
+    return migration
+
+
+@pytest.mark.asyncio
+async def test_restore_refuses_a_dump_whose_sha256_does_not_match(cluster: Cluster) -> None:
+    cluster.create_pod("tampered-0", "node-a", annotations={"lpm.my.domain/migrate-to": "node-b"})
+    cluster.start_agent("node-a")
+    migration = await _checkpoint_complete(cluster, "tampered-0")
+    store = cluster.nodes["node-a"].store
+    [dump] = store.glob("*/*/app/dump.tar.zst")
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # bit rot, or someone editing the shared volume
+    dump.write_bytes(bytes(data))
+    cluster.start_agent("node-b", "--restore-work-dir", str(cluster.tmp / "work-b"))
+    name = migration["metadata"]["name"]
+    done = await eventually(lambda: _phase(m := cluster.get("podmigrations", name)) == "Failed" and m,
+                            what="the restore to fail")
+    assert "restore failed" in done["status"]["message"] and "dump.tar.zst" in done["status"]["message"]
+    pods = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods")["items"]
+    assert [p["metadata"]["name"] for p in pods] == ["tampered-0"]  # nothing restored, the source kept
+    assert pods[0]["metadata"].get("deletionTimestamp") is None
+    assert "RestoreFailed" in [e["reason"] for e in cluster.events("tampered-0")]
+
+
+@pytest.mark.asyncio
+async def test_failed_import_keeps_the_source_pod_and_says_why(cluster: Cluster) -> None:
+    cluster.create_pod("noimport-0", "node-a", annotations={"lpm.my.domain/migrate-to": "node-b"})
+    cluster.start_agent("node-a")
+    migration = await _checkpoint_complete(cluster, "noimport-0")
+    # skopeo run through `false`: the node's image store refuses every import.
+    cluster.start_agent("node-b", "--restore-work-dir", str(cluster.tmp / "work-b"), "--import-prefix", "false")
+    name = migration["metadata"]["name"]
+    done = await eventually(lambda: _phase(m := cluster.get("podmigrations", name)) == "Failed" and m,
+                            what="the restore to fail")
+    assert "import of localhost/lpm-checkpoint" in done["status"]["message"]
+    pods = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods")["items"]
+    assert [p["metadata"]["name"] for p in pods] == ["noimport-0"]
+    assert not any((cluster.tmp / "work-b").iterdir())  # scratch archives and images cleaned up

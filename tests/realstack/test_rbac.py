@@ -56,7 +56,7 @@ LEASE = "lpm-rbac-tests"
 CONTENT = "lpm-rbac-tests-web-0-app"
 LPM_PLURALS = sorted(plural for plural, _ in RESOURCES.values())
 
-# What the agent needs, and why, is written beside each rule in deploy/rbac/agent-clusterrole.yaml.
+# What the agent needs, and why, is written beside each rule in deploy/base/rbac/agent-clusterrole.yaml.
 # (apiGroup, resource[/subresource]) -> verbs. The ClusterRole must grant exactly this: a new permission
 # is a decision to make in both places, never a side effect.
 NEEDS: dict[tuple[str, str], set[str]] = {

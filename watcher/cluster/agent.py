@@ -30,6 +30,9 @@ from watcher.ingest.service import IngestResult
 from watcher.kube.client import Kube, connect
 from watcher.kube.informer import Resource, Workers, informer
 from watcher.kubelet import KubeletClient, KubeletSettings
+from watcher.observe import AgentMetrics, Readiness
+from watcher.restore.destination import Destination
+from watcher.restore.importer import ContainersStorageImporter
 from watcher.watch.stability import Outcome
 
 log = logging.getLogger("lpm.agent")
@@ -41,6 +44,15 @@ class ClusterConfig:
     kubeconfig: Path | None
     """None: the pod's in-cluster service account."""
     kubelet: KubeletSettings
+    restore: RestoreSettings
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    work_dir: Path
+    """Node-local scratch space for archives and images during a restore (0700)."""
+    import_prefix: tuple[str, ...] = ()
+    """Command prefix that reaches the node's containers-storage for skopeo (empty: run it here)."""
 
 
 class _DirectoryHooks:
@@ -82,22 +94,38 @@ class _DirectoryHooks:
 
 
 class ClusterAgent:
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(self, config: ClusterConfig, metrics: AgentMetrics, readiness: Readiness) -> None:
         self._config = config
+        self._metrics = metrics
+        self._readiness = readiness
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg, node = self._config, self._config.base.node
         kube = Kube(await connect(cfg.kubeconfig))
         kubelet = KubeletClient(cfg.kubelet)
         claims = Claims()
-        directory = StandaloneAgent(cfg.base, _DirectoryHooks(kube, claims))
+        directory = StandaloneAgent(cfg.base, self._metrics, _DirectoryHooks(kube, claims))
         source = Source(kube, kubelet, node, cfg.base.watch.directory, directory.root_fd, cfg.base.compression,
-                        directory.cancel, claims)
-        migrations = Workers("podmigration", lambda e, o: reconcile_migration(kube, node, e, o))
+                        directory.cancel, claims, self._metrics)
+        destination = Destination(kube, node, directory.root_fd, cfg.restore.work_dir,
+                                  ContainersStorageImporter(cfg.restore.import_prefix), cfg.base.compression,
+                                  directory.cancel, self._metrics)
+
+        async def on_migration(event: str, obj: dict[str, Any]) -> None:
+            await reconcile_migration(kube, node, event, obj)  # the source node's half
+            await destination.reconcile(event, obj)  # the target node's half
+
+        migrations = Workers("podmigration", on_migration)
         pod_checkpoints = Workers("podcheckpoint", lambda e, o: reconcile_pod_checkpoint(source, e, o))
         container_checkpoints = Workers("containercheckpoint",
                                         lambda e, o: reconcile_container_checkpoint(source, e, o))
-        pods = Workers("pod", lambda e, o: reconcile_annotated_pod(kube, node, e, o))
+        annotated = Workers("pod", lambda e, o: reconcile_annotated_pod(kube, node, e, o))
+
+        def on_pod(event: str, obj: dict[str, Any]) -> None:
+            annotated.submit(event, obj)
+            owner = meta(obj).get("labels", {}).get(MIGRATION_LABEL)
+            if owner:  # a restored pod's progress moves its PodMigration on
+                migrations.submit("MODIFIED", {"metadata": {"namespace": meta(obj)["namespace"], "name": owner}})
 
         def on_pod_checkpoint(event: str, obj: dict[str, Any]) -> None:
             pod_checkpoints.submit(event, obj)
@@ -105,15 +133,17 @@ class ClusterAgent:
             if owner:  # the PodMigration mirrors its PodCheckpoint's outcome
                 migrations.submit("MODIFIED", {"metadata": {"namespace": meta(obj)["namespace"], "name": owner}})
 
+        synced = self._readiness.watch  # /readyz waits for every watch's first list
         tasks = {
             asyncio.create_task(informer(kube, Resource(pod_path(), {"fieldSelector": f"spec.nodeName={node}"}),
-                                         pods.submit, stop), name="watch pods"),
-            asyncio.create_task(informer(kube, Resource(lpm_path("PodMigration")), migrations.submit, stop),
-                                name="watch podmigrations"),
-            asyncio.create_task(informer(kube, Resource(lpm_path("PodCheckpoint")), on_pod_checkpoint, stop),
-                                name="watch podcheckpoints"),
+                                         on_pod, stop, synced("pods")), name="watch pods"),
+            asyncio.create_task(informer(kube, Resource(lpm_path("PodMigration")), migrations.submit, stop,
+                                         synced("podmigrations")), name="watch podmigrations"),
+            asyncio.create_task(informer(kube, Resource(lpm_path("PodCheckpoint")), on_pod_checkpoint, stop,
+                                         synced("podcheckpoints")), name="watch podcheckpoints"),
             asyncio.create_task(informer(kube, Resource(lpm_path("ContainerCheckpoint")),
-                                         container_checkpoints.submit, stop), name="watch containercheckpoints"),
+                                         container_checkpoints.submit, stop, synced("containercheckpoints")),
+                                name="watch containercheckpoints"),
             asyncio.create_task(directory.run(stop), name="checkpoint directory"),
         }
         log.info("cluster mode watching", extra={"fields": {"node": node}})
@@ -131,7 +161,7 @@ class ClusterAgent:
             stop.set()
             directory.cancel.set()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for workers in (migrations, pod_checkpoints, container_checkpoints, pods):
+            for workers in (migrations, pod_checkpoints, container_checkpoints, annotated):
                 await workers.close()
             await kubelet.close()
             await kube.client.close()

@@ -33,6 +33,7 @@ from watcher.ingest import service
 from watcher.ingest.service import IngestResult, StagedArchive
 from watcher.kube.client import Kube
 from watcher.kubelet import KubeletClient, KubeletError
+from watcher.observe import AgentMetrics, Operation
 from watcher.store.manifest import Manifest
 from watcher.zstream import CompressionSettings
 
@@ -52,10 +53,12 @@ class Source:
     compression: CompressionSettings
     cancel: threading.Event
     claims: Claims
+    metrics: AgentMetrics
 
     async def checkpoint(self, pod: Mapping[str, Any], containers: list[str],
                          target_node: str | None) -> list[IngestResult]:
         """Checkpoint ``containers`` of ``pod`` through the kubelet and commit them as one checkpoint."""
+        began = time.monotonic()
         endpoint = endpoint_of(await self.kube.get(node_path(self.node)), 10250)
         namespace, name, uid = meta(pod)["namespace"], meta(pod)["name"], meta(pod)["uid"]
         staged: list[StagedArchive] = []
@@ -84,6 +87,7 @@ class Source:
             log.info("checkpoint committed", extra={"fields": {
                 "pod": f"{namespace}/{name}", "checkpointID": results[0].manifest.checkpoint_id,
                 "commitSeconds": round(time.monotonic() - started, 4)}})
+            self.metrics.checkpointed(results, time.monotonic() - began)
             return results
         except BaseException:
             await asyncio.to_thread(service.discard_staged, self.root_fd, self.node, staged)
@@ -226,5 +230,6 @@ async def _fail(src: Source, kind: str, request: Mapping[str, Any], pod: Mapping
     namespace, name = meta(request)["namespace"], meta(request)["name"]
     log.error("checkpoint failed", extra={"fields": {"kind": kind, "object": f"{namespace}/{name}",
                                                       "pod": f"{namespace}/{meta(pod)['name']}", "reason": str(err)}})
+    src.metrics.failed(Operation.CHECKPOINT, err)
     await update_status(src.kube, kind, namespace, name, _set(Phase.FAILED, str(err), ready=False))
     await events.record(src.kube, pod, "CheckpointFailed", str(err), warning=True, node=src.node)

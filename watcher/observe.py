@@ -1,0 +1,272 @@
+"""What the agent tells operators over HTTP: ``/metrics``, ``/healthz`` and ``/readyz``.
+
+- ``/metrics``: Prometheus text. Durations of checkpoints (kubelet call to committed
+  checkpoint), restores and directory ingests as histograms; bytes ingested and stored;
+  failures by operation and reason; the store's usage, read at each scrape.
+- ``/healthz``: 200 whenever the handler runs. It runs on the agent's event loop, so an
+  answer IS the proof that the loop is not wedged; a wedged loop answers nothing and the
+  kubelet's liveness probe times out.
+- ``/readyz``: 200 once every API watch has listed its objects and the store takes a write;
+  503 with the reasons otherwise.
+
+One listening socket, dual-stack where the kernel has IPv6: the kubelet probes the pod's
+address, whichever family the cluster uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+from enum import StrEnum
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from watcher.errors import ApiError, ArchiveError, IdentityError, LpmError, StoreError, UnsafeNameError
+from watcher.ingest.service import IngestResult
+from watcher.kubelet import KubeletError
+from watcher.store.usage import store_usage
+
+log = logging.getLogger("lpm.agent")
+
+STORE_PROBE_TIMEOUT = 3.0
+"""Seconds a store write may take before /readyz says no; below the DaemonSet's probe timeout (5 s)."""
+
+# Seconds. Checkpoints include the runtime's CRIU dump, minutes for large memory.
+_DURATION_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class Operation(StrEnum):
+    CHECKPOINT = "checkpoint"
+    """A checkpoint the agent asked the kubelet for (a ContainerCheckpoint or PodCheckpoint)."""
+    INGEST = "ingest"
+    """An archive found in the kubelet's checkpoint directory."""
+    RESTORE = "restore"
+    """A checkpoint restored on the destination node."""
+
+
+class Reason(StrEnum):
+    KUBELET = "kubelet"
+    IDENTITY = "identity"
+    ARCHIVE = "archive"
+    UNSAFE_NAME = "unsafe_name"
+    STORE = "store"
+    API = "api"
+    OTHER = "other"
+
+
+# First match wins: subclasses before their bases.
+_REASONS: tuple[tuple[type[LpmError], Reason], ...] = (
+    (KubeletError, Reason.KUBELET),
+    (IdentityError, Reason.IDENTITY),
+    (ArchiveError, Reason.ARCHIVE),
+    (UnsafeNameError, Reason.UNSAFE_NAME),
+    (StoreError, Reason.STORE),
+    (ApiError, Reason.API),
+)
+
+
+def reason_of(err: LpmError) -> Reason:
+    """The failure's label: a small fixed set, so the metric's series stay few."""
+    return next((reason for kind, reason in _REASONS if isinstance(err, kind)), Reason.OTHER)
+
+
+class _StoreUsage(Collector):
+    """The store's usage, read when scraped (scrapes run off the event loop: see ``_metrics``)."""
+
+    def __init__(self, store: Path) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            usage = store_usage(self._store)
+        except OSError:
+            return  # no sample rather than a wrong one; /readyz says what is wrong with the store
+        yield GaugeMetricFamily("lpm_store_used_bytes", "Bytes used on the store's filesystem", usage.used)
+        yield GaugeMetricFamily("lpm_store_capacity_bytes", "Size of the store's filesystem in bytes", usage.capacity)
+        yield GaugeMetricFamily("lpm_store_usage_ratio", "Used / (used + available), as df's Use%", usage.ratio)
+
+
+class AgentMetrics:
+    """One registry per agent, so tests (and two agents in one process) never share counters."""
+
+    def __init__(self, store: Path) -> None:
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)  # memory, CPU, open fds: what a leak looks like
+        r.register(_StoreUsage(store))
+        self.checkpoint_duration = Histogram(
+            "lpm_checkpoint_duration_seconds",
+            "From the kubelet call to the committed checkpoint, all containers of one request",
+            buckets=_DURATION_BUCKETS, registry=r)
+        # Observed by the restore stage on the destination node.
+        self.restore_duration = Histogram(
+            "lpm_restore_duration_seconds", "From the stored checkpoint to the restored container",
+            buckets=_DURATION_BUCKETS, registry=r)
+        self.ingest_duration = Histogram(
+            "lpm_ingest_duration_seconds", "Ingest of one archive found in the kubelet's checkpoint directory",
+            buckets=_DURATION_BUCKETS, registry=r)
+        self.ingested_bytes = Counter(
+            "lpm_ingested_bytes", "Bytes of kubelet archives read into the store (uncompressed)", registry=r)
+        self.stored_bytes = Counter(
+            "lpm_stored_bytes", "Bytes written to the store for them (zstd-compressed)", registry=r)
+        self.failures = Counter(
+            "lpm_failures", "Operations that ended in failure, by operation and reason",
+            ["operation", "reason"], registry=r)
+        # Every series exists from the start at 0, so increase() sees the first failure too.
+        for operation in Operation:
+            for reason in Reason:
+                self.failures.labels(operation.value, reason.value)
+
+    def ingested(self, result: IngestResult, seconds: float) -> None:
+        """An archive from the directory, stored (or found stored already: then only a ledger lookup)."""
+        if result.duplicate:
+            return
+        self.ingest_duration.observe(seconds)
+        self._stored([result])
+
+    def checkpointed(self, results: list[IngestResult], seconds: float) -> None:
+        """One requested checkpoint, committed."""
+        self.checkpoint_duration.observe(seconds)
+        self._stored(results)
+
+    def _stored(self, results: list[IngestResult]) -> None:
+        for result in results:
+            if not result.duplicate:  # already counted when it was first stored
+                self.ingested_bytes.inc(result.manifest.uncompressed_size)
+                self.stored_bytes.inc(result.manifest.compressed_size)
+
+    def failed(self, operation: Operation, err: LpmError) -> None:
+        self.failures.labels(operation.value, reason_of(err).value).inc()
+
+
+class Readiness:
+    """Ready = every registered API watch has listed once, and the store takes a write now."""
+
+    def __init__(self, store: Path, node: str) -> None:
+        self._store = store
+        # A dot-name: every reader of the store skips those. One per node, so agents never collide.
+        self._probe_name = f".readyz-{node}"
+        self._watches: dict[str, asyncio.Event] = {}
+        self._probe: asyncio.Future[None] | None = None
+        self._was_ready: bool | None = None
+
+    def watch(self, name: str) -> asyncio.Event:
+        """The event an informer sets once its first list is done (its ``synced``)."""
+        event = self._watches[name] = asyncio.Event()
+        return event
+
+    async def problems(self) -> list[str]:
+        problems = [f"watch {name} not established yet" for name, synced in self._watches.items()
+                    if not synced.is_set()]
+        store = await self._store_problem()
+        if store is not None:
+            problems.append(store)
+        self._log_change(problems)
+        return problems
+
+    async def _store_problem(self) -> str | None:
+        # At most one probe in flight: on a hung NFS mount each would block a thread for good.
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(asyncio.to_thread(_write_probe, self._store, self._probe_name))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._probe), STORE_PROBE_TIMEOUT)
+        except asyncio.TimeoutError:
+            return f"store {self._store}: a write got no answer within {STORE_PROBE_TIMEOUT:g} s"
+        except OSError as err:
+            return f"store {self._store}: not writable ({err.strerror or err})"
+        return None
+
+    def _log_change(self, problems: list[str]) -> None:
+        ready = not problems
+        if ready == self._was_ready:
+            return
+        self._was_ready = ready
+        if ready:
+            log.info("agent ready", extra={"fields": {"store": str(self._store)}})
+        else:
+            log.warning("agent not ready", extra={"fields": {"problems": problems}})
+
+
+def _write_probe(store: Path, name: str) -> None:
+    """Create, write, fsync and remove one small file: what an ingest needs of the store, in brief."""
+    root = os.open(store, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # O_NOFOLLOW: a symlink planted under this name is refused, not written through.
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=root)
+        try:
+            os.write(fd, b"ready\n")
+            os.fsync(fd)  # on NFS the round trip to the server, which is what a dead server fails
+        finally:
+            os.close(fd)
+        os.unlink(name, dir_fd=root)
+    finally:
+        os.close(root)
+
+
+def _listen(port: int) -> socket.socket:
+    """One socket on every address: IPv6 with IPv4 mapped in, or IPv4 alone without IPv6."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        address: tuple[str, int] = ("::", port)
+    except OSError as err:
+        if err.errno not in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+            raise
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        address = ("0.0.0.0", port)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def serving(port: int, metrics: AgentMetrics, readiness: Readiness) -> AsyncIterator[int]:
+    """Serve the endpoints on ``port`` (0: any free port) while the block runs; yields the port."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        problems = await readiness.problems()
+        if problems:
+            return web.Response(status=503, text="\n".join(problems) + "\n")
+        return web.Response(text="ok\n")
+
+    async def metrics_page(_: web.Request) -> web.Response:
+        # In a thread: the store usage collector calls statvfs, which blocks on a hung NFS server, and
+        # the event loop must keep answering /healthz and doing the agent's work meanwhile.
+        body = await asyncio.to_thread(generate_latest, metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
+    try:
+        sock = _listen(port)
+    except OSError as err:
+        raise LpmError(f"health endpoints: cannot listen on port {port}: {err.strerror or err}") from None
+    # No access log: probes every few seconds would drown it. A short shutdown timeout: the agent's
+    # contract is to exit within 5 s of SIGTERM, and a scrape in flight is worth no more than a second.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        bound: int = sock.getsockname()[1]
+        log.info("health endpoints served", extra={"fields": {"port": bound}})
+        yield bound
+    finally:
+        await runner.cleanup()
+        sock.close()

@@ -1,0 +1,208 @@
+"""The destination node's half: a completed checkpoint in, the pod running here out.
+
+A PodMigration whose ``targetNode`` is this node and whose phase is ``CheckpointComplete`` is
+taken to ``Restoring``: every container's dump is read from the store with its SHA-256 checked
+against both the manifest and the PodCheckpointContent, turned into a checkpoint image and
+imported into the node's runtime; then the restored pod is created, pinned here, with the same
+spec and each container's image set to its checkpoint image. Once that pod runs, the source
+pod is deleted (unless ``retainOriginalPod``) and the migration is ``Succeeded``.
+
+Restarts never restore twice: the restored pod's name is derived from the migration, so an
+agent that died between creating it and recording it finds it and carries on from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from watcher.cluster import events
+from watcher.cluster.objects import MIGRATION_LABEL, MigrationPhase, dns_name, lpm_path, meta, pod_path
+from watcher.cluster.status import now, update_status
+from watcher.errors import ApiError, Conflict, LpmError, NotFound
+from watcher.kube.client import Kube
+from watcher.observe import AgentMetrics, Operation
+from watcher.restore.image import write_image
+from watcher.restore.importer import Importer
+from watcher.store import layout, retrieve
+from watcher.zstream import CompressionSettings
+
+log = logging.getLogger(__name__)
+
+RESTORED_FROM_ANNOTATION = "lpm.my.domain/restored-from"
+
+
+class RestoreRefused(LpmError):
+    """The checkpoint cannot be restored as it is (checksums, missing containers, no source spec)."""
+
+
+@dataclass
+class Destination:
+    kube: Kube
+    node: str
+    root_fd: int
+    work_dir: Path
+    importer: Importer
+    compression: CompressionSettings
+    cancel: threading.Event
+    metrics: AgentMetrics
+
+    async def reconcile(self, event: str, obj: Mapping[str, Any]) -> None:
+        if event == "DELETED":
+            return
+        namespace, name = meta(obj)["namespace"], meta(obj)["name"]
+        try:
+            migration = await self.kube.get(lpm_path("PodMigration", namespace, name))
+        except NotFound:
+            return
+        phase = migration.get("status", {}).get("phase")
+        if migration["spec"]["targetNode"] != self.node or phase not in (
+                MigrationPhase.CHECKPOINT_COMPLETE.value, MigrationPhase.RESTORING.value):
+            return
+        try:
+            restored = await self._restored_pod(migration)
+            if restored is None:
+                restored = await self._restore(migration)
+            await self._finish_when_running(migration, restored)
+        except NotFound as err:  # an object the restore needs is gone: it cannot go on
+            await self._fail(migration, err)
+        except ApiError:
+            raise  # API trouble: the worker retries
+        except LpmError as err:  # checksums, image, import, the restored pod failing
+            await self._fail(migration, err)
+
+    def _restored_name(self, migration: Mapping[str, Any]) -> str:
+        return dns_name(migration["spec"]["podName"], "restored", meta(migration)["uid"][:8])
+
+    async def _restored_pod(self, migration: Mapping[str, Any]) -> dict[str, Any] | None:
+        try:
+            return await self.kube.get(pod_path(meta(migration)["namespace"], self._restored_name(migration)))
+        except NotFound:
+            return None
+
+    async def _restore(self, migration: dict[str, Any]) -> dict[str, Any]:
+        namespace, name = meta(migration)["namespace"], meta(migration)["name"]
+        started = time.monotonic()
+        await update_status(self.kube, "PodMigration", namespace, name,
+                            _phase(MigrationPhase.RESTORING, f"restoring on {self.node}"))
+        checkpoint = await self.kube.get(lpm_path("PodCheckpoint", namespace,
+                                                  migration["status"]["podCheckpointRef"]["name"]))
+        content = await self.kube.get(lpm_path("PodCheckpointContent", None,
+                                               checkpoint["status"]["boundContentName"]))
+        try:
+            source = await self.kube.get(pod_path(namespace, migration["spec"]["podName"]))
+        except NotFound:
+            raise RestoreRefused(f"source pod {namespace}/{migration['spec']['podName']} is gone; "
+                                 "its spec is needed to restore it") from None
+        images: dict[str, str] = {}
+        timings: dict[str, float] = {}
+        for container in content["spec"]["containers"]:
+            images[container["containerName"]] = await self._image(content, container, timings)
+        control_started = time.monotonic()
+        restored = await self._create_pod(migration, source, images)
+        await update_status(self.kube, "PodMigration", namespace, name, _phase(
+            MigrationPhase.RESTORING, f"restored pod {meta(restored)['name']} created on {self.node}",
+            restoredPodName=meta(restored)["name"], checkpointImages=images))
+        self.metrics.restore_duration.observe(time.monotonic() - started)
+        log.info("restored pod created", extra={"fields": {
+            "migration": f"{namespace}/{name}", "pod": f"{namespace}/{meta(restored)['name']}",
+            "seconds": round(time.monotonic() - started, 3), **{k: round(v, 3) for k, v in timings.items()},
+            "createSeconds": round(time.monotonic() - control_started, 3)}})
+        return restored
+
+    async def _image(self, content: Mapping[str, Any], container: Mapping[str, Any], timings: dict[str, float]) -> str:
+        ref = layout.parse_uri(container["artifactURI"])
+        work = self.work_dir / f"{ref.checkpoint_id}-{ref.container}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(mode=0o700, parents=True)
+        try:
+            started = time.monotonic()
+            manifest = await asyncio.to_thread(retrieve.get, self.root_fd, ref, work / "archive.tar",
+                                               self.compression, self.cancel)
+            if manifest.checksum_sha256 != container.get("checksumSHA256", manifest.checksum_sha256):
+                raise RestoreRefused(f"artifact {ref.uri}: the API says sha256 {container['checksumSHA256']}, "
+                                     f"the store's manifest {manifest.checksum_sha256}")
+            timings["verifySeconds"] = timings.get("verifySeconds", 0) + time.monotonic() - started
+            started = time.monotonic()
+            tag = ref.checkpoint_id.lower()
+            image = await asyncio.to_thread(write_image, work / "archive.tar", work / "image", ref.container, tag)
+            timings["imageSeconds"] = timings.get("imageSeconds", 0) + time.monotonic() - started
+            started = time.monotonic()
+            repository = dns_name("lpm-checkpoint", content["spec"]["podNamespace"], content["spec"]["podName"],
+                                  ref.container, limit=128)
+            reference = await self.importer.import_image(image.path, tag, repository)
+            timings["importSeconds"] = timings.get("importSeconds", 0) + time.monotonic() - started
+            return reference
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    async def _create_pod(self, migration: Mapping[str, Any], source: Mapping[str, Any],
+                          images: Mapping[str, str]) -> dict[str, Any]:
+        namespace = meta(migration)["namespace"]
+        spec = copy.deepcopy(source["spec"])
+        spec["nodeName"] = self.node
+        for container in spec.get("containers", []):
+            if container["name"] not in images:
+                raise RestoreRefused(f"the checkpoint has no container {container['name']}")
+            container["image"] = images[container["name"]]
+        labels = {**meta(source).get("labels", {}), MIGRATION_LABEL: meta(migration)["name"]}
+        annotations = {k: v for k, v in meta(source).get("annotations", {}).items()
+                       if not k.startswith("lpm.my.domain/")}
+        annotations[RESTORED_FROM_ANNOTATION] = f"{namespace}/{meta(source)['name']}"
+        body = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": self._restored_name(migration), "namespace": namespace, "labels": labels,
+                             "annotations": annotations},
+                "spec": spec}
+        try:
+            return await self.kube.create(pod_path(namespace), body)
+        except Conflict:
+            return await self.kube.get(pod_path(namespace, self._restored_name(migration)))
+
+    async def _finish_when_running(self, migration: Mapping[str, Any], restored: Mapping[str, Any]) -> None:
+        namespace, name = meta(migration)["namespace"], meta(migration)["name"]
+        pod_phase = restored.get("status", {}).get("phase")
+        if pod_phase == "Failed":
+            raise RestoreRefused(f"restored pod {meta(restored)['name']} failed: "
+                                 f"{restored.get('status', {}).get('message', 'no reason given')}")
+        if pod_phase != "Running":
+            return  # the pod watch brings us back when it changes
+        source_name = migration["spec"]["podName"]
+        if not migration["spec"].get("retainOriginalPod", False):
+            try:
+                await self.kube.request("DELETE", pod_path(namespace, source_name))
+            except NotFound:
+                pass
+        await update_status(self.kube, "PodMigration", namespace, name, _phase(
+            MigrationPhase.SUCCEEDED, f"running on {self.node} as {meta(restored)['name']}",
+            restoredPodName=meta(restored)["name"], completionTime=now()))
+        await events.record(self.kube, restored, "Restored", f"restored from {namespace}/{source_name} by {name}",
+                            node=self.node)
+
+    async def _fail(self, migration: Mapping[str, Any], err: LpmError) -> None:
+        self.metrics.failed(Operation.RESTORE, err)
+        reason = str(err)
+        namespace, name = meta(migration)["namespace"], meta(migration)["name"]
+        log.error("restore failed", extra={"fields": {"migration": f"{namespace}/{name}", "reason": reason}})
+        await update_status(self.kube, "PodMigration", namespace, name,
+                            _phase(MigrationPhase.FAILED, f"restore failed: {reason}"))
+        try:
+            source = await self.kube.get(pod_path(namespace, migration["spec"]["podName"]))
+        except NotFound:
+            return
+        await events.record(self.kube, source, "RestoreFailed", reason, warning=True, node=self.node)
+
+
+def _phase(phase: MigrationPhase, message: str, **extra: Any) -> Any:
+    def mutate(status: dict[str, Any]) -> dict[str, Any] | None:
+        if status.get("phase") in (MigrationPhase.SUCCEEDED.value, MigrationPhase.FAILED.value):
+            return None
+        status.update({"phase": phase.value, "message": message, **extra})
+        return status
+    return mutate
