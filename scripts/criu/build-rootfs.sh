@@ -29,7 +29,9 @@ fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-(cd "$work" && apt-get download -q debootstrap >/dev/null)
+# A fresh machine may have no package lists yet: fetch them once if the download needs them.
+(cd "$work" && { apt-get download -q debootstrap >/dev/null 2>&1 || { apt-get update -q >/dev/null &&
+	apt-get download -q debootstrap >/dev/null; }; })
 dpkg -x "$work"/debootstrap_*.deb "$work/db"
 rm -rf "$root.partial"
 mkdir -p "$cache"

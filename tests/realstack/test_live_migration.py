@@ -129,6 +129,9 @@ async def test_counter_survives_migration_from_node_a_to_node_b(
         print("phases (s after the annotation): " + ", ".join(f"{k} {v:.2f}" for k, v in seen.items()))
         print(f"freeze window (checkpoint requested -> restored process running): {freeze:.2f} s; "
               f"CRIU dump via podman {nodes['node-a']['kubelet'].checkpoint_seconds[0]:.2f} s")
+        [restore] = agents[1].logs("restored pod created")
+        print("restore on node-b (s): " + ", ".join(f"{k} {restore[k]}" for k in (
+            "verifySeconds", "imageSeconds", "importSeconds", "createSeconds", "seconds")))
         assert first_after == last_before + 1, "the counter must go on from its last value: no reset, no gap"
         assert int(after[-1]) > first_after, "and keep counting"
         async def source_gone() -> bool:
