@@ -3,21 +3,30 @@
 # base made locally from a Debian rootfs (see issue 6); pin it by digest in production.
 ARG BASE_IMAGE=debian:trixie-slim
 
+# DL3008 (pin apt versions) is ignored on purpose: the base is pinned, Debian stable only takes
+# security and point-release fixes, and exact versions would break the build at every point release.
 FROM ${BASE_IMAGE} AS build
+# python3-venv brings pip (ensurepip) into the venv; no system pip needed.
+# hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY watcher ./watcher
 COPY gc ./gc
 RUN python3 -m venv /opt/lpm \
- && /opt/lpm/bin/pip install --no-cache-dir .
+ && /opt/lpm/bin/pip install --no-cache-dir . \
+ && /opt/lpm/bin/pip uninstall --yes pip
 
 FROM ${BASE_IMAGE}
-# python3: the runtime; no compiler, no pip, no shell tools beyond the base.
+# python3: the runtime; skopeo: what the agent executes to import a checkpoint image into
+# containers-storage (watcher/restore/importer.py); netavark only because skopeo's containers-common
+# needs some container-network-stack and it is the smaller one (containernetworking-plugins: 55 MB).
+# No compiler, no pip, no shell tools beyond the base.
+# hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 \
+ && apt-get install -y --no-install-recommends python3 skopeo netavark \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/lpm /opt/lpm
 ENV PATH=/opt/lpm/bin:$PATH PYTHONUNBUFFERED=1

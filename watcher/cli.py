@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--import-prefix", default=_env("LPM_IMPORT_PREFIX", "") or "",
                        help="cluster mode: command prefix under which skopeo reaches the node's "
                             "containers-storage, e.g. 'nsenter -t 1 -m --' (env LPM_IMPORT_PREFIX)")
+    agent.add_argument("--marker-poll", type=float, default=float(_env("LPM_MARKER_POLL", "10") or "10"),
+                       help="cluster mode: seconds between polls of the store's completion markers, the "
+                            "fallback to the PodMigration watch (default 10; env LPM_MARKER_POLL)")
     agent.add_argument("--health-port", type=int, default=int(_env("LPM_HEALTH_PORT", "8080") or "8080"),
                        help="serve /metrics, /healthz and /readyz on this port, all addresses "
                             "(0: any free port, logged; env LPM_HEALTH_PORT, default 8080)")
@@ -171,7 +174,8 @@ def _agent(args: argparse.Namespace) -> int:
     cluster = ClusterConfig(config, args.kubeconfig,
                             KubeletSettings(ca_file=args.kubelet_ca, token_file=args.kubelet_token_file,
                                             checkpoint_timeout=args.kubelet_timeout),
-                            RestoreSettings(args.restore_work_dir, tuple(shlex.split(args.import_prefix))))
+                            RestoreSettings(args.restore_work_dir, tuple(shlex.split(args.import_prefix)),
+                                            marker_poll=args.marker_poll))
     return asyncio.run(_run_until_signal(ClusterAgent(cluster, metrics, readiness), args.health_port, metrics,
                                          readiness))
 

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Build (or find in the cache) the Debian trixie rootfs that carries CRIU 4, crun, podman and
+# Build (or find in the cache) the Debian trixie rootfs that carries CRIU 4, crun, podman, buildah and
 # skopeo for lpm's restore tests (../shared/docs/REAL-STACK.md: bookworm's CRIU 3.17 fails
 # `criu check` on this kernel; trixie's 4.1 works). Nothing is installed on the host: bookworm's
 # debootstrap is unpacked with dpkg -x. The mirror is the one the machine's apt sources name.
 # Prints the rootfs path as its last line. Needs root.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-version=trixie-v1   # bump when the package list changes
+version=trixie-v2   # bump when the package list changes
 cache=${LPM_CACHE_DIR:-$repo/.cache}/rootfs
 root=$cache/$version
-packages=criu,libcriu2,crun,iproute2,iptables,busybox-static,python3,podman,skopeo,conmon,catatonit
+packages=criu,libcriu2,crun,iproute2,iptables,busybox-static,python3,podman,buildah,skopeo,conmon,catatonit
 
 if [[ -f $root/.lpm-complete ]]; then
 	echo "$root"

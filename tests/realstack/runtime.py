@@ -29,11 +29,13 @@ def build_base_image(sandbox: Sandbox) -> str:
 
 
 class PodmanRuntime:
-    def __init__(self, sandbox: Sandbox, cp: ControlPlane, node: str) -> None:
+    def __init__(self, sandbox: Sandbox, cp: ControlPlane, node: str, namespace: str) -> None:
         self.sandbox = sandbox
         self.cp = cp
         self.node = node
+        self.namespace = namespace  # the only one it runs pods of: other tests' pods share the node names
         self.restored_at: dict[str, float] = {}  # pod name -> when its restore finished
+        self._final_logs: dict[str, list[str]] = {}  # logs of removed containers, as a node's log files outlive them
 
     def name(self, namespace: str, pod: str, container: str) -> str:
         return f"{self.node}.{namespace}.{pod}.{container}"
@@ -59,14 +61,26 @@ class PodmanRuntime:
                          self.name(namespace, pod, container))
 
     def logs(self, namespace: str, pod: str, container: str) -> list[str]:
-        return self.sandbox.run("podman", "logs", self.name(namespace, pod, container)).stdout.split()
+        """The container's output, also once its pod was deleted (then as saved just before removal)."""
+        name = self.name(namespace, pod, container)
+        deadline = time.monotonic() + 10
+        while True:
+            if name in self._final_logs:
+                return self._final_logs[name]
+            result = self.sandbox.run("podman", "logs", name, check=False)
+            if result.returncode == 0:
+                return result.stdout.split()
+            if time.monotonic() > deadline:  # neither running nor removed by this runtime
+                raise AssertionError(f"no logs for {name}: {result.stderr.strip()}")
+            time.sleep(0.05)  # being removed right now: its saved logs are about to appear
 
     def _remove(self, pod: dict[str, Any]) -> None:
         """A deleted pod: stop its containers, then confirm the deletion as the kubelet does."""
         meta = pod["metadata"]
         for container in pod["spec"]["containers"]:
-            self.sandbox.run("podman", "rm", "-f", "-t", "0", self.name(meta["namespace"], meta["name"],
-                                                                       container["name"]), check=False)
+            name = self.name(meta["namespace"], meta["name"], container["name"])
+            self._final_logs[name] = self.sandbox.run("podman", "logs", name, check=False).stdout.split()
+            self.sandbox.run("podman", "rm", "-f", "-t", "0", name, check=False)
         self.cp.admin.request("DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
                               {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0})
 
@@ -76,7 +90,8 @@ class PodmanRuntime:
         started: set[str] = set()
         while not stop.is_set():
             pods = await asyncio.to_thread(self.cp.admin.request, "GET",
-                                           f"/api/v1/pods?fieldSelector=spec.nodeName={self.node}")
+                                           f"/api/v1/namespaces/{self.namespace}/pods"
+                                           f"?fieldSelector=spec.nodeName={self.node}")
             for pod in pods["items"]:
                 meta = pod["metadata"]
                 if meta.get("deletionTimestamp"):

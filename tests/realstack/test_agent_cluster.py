@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -360,3 +361,154 @@ async def test_failed_import_keeps_the_source_pod_and_says_why(cluster: Cluster)
     pods = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods")["items"]
     assert [p["metadata"]["name"] for p in pods] == ["noimport-0"]
     assert not any((cluster.tmp / "work-b").iterdir())  # scratch archives and images cleaned up
+
+
+def _set_ready(cluster: Cluster, node: str, ready: bool) -> None:
+    """What the node's kubelet (or the node lifecycle controller) would write: its Ready condition."""
+    body = cluster.api("GET", f"/api/v1/nodes/{node}")
+    for condition in body["status"]["conditions"]:
+        if condition["type"] == "Ready":
+            condition.update(status="True" if ready else "False", reason="KubeletReady" if ready else "KubeletNotReady",
+                             message="stand-in" if ready else "PLEG is not healthy (test)")
+    cluster.api("PUT", f"/api/v1/nodes/{node}/status", body)
+
+
+@pytest.mark.asyncio
+async def test_migration_to_a_node_that_is_not_ready_is_refused(cluster: Cluster) -> None:
+    _set_ready(cluster, "node-b", False)
+    try:
+        cluster.create_pod("stranded-0", "node-a", annotations={"lpm.my.domain/migrate-to": "node-b"})
+        cluster.start_agent("node-a")
+        [done] = await eventually(lambda: [m for m in cluster.items("podmigrations") if _phase(m) == "Failed"],
+                                  what="PodMigration to fail")
+        assert done["status"]["message"] == "target node node-b is not Ready"
+        assert cluster.nodes["node-a"].kubelet.requests == []  # the pod was never frozen
+        assert cluster.items("podcheckpoints") == []
+        [event] = [e for e in cluster.events("stranded-0") if e["reason"] == "MigrationRefused"]
+        assert event["type"] == "Warning" and "not Ready" in event["message"]
+        pod = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/stranded-0")
+        assert pod["metadata"].get("deletionTimestamp") is None
+    finally:
+        _set_ready(cluster, "node-b", True)  # nodes are cluster-scoped: leave node-b as the fixture made it
+
+
+SLOW_IMPORT = Path(__file__).with_name("slow_import.sh")
+
+
+def _pods(cluster: Cluster) -> list[dict[str, Any]]:
+    return cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods")["items"]
+
+
+@pytest.mark.asyncio
+async def test_restore_refuses_a_checkpoint_missing_a_listed_container(cluster: Cluster,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    imports = cluster.tmp / "imports.log"
+    monkeypatch.setenv("LPM_TEST_IMPORT_LOG", str(imports))  # inherited by the agent and its import prefix
+    monkeypatch.setenv("LPM_TEST_IMPORT_SECONDS", "0")
+    cluster.create_pod("partial-0", "node-a", ("app", "sidecar"), annotations={"lpm.my.domain/migrate-to": "node-b"})
+    cluster.start_agent("node-a")
+    migration = await _checkpoint_complete(cluster, "partial-0")
+    # The marker lists app and sidecar; sidecar's directory is gone (a partial copy, an operator's rm).
+    [sidecar] = cluster.nodes["node-a"].store.glob("*/*/sidecar")
+    shutil.rmtree(sidecar)
+    cluster.start_agent("node-b", "--restore-work-dir", str(cluster.tmp / "work-b"), "--import-prefix", str(SLOW_IMPORT))
+    name = migration["metadata"]["name"]
+    done = await eventually(lambda: _phase(m := cluster.get("podmigrations", name)) == "Failed" and m,
+                            what="the restore to fail")
+    message = done["status"]["message"]
+    assert message.startswith("restore failed") and "marker lists container sidecar" in message, message
+    assert [p["metadata"]["name"] for p in _pods(cluster)] == ["partial-0"]  # nothing restored, the source kept
+    assert _pods(cluster)[0]["metadata"].get("deletionTimestamp") is None
+    assert not imports.exists()  # not even app's image was imported: the checkpoint was refused as a whole
+    assert "RestoreFailed" in [e["reason"] for e in cluster.events("partial-0")]
+    assert not any((cluster.tmp / "work-b").iterdir())
+
+
+@pytest.mark.asyncio
+async def test_destination_restarted_mid_restore_restores_exactly_once(cluster: Cluster,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    imports = cluster.tmp / "imports.log"
+    monkeypatch.setenv("LPM_TEST_IMPORT_LOG", str(imports))
+    monkeypatch.setenv("LPM_TEST_IMPORT_SECONDS", "4")
+    cluster.create_pod("moving-0", "node-a", annotations={"lpm.my.domain/migrate-to": "node-b"})
+    cluster.start_agent("node-a")
+    migration = await _checkpoint_complete(cluster, "moving-0")
+    name = migration["metadata"]["name"]
+    flags = ("--restore-work-dir", str(cluster.tmp / "work-b"), "--import-prefix", str(SLOW_IMPORT))
+    first = cluster.start_agent("node-b", *flags)
+    await eventually(imports.exists, what="the import to start")
+    assert _phase(cluster.get("podmigrations", name)) == "Restoring"
+    first.kill()  # SIGKILL while the image is being imported: no cleanup, no last status write
+    assert [p["metadata"]["name"] for p in _pods(cluster)] == ["moving-0"]
+    cluster.start_agent("node-b", *flags)
+    restored_name = await eventually(lambda: cluster.get("podmigrations", name)["status"].get("restoredPodName"),
+                                     what="the restored pod")
+    # There is no runtime behind node-b's stand-in: the test plays its kubelet and reports the pod running.
+    restored = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/{restored_name}")
+    assert restored["spec"]["nodeName"] == "node-b"
+    assert restored["spec"]["containers"][0]["image"].startswith("localhost/lpm-checkpoint")
+    restored["status"] = {"phase": "Running"}
+    cluster.api("PUT", f"/api/v1/namespaces/{cluster.namespace}/pods/{restored_name}/status", restored)
+    done = await eventually(lambda: _phase(m := cluster.get("podmigrations", name)) in ("Succeeded", "Failed") and m,
+                            what="the migration to finish")
+    assert _phase(done) == "Succeeded", done["status"]
+    assert done["status"]["restoredPodName"] == restored_name
+    pods = {p["metadata"]["name"]: p for p in _pods(cluster)}
+    owned = [n for n, p in pods.items() if p["metadata"].get("labels", {}).get("lpm.my.domain/migration") == name]
+    assert owned == [restored_name]  # restored exactly once
+    # The source pod is being deleted (no kubelet confirms it, so it lingers with a deletionTimestamp).
+    assert "moving-0" not in pods or pods["moving-0"]["metadata"].get("deletionTimestamp")
+    # The interrupted import was done again by the restarted agent; the pod was created once.
+    assert len(imports.read_text().splitlines()) == 2
+    assert [e["reason"] for e in cluster.events(restored_name)] == ["Restored"]
+
+
+@pytest.mark.asyncio
+async def test_marker_poll_alone_brings_the_restore(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PodMigration watch on node-b: the store's completion marker is the only signal it gets.
+
+    node-b's half runs in this process — the agent's own Destination and worker, with the
+    lpm-agent ServiceAccount's token — but fed by the marker poller alone, reading the store
+    through node-b's own bindfs view of the shared directory.
+    """
+    import threading
+
+    from watcher.kube.client import Kube, connect
+    from watcher.kube.informer import Workers
+    from watcher.observe import AgentMetrics
+    from watcher.restore.destination import Destination
+    from watcher.restore.importer import ContainersStorageImporter
+    from watcher.restore.markers import poll_markers
+    from watcher.store import fsio
+    from watcher.zstream import CompressionSettings
+
+    monkeypatch.setenv("LPM_TEST_IMPORT_SECONDS", "0")
+    cluster.create_pod("polled-0", "node-a", annotations={"lpm.my.domain/migrate-to": "node-b"})
+    cluster.start_agent("node-a")
+    migration = await _checkpoint_complete(cluster, "polled-0")
+    name = migration["metadata"]["name"]
+    view = cluster.tmp / "view-b"
+    view.mkdir(mode=0o700)
+    await asyncio.to_thread(subprocess.run, ["bindfs", str(cluster.nodes["node-a"].store), str(view)], check=True)
+    kube = Kube(await connect(cluster.cp.service_account_kubeconfig(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT)))
+    root_fd = fsio.open_root(view, create=False)
+    work = cluster.tmp / "work-b"
+    destination = Destination(kube, "node-b", root_fd, work, ContainersStorageImporter((str(SLOW_IMPORT),)),
+                              CompressionSettings(), threading.Event(), AgentMetrics(view))
+    migrations = Workers("podmigration", destination.reconcile)
+    stop = asyncio.Event()
+    poller = asyncio.create_task(poll_markers(kube, "node-b", root_fd, migrations.submit, stop, interval=0.5))
+    try:
+        restored = await eventually(lambda: cluster.get("podmigrations", name)["status"].get("restoredPodName"),
+                                    what="the restore the marker poke brings")
+        pod = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/{restored}")
+        assert pod["spec"]["nodeName"] == "node-b"
+        assert pod["metadata"]["labels"]["lpm.my.domain/migration"] == name
+        assert _phase(cluster.get("podmigrations", name)) == "Restoring"  # waits for the pod to run
+    finally:
+        stop.set()
+        await poller
+        await migrations.close()
+        await kube.client.close()
+        os.close(root_fd)
+        await asyncio.to_thread(subprocess.run, ["umount", str(view)], check=True)

@@ -67,7 +67,7 @@ async def nodes(control_plane: ControlPlane, sandbox: Sandbox) -> AsyncIterator[
     for node in ("node-a", "node-b"):
         directory = sandbox.share / node / "checkpoints"
         directory.mkdir(parents=True, mode=0o700)
-        runtime = PodmanRuntime(sandbox, control_plane, node)
+        runtime = PodmanRuntime(sandbox, control_plane, node, NAMESPACE)
         kubelet = KubeletStandIn(control_plane, node, directory, runtime=runtime)
         await kubelet.start()
         made[node] = {"dir": directory, "runtime": runtime, "kubelet": kubelet,

@@ -33,6 +33,7 @@ from watcher.kubelet import KubeletClient, KubeletSettings
 from watcher.observe import AgentMetrics, Readiness
 from watcher.restore.destination import Destination
 from watcher.restore.importer import ContainersStorageImporter
+from watcher.restore.markers import poll_markers
 from watcher.watch.stability import Outcome
 
 log = logging.getLogger("lpm.agent")
@@ -53,6 +54,8 @@ class RestoreSettings:
     """Node-local scratch space for archives and images during a restore (0700)."""
     import_prefix: tuple[str, ...] = ()
     """Command prefix that reaches the node's containers-storage for skopeo (empty: run it here)."""
+    marker_poll: float = 10.0
+    """Seconds between looks at the store's completion markers (the fallback to the PodMigration watch)."""
 
 
 class _DirectoryHooks:
@@ -145,6 +148,9 @@ class ClusterAgent:
                                          container_checkpoints.submit, stop, synced("containercheckpoints")),
                                 name="watch containercheckpoints"),
             asyncio.create_task(directory.run(stop), name="checkpoint directory"),
+            # The fallback to the PodMigration watch: a missed event must not strand a migration.
+            asyncio.create_task(poll_markers(kube, node, directory.root_fd, migrations.submit, stop,
+                                             cfg.restore.marker_poll), name="poll store markers"),
         }
         log.info("cluster mode watching", extra={"fields": {"node": node}})
         try:

