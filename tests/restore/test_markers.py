@@ -52,7 +52,7 @@ def test_plan(markers: list[Marker], acted: set[str], first_seen: dict[str, floa
 @pytest.fixture
 def two_views(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     if os.geteuid() != 0 or shutil.which("bindfs") is None:
-        pytest.skip("needs root and bindfs (FUSE) for a second view of the store")
+        pytest.fail("needs root and bindfs (FUSE) for a second view of the store: run scripts/setup --for-tests", pytrace=False)
     store, view = tmp_path / "store-a", tmp_path / "view-b"
     store.mkdir(mode=0o700)
     view.mkdir(mode=0o700)
