@@ -2,13 +2,15 @@
 # Build (or find in the cache) the Debian trixie rootfs that carries CRIU 4, crun, podman, buildah and
 # skopeo for lpm's restore tests (../shared/docs/REAL-STACK.md: bookworm's CRIU 3.17 fails
 # `criu check` on this kernel; trixie's 4.1 works). Nothing is installed on the host: bookworm's
-# debootstrap is unpacked with dpkg -x. The mirror is the one the machine's apt sources name.
+# debootstrap is unpacked with dpkg -x (scripts/lib/debootstrap.sh).
 # Prints the rootfs path as its last line. Needs root.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 version=trixie-v2   # bump when the package list changes
 cache=${LPM_CACHE_DIR:-$repo/.cache}/rootfs
 root=$cache/$version
+# shellcheck source=../lib/debootstrap.sh
+. "$repo/scripts/lib/debootstrap.sh"
 packages=criu,libcriu2,crun,iproute2,iptables,busybox-static,python3,podman,buildah,skopeo,conmon,catatonit
 
 if [[ -f $root/.lpm-complete ]]; then
@@ -20,27 +22,12 @@ if ((EUID != 0)); then
 	exit 1
 fi
 
-mirror=$({ grep -rhoE '^(URIs:|deb) +[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null || true; } |
-	awk '{print $2}' | { grep -E '/debian/?$' || true; } | head -n1)
-if [[ -z $mirror ]]; then
-	echo "build-rootfs: no Debian mirror in the apt sources" >&2
-	exit 1
-fi
-
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# A fresh machine may have no package lists yet: fetch them once if the download needs them.
-(cd "$work" && { apt-get download -q debootstrap >/dev/null 2>&1 || { apt-get update -q >/dev/null &&
-	apt-get download -q debootstrap >/dev/null; }; })
-dpkg -x "$work"/debootstrap_*.deb "$work/db"
 rm -rf "$root.partial"
 mkdir -p "$cache"
 started=$SECONDS
-DEBOOTSTRAP_DIR="$work/db/usr/share/debootstrap" "$work/db/usr/sbin/debootstrap" \
-	--variant=minbase --include="$packages" trixie "$root.partial" "$mirror" >"$work/debootstrap.log" 2>&1 || {
-	tail -n 30 "$work/debootstrap.log" >&2
-	exit 1
-}
+debootstrap_trixie "$work" "$root.partial" --include="$packages"
 ln -sfn ../proc/self/mounts "$root.partial/etc/mtab"
 # podman inside the private mount namespace: cgroupfs (no systemd), file events, crun, no netns
 # (the restored process keeps its original network namespace view; lpm tests need no network).

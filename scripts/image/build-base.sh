@@ -12,6 +12,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 version=trixie-v3   # bump when the recipe changes
 cache=${LPM_CACHE_DIR:-$repo/.cache}/image-base
 tarball=$cache/$version.tar
+# shellcheck source=../lib/debootstrap.sh
+. "$repo/scripts/lib/debootstrap.sh"
 
 if [[ -f $tarball ]]; then
 	echo "$tarball"
@@ -22,25 +24,11 @@ if ((EUID != 0)); then
 	exit 1
 fi
 
-mirror=$({ grep -rhoE '^(URIs:|deb) +[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null || true; } |
-	awk '{print $2}' | { grep -E '/debian/?$' || true; } | head -n1)
-if [[ -z $mirror ]]; then
-	echo "build-base: no Debian mirror in the apt sources" >&2
-	exit 1
-fi
-
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-(cd "$work" && { apt-get download -q debootstrap >/dev/null 2>&1 || { apt-get update -q >/dev/null &&
-	apt-get download -q debootstrap >/dev/null; }; })
-dpkg -x "$work"/debootstrap_*.deb "$work/db"
 root=$work/root
 started=$SECONDS
-DEBOOTSTRAP_DIR="$work/db/usr/share/debootstrap" "$work/db/usr/sbin/debootstrap" \
-	--variant=minbase trixie "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || {
-	tail -n 30 "$work/debootstrap.log" >&2
-	exit 1
-}
+debootstrap_trixie "$work" "$root"
 # The machine's apt settings (not its sources: debootstrap wrote the mirror for trixie), pip
 # settings and CA bundle (an egress proxy may re-sign TLS).
 for f in /etc/apt/apt.conf.d/*; do

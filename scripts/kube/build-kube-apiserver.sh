@@ -32,14 +32,9 @@ if [[ -x $bin ]]; then
 	exit 0
 fi
 
-if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
-	export PATH=/usr/local/go/bin:$PATH
-fi
-if ! command -v go >/dev/null; then
-	echo "build-kube-apiserver: no Go toolchain (looked in PATH and /usr/local/go/bin)" >&2
-	exit 1
-fi
-export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
+# shellcheck source=../lib/go.sh
+. "$repo/scripts/lib/go.sh"
+use_go build-kube-apiserver
 # The throw-away module has no go.sum yet: let the go command record sums as it resolves.
 export GOFLAGS=-mod=mod
 # Parallel compile actions. The go command's default is the same; named so a busy machine can lower it.

@@ -27,14 +27,9 @@ if [[ -x $bin ]]; then
 	exit 0
 fi
 
-if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
-	export PATH=/usr/local/go/bin:$PATH
-fi
-if ! command -v go >/dev/null; then
-	echo "build-kustomize: no Go toolchain (looked in PATH and /usr/local/go/bin)" >&2
-	exit 1
-fi
-export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
+# shellcheck source=../lib/go.sh
+. "$repo/scripts/lib/go.sh"
+use_go build-kustomize
 
 start=$(date +%s)
 echo "build-kustomize: building sigs.k8s.io/kustomize/kustomize/v5 $version with $(go version)" >&2
