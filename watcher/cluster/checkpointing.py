@@ -145,20 +145,23 @@ def _set(phase: Phase, message: str, **extra: Any) -> Any:
     return mutate
 
 
-async def _fresh_request(kube: Kube, kind: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+async def _request_and_pod(src: Source, kind: str, event: str,
+                           obj: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The request, re-read, and its pod, when this node has work to do for it; else None.
+
+    Nothing to do: the request is gone or finished, it is the agent's record of an archive
+    nobody requested, or its pod runs on another node. A pod that does not exist fails it.
+    """
+    if event == "DELETED":
+        return None
     try:
-        request = await kube.get(lpm_path(kind, meta(obj)["namespace"], meta(obj)["name"]))
+        request = await src.kube.get(lpm_path(kind, meta(obj)["namespace"], meta(obj)["name"]))
     except NotFound:
         return None
     if request.get("status", {}).get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value):
         return None
     if meta(request).get("annotations", {}).get(ORIGIN_ANNOTATION):
-        return None  # the agent's record of an archive nobody requested: nothing to do
-    return request
-
-
-async def _my_pod(src: Source, kind: str, request: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The request's pod if it runs on this node; fails the request if the pod does not exist."""
+        return None
     namespace, name = meta(request)["namespace"], request["spec"]["podName"]
     try:
         pod = await src.kube.get(pod_path(namespace, name))
@@ -166,18 +169,16 @@ async def _my_pod(src: Source, kind: str, request: Mapping[str, Any]) -> dict[st
         await update_status(src.kube, kind, namespace, meta(request)["name"],
                             _set(Phase.FAILED, f"pod {namespace}/{name} does not exist"))
         return None
-    return pod if pod.get("spec", {}).get("nodeName") == src.node else None
+    if pod.get("spec", {}).get("nodeName") != src.node:
+        return None
+    return request, pod
 
 
 async def reconcile_container_checkpoint(src: Source, event: str, obj: dict[str, Any]) -> None:
-    if event == "DELETED":
+    found = await _request_and_pod(src, "ContainerCheckpoint", event, obj)
+    if found is None:
         return
-    request = await _fresh_request(src.kube, "ContainerCheckpoint", obj)
-    if request is None:
-        return
-    pod = await _my_pod(src, "ContainerCheckpoint", request)
-    if pod is None:
-        return
+    request, pod = found
     namespace, name = meta(request)["namespace"], meta(request)["name"]
     container = request["spec"]["containerName"]
     if container not in [c["name"] for c in pod["spec"].get("containers", [])]:
@@ -199,14 +200,10 @@ async def reconcile_container_checkpoint(src: Source, event: str, obj: dict[str,
 
 
 async def reconcile_pod_checkpoint(src: Source, event: str, obj: dict[str, Any]) -> None:
-    if event == "DELETED":
+    found = await _request_and_pod(src, "PodCheckpoint", event, obj)
+    if found is None:
         return
-    request = await _fresh_request(src.kube, "PodCheckpoint", obj)
-    if request is None:
-        return
-    pod = await _my_pod(src, "PodCheckpoint", request)
-    if pod is None:
-        return
+    request, pod = found
     namespace, name = meta(request)["namespace"], meta(request)["name"]
     containers = [c["name"] for c in pod["spec"].get("containers", [])]
     target = meta(request).get("annotations", {}).get(TARGET_NODE_ANNOTATION)
