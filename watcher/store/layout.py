@@ -85,13 +85,6 @@ def make_checkpoint_id(uid: str, archive_names: Iterable[str], taken_at: datetim
     return f"{stamp}-{digest[:8]}"
 
 
-def checkpoint_time(cid: str) -> datetime:
-    """The UTC time encoded in a checkpoint ID."""
-    match = _CHECKPOINT_ID.fullmatch(checkpoint_id(cid))
-    assert match is not None  # checkpoint_id() validated it
-    return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
-
-
 @dataclass(frozen=True)
 class ArtifactRef:
     """One container's dump in the store, addressed by validated segments."""
