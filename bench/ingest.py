@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.archives import ArchiveSpec, Pod, archive_name, make_archive  # noqa: E402
+from lab.archives import ArchiveSpec, Pod, archive_name, make_archive  # noqa: E402
 from watcher.ingest import service  # noqa: E402
 from watcher.store import fsio, retrieve  # noqa: E402
 from watcher.zstream import CompressionSettings  # noqa: E402

@@ -26,11 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.realstack.controlplane import ControlPlane, locate_binaries  # noqa: E402
-from tests.realstack.fixtures import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, CRD_DIR, RBAC_DIR  # noqa: E402
-from tests.realstack.kubelet import KubeletStandIn, pod_body  # noqa: E402
-from tests.realstack.manifests import apply, load_manifests, wait_established  # noqa: E402
-from tests.support import AgentProcess  # noqa: E402
+from lab.controlplane import ControlPlane, locate_binaries  # noqa: E402
+from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, CRD_DIR, RBAC_DIR  # noqa: E402
+from lab.kubelet import KubeletStandIn, pod_body  # noqa: E402
+from lab.manifests import apply, load_manifests, wait_established  # noqa: E402
+from lab.agent import AgentProcess  # noqa: E402
 
 NAMESPACE = "bench"
 

@@ -21,8 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.archives import ArchiveSpec, Pod, archive_bytes, archive_name, write_in_place  # noqa: E402
-from tests.support import AgentProcess  # noqa: E402
+from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, write_in_place  # noqa: E402
+from lab.agent import AgentProcess  # noqa: E402
 
 
 def lpm(*args: str) -> str:

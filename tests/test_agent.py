@@ -6,8 +6,9 @@ import threading
 
 import pytest
 
-from tests.archives import ArchiveSpec, Pod, archive_bytes, archive_name, make_archive, write_in_place
-from tests.support import AgentProcess, lpm
+from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, make_archive, write_in_place
+from lab.agent import AgentProcess
+from tests.support import lpm
 
 
 def agent(kube_dir, store, *extra):

@@ -2,7 +2,7 @@
 
 import json
 
-from tests.archives import ArchiveSpec, Pod, make_archive
+from lab.archives import ArchiveSpec, Pod, make_archive
 from tests.support import lpm
 
 

@@ -9,8 +9,9 @@ import json
 import random
 import time
 
-from tests.archives import ArchiveSpec, Pod, archive_name, make_archive
-from tests.support import AgentProcess, lpm
+from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
+from lab.agent import AgentProcess
+from tests.support import lpm
 
 TRIALS = 24
 NEW_PER_TRIAL = 2

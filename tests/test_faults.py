@@ -5,8 +5,9 @@ import subprocess
 
 import pytest
 
-from tests.archives import ArchiveSpec, Pod, make_archive
-from tests.support import AgentProcess, lpm
+from lab.archives import ArchiveSpec, Pod, make_archive
+from lab.agent import AgentProcess
+from tests.support import lpm
 
 
 @pytest.fixture

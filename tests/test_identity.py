@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.archives import Pod, archive_name, containerd_spec, crio_spec
+from lab.archives import Pod, archive_name, containerd_spec, crio_spec
 from watcher.archive import names
 from watcher.archive.identity import Identity, identify
 from watcher.errors import IdentityError

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.archives import ArchiveSpec, Pod, archive_bytes, archive_name, make_archive
+from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, make_archive
 from watcher.errors import ArchiveChanged, ChecksumMismatch, IdentityError, IncompleteCheckpoint, UnknownCheckpoint, UnsafeNameError
 from watcher.ingest import service
 from watcher.store import catalog, fsio, layout, retrieve

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from tests.archives import ArchiveSpec, archive_bytes, crio_spec, Pod
+from lab.archives import ArchiveSpec, archive_bytes, crio_spec, Pod
 from watcher.archive.tarscan import METADATA_CAP, TarScanner
 from watcher.errors import ArchiveError, ArchiveIncomplete
 

@@ -15,7 +15,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-# The release the tests run against, named in one file that tests/realstack/controlplane.py reads too.
+# The release the tests run against, named in one file that lab/controlplane.py reads too.
 version=${1:-$(<"$here/kube-apiserver.version")}
 if [[ ! $version =~ ^v1\.([0-9]+)\.([0-9]+)$ ]]; then
 	echo "build-kube-apiserver: VERSION must look like v1.MINOR.PATCH, got '$version'" >&2

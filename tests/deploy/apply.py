@@ -1,6 +1,6 @@
 """Server-side apply of rendered objects of any kind, as ``kubectl apply --server-side`` does.
 
-tests/realstack/manifests.py applies only the few kinds of the CRDs and RBAC, from a static table on
+lab/manifests.py applies only the few kinds of the CRDs and RBAC, from a static table on
 purpose. What kustomize renders is open-ended (DaemonSets, StorageClasses, the Prometheus Operator's
 kinds), so here each kind's resource comes from the apiserver's own discovery, as kubectl finds it.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.realstack.apiclient import ApiClient
+from lab.apiclient import ApiClient
 
 FIELD_MANAGER = "lpm-deploy-tests"
 # Namespaces before what lives in them; CRDs before objects of their kinds.

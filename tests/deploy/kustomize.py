@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from tests.realstack.controlplane import REPO
+from lab.controlplane import REPO
 
 DEPLOY = REPO / "deploy"
 # Every kustomization an operator may apply, by the name the tests use.

@@ -24,12 +24,12 @@ from typing import Any, Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.archives import ArchiveSpec, Pod, archive_name, make_archive
-from tests.realstack.apiclient import ApiError
-from tests.realstack.controlplane import ControlPlane
-from tests.realstack.fixtures import AGENT_NAMESPACE
-from tests.realstack.kubelet import KubeletStandIn, pod_body
-from tests.support import AgentProcess
+from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
+from lab.apiclient import ApiError
+from lab.controlplane import ControlPlane
+from lab.manifests import AGENT_NAMESPACE
+from lab.kubelet import KubeletStandIn, pod_body
+from lab.agent import AgentProcess
 
 pytestmark = pytest.mark.realstack
 

@@ -19,10 +19,10 @@ import yaml
 
 from tests.deploy.apply import Applier, in_apply_order
 from tests.deploy.kustomize import OVERLAYS, find, render
-from tests.realstack.apiclient import ApiError
-from tests.realstack.controlplane import ControlPlane
-from tests.realstack.fixtures import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT
-from tests.realstack.manifests import wait_established
+from lab.apiclient import ApiError
+from lab.controlplane import ControlPlane
+from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT
+from lab.manifests import wait_established
 
 pytestmark = pytest.mark.realstack
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from tests.archives import ArchiveSpec, Pod, archive_name, make_archive
+from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
 from tests.support import lpm
 from watcher.ingest import service
 from watcher.store import fsio

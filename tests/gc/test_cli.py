@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 
-from tests.archives import Pod
+from lab.archives import Pod
 from tests.gc.support import age, deletions, gc, ingest, listed, summary
 from tests.support import REPO, lpm
 

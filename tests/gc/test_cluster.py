@@ -22,9 +22,9 @@ import yaml
 
 from tests.gc import synthetic
 from tests.realstack import samples
-from tests.realstack.apiclient import ApiError
-from tests.realstack.controlplane import ControlPlane
-from tests.realstack.fixtures import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT
+from lab.apiclient import ApiError
+from lab.controlplane import ControlPlane
+from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT
 from tests.support import REPO, lpm
 
 pytestmark = pytest.mark.realstack

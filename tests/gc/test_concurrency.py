@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.archives import ArchiveSpec, Pod, archive_name, make_archive
+from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
 from tests.gc import synthetic
 from tests.gc.support import gc, listed, stamp, summary
 from tests.support import REPO, lpm

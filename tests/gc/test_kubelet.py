@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.archives import ArchiveSpec, Pod, archive_name, make_archive
+from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
 from tests.gc.support import Stored, deletions, gc, stamp, summary
 from tests.support import lpm
 from watcher.ingest import service

@@ -20,7 +20,7 @@ from lpm_gc.metrics import Metrics
 from lpm_gc.planner import Policy
 from lpm_gc.runner import Outcome, delete
 from lpm_gc.scanner import scan
-from tests.archives import Pod
+from lab.archives import Pod
 from tests.gc.support import Stored, age, ingest, listed
 from watcher.errors import StoreError
 from watcher.store import fsio

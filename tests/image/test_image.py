@@ -3,7 +3,7 @@
 No image registry is reachable here, so the Dockerfile's ``BASE_IMAGE`` build argument points at
 a base made locally from a Debian trixie minbase rootfs (scripts/image/build-base.sh, cached under
 .cache/image-base/), imported into the sandbox's containers-storage. buildah and podman run in the
-trixie rootfs of ../shared/docs/REAL-STACK.md (tests/realstack/sandbox.py). The image's own
+trixie rootfs of ../shared/docs/REAL-STACK.md (lab/sandbox.py). The image's own
 ``apt-get`` and ``pip`` reach Debian's archive and PyPI through the host's network. Nothing here is
 skipped: a missing tool is a failure.
 """
@@ -21,8 +21,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.realstack.controlplane import REPO
-from tests.realstack.sandbox import Sandbox, rootfs
+from lab.controlplane import REPO
+from lab.sandbox import Sandbox, rootfs
 
 pytestmark = pytest.mark.realstack
 

@@ -11,16 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.realstack.controlplane import REPO, ControlPlane, ControlPlaneError, locate_binaries
-from tests.realstack.manifests import apply, load_manifests, wait_established
+from lab.controlplane import ControlPlane, ControlPlaneError, locate_binaries
+from lab.manifests import CRD_DIR, RBAC_DIR, apply, load_manifests, wait_established
 
 __all__ = ["control_plane"]
-
-CRD_DIR = REPO / "deploy" / "base" / "crds"
-RBAC_DIR = REPO / "deploy" / "base" / "rbac"
-AGENT_NAMESPACE = "live-pod-migration-controller-system"
-AGENT_SERVICE_ACCOUNT = "lpm-agent"
-
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:

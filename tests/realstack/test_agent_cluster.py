@@ -21,11 +21,12 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 
-from tests.archives import ArchiveSpec, Pod, archive_name, make_archive
-from tests.realstack.controlplane import ControlPlane
-from tests.realstack.fixtures import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT
-from tests.realstack.kubelet import KubeletStandIn, pod_body
-from tests.support import AgentProcess, lpm
+from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
+from lab.controlplane import ControlPlane
+from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT
+from lab.kubelet import KubeletStandIn, pod_body
+from lab.agent import AgentProcess
+from tests.support import lpm
 
 GROUP = "/apis/lpm.my.domain/v1"
 _namespaces = itertools.count()

@@ -15,7 +15,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.realstack import samples
 from tests.realstack.clients import GROUP, RESOURCES, VERSION, create_object, kube_client, merge_patch
-from tests.realstack.controlplane import ControlPlane
+from lab.controlplane import ControlPlane
 
 pytestmark = pytest.mark.realstack
 

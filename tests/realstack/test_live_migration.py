@@ -19,13 +19,13 @@ from typing import Any, AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
-from tests.realstack.apiclient import ApiError
-from tests.realstack.controlplane import ControlPlane
-from tests.realstack.fixtures import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT
-from tests.realstack.kubelet import KubeletStandIn
-from tests.realstack.runtime import PodmanRuntime, build_base_image
-from tests.realstack.sandbox import Sandbox, rootfs
-from tests.support import AgentProcess
+from lab.apiclient import ApiError
+from lab.controlplane import ControlPlane
+from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT
+from lab.kubelet import KubeletStandIn
+from lab.runtime import PodmanRuntime, build_base_image
+from lab.sandbox import Sandbox, rootfs
+from lab.agent import AgentProcess
 
 NAMESPACE = "live"
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done"

@@ -43,8 +43,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.realstack import samples
 from tests.realstack.clients import GROUP, RESOURCES, VERSION, create_object, kube_client, merge_patch
-from tests.realstack.controlplane import ControlPlane
-from tests.realstack.fixtures import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, RBAC_DIR
+from lab.controlplane import ControlPlane
+from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, RBAC_DIR
 
 pytestmark = pytest.mark.realstack
 

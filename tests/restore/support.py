@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.archives import Pod, crio_spec
+from lab.archives import Pod, crio_spec
 
 # config.dump as podman 5 writes it: "runtime" is the OCI runtime that podman checks on restore.
 PODMAN_CONFIG = {"id": "0123abcd", "name": "counter", "rootfsImageName": "localhost/counter:1", "runtime": "crun"}

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.archives import ArchiveSpec, make_archive
+from lab.archives import ArchiveSpec, make_archive
 from tests.restore.support import PODMAN_CONFIG, checkpoint_tar, layout_files, read_blob
 from watcher.errors import ImageError
 from watcher.ingest import service

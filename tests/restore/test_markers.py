@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.archives import ArchiveSpec, Pod, make_archive
+from lab.archives import ArchiveSpec, Pod, make_archive
 from tests.support import lpm
 from watcher.restore.markers import PollState, plan, read_markers
 from watcher.store import fsio

@@ -2,7 +2,7 @@
 
 import json
 
-from tests.archives import ArchiveSpec, make_archive
+from lab.archives import ArchiveSpec, make_archive
 from tests.restore.support import PODMAN_CONFIG, layout_files, read_blob
 from watcher.restore.image import (
     CRIO_NAME,

@@ -34,11 +34,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from tests.realstack.apiclient import ApiClient, ApiError
-from tests.realstack.kubeconfig import write_cert_kubeconfig, write_token_kubeconfig
-from tests.realstack.pki import CertificateAuthority, write_signing_key_pair
+from lab.apiclient import ApiClient, ApiError
+from lab.kubeconfig import write_cert_kubeconfig, write_token_kubeconfig
+from lab.pki import CertificateAuthority, write_signing_key_pair
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]  # lab/ works from a checkout only: it runs scripts/ and .cache/
 # The one place that names the kube-apiserver release; scripts/kube/build-kube-apiserver.sh reads it too.
 KUBE_VERSION_FILE = REPO / "scripts" / "kube" / "kube-apiserver.version"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from tests.realstack.controlplane import REPO
+from lab.controlplane import REPO
 
 _ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
         "PODMAN_IGNORE_CGROUPSV1_WARNING": "1", "LANG": "C.UTF-8"}

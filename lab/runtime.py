@@ -1,4 +1,4 @@
-"""A node's container runtime for the live-migration test: podman with CRIU, in the sandbox.
+"""A node's container runtime for the live migration (test and demo): podman with CRIU, in the sandbox.
 
 What the kubelet and CRI-O do on a real node, reduced to what a migration needs: start a pod's
 containers, checkpoint one to an archive in the node's checkpoint directory (podman's export
@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.realstack.controlplane import ControlPlane
-from tests.realstack.sandbox import Sandbox
+from lab.controlplane import ControlPlane
+from lab.sandbox import Sandbox
 
 BASE_IMAGE = "localhost/lpm-busybox:1"
 

@@ -22,10 +22,10 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.archives import ArchiveSpec, Pod, archive_bytes, archive_name, write_in_place
-from tests.realstack.apiclient import ApiError
-from tests.realstack.controlplane import ControlPlane
-from tests.realstack.runtime import PodmanRuntime
+from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, write_in_place
+from lab.apiclient import ApiError
+from lab.controlplane import ControlPlane
+from lab.runtime import PodmanRuntime
 
 
 class KubeletStandIn:

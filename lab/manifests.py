@@ -8,9 +8,15 @@ from typing import Any
 
 import yaml
 
-from tests.realstack.apiclient import ApiClient
+from lab.apiclient import ApiClient
+from lab.controlplane import REPO
 
 FIELD_MANAGER = "lpm-tests"
+# What deploy/base installs that the agent needs on any cluster: its CRDs, and its RBAC.
+CRD_DIR = REPO / "deploy" / "base" / "crds"
+RBAC_DIR = REPO / "deploy" / "base" / "rbac"
+AGENT_NAMESPACE = "live-pod-migration-controller-system"
+AGENT_SERVICE_ACCOUNT = "lpm-agent"
 
 # The kinds deploy/ holds: (apiVersion, kind) -> (plural, namespaced). A static table rather than API
 # discovery: a manifest of any other kind is a mistake in deploy/ that should fail loudly here.
