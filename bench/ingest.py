@@ -29,12 +29,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lab.archives import ArchiveSpec, Pod, archive_name, make_archive  # noqa: E402
-from watcher.ingest import service  # noqa: E402
-from watcher.store import fsio, retrieve  # noqa: E402
-from watcher.zstream import CompressionSettings  # noqa: E402
+from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
+from watcher.ingest import service
+from watcher.store import fsio, retrieve
+from watcher.zstream import CompressionSettings
 
 MIB = 1 << 20
 

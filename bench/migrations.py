@@ -19,18 +19,14 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lab.controlplane import ControlPlane, locate_binaries  # noqa: E402
-from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, CRD_DIR, RBAC_DIR  # noqa: E402
-from lab.kubelet import KubeletStandIn, pod_body  # noqa: E402
-from lab.manifests import apply, load_manifests, wait_established  # noqa: E402
-from lab.agent import AgentProcess  # noqa: E402
+from lab.agent import AgentProcess
+from lab.controlplane import ControlPlane, locate_binaries
+from lab.kubelet import KubeletStandIn, pod_body
+from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, install_lpm
 
 NAMESPACE = "bench"
 
@@ -51,10 +47,7 @@ def phase_of(cp: ControlPlane, name: str) -> str | None:
 async def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="lpm-bench-cluster-"))
     with ControlPlane(locate_binaries()) as cp:
-        manifests = load_manifests(CRD_DIR, RBAC_DIR)
-        apply(cp.admin, manifests)
-        wait_established(cp.admin, [m["metadata"]["name"] for m in manifests
-                                    if m["kind"] == "CustomResourceDefinition"])
+        install_lpm(cp.admin)
         cp.create_namespace(NAMESPACE)
         kubelets = {}
         for node in ("node-a", "node-b"):

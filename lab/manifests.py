@@ -82,3 +82,10 @@ def wait_established(client: ApiClient, crd_names: list[str], timeout: float = 3
             raise TimeoutError(f"CRDs not Established after {timeout} s: {sorted(pending)}")
         if pending:
             time.sleep(0.1)
+
+
+def install_lpm(client: ApiClient) -> None:
+    """lpm's CRDs and the agent's RBAC from deploy/base, applied and served (CRDs Established)."""
+    manifests = load_manifests(CRD_DIR, RBAC_DIR)
+    apply(client, manifests)
+    wait_established(client, [m["metadata"]["name"] for m in manifests if m["kind"] == "CustomResourceDefinition"])

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from lab.controlplane import ControlPlane, ControlPlaneError, locate_binaries
-from lab.manifests import CRD_DIR, RBAC_DIR, apply, load_manifests, wait_established
+from lab.manifests import install_lpm
 
 __all__ = ["control_plane"]
 
@@ -25,9 +25,5 @@ def control_plane() -> Iterator[ControlPlane]:
         # pytest.fail's own exception, raised without the lookup error chained to it: one clear line.
         raise pytest.fail.Exception(f"the real control plane is missing: {e}", pytrace=False) from None
     with ControlPlane(binaries) as cp:
-        manifests = load_manifests(CRD_DIR, RBAC_DIR)
-        apply(cp.admin, manifests)
-        wait_established(
-            cp.admin, [m["metadata"]["name"] for m in manifests if m["kind"] == "CustomResourceDefinition"]
-        )
+        install_lpm(cp.admin)
         yield cp
