@@ -173,6 +173,10 @@ async def _migrate(cp: ControlPlane, nodes: dict[str, _Node], agents: list[Agent
         if time.monotonic() - started > _PHASE_TIMEOUT:
             raise MigrationFailed(f"no outcome {_PHASE_TIMEOUT:.0f} s after the annotation; phases seen: {seen}")
         await asyncio.sleep(0.05)
+        for node, agent in zip((SOURCE, TARGET), agents):
+            if agent.proc.poll() is not None:  # nothing would ever move the migration on
+                raise MigrationFailed(f"the agent on {node} exited ({agent.proc.returncode}); its log:\n"
+                                      + "".join(agent.raw[-20:]))
         migration = await asyncio.to_thread(_migration, cp)
         if migration is None:  # the source agent has not created it yet
             continue

@@ -87,6 +87,19 @@ class Sandbox:
         self._holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-ec", script],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                         start_new_session=True)
+        try:
+            self._wait_ready()
+        except BaseException:
+            # Failed, or interrupted (Ctrl-C in the demo): the holder has its own session, so nothing
+            # else would ever stop it. No podman rm here: no container runs before the namespace is ready.
+            if self._holder.poll() is None:
+                os.killpg(self._holder.pid, signal.SIGKILL)
+                self._holder.wait(timeout=10)
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self._holder is not None
         deadline = time.monotonic() + 20
         while True:
             if self._holder.poll() is not None:
@@ -95,9 +108,8 @@ class Sandbox:
                                    f"{self._holder.stderr.read().decode(errors='replace')[-1500:]}")
             # /run is the namespace's own tmpfs: the marker exists only once pivot_root is done.
             if subprocess.run(self._enter(["test", "-e", "/run/lpm-sandbox-ready"]), capture_output=True).returncode == 0:
-                return self
+                return
             if time.monotonic() > deadline:
-                os.killpg(self._holder.pid, signal.SIGKILL)
                 raise SandboxError("the sandbox namespace never became ready")
             time.sleep(0.05)
 

@@ -22,7 +22,7 @@ VERSION_FILE = REPO / "scripts" / "kube" / "kustomize.version"
 
 
 def locate_kustomize() -> Path:
-    """The cached binary (``LPM_KUSTOMIZE`` overrides it); never builds it (install-deps.sh does)."""
+    """The cached binary (``LPM_KUSTOMIZE`` overrides it); never builds it (scripts/setup --for-tests does)."""
     version = VERSION_FILE.read_text().strip()
     cache = Path(os.environ.get("LPM_CACHE_DIR", REPO / ".cache"))
     binary = Path(os.environ.get("LPM_KUSTOMIZE", cache / "kustomize" / version / "kustomize"))
