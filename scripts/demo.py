@@ -1,6 +1,8 @@
-"""The README's run command: the standalone agent ingesting an archive as a kubelet writes it.
+"""The standalone demo: the agent ingesting an archive as a kubelet writes it.
 
     .venv/bin/python scripts/demo.py [--workdir DIR] [--memory-mib 64]
+
+What ``scripts/run --standalone`` runs, and ``scripts/run`` where the live demo cannot run.
 
 Starts ``lpm agent --standalone`` on a fresh checkpoint directory and store, writes a
 CRI-O-style checkpoint archive into the directory IN PLACE over a few seconds (as CRI-O and
@@ -18,11 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from lab.agent import AgentProcess
+from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, write_in_place
 
-from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, write_in_place  # noqa: E402
-from lab.agent import AgentProcess  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def lpm(*args: str) -> str:
