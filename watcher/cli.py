@@ -34,6 +34,7 @@ from watcher.cluster.agent import ClusterAgent, ClusterConfig, RestoreSettings
 from watcher.errors import LpmError
 from watcher.kubelet import KubeletSettings
 from watcher.observe import AgentMetrics, Readiness, serving
+from watcher.restore.importer import ContainerdImporter, ContainersStorageImporter, Importer, RegistryImporter
 from watcher.ingest import service
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.store.catalog import Checkpoint
@@ -48,6 +49,10 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+# The first is the default: CRI-O's and podman's store, the runtime lpm's live test restores with.
+IMPORTERS = ("containers-storage", "containerd", "registry")
 
 
 def _path_env(name: str) -> Path | None:
@@ -97,9 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--restore-work-dir", type=Path,
                        default=Path(_env("LPM_RESTORE_WORK_DIR", "/var/lib/lpm/restore") or ""),
                        help="cluster mode: node-local scratch space for restores (env LPM_RESTORE_WORK_DIR)")
+    agent.add_argument("--importer", choices=IMPORTERS, default=_env("LPM_IMPORTER", IMPORTERS[0]),
+                       help="cluster mode: where checkpoint images go for this node's runtime: "
+                            "containers-storage (CRI-O, podman; skopeo), containerd (ctr, CRI namespace "
+                            "k8s.io), or registry (push; nodes pull) (default containers-storage; env LPM_IMPORTER)")
     agent.add_argument("--import-prefix", default=_env("LPM_IMPORT_PREFIX", "") or "",
-                       help="cluster mode: command prefix under which skopeo reaches the node's "
-                            "containers-storage, e.g. 'nsenter -t 1 -m --' (env LPM_IMPORT_PREFIX)")
+                       help="cluster mode: command prefix under which skopeo or ctr reaches the node, "
+                            "e.g. 'nsenter -t 1 -m --' (env LPM_IMPORT_PREFIX)")
+    agent.add_argument("--containerd-address", default=_env("LPM_CONTAINERD_ADDRESS", "/run/containerd/containerd.sock"),
+                       help="--importer containerd: the daemon's socket (env LPM_CONTAINERD_ADDRESS)")
+    agent.add_argument("--registry", default=_env("LPM_REGISTRY"),
+                       help="--importer registry: host[:port][/path] every node pulls from (env LPM_REGISTRY)")
+    agent.add_argument("--registry-cert-dir", type=Path, default=_path_env("LPM_REGISTRY_CERT_DIR"),
+                       help="--importer registry: directory of *.crt CAs for the registry's TLS "
+                            "(default: the system's; env LPM_REGISTRY_CERT_DIR)")
+    agent.add_argument("--registry-auth-file", type=Path, default=_path_env("LPM_REGISTRY_AUTH_FILE"),
+                       help="--importer registry: push credentials, containers-auth.json format "
+                            "(env LPM_REGISTRY_AUTH_FILE)")
     agent.add_argument("--marker-poll", type=float, default=float(_env("LPM_MARKER_POLL", "10") or "10"),
                        help="cluster mode: seconds between polls of the store's completion markers, the "
                             "fallback to the PodMigration watch (default 10; env LPM_MARKER_POLL)")
@@ -174,10 +193,23 @@ def _agent(args: argparse.Namespace) -> int:
     cluster = ClusterConfig(config, args.kubeconfig,
                             KubeletSettings(ca_file=args.kubelet_ca, token_file=args.kubelet_token_file,
                                             checkpoint_timeout=args.kubelet_timeout),
-                            RestoreSettings(args.restore_work_dir, tuple(shlex.split(args.import_prefix)),
-                                            marker_poll=args.marker_poll))
+                            RestoreSettings(args.restore_work_dir, _importer(args), marker_poll=args.marker_poll))
     return asyncio.run(_run_until_signal(ClusterAgent(cluster, metrics, readiness), args.health_port, metrics,
                                          readiness))
+
+
+def _importer(args: argparse.Namespace) -> Importer:
+    prefix = tuple(shlex.split(args.import_prefix))
+    if args.importer == "containerd":
+        return ContainerdImporter(address=args.containerd_address, prefix=prefix)
+    if args.importer == "registry":
+        if not args.registry:
+            raise LpmError("--importer registry needs --registry (or LPM_REGISTRY): the registry nodes pull from")
+        try:
+            return RegistryImporter(args.registry, args.registry_cert_dir, args.registry_auth_file, prefix)
+        except ValueError as err:
+            raise LpmError(str(err)) from None
+    return ContainersStorageImporter(prefix)
 
 
 async def _run_until_signal(agent: StandaloneAgent | ClusterAgent, health_port: int, metrics: AgentMetrics,
