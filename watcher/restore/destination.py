@@ -173,17 +173,26 @@ class Destination:
                                  f"{restored.get('status', {}).get('message', 'no reason given')}")
         if pod_phase != "Running":
             return  # the pod watch brings us back when it changes
-        source_name = migration["spec"]["podName"]
-        if not migration["spec"].get("retainOriginalPod", False):
+        source_name, restored_name = migration["spec"]["podName"], meta(restored)["name"]
+        retain = migration["spec"].get("retainOriginalPod", False)
+        try:
+            source: Mapping[str, Any] | None = await self.kube.get(pod_path(namespace, source_name))
+        except NotFound:
+            source = None
+        if source is not None and not retain:
             try:
                 await self.kube.request("DELETE", pod_path(namespace, source_name))
             except NotFound:
                 pass
         await update_status(self.kube, "PodMigration", namespace, name, _phase(
-            MigrationPhase.SUCCEEDED, f"running on {self.node} as {meta(restored)['name']}",
-            restoredPodName=meta(restored)["name"], completionTime=now()))
+            MigrationPhase.SUCCEEDED, f"running on {self.node} as {restored_name}",
+            restoredPodName=restored_name, completionTime=now()))
         await events.record(self.kube, restored, "Restored", f"restored from {namespace}/{source_name} by {name}",
                             node=self.node)
+        if source is not None:  # the Event outlives the pod: `kubectl get events` still tells where it went
+            await events.record(self.kube, source, "Migrated", f"running on {self.node} as {restored_name} "
+                                f"({name}); " + ("this pod was kept: retainOriginalPod" if retain else "this pod is deleted"),
+                                node=self.node)
 
     async def _fail(self, migration: Mapping[str, Any], err: LpmError) -> None:
         self.metrics.failed(Operation.RESTORE, err)
