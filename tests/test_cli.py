@@ -72,3 +72,15 @@ def test_ls_on_a_missing_store_is_an_error_not_a_new_directory(tmp_path):
     result = lpm("store", "ls", "--store", str(tmp_path / "nope"))
     assert result.returncode == 1 and "does not exist" in result.stderr
     assert not (tmp_path / "nope").exists()
+
+
+def test_a_registry_importer_without_a_usable_registry_stops_before_starting(tmp_path):
+    ca = tmp_path / "ca.crt"
+    ca.write_text("")  # never read: the importer's settings are checked first
+    base = ("agent", "--node", "node-a", "--kubelet-ca", str(ca), "--store", str(tmp_path), "--importer", "registry")
+    for extra, reason in (((), "lpm: --importer registry needs --registry"),
+                          (("--registry", "https://10.0.0.5:5000"), "lpm: registry 'https://10.0.0.5:5000': expected")):
+        result = lpm(*base, *extra, timeout=30)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(reason), result.stderr

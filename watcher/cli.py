@@ -25,7 +25,7 @@ import sys
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 from lpm_gc import cli as gc_cli
 from watcher import logs
@@ -34,6 +34,8 @@ from watcher.cluster.agent import ClusterAgent, ClusterConfig, RestoreSettings
 from watcher.errors import LpmError
 from watcher.kubelet import KubeletSettings
 from watcher.observe import AgentMetrics, Readiness, serving
+from watcher.restore.importer import ContainerdImporter, ContainersStorageImporter, Importer, RegistryImporter
+from watcher.restore.standalone import RestorerSettings, StandaloneRestorer
 from watcher.ingest import service
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.store.catalog import Checkpoint
@@ -48,6 +50,10 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+# The first is the default: CRI-O's and podman's store, the runtime lpm's live test restores with.
+IMPORTERS = ("containers-storage", "containerd", "registry")
 
 
 def _path_env(name: str) -> Path | None:
@@ -94,15 +100,37 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cluster mode: bearer token for the kubelet (env LPM_KUBELET_TOKEN_FILE)")
     agent.add_argument("--kubelet-timeout", type=int, default=120,
                        help="cluster mode: seconds the kubelet may take per container checkpoint (default 120)")
+    agent.add_argument("--restore", action="store_true",
+                       help="standalone: also import every checkpoint whose completion marker names this node "
+                            "as its target into the node's runtime, ready to restore (cluster mode always "
+                            "restores the PodMigrations that target it)")
     agent.add_argument("--restore-work-dir", type=Path,
                        default=Path(_env("LPM_RESTORE_WORK_DIR", "/var/lib/lpm/restore") or ""),
-                       help="cluster mode: node-local scratch space for restores (env LPM_RESTORE_WORK_DIR)")
+                       help="node-local scratch space for restores; standalone --restore also records there "
+                            "what it imported (env LPM_RESTORE_WORK_DIR)")
+    agent.add_argument("--importer", choices=IMPORTERS, default=_env("LPM_IMPORTER", IMPORTERS[0]),
+                       help="restores: where checkpoint images go for this node's runtime: "
+                            "containers-storage (CRI-O, podman; skopeo), containerd (ctr, CRI namespace "
+                            "k8s.io), or registry (push; nodes pull) (default containers-storage; env LPM_IMPORTER)")
     agent.add_argument("--import-prefix", default=_env("LPM_IMPORT_PREFIX", "") or "",
-                       help="cluster mode: command prefix under which skopeo reaches the node's "
-                            "containers-storage, e.g. 'nsenter -t 1 -m --' (env LPM_IMPORT_PREFIX)")
+                       help="restores: command prefix under which skopeo or ctr reaches the node, "
+                            "e.g. 'nsenter -t 1 -m --' (env LPM_IMPORT_PREFIX)")
+    agent.add_argument("--containerd-address", default=_env("LPM_CONTAINERD_ADDRESS", "/run/containerd/containerd.sock"),
+                       help="--importer containerd: the daemon's socket (env LPM_CONTAINERD_ADDRESS)")
+    agent.add_argument("--ctr", default=_env("LPM_CTR", "ctr"),
+                       help="--importer containerd: the ctr binary (default: ctr on PATH; env LPM_CTR)")
+    agent.add_argument("--registry", default=_env("LPM_REGISTRY"),
+                       help="--importer registry: host[:port][/path] every node pulls from (env LPM_REGISTRY)")
+    agent.add_argument("--registry-cert-dir", type=Path, default=_path_env("LPM_REGISTRY_CERT_DIR"),
+                       help="--importer registry: directory of *.crt CAs for the registry's TLS "
+                            "(default: the system's; env LPM_REGISTRY_CERT_DIR)")
+    agent.add_argument("--registry-auth-file", type=Path, default=_path_env("LPM_REGISTRY_AUTH_FILE"),
+                       help="--importer registry: push credentials, containers-auth.json format "
+                            "(env LPM_REGISTRY_AUTH_FILE)")
     agent.add_argument("--marker-poll", type=float, default=float(_env("LPM_MARKER_POLL", "10") or "10"),
-                       help="cluster mode: seconds between polls of the store's completion markers, the "
-                            "fallback to the PodMigration watch (default 10; env LPM_MARKER_POLL)")
+                       help="seconds between polls of the store's completion markers: the fallback to the "
+                            "PodMigration watch, and standalone --restore's only signal (default 10; "
+                            "env LPM_MARKER_POLL)")
     agent.add_argument("--health-port", type=int, default=int(_env("LPM_HEALTH_PORT", "8080") or "8080"),
                        help="serve /metrics, /healthz and /readyz on this port, all addresses "
                             "(0: any free port, logged; env LPM_HEALTH_PORT, default 8080)")
@@ -167,20 +195,55 @@ def _agent(args: argparse.Namespace) -> int:
     metrics = AgentMetrics(config.store)
     readiness = Readiness(config.store, config.node)
     if args.standalone:
-        return asyncio.run(_run_until_signal(StandaloneAgent(config, metrics), args.health_port, metrics, readiness))
+        ingest = StandaloneAgent(config, metrics)
+        agent: Agent = ingest
+        if args.restore:
+            agent = _WithRestorer(ingest, RestorerSettings(config.node, args.restore_work_dir, _importer(args),
+                                                          config.compression, args.marker_poll), metrics)
+        return asyncio.run(_run_until_signal(agent, args.health_port, metrics, readiness))
     if args.kubelet_ca is None:
         raise LpmError("cluster mode needs the kubelets' CA: pass --kubelet-ca or set LPM_KUBELET_CA "
                        "(lpm never skips TLS verification)")
     cluster = ClusterConfig(config, args.kubeconfig,
                             KubeletSettings(ca_file=args.kubelet_ca, token_file=args.kubelet_token_file,
                                             checkpoint_timeout=args.kubelet_timeout),
-                            RestoreSettings(args.restore_work_dir, tuple(shlex.split(args.import_prefix)),
-                                            marker_poll=args.marker_poll))
+                            RestoreSettings(args.restore_work_dir, _importer(args), marker_poll=args.marker_poll))
     return asyncio.run(_run_until_signal(ClusterAgent(cluster, metrics, readiness), args.health_port, metrics,
                                          readiness))
 
 
-async def _run_until_signal(agent: StandaloneAgent | ClusterAgent, health_port: int, metrics: AgentMetrics,
+def _importer(args: argparse.Namespace) -> Importer:
+    prefix = tuple(shlex.split(args.import_prefix))
+    if args.importer == "containerd":
+        return ContainerdImporter(address=args.containerd_address, prefix=prefix, ctr=args.ctr)
+    if args.importer == "registry":
+        if not args.registry:
+            raise LpmError("--importer registry needs --registry (or LPM_REGISTRY): the registry nodes pull from")
+        try:
+            return RegistryImporter(args.registry, args.registry_cert_dir, args.registry_auth_file, prefix)
+        except ValueError as err:
+            raise LpmError(str(err)) from None
+    return ContainersStorageImporter(prefix)
+
+
+class Agent(Protocol):
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+class _WithRestorer:
+    """Standalone mode with its destination half beside the ingest; one failing stops both."""
+
+    def __init__(self, agent: StandaloneAgent, settings: RestorerSettings, metrics: AgentMetrics) -> None:
+        self._agent = agent
+        self._restorer = StandaloneRestorer(settings, agent.root_fd, agent.cancel, metrics)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._agent.run(stop), name="ingest")
+            group.create_task(self._restorer.run(stop), name="restore")
+
+
+async def _run_until_signal(agent: Agent, health_port: int, metrics: AgentMetrics,
                             readiness: Readiness) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -190,7 +253,7 @@ async def _run_until_signal(agent: StandaloneAgent | ClusterAgent, health_port: 
         return await _until_stopped(agent, stop)
 
 
-async def _until_stopped(agent: StandaloneAgent | ClusterAgent, stop: asyncio.Event) -> int:
+async def _until_stopped(agent: Agent, stop: asyncio.Event) -> int:
     task = asyncio.create_task(agent.run(stop), name="agent")
     await asyncio.wait([task, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     if task.done():

@@ -28,3 +28,4 @@ if ((${#need[@]})); then
 fi
 echo "install-deps: $(skopeo --version)" >&2
 echo "install-deps: docker-registry $(dpkg-query -W -f='${Version}' docker-registry)" >&2
+"$(dirname "${BASH_SOURCE[0]}")/build-containerd.sh" >/dev/null

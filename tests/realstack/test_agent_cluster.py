@@ -444,12 +444,10 @@ async def test_destination_restarted_mid_restore_restores_exactly_once(cluster: 
     cluster.start_agent("node-b", *flags)
     restored_name = await eventually(lambda: cluster.get("podmigrations", name)["status"].get("restoredPodName"),
                                      what="the restored pod")
-    # There is no runtime behind node-b's stand-in: the test plays its kubelet and reports the pod running.
     restored = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/{restored_name}")
     assert restored["spec"]["nodeName"] == "node-b"
     assert restored["spec"]["containers"][0]["image"].startswith("localhost/lpm-checkpoint")
-    restored["status"] = {"phase": "Running"}
-    cluster.api("PUT", f"/api/v1/namespaces/{cluster.namespace}/pods/{restored_name}/status", restored)
+    _report_running(cluster, restored_name)
     done = await eventually(lambda: _phase(m := cluster.get("podmigrations", name)) in ("Succeeded", "Failed") and m,
                             what="the migration to finish")
     assert _phase(done) == "Succeeded", done["status"]
@@ -461,6 +459,39 @@ async def test_destination_restarted_mid_restore_restores_exactly_once(cluster: 
     assert "moving-0" not in pods or pods["moving-0"]["metadata"].get("deletionTimestamp")
     # The interrupted import was done again by the restarted agent; the pod was created once.
     assert len(imports.read_text().splitlines()) == 2
+    assert [e["reason"] for e in cluster.events(restored_name)] == ["Restored"]
+    [migrated] = [e for e in cluster.events("moving-0") if e["reason"] == "Migrated"]
+    assert migrated["message"].endswith("; this pod is deleted")
+
+
+def _report_running(cluster: Cluster, pod_name: str) -> None:
+    """There is no runtime behind node-b's stand-in: the test plays its kubelet and reports the pod running."""
+    pod = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/{pod_name}")
+    pod["status"] = {"phase": "Running"}
+    cluster.api("PUT", f"/api/v1/namespaces/{cluster.namespace}/pods/{pod_name}/status", pod)
+
+
+@pytest.mark.asyncio
+async def test_retain_original_pod_keeps_the_source_and_both_pods_say_what_happened(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LPM_TEST_IMPORT_SECONDS", "0")
+    cluster.create_pod("kept-0", "node-a")
+    cluster.create("podmigrations", "keep-it", "PodMigration",
+                   {"podName": "kept-0", "targetNode": "node-b", "retainOriginalPod": True})
+    cluster.start_agent("node-a")
+    cluster.start_agent("node-b", "--restore-work-dir", str(cluster.tmp / "work-b"), "--import-prefix", str(SLOW_IMPORT))
+    restored_name = await eventually(lambda: cluster.get("podmigrations", "keep-it")["status"].get("restoredPodName"),
+                                     what="the restored pod")
+    _report_running(cluster, restored_name)
+    done = await eventually(lambda: _phase(m := cluster.get("podmigrations", "keep-it")) in ("Succeeded", "Failed")
+                            and m, what="the migration to finish")
+    assert _phase(done) == "Succeeded", done["status"]
+    source = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/kept-0")
+    assert source["metadata"].get("deletionTimestamp") is None  # kept, as asked
+    assert source["spec"]["nodeName"] == "node-a"
+    [migrated] = [e for e in cluster.events("kept-0") if e["reason"] == "Migrated"]
+    assert migrated["type"] == "Normal"
+    assert migrated["message"] == f"running on node-b as {restored_name} (keep-it); this pod was kept: retainOriginalPod"
     assert [e["reason"] for e in cluster.events(restored_name)] == ["Restored"]
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,20 +45,6 @@ def test_plan(markers: list[Marker], acted: set[str], first_seen: dict[str, floa
     assert [m.checkpoint_id for m in got.look_up] == look_up
     assert [m.checkpoint_id for m in got.give_up] == give_up
     assert got.forget == forget
-
-
-@pytest.fixture
-def two_views(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    if os.geteuid() != 0 or shutil.which("bindfs") is None:
-        pytest.fail("needs root and bindfs (FUSE) for a second view of the store: run scripts/setup --for-tests", pytrace=False)
-    store, view = tmp_path / "store-a", tmp_path / "view-b"
-    store.mkdir(mode=0o700)
-    view.mkdir(mode=0o700)
-    subprocess.run(["bindfs", str(store), str(view)], check=True)
-    try:
-        yield store, view
-    finally:
-        subprocess.run(["umount", str(view)], check=True)
 
 
 def _ingest(tmp_path: Path, store: Path, name: str, target: str | None) -> str:

@@ -10,6 +10,7 @@ import ctypes
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -52,10 +53,19 @@ class Skopeo:
 
 
 @dataclass(frozen=True)
+class RegistryTLS:
+    cert: Path
+    key: Path
+    ca: Path
+    """The CA that issued ``cert``; the only thing a client needs to trust."""
+
+
+@dataclass(frozen=True)
 class Registry:
     address: str
-    """``127.0.0.1:PORT``, plain HTTP."""
+    """``127.0.0.1:PORT``; plain HTTP unless ``tls``."""
     log: Path
+    tls: RegistryTLS | None = None
 
 
 def _free_port() -> int:
@@ -67,12 +77,12 @@ def _free_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # In the child before exec: if pytest is killed outright, the kernel ends the registry too.
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _config(address: str, storage: Path) -> str:
+def _config(address: str, storage: Path, tls: RegistryTLS | None) -> str:
     # The secret signs upload state between requests; one registry, so any fixed value does.
     return f"""version: 0.1
 log:
@@ -85,18 +95,26 @@ storage:
 http:
   addr: {address}
   secret: lpm-loopback-test-registry
-"""
+""" + ("" if tls is None else f"""  tls:
+    certificate: {tls.cert}
+    key: {tls.key}
+""")
 
 
 def _wait_ready(process: subprocess.Popen[bytes], registry: Registry, timeout: float = 20.0) -> None:
     # No proxy, whatever the environment says: the registry is on this machine's loopback.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    scheme = "http"
+    if registry.tls is not None:
+        scheme = "https"
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=registry.tls.ca)))
+    opener = urllib.request.build_opener(*handlers)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"docker-registry exited {process.returncode}:\n{registry.log.read_text()}")
         try:
-            with opener.open(f"http://{registry.address}/v2/", timeout=2) as answer:
+            with opener.open(f"{scheme}://{registry.address}/v2/", timeout=2) as answer:
                 if answer.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError):
@@ -105,16 +123,16 @@ def _wait_ready(process: subprocess.Popen[bytes], registry: Registry, timeout: f
     pytest.fail(f"docker-registry not ready on {registry.address} after {timeout}s:\n{registry.log.read_text()}")
 
 
-def run_registry(workdir: Path) -> Iterator[Registry]:
+def run_registry(workdir: Path, tls: RegistryTLS | None = None) -> Iterator[Registry]:
     """A registry on 127.0.0.1 and a free port, storing into ``workdir``; stopped on exit."""
     binary = tool("docker-registry")
     workdir.mkdir()
-    registry = Registry(f"127.0.0.1:{_free_port()}", workdir / "registry.log")
+    registry = Registry(f"127.0.0.1:{_free_port()}", workdir / "registry.log", tls)
     config = workdir / "config.yml"
-    config.write_text(_config(registry.address, workdir / "storage"))
+    config.write_text(_config(registry.address, workdir / "storage", tls))
     with open(registry.log, "wb") as log:
         process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=_die_with_parent)
+                                   preexec_fn=die_with_parent)
     try:
         _wait_ready(process, registry)
         yield registry

@@ -32,7 +32,7 @@ from watcher.kube.informer import Resource, Workers, informer
 from watcher.kubelet import KubeletClient, KubeletSettings
 from watcher.observe import AgentMetrics, Readiness
 from watcher.restore.destination import Destination
-from watcher.restore.importer import ContainersStorageImporter
+from watcher.restore.importer import ContainersStorageImporter, Importer
 from watcher.restore.markers import poll_markers
 from watcher.watch.stability import Outcome
 
@@ -52,8 +52,8 @@ class ClusterConfig:
 class RestoreSettings:
     work_dir: Path
     """Node-local scratch space for archives and images during a restore (0700)."""
-    import_prefix: tuple[str, ...] = ()
-    """Command prefix that reaches the node's containers-storage for skopeo (empty: run it here)."""
+    importer: Importer = ContainersStorageImporter()
+    """Where checkpoint images go so that this node's runtime can restore from them."""
     marker_poll: float = 10.0
     """Seconds between looks at the store's completion markers (the fallback to the PodMigration watch)."""
 
@@ -111,7 +111,7 @@ class ClusterAgent:
         source = Source(kube, kubelet, node, cfg.base.watch.directory, directory.root_fd, cfg.base.compression,
                         directory.cancel, claims, self._metrics)
         destination = Destination(kube, node, directory.root_fd, cfg.restore.work_dir,
-                                  ContainersStorageImporter(cfg.restore.import_prefix), cfg.base.compression,
+                                  cfg.restore.importer, cfg.base.compression,
                                   directory.cancel, self._metrics)
 
         async def on_migration(event: str, obj: dict[str, Any]) -> None:

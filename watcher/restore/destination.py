@@ -13,10 +13,8 @@ agent that died between creating it and recording it finds it and carries on fro
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -29,18 +27,14 @@ from watcher.cluster.status import now, update_status
 from watcher.errors import ApiError, Conflict, LpmError, NotFound
 from watcher.kube.client import Kube
 from watcher.observe import AgentMetrics, Operation
-from watcher.restore.image import write_image
 from watcher.restore.importer import Importer
-from watcher.store import layout, retrieve
+from watcher.restore.pipeline import RestoreRefused, import_checkpoint
+from watcher.store import layout
 from watcher.zstream import CompressionSettings
 
 log = logging.getLogger(__name__)
 
 RESTORED_FROM_ANNOTATION = "lpm.my.domain/restored-from"
-
-
-class RestoreRefused(LpmError):
-    """The checkpoint cannot be restored as it is (checksums, missing containers, no source spec)."""
 
 
 @dataclass
@@ -104,7 +98,7 @@ class Destination:
         images: dict[str, str] = {}
         timings: dict[str, float] = {}
         for container in content["spec"]["containers"]:
-            images[container["containerName"]] = await self._image(content, container, timings)
+            images[container["containerName"]] = await self._image(container, timings)
         control_started = time.monotonic()
         restored = await self._create_pod(migration, source, images)
         await update_status(self.kube, "PodMigration", namespace, name, _phase(
@@ -117,31 +111,13 @@ class Destination:
             "createSeconds": round(time.monotonic() - control_started, 3)}})
         return restored
 
-    async def _image(self, content: Mapping[str, Any], container: Mapping[str, Any], timings: dict[str, float]) -> str:
-        ref = layout.parse_uri(container["artifactURI"])
-        work = self.work_dir / f"{ref.checkpoint_id}-{ref.container}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(mode=0o700, parents=True)
-        try:
-            started = time.monotonic()
-            manifest = await asyncio.to_thread(retrieve.get, self.root_fd, ref, work / "archive.tar",
-                                               self.compression, self.cancel)
-            if manifest.checksum_sha256 != container.get("checksumSHA256", manifest.checksum_sha256):
-                raise RestoreRefused(f"artifact {ref.uri}: the API says sha256 {container['checksumSHA256']}, "
-                                     f"the store's manifest {manifest.checksum_sha256}")
-            timings["verifySeconds"] = timings.get("verifySeconds", 0) + time.monotonic() - started
-            started = time.monotonic()
-            tag = ref.checkpoint_id.lower()
-            image = await asyncio.to_thread(write_image, work / "archive.tar", work / "image", ref.container, tag)
-            timings["imageSeconds"] = timings.get("imageSeconds", 0) + time.monotonic() - started
-            started = time.monotonic()
-            repository = dns_name("lpm-checkpoint", content["spec"]["podNamespace"], content["spec"]["podName"],
-                                  ref.container, limit=128)
-            reference = await self.importer.import_image(image.path, tag, repository)
-            timings["importSeconds"] = timings.get("importSeconds", 0) + time.monotonic() - started
-            return reference
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    async def _image(self, container: Mapping[str, Any], timings: dict[str, float]) -> str:
+        imported = await import_checkpoint(self.root_fd, layout.parse_uri(container["artifactURI"]), self.work_dir,
+                                           self.importer, self.compression, self.cancel,
+                                           container.get("checksumSHA256"))
+        for phase, seconds in imported.timings.items():
+            timings[phase] = timings.get(phase, 0.0) + seconds
+        return imported.reference
 
     async def _create_pod(self, migration: Mapping[str, Any], source: Mapping[str, Any],
                           images: Mapping[str, str]) -> dict[str, Any]:
@@ -173,17 +149,26 @@ class Destination:
                                  f"{restored.get('status', {}).get('message', 'no reason given')}")
         if pod_phase != "Running":
             return  # the pod watch brings us back when it changes
-        source_name = migration["spec"]["podName"]
-        if not migration["spec"].get("retainOriginalPod", False):
+        source_name, restored_name = migration["spec"]["podName"], meta(restored)["name"]
+        retain = migration["spec"].get("retainOriginalPod", False)
+        try:
+            source: Mapping[str, Any] | None = await self.kube.get(pod_path(namespace, source_name))
+        except NotFound:
+            source = None
+        if source is not None and not retain:
             try:
                 await self.kube.request("DELETE", pod_path(namespace, source_name))
             except NotFound:
                 pass
         await update_status(self.kube, "PodMigration", namespace, name, _phase(
-            MigrationPhase.SUCCEEDED, f"running on {self.node} as {meta(restored)['name']}",
-            restoredPodName=meta(restored)["name"], completionTime=now()))
+            MigrationPhase.SUCCEEDED, f"running on {self.node} as {restored_name}",
+            restoredPodName=restored_name, completionTime=now()))
         await events.record(self.kube, restored, "Restored", f"restored from {namespace}/{source_name} by {name}",
                             node=self.node)
+        if source is not None:  # the Event outlives the pod: `kubectl get events` still tells where it went
+            await events.record(self.kube, source, "Migrated", f"running on {self.node} as {restored_name} "
+                                f"({name}); " + ("this pod was kept: retainOriginalPod" if retain else "this pod is deleted"),
+                                node=self.node)
 
     async def _fail(self, migration: Mapping[str, Any], err: LpmError) -> None:
         self.metrics.failed(Operation.RESTORE, err)

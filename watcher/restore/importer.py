@@ -1,28 +1,68 @@
-"""Importing a checkpoint image into the node's runtime, behind one small interface.
+"""Importing a checkpoint image into where the node's runtime restores from, behind one small interface.
 
-containers-storage (CRI-O, podman) is reached with ``skopeo copy``; the agent may need to run it
-in the host's mount namespace or a tools container, hence a configurable command prefix (for
-example ``nsenter -t 1 -m --``). containerd >= 2.1 restores from a local archive path or a
-``ctr`` import and would be a second implementation of the same interface.
+Three ways, one per kind of node:
+
+- ``ContainersStorageImporter``: CRI-O and podman read containers-storage; ``skopeo copy`` writes it.
+- ``ContainerdImporter``: containerd >= 2.1 restores from an image in its CRI namespace (``k8s.io``);
+  ``ctr images import`` puts the layout there, as an OCI archive streamed to the daemon's socket.
+- ``RegistryImporter``: the node pulls the image like any other; nothing on the node is touched, so the
+  agent needs no access to the runtime at all, only push credentials. TLS is always verified (a CA
+  directory may be given); the reference returned is pinned by digest, so what is restored is exactly
+  what was verified and pushed, whatever happens to the tag.
+
+The agent may run the tools in the host's mount namespace or a tools container, hence a configurable
+command prefix (for example ``nsenter -t 1 -m --``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
 from watcher.errors import LpmError
 
+# A registry host[:port] with an optional path prefix; no scheme, no credentials, no tag: skopeo's
+# docker:// transport wants exactly this, and anything else is an operator's typo worth naming.
+_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# What the tool said, kept short: a registry or daemon error is one line, a Go panic is not worth 10 kB.
+_STDERR_TAIL = 500
+
 
 class ImportFailed(LpmError):
-    """The runtime's image store refused the checkpoint image."""
+    """The runtime's image store (or the registry) refused the checkpoint image."""
 
 
 class Importer(Protocol):
     async def import_image(self, layout: Path, tag: str, repository: str) -> str:
         """Import the OCI layout; return the image reference a pod spec uses to restore it."""
+
+
+async def _run(prefix: Sequence[str], argv: Sequence[str], what: str, timeout: float) -> None:
+    """Run one import tool under ``prefix``; its failure, or its hanging past ``timeout``, is an
+    ImportFailed naming ``what`` and the tool."""
+    tool = os.path.basename(argv[0])
+    try:
+        process = await asyncio.create_subprocess_exec(*prefix, *argv, stdin=asyncio.subprocess.DEVNULL,
+                                                       stdout=asyncio.subprocess.DEVNULL,
+                                                       stderr=asyncio.subprocess.PIPE)
+    except FileNotFoundError:
+        raise ImportFailed(f"import of {what}: {(prefix or argv)[0]} is not installed") from None
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=timeout)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        raise ImportFailed(f"import of {what}: {tool} took longer than {timeout:.0f} s") from None
+    if process.returncode != 0:
+        said = stderr.decode(errors="replace").strip()[-_STDERR_TAIL:]
+        raise ImportFailed(f"import of {what}: {tool} failed: {said}")
 
 
 @dataclass(frozen=True)
@@ -33,16 +73,71 @@ class ContainersStorageImporter:
 
     async def import_image(self, layout: Path, tag: str, repository: str) -> str:
         reference = f"localhost/{repository}:{tag}"
-        argv = [*self.prefix, "skopeo", "copy", "--quiet", f"oci:{layout}:{tag}", f"containers-storage:{reference}"]
-        process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                       stdout=asyncio.subprocess.DEVNULL,
-                                                       stderr=asyncio.subprocess.PIPE)
-        try:
-            _, stderr = await asyncio.wait_for(process.communicate(), timeout=self.timeout)
-        except asyncio.TimeoutError:
-            process.kill()
-            await process.wait()
-            raise ImportFailed(f"import of {reference}: skopeo took longer than {self.timeout:.0f} s") from None
-        if process.returncode != 0:
-            raise ImportFailed(f"import of {reference}: skopeo failed: {stderr.decode(errors='replace').strip()[-500:]}")
+        await _run(self.prefix, ["skopeo", "copy", "--quiet", f"oci:{layout}:{tag}",
+                    f"containers-storage:{reference}"], reference, self.timeout)
         return reference
+
+
+@dataclass(frozen=True)
+class ContainerdImporter:
+    address: str = "/run/containerd/containerd.sock"
+    namespace: str = "k8s.io"
+    """The CRI plugin's namespace: an image anywhere else is invisible to the kubelet."""
+    prefix: Sequence[str] = ()
+    ctr: str = "ctr"
+    """containerd's client: its version must speak to the daemon's API (the node's own is best)."""
+    timeout: float = 300.0
+
+    async def import_image(self, layout: Path, tag: str, repository: str) -> str:
+        # ctr names the image <base-name>:<the index's ref.name>, which is the tag the layout was written with.
+        base = f"localhost/{repository}"
+        reference = f"{base}:{tag}"
+        with tempfile.TemporaryDirectory(prefix="lpm-ctr-", dir=layout.parent) as scratch:
+            archive = Path(scratch) / "image.tar"
+            await asyncio.to_thread(_oci_archive, layout, archive)
+            await _run(self.prefix, [self.ctr, "--address", self.address, "--namespace", self.namespace,
+                        "images", "import", "--base-name", base, str(archive)], reference, self.timeout)
+        return reference
+
+
+def _oci_archive(layout: Path, archive: Path) -> None:
+    """The layout as the tar ``ctr images import`` reads (oci-layout and index.json at the top)."""
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(layout.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(layout)), recursive=False)
+
+
+@dataclass(frozen=True)
+class RegistryImporter:
+    registry: str
+    """``host[:port][/path]`` that every node can pull from."""
+    cert_dir: Path | None = None
+    """A directory of ``*.crt`` CAs for the registry (skopeo's certs.d convention); None: the system's."""
+    auth_file: Path | None = None
+    """Push credentials (containers-auth.json); only its path is ever logged."""
+    prefix: Sequence[str] = ()
+    timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not _REGISTRY.fullmatch(self.registry):
+            raise ValueError(f"registry {self.registry!r}: expected host[:port][/path], "
+                             "without a scheme, credentials or tag")
+
+    async def import_image(self, layout: Path, tag: str, repository: str) -> str:
+        target = f"{self.registry}/{repository}"
+        with tempfile.TemporaryDirectory(prefix="lpm-push-", dir=layout.parent) as scratch:
+            digest_file = Path(scratch) / "digest"
+            argv = ["skopeo", "copy", "--quiet",
+                    # Without it skopeo compresses the uncompressed layer on the way and the manifest, its
+                    # digest and the verified bytes' identity change in transit.
+                    "--preserve-digests", "--digestfile", str(digest_file)]
+            if self.cert_dir is not None:
+                argv += ["--dest-cert-dir", str(self.cert_dir)]
+            if self.auth_file is not None:
+                argv += ["--dest-authfile", str(self.auth_file)]
+            await _run(self.prefix, [*argv, f"oci:{layout}:{tag}", f"docker://{target}:{tag}"], f"{target}:{tag}",
+                       self.timeout)
+            digest = digest_file.read_text().strip()
+        if not _DIGEST.fullmatch(digest):
+            raise ImportFailed(f"import of {target}:{tag}: skopeo reported no usable digest ({digest[:80]!r})")
+        return f"{target}@{digest}"

@@ -1,0 +1,105 @@
+"""The importers that are not podman's: a real containerd, and a real registry behind TLS.
+
+(The containers-storage importer restores for real in tests/realstack/test_live_migration.py.)
+"""
+
+import asyncio
+import json
+import shutil
+
+import pytest
+
+from tests.archives import ArchiveSpec, make_archive
+from tests.realstack.pki import CertificateAuthority
+from tests.restore.containerd import binaries, run_containerd
+from tests.restore.support import PODMAN_CONFIG
+from tests.restore.tools import RegistryTLS, run_registry
+from watcher.restore.image import CRIU_NAME, write_image
+from watcher.restore.importer import ContainerdImporter, ImportFailed, RegistryImporter
+
+REPOSITORY = "lpm-checkpoint-shop-cart-cart-api"
+TAG = "20261125t183000z-0123abcd"
+
+
+@pytest.fixture
+def image(tmp_path):
+    archive = make_archive(tmp_path, ArchiveSpec(memory=2 << 20, config=PODMAN_CONFIG))
+    (tmp_path / "work").mkdir()  # as the destination's per-restore work directory
+    return write_image(archive, tmp_path / "work" / "image", "cart-api", TAG)
+
+
+@pytest.fixture
+def containerd():
+    yield from run_containerd()
+
+
+@pytest.fixture
+def tls_registry(tmp_path):
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = CertificateAuthority(pki, "lpm-test-registry-ca")
+    serving = ca.issue_serving("registry", ["127.0.0.1"])
+    # skopeo takes every *.crt in a cert dir as a root: give it the CA alone, not the serving certificate.
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    shutil.copy(ca.cert_file, trust / "ca.crt")
+    registry_tls = RegistryTLS(serving.cert, serving.key, trust / "ca.crt")
+    yield from run_registry(tmp_path / "registry", registry_tls)
+
+
+def test_containerd_gets_the_image_in_the_kubelets_namespace_unpacked(image, containerd):
+    importer = ContainerdImporter(address=containerd.address, ctr=str(containerd.ctr_binary))
+    reference = asyncio.run(importer.import_image(image.path, TAG, REPOSITORY))
+    assert reference == f"localhost/{REPOSITORY}:{TAG}"
+
+    listed = containerd.ctr("images", "check").stdout
+    row = next(line.split() for line in listed.splitlines() if line.startswith(reference + " "))
+    assert row[2] == image.manifest_digest  # the digest lpm wrote, unchanged by the import
+    assert "complete" in row and row[-1] == "true"  # every blob present, and unpacked for the snapshotter
+    manifest = json.loads(containerd.ctr("content", "get", image.manifest_digest).stdout)
+    assert manifest["annotations"][CRIU_NAME] == "cart-api"  # what containerd's restore looks for
+
+    # A restart of the agent imports again: same name, same digest, nothing duplicated.
+    assert asyncio.run(importer.import_image(image.path, TAG, REPOSITORY)) == reference
+    names = [line.split()[0] for line in containerd.ctr("images", "ls").stdout.splitlines()[1:]]
+    assert names.count(reference) == 1
+
+
+def test_containerd_not_there_is_a_clear_import_failure(image, tmp_path):
+    importer = ContainerdImporter(address=str(tmp_path / "no-such.sock"), ctr=str(binaries() / "ctr"))
+    with pytest.raises(ImportFailed) as err:
+        asyncio.run(importer.import_image(image.path, TAG, REPOSITORY))
+    message = str(err.value)
+    assert message.startswith(f"import of localhost/{REPOSITORY}:{TAG}: ctr failed: ")
+    assert "no-such.sock" in message
+    assert not list(image.path.parent.glob("lpm-ctr-*"))  # its scratch archive is gone too
+
+
+def test_a_registry_push_is_pinned_by_digest_and_verified_by_tls(image, tls_registry, skopeo):
+    importer = RegistryImporter(f"{tls_registry.address}/lpm", cert_dir=tls_registry.tls.ca.parent)
+    reference = asyncio.run(importer.import_image(image.path, TAG, REPOSITORY))
+    assert reference == f"{tls_registry.address}/lpm/{REPOSITORY}@{image.manifest_digest}"
+
+    # What a node pulls by that reference is the manifest lpm wrote and verified, annotations and all.
+    raw = skopeo("inspect", "--raw", "--cert-dir", str(tls_registry.tls.ca.parent), f"docker://{reference}")
+    assert json.loads(raw)["annotations"][CRIU_NAME] == "cart-api"
+    tagged = json.loads(skopeo("inspect", "--cert-dir", str(tls_registry.tls.ca.parent),
+                               f"docker://{tls_registry.address}/lpm/{REPOSITORY}:{TAG}"))
+    assert tagged["Digest"] == image.manifest_digest
+
+
+def test_a_registry_whose_certificate_is_not_trusted_is_refused(image, tls_registry, tmp_path):
+    # No CA given: the system's roots do not know the test CA, and lpm never turns verification off.
+    importer = RegistryImporter(tls_registry.address)
+    with pytest.raises(ImportFailed) as err:
+        asyncio.run(importer.import_image(image.path, TAG, REPOSITORY))
+    assert f"import of {tls_registry.address}/{REPOSITORY}:{TAG}: skopeo failed" in str(err.value)
+    assert "certificate" in str(err.value)
+    assert not (tmp_path / "registry" / "storage" / "docker" / "registry" / "v2" / "repositories").exists()
+
+
+@pytest.mark.parametrize("registry", ["https://registry.example:5000", "user:pw@host", "host/Repo", "host:5000/x:tag",
+                                      "", "host/../x"])
+def test_a_registry_that_is_not_host_port_path_is_refused_up_front(registry):
+    with pytest.raises(ValueError, match="expected host\\[:port\\]\\[/path\\]"):
+        RegistryImporter(registry)

@@ -1,0 +1,69 @@
+"""One container's checkpoint from the store into the node's runtime: verify, decompress, image, import.
+
+Shared by both destinations (cluster mode's PodMigration reconciler and standalone mode's marker
+poller). The archive is decompressed into a node-local scratch directory while the dump's SHA-256,
+the zstd content checksum and the size are checked against the store's manifest (and, in cluster
+mode, against the SHA-256 the API announced); nothing is imported unless all of them hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watcher.cluster.objects import dns_name
+from watcher.errors import LpmError
+from watcher.restore.image import write_image
+from watcher.restore.importer import Importer
+from watcher.store import layout, retrieve
+from watcher.store.manifest import Manifest
+from watcher.zstream import CompressionSettings
+
+
+class RestoreRefused(LpmError):
+    """The checkpoint cannot be restored as it is (checksums, missing containers, no source spec)."""
+
+
+@dataclass(frozen=True)
+class Imported:
+    reference: str
+    """The image reference a container spec restores from."""
+    manifest: Manifest
+    timings: dict[str, float] = field(default_factory=dict)
+    """verifySeconds, imageSeconds, importSeconds."""
+
+
+def repository(manifest: Manifest) -> str:
+    """The image repository of a container's checkpoints: one per pod and container, DNS-safe."""
+    return dns_name("lpm-checkpoint", manifest.pod_namespace, manifest.pod_name, manifest.container_name, limit=128)
+
+
+async def import_checkpoint(root_fd: int, ref: layout.ArtifactRef, work_dir: Path, importer: Importer,
+                            compression: CompressionSettings, cancel: threading.Event,
+                            announced_sha256: str | None = None) -> Imported:
+    """Verify ``ref``'s dump, write its checkpoint image and import it; the scratch space is always removed."""
+    work = work_dir / f"{ref.checkpoint_id}-{ref.container}"
+    shutil.rmtree(work, ignore_errors=True)  # a previous attempt cut short by a crash
+    work.mkdir(mode=0o700, parents=True)
+    timings: dict[str, float] = {}
+    try:
+        started = time.monotonic()
+        manifest = await asyncio.to_thread(retrieve.get, root_fd, ref, work / "archive.tar", compression, cancel)
+        if announced_sha256 is not None and manifest.checksum_sha256 != announced_sha256:
+            raise RestoreRefused(f"artifact {ref.uri}: the API says sha256 {announced_sha256}, "
+                                 f"the store's manifest {manifest.checksum_sha256}")
+        timings["verifySeconds"] = time.monotonic() - started
+        started = time.monotonic()
+        tag = ref.checkpoint_id.lower()
+        image = await asyncio.to_thread(write_image, work / "archive.tar", work / "image", ref.container, tag)
+        timings["imageSeconds"] = time.monotonic() - started
+        started = time.monotonic()
+        reference = await importer.import_image(image.path, tag, repository(manifest))
+        timings["importSeconds"] = time.monotonic() - started
+        return Imported(reference, manifest, timings)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

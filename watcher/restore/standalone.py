@@ -1,0 +1,137 @@
+"""Standalone mode's destination half: completion markers for this node in, checkpoint images out.
+
+With no cluster there is no PodMigration and no pod spec to restore into; what the target node
+can do alone is make every checkpoint addressed to it (``targetNode`` in its completion marker)
+ready to restore: each container's dump verified, decompressed, turned into a checkpoint image
+and imported into the node's runtime, where ``podman container restore IMAGE`` (or the
+runtime's equivalent) takes it. The marker is the only signal there is, and the store may be
+another NFS client's writes, so it is polled, never watched.
+
+Each checkpoint is acted on once per node: the outcome — the image references, or why the
+checkpoint was refused — is recorded in the node-local work directory before the next one is
+looked at, so a restart neither imports twice nor retries a checkpoint that cannot be restored.
+An import the runtime refused is not recorded: the runtime may be back next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from watcher.errors import Cancelled, LpmError
+from watcher.observe import AgentMetrics, Operation
+from watcher.restore.importer import ImportFailed, Importer
+from watcher.restore.markers import read_markers
+from watcher.restore.pipeline import import_checkpoint
+from watcher.store import fsio, layout
+from watcher.store.manifest import Marker, encode, rfc3339
+from watcher.zstream import CompressionSettings
+
+log = logging.getLogger(__name__)
+
+RECORDS_DIR = "imported"
+
+
+def record_name(marker: Marker) -> str:
+    return f"{marker.pod_uid}_{marker.checkpoint_id}.json"
+
+
+def plan(markers: Iterable[Marker], node: str, recorded: set[str]) -> list[Marker]:
+    """The checkpoints addressed to ``node`` that have no recorded outcome yet, oldest first (pure)."""
+    todo = [m for m in markers if m.target_node == node and record_name(m) not in recorded]
+    return sorted(todo, key=lambda m: (m.completed_at, m.checkpoint_id))
+
+
+@dataclass(frozen=True)
+class RestorerSettings:
+    node: str
+    work_dir: Path
+    """Node-local: scratch space for each import, and the record of what was done (0700)."""
+    importer: Importer
+    compression: CompressionSettings
+    interval: float = 10.0
+
+
+class StandaloneRestorer:
+    def __init__(self, settings: RestorerSettings, root_fd: int, cancel: threading.Event,
+                 metrics: AgentMetrics) -> None:
+        self._settings = settings
+        self._root_fd = root_fd
+        self._cancel = cancel
+        self._metrics = metrics
+        self._records_fd = fsio.open_root(settings.work_dir / RECORDS_DIR, create=True)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("restoring checkpoints addressed to this node", extra={"fields": {
+            "node": self._settings.node, "workDir": str(self._settings.work_dir),
+            "pollSeconds": self._settings.interval}})
+        try:
+            while not stop.is_set():
+                try:
+                    await self.poll_round()
+                except Cancelled:
+                    return
+                except LpmError as err:  # the store away for a while: the next round looks again
+                    log.warning("marker poll failed", extra={"fields": {"reason": str(err)}})
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self._settings.interval)
+                except TimeoutError:
+                    pass
+        finally:
+            os.close(self._records_fd)
+
+    async def poll_round(self) -> None:
+        def scan() -> tuple[list[Marker], set[str]]:
+            with fsio.os_errors("store: reading completion markers"):
+                markers = list(read_markers(self._root_fd))
+            with fsio.os_errors(f"{self._settings.work_dir / RECORDS_DIR}: listing"):
+                return markers, set(os.listdir(self._records_fd))
+
+        markers, recorded = await asyncio.to_thread(scan)
+        for marker in plan(markers, self._settings.node, recorded):
+            await self._restore(marker)
+
+    async def _restore(self, marker: Marker) -> None:
+        cfg = self._settings
+        fields = {"checkpoint": f"{marker.pod_uid}/{marker.checkpoint_id}"}
+        started = time.monotonic()
+        images: dict[str, str] = {}
+        try:
+            for container in marker.containers:
+                ref = layout.ArtifactRef(marker.pod_uid, marker.checkpoint_id, container)
+                imported = await import_checkpoint(self._root_fd, ref, cfg.work_dir, cfg.importer, cfg.compression,
+                                                   self._cancel)
+                images[container] = imported.reference
+                fields["pod"] = f"{imported.manifest.pod_namespace}/{imported.manifest.pod_name}"
+        except ImportFailed as err:
+            log.error("checkpoint image not imported; trying again next round",
+                      extra={"fields": {**fields, "reason": str(err)}})
+            self._metrics.failed(Operation.RESTORE, err)
+            return
+        except Cancelled:
+            raise
+        except LpmError as err:  # checksums, a container the marker lists but the store lacks, a bad archive
+            log.error("checkpoint refused; it will not be restored here",
+                      extra={"fields": {**fields, "reason": str(err)}})
+            self._metrics.failed(Operation.RESTORE, err)
+            await self._record(marker, {"outcome": "refused", "reason": str(err)})
+            return
+        seconds = time.monotonic() - started
+        self._metrics.restore_duration.observe(seconds)
+        await self._record(marker, {"outcome": "imported", "images": images})
+        log.info("checkpoint images ready to restore", extra={"fields": {
+            **fields, "images": images, "seconds": round(seconds, 3)}})
+
+    async def _record(self, marker: Marker, outcome: dict[str, object]) -> None:
+        body = {"podUID": marker.pod_uid, "checkpointID": marker.checkpoint_id, "node": self._settings.node,
+                "at": rfc3339(datetime.now(timezone.utc)), **outcome}
+        where = str(self._settings.work_dir / RECORDS_DIR)
+        await asyncio.to_thread(fsio.write_atomic, self._records_fd, record_name(marker), encode(body), where)
+
