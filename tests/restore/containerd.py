@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.realstack.controlplane import REPO
+from lab.controlplane import REPO
 from tests.restore.tools import die_with_parent
 
 BUILD = REPO / "scripts" / "restore" / "build-containerd.sh"

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from tests.archives import ArchiveSpec, make_archive
-from tests.realstack.pki import CertificateAuthority
+from lab.archives import ArchiveSpec, make_archive
+from lab.pki import CertificateAuthority
 from tests.restore.containerd import binaries, run_containerd
 from tests.restore.support import PODMAN_CONFIG
 from tests.restore.tools import RegistryTLS, run_registry

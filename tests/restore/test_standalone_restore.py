@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.archives import ArchiveSpec, Pod, make_archive
+from lab.agent import AgentProcess
+from lab.archives import ArchiveSpec, Pod, make_archive
 from tests.restore.containerd import binaries, run_containerd
 from tests.restore.support import PODMAN_CONFIG
-from tests.support import AgentProcess, lpm
+from tests.support import lpm
 from watcher.restore.image import CRIU_NAME
 from watcher.restore.standalone import plan, record_name
 from watcher.store.manifest import Marker
