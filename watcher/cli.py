@@ -198,7 +198,7 @@ def _agent(args: argparse.Namespace) -> int:
         ingest = StandaloneAgent(config, metrics)
         agent: Agent = ingest
         if args.restore:
-            agent = _WithRestorer(ingest, RestorerSettings(config.node, args.restore_work_dir, _importer(args),
+            agent = _WithRestorer(ingest, RestorerSettings(config.node, args.restore_work_dir, make_importer(args),
                                                           config.compression, args.marker_poll), metrics)
         return asyncio.run(_run_until_signal(agent, args.health_port, metrics, readiness))
     if args.kubelet_ca is None:
@@ -207,12 +207,12 @@ def _agent(args: argparse.Namespace) -> int:
     cluster = ClusterConfig(config, args.kubeconfig,
                             KubeletSettings(ca_file=args.kubelet_ca, token_file=args.kubelet_token_file,
                                             checkpoint_timeout=args.kubelet_timeout),
-                            RestoreSettings(args.restore_work_dir, _importer(args), marker_poll=args.marker_poll))
+                            RestoreSettings(args.restore_work_dir, make_importer(args), marker_poll=args.marker_poll))
     return asyncio.run(_run_until_signal(ClusterAgent(cluster, metrics, readiness), args.health_port, metrics,
                                          readiness))
 
 
-def _importer(args: argparse.Namespace) -> Importer:
+def make_importer(args: argparse.Namespace) -> Importer:
     prefix = tuple(shlex.split(args.import_prefix))
     if args.importer == "containerd":
         return ContainerdImporter(address=args.containerd_address, prefix=prefix, ctr=args.ctr)

@@ -15,14 +15,20 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from lab.archives import ArchiveSpec, make_archive
 from lab.controlplane import REPO
 from lab.sandbox import Sandbox, rootfs
+from tests.deploy.kustomize import component_agent
+from tests.restore.containerd import run_containerd
+from tests.restore.support import PODMAN_CONFIG
+from tests.support import lpm
 
 pytestmark = pytest.mark.realstack
 
@@ -148,3 +154,71 @@ def test_agent_serves_health_and_metrics(image: tuple[Sandbox, str]) -> None:
         assert state == "true", f"agent exited:\n{logs.stdout}{logs.stderr}"
     finally:
         box.run("podman", "rm", "-f", "-t", "5", name, check=False)
+
+
+def _privileges(component: str) -> list[str]:
+    """What deploy/components/COMPONENT grants the agent container, as podman flags; the base's rest too:
+    every capability dropped but those, no privilege escalation, a read-only root filesystem."""
+    capabilities = component_agent(component).get("securityContext", {}).get("capabilities", {})
+    assert capabilities.get("drop", ["ALL"]) == ["ALL"]
+    added = ["--cap-add", ",".join(capabilities["add"])] if capabilities.get("add") else []
+    return ["--cap-drop", "all", *added, "--security-opt", "no-new-privileges", "--read-only"]
+
+
+def _restore_in_container(box: Sandbox, ref: str, flags: list[str], *agent_flags: str) -> dict[str, str]:
+    """Run the image's agent as a standalone destination until it has imported one checkpoint addressed to
+    its node; returns the image references it logged. The store and the kubelet directory are in the share."""
+    scratch = Path(tempfile.mkdtemp(prefix="restore-", dir=box.share))
+    store, kubelet = scratch / "store", scratch / "kubelet"
+    for path in (store, kubelet):
+        path.mkdir(mode=0o700)
+    archive = make_archive(kubelet, ArchiveSpec(memory=1 << 20, config=PODMAN_CONFIG))
+    lpm("ingest", str(archive), "--store", str(store), "--node", "n0", "--target-node", "n1", check=True)
+    name = "lpm-image-restorer"
+    box.run("podman", "rm", "-f", "-t", "0", name, check=False)
+    # The emptyDir of deploy/base, and the same mounts as the DaemonSet's.
+    box.run("podman", "run", "-d", "--name", name, *flags, "--tmpfs", "/var/lib/lpm/restore:mode=0700",
+            "-v", f"{store}:/mnt/checkpoints", "-v", f"{kubelet}:/var/lib/kubelet/checkpoints:ro",
+            ref, "agent", "--standalone", "--restore", "--node", "n1", "--marker-poll", "0.5", "--health-port", "0",
+            *agent_flags)
+    try:
+        deadline = time.monotonic() + 60
+        while "checkpoint images ready to restore" not in (logs := box.run("podman", "logs", name).stderr):
+            state = box.run("podman", "inspect", "--format", "{{.State.Running}}", name).stdout.strip()
+            assert state == "true" and time.monotonic() < deadline, f"no import:\n{logs[-3000:]}"
+            time.sleep(0.5)
+    finally:
+        box.run("podman", "rm", "-f", "-t", "5", name, check=False)
+    [ready] = [json.loads(line) for line in logs.splitlines() if "checkpoint images ready" in line]
+    return ready["images"]  # type: ignore[no-any-return]
+
+
+def test_agent_in_the_image_imports_into_the_nodes_containers_storage(image: tuple[Sandbox, str]) -> None:
+    """The restore half as overlays/cri-o runs it, with only the privileges its component grants."""
+    box, ref = image
+    graph, run = box.share / "node" / "storage", box.share / "node" / "run"  # the node's, as CRI-O keeps them
+    for path in (graph, run):
+        path.mkdir(parents=True, mode=0o700)
+    images = _restore_in_container(box, ref, [*_privileges("restore-containers-storage"),
+                                              "-v", f"{graph}:/var/lib/containers/storage",
+                                              "-v", f"{run}:/run/containers/storage"])
+    # The node's runtime sees it: CRI-O (and podman) read this storage.
+    [reference] = images.values()
+    inspected = json.loads(box.run("podman", "--root", str(graph), "--runroot", str(run), "image", "inspect",
+                                   reference).stdout)
+    assert inspected[0]["Annotations"]["io.kubernetes.cri-o.annotations.checkpoint.name"] == "cart-api"
+
+
+def test_agent_in_the_image_imports_into_the_nodes_containerd(image: tuple[Sandbox, str]) -> None:
+    """The restore half as overlays/containerd runs it: the node's socket and ctr, and no capability."""
+    box, ref = image
+    with run_containerd(parent=box.share) as containerd:
+        node_ctr = box.share / "ctr"  # the node's own ctr: the cached build, copied where the sandbox sees it
+        shutil.copy(containerd.ctr_binary, node_ctr)
+        images = _restore_in_container(box, ref, [*_privileges("restore-containerd"),
+                                                  "-v", f"{containerd.address}:/run/containerd/containerd.sock",
+                                                  "-v", f"{node_ctr}:/usr/local/bin/ctr:ro"],
+                                       "--importer", "containerd", "--ctr", "/usr/local/bin/ctr")
+        [reference] = images.values()
+        names = containerd.ctr("images", "ls", "-q").stdout.split()
+        assert reference in names, names

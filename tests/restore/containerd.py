@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,11 +49,13 @@ def binaries() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
-def run_containerd() -> Iterator[Containerd]:
+@contextmanager
+def run_containerd(parent: Path = Path("/tmp")) -> Iterator[Containerd]:
+    """``parent``: where its directory goes (a sandbox's share, to reach its socket from there)."""
     if os.geteuid() != 0:
         pytest.fail("containerd needs root: run the suite as root (scripts/test)")
     bin_dir = binaries()
-    top = Path(tempfile.mkdtemp(prefix="lpm-ctrd-", dir="/tmp"))
+    top = Path(tempfile.mkdtemp(prefix="lpm-ctrd-", dir=parent))
     socket = top / "containerd.sock"
     config = top / "config.toml"
     config.write_text(f'version = 3\nroot = "{top / "root"}"\nstate = "{top / "state"}"\n'

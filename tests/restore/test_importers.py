@@ -30,7 +30,8 @@ def image(tmp_path):
 
 @pytest.fixture
 def containerd():
-    yield from run_containerd()
+    with run_containerd() as daemon:
+        yield daemon
 
 
 @pytest.fixture

@@ -39,7 +39,8 @@ def test_plan_takes_this_nodes_unrecorded_checkpoints_oldest_first() -> None:
 
 @pytest.fixture
 def containerd():
-    yield from run_containerd()
+    with run_containerd() as daemon:
+        yield daemon
 
 
 def _ingest(tmp_path: Path, store: Path, name: str, target: str | None) -> tuple[str, str]:
