@@ -17,14 +17,10 @@ Use it as a context manager::
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
 import time
 import urllib.request
@@ -32,11 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
 from lab.apiclient import ApiClient, ApiError
 from lab.kubeconfig import write_cert_kubeconfig, write_token_kubeconfig
 from lab.pki import CertificateAuthority, write_signing_key_pair
+from lab.processes import ServerError, ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]  # lab/ works from a checkout only: it runs scripts/ and .cache/
 # The one place that names the kube-apiserver release; scripts/kube/build-kube-apiserver.sh reads it too.
@@ -44,8 +40,6 @@ KUBE_VERSION_FILE = REPO / "scripts" / "kube" / "kube-apiserver.version"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 _START_TIMEOUT = 60.0  # seconds; etcd and the apiserver are ready in about 2.5 s on 2 cores
-_STOP_TIMEOUT = 10.0  # seconds of grace after SIGTERM before SIGKILL
-_PR_SET_PDEATHSIG = 1
 
 
 class ControlPlaneError(Exception):
@@ -80,69 +74,17 @@ def locate_binaries() -> Binaries:
     return Binaries(kube_apiserver=apiserver, etcd=etcd)
 
 
-def _free_port() -> int:
-    # The port is released before the server binds it; another process could take it in between, which on
-    # a test machine is rare enough that a clear start-up error (with the log) is the right answer.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if the test process is killed (SIGKILL, OOM, a CI timeout)
-    # the kernel kills etcd and kube-apiserver too, instead of leaving them running for the next session.
-    # (Strictly, when the thread that started them ends: start a control plane from a long-lived thread.)
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class _Process:
-    """One server process with its output in a log file."""
-
-    def __init__(self, name: str, argv: list[str], log_file: Path) -> None:
-        self.name = name
-        self.log_file = log_file
-        self._log: IO[bytes] = log_file.open("wb")
-        self._proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            # Own session: a Ctrl-C in the terminal reaches pytest, which then stops us in order.
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-
-    def check_running(self) -> None:
-        code = self._proc.poll()
-        if code is not None:
-            raise ControlPlaneError(f"{self.name} exited with code {code}:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._log.close()
-
-
 class ControlPlane:
     """etcd + kube-apiserver on loopback, with an admin identity and helpers for ServiceAccount tokens."""
 
     def __init__(self, binaries: Binaries) -> None:
         self._binaries = binaries
-        self._processes: list[_Process] = []
+        self._processes: list[ServerProcess] = []
         # mkdtemp creates the directory 0700: keys, tokens and etcd's data are readable by us only.
         self.directory = Path(tempfile.mkdtemp(prefix="lpm-control-plane-"))
         self._pki = self.directory / "pki"
         self._pki.mkdir(mode=0o700)
-        self._port = _free_port()
+        self._port = free_port()
         self.server = f"https://127.0.0.1:{self._port}"
 
         ca = self.ca = CertificateAuthority(self._pki)
@@ -211,9 +153,9 @@ class ControlPlane:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _start_etcd(self) -> str:
-        client_url = f"http://127.0.0.1:{_free_port()}"
-        peer_url = f"http://127.0.0.1:{_free_port()}"
-        etcd = _Process(
+        client_url = f"http://127.0.0.1:{free_port()}"
+        peer_url = f"http://127.0.0.1:{free_port()}"
+        etcd = ServerProcess(
             "etcd",
             [
                 str(self._binaries.etcd),
@@ -234,7 +176,7 @@ class ControlPlane:
         return client_url
 
     def _start_apiserver(self, etcd_url: str) -> None:
-        apiserver = _Process(
+        apiserver = ServerProcess(
             "kube-apiserver",
             [
                 str(self._binaries.kube_apiserver),
@@ -264,13 +206,11 @@ class ControlPlane:
         self._processes.append(apiserver)
         self._wait(apiserver, self._apiserver_ready)
 
-    def _wait(self, process: _Process, ready: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not ready():
-            process.check_running()
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(f"{process.name} not ready after {_START_TIMEOUT} s:\n{process.log_tail()}")
-            time.sleep(0.1)
+    def _wait(self, process: ServerProcess, ready: Callable[[], bool]) -> None:
+        try:
+            process.wait_ready(ready, _START_TIMEOUT)
+        except ServerError as err:
+            raise ControlPlaneError(str(err)) from None
 
     def _apiserver_ready(self) -> bool:
         try:

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from lab.controlplane import REPO
-from tests.restore.tools import die_with_parent
+from lab.processes import ServerError, ServerProcess
 
 BUILD = REPO / "scripts" / "restore" / "build-containerd.sh"
 
@@ -61,23 +60,15 @@ def run_containerd(parent: Path = Path("/tmp")) -> Iterator[Containerd]:
     config.write_text(f'version = 3\nroot = "{top / "root"}"\nstate = "{top / "state"}"\n'
                       f'[grpc]\n  address = "{socket}"\n')
     log = top / "containerd.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([str(bin_dir / "containerd"), "--config", str(config)], stdout=out,
-                                   stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    process = ServerProcess("containerd", [str(bin_dir / "containerd"), "--config", str(config)], log)
     daemon = Containerd(str(socket), bin_dir / "ctr", log)
     try:
-        deadline = time.monotonic() + 20
-        while daemon.ctr("version", check=False).returncode:
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"containerd did not start (exit {process.poll()}):\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
+        try:
+            process.wait_ready(lambda: daemon.ctr("version", check=False).returncode == 0, timeout=20.0)
+        except ServerError as err:
+            pytest.fail(str(err))
         yield daemon
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.stop()
         # Unpacked snapshots are overlay directories, not mounts (nothing ran), so this removes everything.
         shutil.rmtree(top, ignore_errors=True)

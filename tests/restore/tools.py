@@ -6,23 +6,20 @@ the command that installs it: a skipped check here would let a broken image form
 
 from __future__ import annotations
 
-import ctypes
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from lab.processes import ServerError, ServerProcess, free_port
+
 INSTALL = "scripts/restore/install-deps.sh"
-_PR_SET_PDEATHSIG = 1
 # The images in these tests are local and unsigned; the signature policy is the test's own, so
 # no machine-wide /etc/containers/policy.json can change what the tests see.
 _ACCEPT_ANYTHING = '{"default": [{"type": "insecureAcceptAnything"}]}'
@@ -68,20 +65,6 @@ class Registry:
     tls: RegistryTLS | None = None
 
 
-def _free_port() -> int:
-    # Released before the registry binds it; if another process takes it in between, the registry
-    # exits and the start-up error shows its log.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def die_with_parent() -> None:
-    # In the child before exec: if pytest is killed outright, the kernel ends the registry too.
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def _config(address: str, storage: Path, tls: RegistryTLS | None) -> str:
     # The secret signs upload state between requests; one registry, so any fixed value does.
     return f"""version: 0.1
@@ -101,7 +84,7 @@ http:
 """)
 
 
-def _wait_ready(process: subprocess.Popen[bytes], registry: Registry, timeout: float = 20.0) -> None:
+def _answers(registry: Registry) -> Callable[[], bool]:
     # No proxy, whatever the environment says: the registry is on this machine's loopback.
     handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
     scheme = "http"
@@ -109,37 +92,29 @@ def _wait_ready(process: subprocess.Popen[bytes], registry: Registry, timeout: f
         scheme = "https"
         handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=registry.tls.ca)))
     opener = urllib.request.build_opener(*handlers)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"docker-registry exited {process.returncode}:\n{registry.log.read_text()}")
+
+    def ready() -> bool:
         try:
             with opener.open(f"{scheme}://{registry.address}/v2/", timeout=2) as answer:
-                if answer.status == 200:
-                    return
+                return bool(answer.status == 200)
         except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"docker-registry not ready on {registry.address} after {timeout}s:\n{registry.log.read_text()}")
+            return False
+    return ready
 
 
 def run_registry(workdir: Path, tls: RegistryTLS | None = None) -> Iterator[Registry]:
     """A registry on 127.0.0.1 and a free port, storing into ``workdir``; stopped on exit."""
     binary = tool("docker-registry")
     workdir.mkdir()
-    registry = Registry(f"127.0.0.1:{_free_port()}", workdir / "registry.log", tls)
+    registry = Registry(f"127.0.0.1:{free_port()}", workdir / "registry.log", tls)
     config = workdir / "config.yml"
     config.write_text(_config(registry.address, workdir / "storage", tls))
-    with open(registry.log, "wb") as log:
-        process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=die_with_parent)
+    process = ServerProcess("docker-registry", [binary, "serve", str(config)], registry.log)
     try:
-        _wait_ready(process, registry)
+        try:
+            process.wait_ready(_answers(registry), timeout=20.0)
+        except ServerError as err:
+            pytest.fail(str(err))
         yield registry
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.stop()
