@@ -13,13 +13,13 @@ own; the fields kept here are validated just the same.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar, cast
 
 from lpm_gc.entries import Entry, Kind
+from watcher.jsonobj import json_object
 from watcher.errors import UnsafeNameError
 from watcher.store import fsio, layout
 from watcher.store.commit import MANIFEST_CAP
@@ -232,13 +232,7 @@ def _read_manifest(container_fd: int) -> dict[str, object]:
         os.close(fd)
     if len(data) > MANIFEST_CAP:
         raise Damaged(f"{layout.MANIFEST_FILE} is larger than {MANIFEST_CAP} bytes")
-    try:
-        raw = json.loads(data)
-    except ValueError as err:
-        raise Damaged(f"{layout.MANIFEST_FILE} is not JSON ({err})") from None
-    if not isinstance(raw, dict):
-        raise Damaged(f"{layout.MANIFEST_FILE} is not a JSON object")
-    return raw
+    return json_object(data, layout.MANIFEST_FILE, Damaged)
 
 
 def _chunks(fd: int, cap: int) -> Iterator[bytes]:

@@ -49,7 +49,7 @@ def _crio_labels(**changes) -> bytes:
     (b"[1, 2]", "not a JSON object"),
     (spec({"annotations": "x"}), "annotations are not an object"),
     (spec({"annotations": {}}), "no Kubernetes identity"),
-    (spec({"annotations": {"io.kubernetes.cri-o.Labels": "{broken"}}), "not a JSON object"),
+    (spec({"annotations": {"io.kubernetes.cri-o.Labels": "{broken"}}), "io.kubernetes.cri-o.Labels in spec.dump is not valid JSON"),
     (spec({"annotations": {"io.kubernetes.cri.sandbox-uid": POD.uid}}), "partial"),
     (spec({"annotations": {**crio_spec(POD)["annotations"], **containerd_spec(POD)["annotations"]}}),
      "both CRI-O and containerd"),

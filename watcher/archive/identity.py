@@ -16,10 +16,10 @@ archive. Storing a dump under the wrong pod would hand one workload's memory to 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from watcher.jsonobj import json_object
 from watcher.archive.names import ArchiveName
 from watcher.errors import IdentityError, UnsafeNameError
 from watcher.store import layout
@@ -107,12 +107,7 @@ def identify(
 
 
 def _annotations(spec_dump: bytes, where: str) -> dict[str, Any]:
-    try:
-        spec = json.loads(spec_dump)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise IdentityError(f"{where}: spec.dump is not valid JSON ({err})") from None
-    if not isinstance(spec, dict):
-        raise IdentityError(f"{where}: spec.dump is not a JSON object")
+    spec = json_object(spec_dump, f"{where}: spec.dump", IdentityError)
     annotations = spec.get("annotations", {})
     if not isinstance(annotations, dict):
         raise IdentityError(f"{where}: spec.dump annotations are not an object")
@@ -123,13 +118,10 @@ def _crio(annotations: Mapping[str, Any], where: str) -> Identity | None:
     if _CRIO_LABELS not in annotations:
         return None
     raw = annotations[_CRIO_LABELS]
-    try:
-        labels = json.loads(raw) if isinstance(raw, str) else None
-    except json.JSONDecodeError:
-        labels = None
-    if not isinstance(labels, dict):
-        raise IdentityError(f"{where}: {_CRIO_LABELS} in spec.dump is not a JSON object")
-    return _from_keys(labels, _CRIO_KEYS, "CRI-O", where)
+    what = f"{where}: {_CRIO_LABELS} in spec.dump"
+    if not isinstance(raw, str):
+        raise IdentityError(f"{what} is not a JSON object")
+    return _from_keys(json_object(raw, what, IdentityError), _CRIO_KEYS, "CRI-O", where)
 
 
 def _from_keys(source: Mapping[str, Any], keys: tuple[str, ...], kind: str, where: str) -> Identity | None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from platform import machine
 from typing import Any
 
+from watcher.jsonobj import json_object
 from watcher.archive.tarscan import METADATA_CAP
 from watcher.errors import ArchiveError, ImageError
 from watcher.restore import layer
@@ -105,12 +106,7 @@ class WrittenImage:
 
 
 def parse_config_dump(data: bytes, where: str) -> ConfigDump:
-    try:
-        config = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ArchiveError(f"{where}: config.dump is not valid JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise ArchiveError(f"{where}: config.dump is not a JSON object")
+    config = json_object(data, f"{where}: config.dump", ArchiveError)
     fields = {}
     for key in ("rootfsImageName", "runtime"):
         value = config.get(key)

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Mapping
 
+from watcher.jsonobj import json_object
 from watcher.errors import StoreError, UnsafeNameError
 from watcher.store import layout
 
@@ -164,13 +165,7 @@ def encode(body: Mapping[str, Any]) -> bytes:
 
 
 def decode(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StoreError(f"invalid JSON in {where}: {err}") from None
-    if not isinstance(body, dict):
-        raise StoreError(f"invalid JSON in {where}: not an object")
-    return body
+    return json_object(data, where, StoreError)
 
 
 def _string(raw: Mapping[str, Any], key: str) -> str:
