@@ -3,9 +3,10 @@
     lpm agent --standalone --node NAME --checkpoint-dir DIR --store DIR [--delete-ingested] [--force-polling]
     lpm agent --node NAME [--kubeconfig FILE] --kubelet-ca FILE [--kubelet-token-file FILE] ...  (cluster mode)
               both modes: [--health-port 8080]  (/metrics, /healthz, /readyz; 0: any free port)
+                          [--local-store DIR] [--move-interval 30]  (while the shared store is unavailable)
     lpm ingest ARCHIVE --store DIR --node NAME [--target-node NAME]
     lpm store ls --store DIR [--json]
-    lpm store get URI --store DIR -o FILE
+    lpm store get URI --store DIR [--local-store DIR] -o FILE
     lpm gc --store DIR [--once] [--interval 10m] [--retention 24h] [--stale-after 1h] [--dry-run]
            [--standalone | --kubeconfig FILE]      (the collector: package lpm_gc, folder gc/)
 
@@ -37,6 +38,8 @@ from watcher.observe import AgentMetrics, Readiness, serving
 from watcher.ingest import service
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.store.catalog import Checkpoint
+from watcher.store.layout import StorageType
+from watcher.stores import Stores
 from watcher.watch.dirwatch import WatchSettings
 from watcher.zstream import CompressionSettings
 
@@ -48,6 +51,12 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+LOCAL_STORE = "/var/lib/lpm/local-store"
+
+
+def _local_store_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--local-store", type=Path, default=Path(_env("LPM_LOCAL_STORE", LOCAL_STORE) or LOCAL_STORE),
+                        help=f"{help} (env LPM_LOCAL_STORE, default {LOCAL_STORE})")
 
 
 def _path_env(name: str) -> Path | None:
@@ -81,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="kubelet checkpoint directory (env LPM_CHECKPOINT_DIR)")
     agent.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""),
                        help="shared checkpoint store (env LPM_STORE)")
+    _local_store_flag(agent, "node-local store: checkpoints taken while the shared store is unavailable are "
+                             "held here, with file:// URIs, and moved to the shared store once it is back")
+    agent.add_argument("--move-interval", type=float, default=float(_env("LPM_MOVE_INTERVAL", "30") or "30"),
+                       help="seconds between looks at the local store for checkpoints to move to the shared "
+                            "store (default 30; env LPM_MOVE_INTERVAL)")
     agent.add_argument("--delete-ingested", action="store_true",
                        help="remove a kubelet archive after its stored copy is verified")
     agent.add_argument("--force-polling", action="store_true",
@@ -125,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     get = store_commands.add_parser("get", help="write a checkpoint's original kubelet archive, verified")
     get.add_argument("uri")
     get.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
+    _local_store_flag(get, "where file:// URIs are read from")
     get.add_argument("-o", "--output", type=Path, required=True)
 
     gc_cli.add_parser(commands)
@@ -163,11 +178,16 @@ def _agent(args: argparse.Namespace) -> int:
                             force_polling=args.force_polling),
         compression=_compression(args),
         delete_ingested=args.delete_ingested,
+        local_store=args.local_store.resolve(),
+        move_interval=args.move_interval,
     )
-    metrics = AgentMetrics(config.store)
-    readiness = Readiness(config.store, config.node)
+    stores = Stores(config.store, config.local_store, config.node)
+    metrics = AgentMetrics(config.store, config.local_store)
+    stores.on_change(lambda available: metrics.shared_store_available.set(1 if available else 0))
+    readiness = Readiness(stores)
     if args.standalone:
-        return asyncio.run(_run_until_signal(StandaloneAgent(config, metrics), args.health_port, metrics, readiness))
+        return asyncio.run(_run_until_signal(StandaloneAgent(config, metrics, stores), args.health_port, metrics,
+                                             readiness))
     if args.kubelet_ca is None:
         raise LpmError("cluster mode needs the kubelets' CA: pass --kubelet-ca or set LPM_KUBELET_CA "
                        "(lpm never skips TLS verification)")
@@ -176,8 +196,8 @@ def _agent(args: argparse.Namespace) -> int:
                                             checkpoint_timeout=args.kubelet_timeout),
                             RestoreSettings(args.restore_work_dir, tuple(shlex.split(args.import_prefix)),
                                             marker_poll=args.marker_poll))
-    return asyncio.run(_run_until_signal(ClusterAgent(cluster, metrics, readiness), args.health_port, metrics,
-                                         readiness))
+    return asyncio.run(_run_until_signal(ClusterAgent(cluster, metrics, readiness, stores), args.health_port,
+                                         metrics, readiness))
 
 
 async def _run_until_signal(agent: StandaloneAgent | ClusterAgent, health_port: int, metrics: AgentMetrics,
@@ -228,7 +248,8 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
-    ref = layout.parse_uri(args.uri)
-    root_fd = fsio.open_root(args.store.resolve(), create=False)
+    local_store = args.local_store.resolve()
+    kind, ref = layout.parse_location(args.uri, local_store)
+    root_fd = fsio.open_root(local_store if kind is StorageType.LOCAL else args.store.resolve(), create=False)
     retrieve.get(root_fd, ref, args.output, CompressionSettings(), threading.Event())
     return 0
