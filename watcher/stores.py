@@ -48,10 +48,15 @@ class Stores:
     """Both stores of one agent, and the shared one's last known availability."""
 
     def __init__(self, shared: Path, local: Path, node: str) -> None:
-        if shared == local:
-            raise StoreError(f"local store {local}: is the shared store; it must be a directory on the node")
+        if local.is_relative_to(shared) or shared.is_relative_to(local):
+            # Inside the shared store it would be neither local nor safe from the collector.
+            raise StoreError(f"local store {local}: overlaps the shared store {shared}; it must be a separate "
+                             "directory on the node's own disk")
         self.shared = Store(StorageType.SHARED, shared, fsio.open_root(shared, create=True))
         self.local = Store(StorageType.LOCAL, local, fsio.open_root(local, create=True))
+        # A hostPath the kubelet made is 0755; what it holds is process memory, so narrow it as the store's.
+        with fsio.os_errors(f"local store {local}"):
+            os.fchmod(self.local.fd, fsio.DIR_MODE)
         # A dot-name: every reader of the store skips those. One per node, so agents never collide.
         self._probe_name = f".readyz-{node}"
         self._probe: asyncio.Future[None] | None = None
