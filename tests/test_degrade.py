@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -113,3 +115,44 @@ def test_sigkill_during_moves_never_loses_or_duplicates_a_checkpoint(kube_dir, s
     # Nothing hidden is left behind (a staging file cut short is the staging sweep's, after its idle time).
     assert not any(".moved-" in p for p in files_under(local))
     assert not any(".tmp-" in p for p in files_under(store) + files_under(local) if "/staging/" not in p)
+
+
+def test_a_store_that_stops_answering_is_given_up_on_within_the_timeout(kube_dir, tmp_path):
+    """A dead NFS server hangs writes instead of failing them. A FUSE view of the store whose daemon is
+    stopped (SIGSTOP) does the same: every operation on it blocks until the daemon runs again."""
+    if os.geteuid() != 0 or shutil.which("bindfs") is None:
+        raise AssertionError("this test needs root and bindfs (scripts/setup installs it; CI runs as root)")
+    backing, store, local = tmp_path / "backing", tmp_path / "store", tmp_path / "local-store"
+    backing.mkdir(mode=0o700)
+    store.mkdir(mode=0o700)
+    daemon = subprocess.Popen(["bindfs", "-f", str(backing), str(store)])
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.ismount(store):
+            assert time.monotonic() < deadline and daemon.poll() is None, "bindfs did not mount"
+            time.sleep(0.05)
+        with agent(kube_dir, store, local) as proc:
+            proc.wait_logged("agent starting")
+            daemon.send_signal(signal.SIGSTOP)
+            try:
+                # The mover's probe is the first to hang; it is given up on after 3 s.
+                [down] = proc.wait_logged("shared store unavailable; checkpoints are held in the local store")
+                assert "a write got no answer within 3 s" in down["reason"]
+                archive = make_archive(kube_dir, ArchiveSpec(pod=Pod(container="app"), memory=1 << 20))
+                [held] = proc.wait_logged("archive ingested")
+                assert held["storageType"] == "local" and held["artifactURI"].startswith(f"file://{local}/")
+                assert held["seconds"] < 6  # the hung store cost at most the probe's timeout, not forever
+                assert proc.proc.poll() is None
+            finally:
+                daemon.send_signal(signal.SIGCONT)
+            proc.wait_logged("checkpoint moved to the shared store")
+            assert proc.stop()[0] == 0
+        [entry] = listed(backing)
+        assert entry["checkpointID"] == held["checkpointID"]
+        out = tmp_path / "moved.tar"
+        lpm("store", "get", entry["artifactURIs"]["app"], "--store", str(backing), "-o", str(out), check=True)
+        assert out.read_bytes() == archive.read_bytes()
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+        subprocess.run(["umount", str(store)], check=False)
+        daemon.wait(timeout=10)
