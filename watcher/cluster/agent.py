@@ -1,7 +1,9 @@
 """The node agent in cluster mode: informers, one worker per object, the directory watcher.
 
 Watches (list, then watch, relist on 410): pods on this node (field selector
-``spec.nodeName``), ContainerCheckpoints, PodCheckpoints and PodMigrations. Every background
+``spec.nodeName``), ContainerCheckpoints, PodCheckpoints and PodMigrations. The directory
+watcher's mover switches contents to ``shared`` when it moves a locally held checkpoint
+(``relocation``); the PodMigration status that move writes is what brings the destination back. Every background
 task is named and supervised: if one ends unexpectedly the agent logs it and stops, and the
 DaemonSet restarts it, rather than running on half-blind.
 """
