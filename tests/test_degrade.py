@@ -42,7 +42,7 @@ def test_store_removed_then_back_holds_the_checkpoint_locally_then_moves_it(kube
     local = tmp_path / "local-store"
     with agent(kube_dir, store, local) as proc:
         proc.wait_logged("agent starting")
-        shutil.rmtree(store)  # the mount is gone from under the agent
+        store.rename(tmp_path / "store-gone")  # the mount is gone from under the agent (atomically: it writes)
         archive = make_archive(kube_dir, ArchiveSpec(pod=Pod(container="app"), memory=3 << 20))
         [held] = proc.wait_logged("archive ingested")
         assert held["storageType"] == "local"
@@ -89,7 +89,7 @@ def test_sigkill_during_moves_never_loses_or_duplicates_a_checkpoint(kube_dir, s
     local = tmp_path / "local-store"
     with agent(kube_dir, store, local) as proc:
         proc.wait_logged("agent starting")
-        shutil.rmtree(store)
+        store.rename(tmp_path / "store-gone")
         archives = [make_archive(kube_dir, ArchiveSpec(pod=Pod(container=f"c{i}"), memory=12 << 20))
                     for i in range(3)]
         proc.wait_logged("archive ingested", count=3)
