@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Callable, Sequence
@@ -20,8 +21,10 @@ class AgentProcess:
     def __init__(self, *args: str, standalone: bool = True, wrapper: Sequence[str] = ()) -> None:
         """``wrapper``: a command the agent runs under, e.g. setpriv dropping capabilities."""
         mode = ["--standalone"] if standalone else []
+        # A local store of its own unless the caller names one: the default is the machine's /var/lib/lpm.
+        local = [] if "--local-store" in args else ["--local-store", tempfile.mkdtemp(prefix="lpm-local-store-")]
         self.proc = subprocess.Popen(
-            [*wrapper, sys.executable, "-m", "watcher", "agent", *mode, *args],
+            [*wrapper, sys.executable, "-m", "watcher", "agent", *mode, *local, *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
             # Health endpoints on a free port: several agents run at once, and 8080 may be taken.
             env={**os.environ, "PYTHONUNBUFFERED": "1", "LPM_HEALTH_PORT": "0"},

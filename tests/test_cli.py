@@ -46,8 +46,9 @@ def test_get_refuses_unsafe_unknown_incomplete_and_corrupt(kube_dir, store, tmp_
     _, _, uid, cid, container, _ = uri.split("/")
     _fails_cleanly(lpm("store", "get", f"shared://{uid}/../{container}/dump.tar.zst", "--store", str(store), "-o",
                        str(out)), out, "unsafe", "checkpoint ID")
-    _fails_cleanly(lpm("store", "get", "file:///etc/passwd", "--store", str(store), "-o", str(out)), out,
-                   "scheme file://")
+    # file:// names the node's local store only; anything else on the node is refused.
+    _fails_cleanly(lpm("store", "get", "file:///etc/passwd", "--store", str(store), "--local-store",
+                       str(store.parent / "local"), "-o", str(out)), out, "is not in the local store")
     _fails_cleanly(lpm("store", "get", uri.replace(cid, "20200101T000000Z-00000000"), "--store", str(store),
                        "-o", str(out)), out, "does not exist")
     dump = store / uid / cid / container / "dump.tar.zst"

@@ -20,24 +20,35 @@ def small_store(tmp_path):
     subprocess.run(["umount", str(path)], check=True)
 
 
-def test_full_disk_is_one_clear_error_nothing_half_written_and_the_agent_goes_on(kube_dir, small_store):
+def test_full_disk_holds_the_checkpoint_locally_nothing_half_written_and_the_agent_goes_on(
+        kube_dir, small_store, tmp_path):
     big = make_archive(kube_dir, ArchiveSpec(pod=Pod(container="big"), memory=24 << 20))
+    local = tmp_path / "local-store"
     with AgentProcess("--node", "node-a", "--checkpoint-dir", str(kube_dir), "--store", str(small_store),
-                      "--debounce", "0.3") as proc:
-        [failure] = proc.wait_logged("ingest failed")
-        assert failure["archive"] == big.name
-        assert "into the store: no space left on its filesystem" in failure["reason"] and big.name in failure["reason"]
+                      "--local-store", str(local), "--debounce", "0.3") as proc:
+        [fallback] = proc.wait_logged("shared store failed during the ingest; holding the checkpoint locally")
+        assert fallback["archive"] == big.name
+        assert "into the store: no space left on its filesystem" in fallback["reason"] and big.name in fallback["reason"]
+        [held] = proc.wait_logged("archive ingested")
+        assert held["archive"] == big.name and held["storageType"] == "local"
+        assert held["artifactURI"] == f"file://{local}/{held['podUID']}/{held['checkpointID']}/big/dump.tar.zst"
+        # The shared store has room for a small one: the next ingest probes it again and goes there.
         small = make_archive(kube_dir, ArchiveSpec(pod=Pod(container="small"), memory=256 << 10))
-        [done] = proc.wait_logged("archive ingested")
-        assert done["archive"] == small.name
+        done = proc.wait_logged("archive ingested", count=2)[1]
+        assert done["archive"] == small.name and done["storageType"] == "shared"
         assert proc.stop()[0] == 0
     listed = [json.loads(line) for line in lpm("store", "ls", "--store", str(small_store), "--json",
                                                check=True).stdout.splitlines()]
     assert [entry["containers"] for entry in listed] == [["small"]]
-    # The failed dump left nothing: no temp file, no directory under the big pod's final name.
+    # The failed dump left nothing in the shared store: no temp file, no directory under its final name.
     leftovers = [p for p in small_store.rglob("*") if ".tmp-" in p.name]
     assert leftovers == []
     assert not any(p.name == "big" for p in small_store.rglob("*"))
+    # The local copy is the kubelet's archive, byte for byte.
+    out = tmp_path / "big.tar"
+    lpm("store", "get", held["artifactURI"], "--store", str(small_store), "--local-store", str(local), "-o",
+        str(out), check=True)
+    assert out.read_bytes() == big.read_bytes()
 
 
 def test_full_disk_on_the_cli_exits_non_zero_with_one_line(kube_dir, small_store):

@@ -1,6 +1,7 @@
 """Store names and URIs: deterministic IDs, and nothing that can point outside the store."""
 
 from datetime import datetime, timedelta, timezone
+from pathlib import PurePosixPath
 
 import pytest
 
@@ -55,3 +56,37 @@ def test_unsafe_or_foreign_uris_are_refused_with_the_reason(uri, reason):
 def test_segment_validators_refuse_hostile_values(check, value):
     with pytest.raises(UnsafeNameError, match="unsafe"):
         check(value)
+
+
+LOCAL = PurePosixPath("/var/lib/lpm/local-store")
+
+
+def test_local_uri_round_trip_names_the_same_place_as_the_shared_one():
+    ref = layout.ArtifactRef(UID, CID, "cart-api")
+    uri = ref.file_uri(LOCAL)
+    assert uri == f"file:///var/lib/lpm/local-store/{UID}/{CID}/cart-api/dump.tar.zst"
+    assert layout.parse_local_uri(uri, LOCAL) == ref
+    assert layout.parse_location(uri, LOCAL) == (layout.StorageType.LOCAL, ref)
+    assert layout.parse_location(ref.uri, LOCAL) == (layout.StorageType.SHARED, ref)
+
+
+@pytest.mark.parametrize("uri, reason", [
+    ("file:///var/lib/kubelet/checkpoints/x.tar", "not in the local store"),
+    ("file:///etc/passwd", "not in the local store"),
+    (f"file:///var/lib/lpm/local-store-2/{UID}/{CID}/c/dump.tar.zst", "not in the local store"),
+    (f"file://var/lib/lpm/local-store/{UID}/{CID}/c/dump.tar.zst", "not in the local store"),
+    (f"file:///var/lib/lpm/local-store/../{UID}/{CID}/c/dump.tar.zst", "malformed"),
+    (f"file:///var/lib/lpm/local-store/{UID}/../c/dump.tar.zst", "unsafe checkpoint ID"),
+    (f"file:///var/lib/lpm/local-store/{UID}//{CID}/c/dump.tar.zst", "malformed"),
+    (f"file:///var/lib/lpm/local-store/{UID}/{CID}/c/manifest.json", "malformed"),
+    (f"file:///var/lib/lpm/local-store/{UID}/{CID}/c\0/dump.tar.zst", "NUL"),
+    (f"shared://{UID}/{CID}/c/dump.tar.zst", "not in the local store"),
+])
+def test_local_uris_outside_the_local_store_or_unsafe_are_refused(uri, reason):
+    with pytest.raises(UnsafeNameError, match=reason):
+        layout.parse_local_uri(uri, LOCAL)
+
+
+def test_a_relative_local_store_is_refused():
+    with pytest.raises(UnsafeNameError, match="absolute"):
+        layout.ArtifactRef(UID, CID, "c").file_uri(PurePosixPath("local-store"))

@@ -2,7 +2,9 @@
 
 Composition only: the watcher decides when an archive is ready, the ingest service moves and
 commits it in a worker thread, and this module turns each outcome into one log line a
-person can act on, then tells the watcher what to do next.
+person can act on, then tells the watcher what to do next. An archive goes to the shared
+store when it takes a write, else (or when the write fails part-way) to the node's local
+store; the mover brings local checkpoints over once the shared store is back.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
-from watcher.errors import ArchiveChanged, ArchiveError, ArchiveIncomplete, Cancelled, LpmError
+from watcher.errors import ArchiveChanged, ArchiveError, ArchiveIncomplete, Cancelled, LpmError, StoreError
 from watcher.ingest import service
 from watcher.ingest.service import IngestResult
+from watcher.mover import run_mover
 from watcher.observe import AgentMetrics, Operation
-from watcher.store import commit, fsio
+from watcher.store import commit
+from watcher.store.catalog import Checkpoint
+from watcher.store.layout import StorageType
 from watcher.store.ledger import ArchiveStamp
+from watcher.stores import Store, Stores
 from watcher.watch.dirwatch import WatchSettings, watch_directory
 from watcher.watch.stability import Outcome
 from watcher.zstream import CompressionSettings
@@ -39,6 +45,10 @@ class StandaloneConfig:
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     delete_ingested: bool = False
     """Remove a kubelet archive once its stored copy is read back and verified."""
+    local_store: Path = Path("/var/lib/lpm/local-store")
+    """Node-local store for checkpoints taken while the shared store is unavailable."""
+    move_interval: float = 30.0
+    """Seconds between the mover's looks at the local store (and probes of the shared one)."""
 
 
 class IngestHooks(Protocol):
@@ -47,61 +57,71 @@ class IngestHooks(Protocol):
     def before(self, path: Path) -> Outcome | None:
         """An outcome to report without ingesting (the archive is the agent's own request), or None."""
 
-    async def after(self, path: Path, result: IngestResult) -> None:
+    async def after(self, path: Path, result: IngestResult, store: Store) -> None:
         """Announce an ingested archive nobody requested."""
+
+    async def moved(self, checkpoint: Checkpoint) -> None:
+        """Point the API at a checkpoint's shared copy, before its local copy is removed."""
 
 
 class StandaloneAgent:
     """Ingests the kubelet checkpoint directory into the store; cluster mode adds hooks."""
 
-    def __init__(self, config: StandaloneConfig, metrics: AgentMetrics, hooks: IngestHooks | None = None) -> None:
+    def __init__(self, config: StandaloneConfig, metrics: AgentMetrics, stores: Stores,
+                 hooks: IngestHooks | None = None) -> None:
         self._config = config
         self._metrics = metrics
         self._hooks = hooks
-        self.root_fd = fsio.open_root(config.store, create=True)
+        self.stores = stores
         self.cancel = threading.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self._config
         log.info("agent starting", extra={"fields": {
             "mode": "standalone" if self._hooks is None else "cluster", "node": cfg.node, "checkpointDir": str(cfg.watch.directory),
-            "store": str(cfg.store), "deleteIngested": cfg.delete_ingested,
+            "store": str(cfg.store), "localStore": str(cfg.local_store), "deleteIngested": cfg.delete_ingested,
             "forcePolling": cfg.watch.force_polling}})
-        sweeper = asyncio.create_task(self._sweep_staging(stop), name="staging-sweeper")
+        background = [
+            asyncio.create_task(self._sweep_staging(stop), name="staging-sweeper"),
+            asyncio.create_task(run_mover(self.stores, cfg.node, self.cancel, self._metrics,
+                                          self._hooks.moved if self._hooks is not None else None,
+                                          stop, cfg.move_interval), name="local-store mover"),
+        ]
         try:
             await watch_directory(cfg.watch, self._ingest, stop)
         finally:
             self.cancel.set()  # running ingests stop at their next chunk
-            sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             log.info("agent stopped", extra={"fields": {"node": cfg.node}})
 
     async def _sweep_staging(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
-                removed = await asyncio.to_thread(commit.sweep_staging, self.root_fd, self._config.node,
-                                                  STAGING_SWEEP_INTERVAL)
-            except LpmError as err:
-                # The store can be read-only or away for a while (/readyz says so): sweep when it is back.
-                log.warning("cannot sweep staging files yet", extra={"fields": {"reason": str(err)}})
-            else:
-                if removed:
-                    log.info("removed abandoned staging files", extra={"fields": {"count": removed}})
+            for store in (self.stores.shared, self.stores.local):
+                try:
+                    removed = await asyncio.to_thread(commit.sweep_staging, store.fd, self._config.node,
+                                                      STAGING_SWEEP_INTERVAL)
+                except LpmError as err:
+                    # The store can be read-only or away for a while (/readyz says so): sweep when it is back.
+                    log.warning("cannot sweep staging files yet", extra={"fields": {
+                        "store": str(store.path), "reason": str(err)}})
+                else:
+                    if removed:
+                        log.info("removed abandoned staging files", extra={"fields": {
+                            "store": str(store.path), "count": removed}})
             try:
                 await asyncio.wait_for(stop.wait(), timeout=STAGING_SWEEP_INTERVAL)
             except asyncio.TimeoutError:
                 pass
 
     async def _ingest(self, path: Path, stamp: ArchiveStamp) -> Outcome:
-        cfg = self._config
         fields = {"archive": path.name, "bytes": stamp.size}
         if self._hooks is not None and (decided := self._hooks.before(path)) is not None:
             return decided
         started = time.monotonic()
         try:
-            result = await asyncio.to_thread(
-                service.ingest_archive, self.root_fd, path, cfg.node, cfg.compression, self.cancel,
-                datetime.now(timezone.utc))
+            result, store = await self._store_archive(path, fields)
         except Cancelled:
             return Outcome.STORE_TROUBLE
         except (ArchiveIncomplete, ArchiveChanged) as err:
@@ -118,30 +138,51 @@ class StandaloneAgent:
             return Outcome.STORE_TROUBLE
         seconds = time.monotonic() - started
         self._metrics.ingested(result, seconds)
+        if store.kind is StorageType.LOCAL and not result.duplicate:
+            self._metrics.held_locally.inc()
         manifest = result.manifest
         log.info("archive already in the store" if result.duplicate else "archive ingested",
                  extra={"fields": {
                      **fields, "podUID": manifest.pod_uid, "pod": f"{manifest.pod_namespace}/{manifest.pod_name}",
                      "container": manifest.container_name, "checkpointID": manifest.checkpoint_id,
-                     "artifactURI": manifest.ref.uri, "compressedBytes": manifest.compressed_size,
+                     "artifactURI": store.uri(manifest.ref), "storageType": store.kind.value,
+                     "compressedBytes": manifest.compressed_size,
                      "seconds": round(seconds, 3),
                      "mbPerSecond": round(stamp.size / seconds / 1e6, 1) if seconds > 0 else None}})
         if self._hooks is not None:
             # Also for duplicates: announcing is idempotent, and a restart must finish an
             # announcement the API refused last time.
             try:
-                await self._hooks.after(path, result)
+                await self._hooks.after(path, result, store)
             except LpmError as err:
                 log.error("ingested archive not announced yet", extra={"fields": {**fields, "reason": str(err)}})
                 return Outcome.STORE_TROUBLE
-        await self._verify_and_clean(path, fields)
+        await self._verify_and_clean(path, store, fields)
         return Outcome.DONE
 
-    async def _verify_and_clean(self, path: Path, fields: dict[str, object]) -> None:
+    async def _store_archive(self, path: Path, fields: dict[str, object]) -> tuple[IngestResult, Store]:
+        """Ingest into the shared store if it takes a write, else (or if it fails part-way) the local one."""
+        if await self.stores.probe() is None:
+            try:
+                return await self._ingest_into(self.stores.shared, path), self.stores.shared
+            except StoreError as err:
+                # Nothing half-written is visible: a dump reaches its final name only fsynced, and
+                # the checkpoint only with its marker. The archive is still in the kubelet directory.
+                self.stores.unavailable(str(err))
+                log.warning("shared store failed during the ingest; holding the checkpoint locally",
+                            extra={"fields": {**fields, "reason": str(err)}})
+        return await self._ingest_into(self.stores.local, path), self.stores.local
+
+    async def _ingest_into(self, store: Store, path: Path) -> IngestResult:
+        cfg = self._config
+        return await asyncio.to_thread(service.ingest_archive, store.fd, path, cfg.node, cfg.compression,
+                                       self.cancel, datetime.now(timezone.utc))
+
+    async def _verify_and_clean(self, path: Path, store: Store, fields: dict[str, object]) -> None:
         """Read the stored copy back (the ledger then says verified), then remove the kubelet's if asked."""
         step = service.delete_verified if self._config.delete_ingested else service.verify_ingested
         try:
-            await asyncio.to_thread(step, self.root_fd, path, self._config.node, self._config.compression,
+            await asyncio.to_thread(step, store.fd, path, self._config.node, self._config.compression,
                                     self.cancel)
         except Cancelled:
             return

@@ -3,9 +3,10 @@
     lpm agent --standalone --node NAME --checkpoint-dir DIR --store DIR [--delete-ingested] [--force-polling]
     lpm agent --node NAME [--kubeconfig FILE] --kubelet-ca FILE [--kubelet-token-file FILE] ...  (cluster mode)
               both modes: [--health-port 8080]  (/metrics, /healthz, /readyz; 0: any free port)
+                          [--local-store DIR] [--move-interval 30]  (while the shared store is unavailable)
     lpm ingest ARCHIVE --store DIR --node NAME [--target-node NAME]
     lpm store ls --store DIR [--json]
-    lpm store get URI --store DIR -o FILE
+    lpm store get URI --store DIR [--local-store DIR] -o FILE
     lpm gc --store DIR [--once] [--interval 10m] [--retention 24h] [--stale-after 1h] [--dry-run]
            [--standalone | --kubeconfig FILE]      (the collector: package lpm_gc, folder gc/)
 
@@ -39,6 +40,8 @@ from watcher.restore.standalone import RestorerSettings, StandaloneRestorer
 from watcher.ingest import service
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.store.catalog import Checkpoint
+from watcher.store.layout import StorageType
+from watcher.stores import Stores
 from watcher.watch.dirwatch import WatchSettings
 from watcher.zstream import CompressionSettings
 
@@ -50,6 +53,12 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+LOCAL_STORE = "/var/lib/lpm/local-store"
+
+
+def _local_store_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--local-store", type=Path, default=Path(_env("LPM_LOCAL_STORE", LOCAL_STORE) or LOCAL_STORE),
+                        help=f"{help} (env LPM_LOCAL_STORE, default {LOCAL_STORE})")
 
 
 # The first is the default: CRI-O's and podman's store, the runtime lpm's live test restores with.
@@ -87,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="kubelet checkpoint directory (env LPM_CHECKPOINT_DIR)")
     agent.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""),
                        help="shared checkpoint store (env LPM_STORE)")
+    _local_store_flag(agent, "node-local store: checkpoints taken while the shared store is unavailable are "
+                             "held here, with file:// URIs, and moved to the shared store once it is back")
+    agent.add_argument("--move-interval", type=float, default=float(_env("LPM_MOVE_INTERVAL", "30") or "30"),
+                       help="seconds between looks at the local store for checkpoints to move to the shared "
+                            "store (default 30; env LPM_MOVE_INTERVAL)")
     agent.add_argument("--delete-ingested", action="store_true",
                        help="remove a kubelet archive after its stored copy is verified")
     agent.add_argument("--force-polling", action="store_true",
@@ -153,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     get = store_commands.add_parser("get", help="write a checkpoint's original kubelet archive, verified")
     get.add_argument("uri")
     get.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
+    _local_store_flag(get, "where file:// URIs are read from")
     get.add_argument("-o", "--output", type=Path, required=True)
 
     gc_cli.add_parser(commands)
@@ -191,15 +206,20 @@ def _agent(args: argparse.Namespace) -> int:
                             force_polling=args.force_polling),
         compression=_compression(args),
         delete_ingested=args.delete_ingested,
+        local_store=args.local_store.resolve(),
+        move_interval=args.move_interval,
     )
-    metrics = AgentMetrics(config.store)
-    readiness = Readiness(config.store, config.node)
+    stores = Stores(config.store, config.local_store, config.node)
+    metrics = AgentMetrics(config.store, config.local_store)
+    stores.on_change(lambda available: metrics.shared_store_available.set(1 if available else 0))
+    readiness = Readiness(stores)
     if args.standalone:
-        ingest = StandaloneAgent(config, metrics)
+        ingest = StandaloneAgent(config, metrics, stores)
         agent: Agent = ingest
         if args.restore:
             agent = _WithRestorer(ingest, RestorerSettings(config.node, args.restore_work_dir, make_importer(args),
-                                                          config.compression, args.marker_poll), metrics)
+                                                          config.compression, args.marker_poll),
+                                  stores.shared.fd, metrics)
         return asyncio.run(_run_until_signal(agent, args.health_port, metrics, readiness))
     if args.kubelet_ca is None:
         raise LpmError("cluster mode needs the kubelets' CA: pass --kubelet-ca or set LPM_KUBELET_CA "
@@ -208,8 +228,8 @@ def _agent(args: argparse.Namespace) -> int:
                             KubeletSettings(ca_file=args.kubelet_ca, token_file=args.kubelet_token_file,
                                             checkpoint_timeout=args.kubelet_timeout),
                             RestoreSettings(args.restore_work_dir, make_importer(args), marker_poll=args.marker_poll))
-    return asyncio.run(_run_until_signal(ClusterAgent(cluster, metrics, readiness), args.health_port, metrics,
-                                         readiness))
+    return asyncio.run(_run_until_signal(ClusterAgent(cluster, metrics, readiness, stores), args.health_port,
+                                         metrics, readiness))
 
 
 def make_importer(args: argparse.Namespace) -> Importer:
@@ -233,9 +253,11 @@ class Agent(Protocol):
 class _WithRestorer:
     """Standalone mode with its destination half beside the ingest; one failing stops both."""
 
-    def __init__(self, agent: StandaloneAgent, settings: RestorerSettings, metrics: AgentMetrics) -> None:
+    def __init__(self, agent: StandaloneAgent, settings: RestorerSettings, shared_fd: int,
+                 metrics: AgentMetrics) -> None:
         self._agent = agent
-        self._restorer = StandaloneRestorer(settings, agent.root_fd, agent.cancel, metrics)
+        # The shared store only: a checkpoint another node holds locally is not restorable from here yet.
+        self._restorer = StandaloneRestorer(settings, shared_fd, agent.cancel, metrics)
 
     async def run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as group:
@@ -291,7 +313,8 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
-    ref = layout.parse_uri(args.uri)
-    root_fd = fsio.open_root(args.store.resolve(), create=False)
+    local_store = args.local_store.resolve()
+    kind, ref = layout.parse_location(args.uri, local_store)
+    root_fd = fsio.open_root(local_store if kind is StorageType.LOCAL else args.store.resolve(), create=False)
     retrieve.get(root_fd, ref, args.output, CompressionSettings(), threading.Event())
     return 0

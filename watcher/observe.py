@@ -2,12 +2,16 @@
 
 - ``/metrics``: Prometheus text. Durations of checkpoints (kubelet call to committed
   checkpoint), restores and directory ingests as histograms; bytes ingested and stored;
-  failures by operation and reason; the store's usage, read at each scrape.
+  failures by operation and reason; the store's usage, read at each scrape; whether the
+  shared store is available, what the local store holds meanwhile, and what was moved back.
 - ``/healthz``: 200 whenever the handler runs. It runs on the agent's event loop, so an
   answer IS the proof that the loop is not wedged; a wedged loop answers nothing and the
   kubelet's liveness probe times out.
-- ``/readyz``: 200 once every API watch has listed its objects and the store takes a write;
-  503 with the reasons otherwise.
+- ``/readyz``: 200 once every API watch has listed its objects and a store takes a write;
+  503 with the reasons otherwise. Degraded is ready: with the shared store unavailable the
+  agent still checkpoints (into the local store), so it answers 200 with a ``degraded:``
+  line saying why. A not-ready DaemonSet pod would stall rolling updates and page for the
+  wrong thing; the degradation is alerted on from ``lpm_shared_store_available`` instead.
 
 One listening socket, dual-stack where the kernel has IPv6: the kubelet probes the pod's
 address, whichever family the cluster uses.
@@ -26,19 +30,20 @@ from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from watcher.errors import ApiError, ArchiveError, IdentityError, LpmError, StoreError, UnsafeNameError
 from watcher.ingest.service import IngestResult
 from watcher.kubelet import KubeletError
+from watcher.store import fsio, transfer
 from watcher.store.usage import store_usage
+from watcher.stores import Stores
 
 log = logging.getLogger("lpm.agent")
-
-STORE_PROBE_TIMEOUT = 3.0
-"""Seconds a store write may take before /readyz says no; below the DaemonSet's probe timeout (5 s)."""
 
 # Seconds. Checkpoints include the runtime's CRIU dump, minutes for large memory.
 _DURATION_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -95,13 +100,49 @@ class _StoreUsage(Collector):
         yield GaugeMetricFamily("lpm_store_usage_ratio", "Used / (used + available), as df's Use%", usage.ratio)
 
 
+class _LocalCheckpoints(Collector):
+    """What the local store holds, read when scraped: checkpoints waiting for the shared store."""
+
+    def __init__(self, local_store: Path | None) -> None:
+        self._local_store = local_store
+
+    def collect(self) -> Iterator[Metric]:
+        held = []
+        if self._local_store is not None:
+            try:
+                fd = fsio.open_root(self._local_store, create=False)
+            except LpmError:
+                return  # no sample rather than a wrong one
+            try:
+                held = transfer.local_checkpoints(fd)
+            except (LpmError, OSError):
+                return
+            finally:
+                os.close(fd)
+        yield GaugeMetricFamily("lpm_local_checkpoints", "Complete checkpoints held in the node's local store "
+                                "because the shared store was unavailable", len(held))
+        yield GaugeMetricFamily("lpm_local_checkpoint_bytes", "Bytes of the dumps held in the node's local store",
+                                sum(m.compressed_size for c in held for m in c.manifests))
+
+
 class AgentMetrics:
     """One registry per agent, so tests (and two agents in one process) never share counters."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, local_store: Path | None = None) -> None:
         self.registry = r = CollectorRegistry()
         ProcessCollector(registry=r)  # memory, CPU, open fds: what a leak looks like
         r.register(_StoreUsage(store))
+        r.register(_LocalCheckpoints(local_store))
+        self.shared_store_available = Gauge(
+            "lpm_shared_store_available", "1 when the shared store took the last probe's write, else 0 "
+            "(checkpoints then go to the local store)", registry=r)
+        self.shared_store_available.set(1)
+        self.held_locally = Counter(
+            "lpm_checkpoints_held_locally", "Checkpoints committed to the local store because the shared "
+            "store was unavailable", registry=r)
+        self.moved_to_shared = Counter(
+            "lpm_checkpoints_moved_to_shared", "Checkpoints moved from the local store into the shared store",
+            registry=r)
         self.checkpoint_duration = Histogram(
             "lpm_checkpoint_duration_seconds",
             "From the kubelet call to the committed checkpoint, all containers of one request",
@@ -148,67 +189,42 @@ class AgentMetrics:
 
 
 class Readiness:
-    """Ready = every registered API watch has listed once, and the store takes a write now."""
+    """Ready = every registered API watch has listed once, and a store (shared, else local) takes a write."""
 
-    def __init__(self, store: Path, node: str) -> None:
-        self._store = store
-        # A dot-name: every reader of the store skips those. One per node, so agents never collide.
-        self._probe_name = f".readyz-{node}"
+    def __init__(self, stores: Stores) -> None:
+        self._stores = stores
         self._watches: dict[str, asyncio.Event] = {}
-        self._probe: asyncio.Future[None] | None = None
-        self._was_ready: bool | None = None
+        self._was: tuple[bool, bool] | None = None
 
     def watch(self, name: str) -> asyncio.Event:
         """The event an informer sets once its first list is done (its ``synced``)."""
         event = self._watches[name] = asyncio.Event()
         return event
 
-    async def problems(self) -> list[str]:
+    async def check(self) -> tuple[list[str], str | None]:
+        """(problems: not ready while any, the degradation: ready but held locally, or None)."""
         problems = [f"watch {name} not established yet" for name, synced in self._watches.items()
                     if not synced.is_set()]
-        store = await self._store_problem()
-        if store is not None:
-            problems.append(store)
-        self._log_change(problems)
-        return problems
+        degraded = await self._stores.probe()
+        if degraded is not None:
+            local = await asyncio.to_thread(self._stores.local_writable)
+            if local is not None:
+                problems += [degraded, local]
+                degraded = None
+        self._log_change(problems, degraded)
+        return problems, degraded
 
-    async def _store_problem(self) -> str | None:
-        # At most one probe in flight: on a hung NFS mount each would block a thread for good.
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.ensure_future(asyncio.to_thread(_write_probe, self._store, self._probe_name))
-        try:
-            await asyncio.wait_for(asyncio.shield(self._probe), STORE_PROBE_TIMEOUT)
-        except asyncio.TimeoutError:
-            return f"store {self._store}: a write got no answer within {STORE_PROBE_TIMEOUT:g} s"
-        except OSError as err:
-            return f"store {self._store}: not writable ({err.strerror or err})"
-        return None
-
-    def _log_change(self, problems: list[str]) -> None:
-        ready = not problems
-        if ready == self._was_ready:
+    def _log_change(self, problems: list[str], degraded: str | None) -> None:
+        now = (not problems, degraded is not None)
+        if now == self._was:
             return
-        self._was_ready = ready
-        if ready:
-            log.info("agent ready", extra={"fields": {"store": str(self._store)}})
-        else:
+        self._was = now
+        if problems:
             log.warning("agent not ready", extra={"fields": {"problems": problems}})
-
-
-def _write_probe(store: Path, name: str) -> None:
-    """Create, write, fsync and remove one small file: what an ingest needs of the store, in brief."""
-    root = os.open(store, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        # O_NOFOLLOW: a symlink planted under this name is refused, not written through.
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=root)
-        try:
-            os.write(fd, b"ready\n")
-            os.fsync(fd)  # on NFS the round trip to the server, which is what a dead server fails
-        finally:
-            os.close(fd)
-        os.unlink(name, dir_fd=root)
-    finally:
-        os.close(root)
+        elif degraded is not None:
+            log.warning("agent ready, degraded", extra={"fields": {"reason": degraded}})
+        else:
+            log.info("agent ready", extra={"fields": {"store": str(self._stores.shared.path)}})
 
 
 def _listen(port: int) -> socket.socket:
@@ -239,9 +255,11 @@ async def serving(port: int, metrics: AgentMetrics, readiness: Readiness) -> Asy
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        problems = await readiness.problems()
+        problems, degraded = await readiness.check()
         if problems:
             return web.Response(status=503, text="\n".join(problems) + "\n")
+        if degraded is not None:
+            return web.Response(text=f"ok\ndegraded: {degraded}; checkpoints are held in the local store\n")
         return web.Response(text="ok\n")
 
     async def metrics_page(_: web.Request) -> web.Response:

@@ -96,23 +96,29 @@ def _capabilities(pid: int) -> dict[str, str]:
             if k in ("Uid", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs")}
 
 
-def test_standalone_agent_without_capabilities_serves_health_and_metrics(kube_dir: Path, tmpfs: Path) -> None:
+def test_standalone_agent_without_capabilities_serves_health_and_metrics(kube_dir: Path, tmpfs: Path,
+                                                                         tmp_path: Path) -> None:
     store = tmpfs / "store"
     store.mkdir(mode=0o700)
+    local = tmp_path / "local-store"
     _mount("-o", "remount,ro", str(tmpfs))  # the shared volume, not writable yet
     with AgentProcess("--node", "node-a", "--checkpoint-dir", str(kube_dir), "--store", str(store),
-                      "--debounce", "0.2", wrapper=NO_CAPABILITIES) as agent:
+                      "--local-store", str(local), "--debounce", "0.2", wrapper=NO_CAPABILITIES) as agent:
         port = _port(agent)
         caps = _capabilities(agent.proc.pid)
         assert caps["Uid"].split()[0] == "0" and caps["NoNewPrivs"] == "1"
         assert {caps[k] for k in ("CapPrm", "CapEff", "CapBnd", "CapAmb")} == {"0000000000000000"}
 
         assert _get(port, "/healthz") == (200, "ok\n")
-        status, reasons = _get(port, "/readyz")
-        assert status == 503 and "not writable (Read-only file system)" in reasons, reasons
+        # Degraded is ready: checkpoints can still be taken, into the local store; the body says why.
+        status, body = _get(port, "/readyz")
+        assert status == 200 and body.startswith("ok\ndegraded: shared store"), body
+        assert "not writable (Read-only file system)" in body and "held in the local store" in body, body
+        assert _sample(port, "lpm_shared_store_available") == 0
 
         _mount("-o", "remount,rw", str(tmpfs))
-        _until(lambda: _get(port, "/readyz") == (200, "ok\n"), "/readyz to turn 200 once the store is writable")
+        _until(lambda: _get(port, "/readyz") == (200, "ok\n"), "/readyz to drop 'degraded' once the store is writable")
+        assert _sample(port, "lpm_shared_store_available") == 1
 
         # An ingest, from a kubelet directory the agent can read only as its owner.
         assert os.stat(kube_dir).st_mode & 0o777 == 0o700 and os.stat(kube_dir).st_uid == 0
@@ -125,6 +131,7 @@ def test_standalone_agent_without_capabilities_serves_health_and_metrics(kube_di
         assert _sample(port, "lpm_store_used_bytes") > 0
         assert 0 < _sample(port, "lpm_store_usage_ratio") < 1
         assert _sample(port, "lpm_failures_total", operation="ingest", reason="identity") == 0
+        assert _sample(port, "lpm_local_checkpoints") == 0
 
         # An archive without identity is refused, and counted by reason.
         nameless = Pod(container="nospec")
@@ -133,12 +140,23 @@ def test_standalone_agent_without_capabilities_serves_health_and_metrics(kube_di
         assert _sample(port, "lpm_failures_total", operation="ingest", reason="identity") == 1
         assert _sample(port, "lpm_checkpoint_duration_seconds_count") == 0  # no kubelet calls in standalone
 
-        # The volume fails under a running agent: not ready, but alive (a restart would not fix it).
+        # The volume fails under a running agent: degraded, still ready and alive.
         _mount("-o", "remount,ro", str(tmpfs))
-        status, reasons = _get(port, "/readyz")
-        assert status == 503 and "Read-only file system" in reasons, reasons
+        status, body = _get(port, "/readyz")
+        assert status == 200 and "Read-only file system" in body, body
         assert _get(port, "/healthz") == (200, "ok\n")
-        assert agent.wait_logged("agent not ready", count=2)[-1]["problems"] == [reasons.strip()]
+        assert agent.wait_logged("agent ready, degraded", count=2)[-1]["reason"] in body
+        # With the local store unwritable too (uid 0 without CAP_DAC_OVERRIDE obeys a 0500 mode), it cannot
+        # checkpoint at all: not ready, with both reasons.
+        os.chmod(local, 0o500)
+        try:
+            status, reasons = _get(port, "/readyz")
+            assert status == 503, reasons
+            assert [line.split(":")[0] for line in reasons.splitlines()] == [f"shared store {store}",
+                                                                             f"local store {local}"], reasons
+            assert agent.wait_logged("agent not ready")[-1]["problems"] == reasons.splitlines()
+        finally:
+            os.chmod(local, 0o700)
 
         assert agent.stop()[0] == 0
 

@@ -111,6 +111,10 @@ def test_the_daemonset_is_what_issue_6_asks(rendered: dict[str, list[dict[str, A
     assert volumes["checkpoint-repo"]["persistentVolumeClaim"] == {"claimName": "checkpoint-repo"}
     for name in ("agent", "collector"):
         assert mounts[name]["checkpoint-repo"]["mountPath"] == STORE
+    # The fallback while the shared store is unavailable: on the node's disk, surviving the pod, writable.
+    local = _env(agent)["LPM_LOCAL_STORE"]
+    assert volumes["local-store"]["hostPath"] == {"path": local, "type": "DirectoryOrCreate"}
+    assert mounts["agent"]["local-store"]["mountPath"] == local and not mounts["agent"]["local-store"].get("readOnly")
     assert _env(agent)["LPM_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     ca = Path(_env(agent)["LPM_KUBELET_CA"])
     assert ca.parent == Path(mounts["agent"]["kubelet-ca"]["mountPath"])

@@ -17,7 +17,7 @@ from tests.deploy.kustomize import OVERLAYS, component_agent, find, render
 from watcher.cli import build_parser, make_importer
 from watcher.restore.importer import ContainerdImporter, ContainersStorageImporter, RegistryImporter
 
-BASE_HOST_PATHS = {"/var/lib/kubelet/checkpoints"}
+BASE_HOST_PATHS = {"/var/lib/kubelet/checkpoints": "Directory", "/var/lib/lpm/local-store": "DirectoryOrCreate"}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_cri_o_writes_the_nodes_containers_storage_with_the_capabilities_skopeo_
         rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch) -> None:
     pod, agent = _agent(rendered["cri-o"])
     assert isinstance(make_importer(_parsed(rendered["cri-o"], monkeypatch)), ContainersStorageImporter)
-    assert _host_paths(pod) == {**dict.fromkeys(BASE_HOST_PATHS, "Directory"),
+    assert _host_paths(pod) == {**BASE_HOST_PATHS,
                                 "/var/lib/containers/storage": "Directory", "/run/containers/storage": "Directory"}
     assert _mounts(agent)["/var/lib/containers/storage"] and _mounts(agent)["/run/containers/storage"]
     assert agent["securityContext"] == {
@@ -98,13 +98,13 @@ def test_registry_needs_nothing_from_the_node(rendered: dict[str, list[dict[str,
     assert volumes[_mounts(agent)[str(importer.cert_dir)]]["configMap"]["optional"] is True
     assert volumes[_mounts(agent)[str(importer.auth_file.parent)]]["secret"] == {
         "secretName": "lpm-registry-auth", "defaultMode": 0o400}
-    assert set(_host_paths(pod)) == BASE_HOST_PATHS
+    assert _host_paths(pod) == BASE_HOST_PATHS
     assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
 
 def test_the_base_alone_grants_no_way_into_the_runtime(rendered: dict[str, list[dict[str, Any]]]) -> None:
     pod, agent = _agent(rendered["base"])
-    assert set(_host_paths(pod)) == BASE_HOST_PATHS
+    assert _host_paths(pod) == BASE_HOST_PATHS
     assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert "LPM_IMPORTER" not in {e["name"] for e in agent["env"]}
 

@@ -167,10 +167,10 @@ def _privileges(component: str) -> list[str]:
 
 def _restore_in_container(box: Sandbox, ref: str, flags: list[str], *agent_flags: str) -> dict[str, str]:
     """Run the image's agent as a standalone destination until it has imported one checkpoint addressed to
-    its node; returns the image references it logged. The store and the kubelet directory are in the share."""
+    its node; returns the image references it logged. The stores and the kubelet directory are in the share."""
     scratch = Path(tempfile.mkdtemp(prefix="restore-", dir=box.share))
-    store, kubelet = scratch / "store", scratch / "kubelet"
-    for path in (store, kubelet):
+    store, kubelet, local = scratch / "store", scratch / "kubelet", scratch / "local-store"
+    for path in (store, kubelet, local):
         path.mkdir(mode=0o700)
     archive = make_archive(kubelet, ArchiveSpec(memory=1 << 20, config=PODMAN_CONFIG))
     lpm("ingest", str(archive), "--store", str(store), "--node", "n0", "--target-node", "n1", check=True)
@@ -179,6 +179,7 @@ def _restore_in_container(box: Sandbox, ref: str, flags: list[str], *agent_flags
     # The emptyDir of deploy/base, and the same mounts as the DaemonSet's.
     box.run("podman", "run", "-d", "--name", name, *flags, "--tmpfs", "/var/lib/lpm/restore:mode=0700",
             "-v", f"{store}:/mnt/checkpoints", "-v", f"{kubelet}:/var/lib/kubelet/checkpoints:ro",
+            "-v", f"{local}:/var/lib/lpm/local-store",
             ref, "agent", "--standalone", "--restore", "--node", "n1", "--marker-poll", "0.5", "--health-port", "0",
             *agent_flags)
     try:

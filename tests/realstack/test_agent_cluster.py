@@ -8,18 +8,21 @@ test CA. Each test gets its own namespace, checkpoint directory and store.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
 from lab.controlplane import ControlPlane
@@ -235,25 +238,86 @@ async def test_migration_to_a_node_that_does_not_exist_fails_with_the_reason(clu
     assert cluster.nodes["node-a"].kubelet.requests == []  # the pod was never touched
 
 
+def _metric(agent: AgentProcess, name: str) -> float:
+    [served] = agent.wait_logged("health endpoints served")
+    with urllib.request.urlopen(f"http://127.0.0.1:{served['port']}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
 @pytest.mark.asyncio
-async def test_unwritable_store_fails_the_checkpoint_clearly(cluster: Cluster) -> None:
+async def test_read_only_store_holds_checkpoints_locally_until_it_is_back_then_the_migration_goes_on(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LPM_TEST_IMPORT_SECONDS", "0")
     store = cluster.nodes["node-a"].store
     store.mkdir(mode=0o700)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(store)], check=True)
+    local = cluster.tmp / "node-a" / "local-store"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs", str(store)], check=True)
     try:
-        cluster.create_pod("ro-0", "node-a")
-        cluster.start_agent("node-a")
+        pod = cluster.create_pod("ro-0", "node-a", annotations={"lpm.my.domain/migrate-to": "node-b"})
         subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
+        source = cluster.start_agent("node-a", "--local-store", str(local), "--move-interval", "0.5")
+        destination = cluster.start_agent("node-b", "--restore-work-dir", str(cluster.tmp / "work-b"),
+                                          "--import-prefix", str(SLOW_IMPORT))
         cluster.create("containercheckpoints", "ro", "ContainerCheckpoint", {"podName": "ro-0", "containerName": "app"})
-        done = await eventually(lambda: _phase(c := cluster.get("containercheckpoints", "ro")) == "Failed" and c,
-                                what="ContainerCheckpoint to fail")
-        assert "Read-only file system" in done["status"]["message"], done["status"]
-        pod = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/ro-0")
-        assert pod["metadata"].get("deletionTimestamp") is None  # the source pod is untouched
+
+        # The migration's checkpoint is taken anyway, held on node-a, and says so.
+        migration = await _checkpoint_complete(cluster, "ro-0")
+        name = migration["metadata"]["name"]
+        message = migration["status"]["message"]
+        assert "held locally on node node-a" in message and "Read-only file system" in message, message
+        checkpoint = cluster.get("podcheckpoints", migration["status"]["podCheckpointRef"]["name"])
+        content_name = checkpoint["status"]["boundContentName"]
+        content = cluster.get("podcheckpointcontents", content_name, namespaced=False)
+        cid = content["spec"]["checkpointID"]
+        [entry] = content["spec"]["containers"]
+        assert entry["storageType"] == "local"
+        assert entry["artifactURI"] == f"file://{local}/{pod['metadata']['uid']}/{cid}/app/dump.tar.zst"
+        request = await eventually(lambda: _phase(c := cluster.get("containercheckpoints", "ro")) in
+                                   ("Succeeded", "Failed") and c, what="ContainerCheckpoint to finish")
+        assert _phase(request) == "Succeeded" and "held locally on node node-a" in request["status"]["message"]
+        single = cluster.get("containercheckpointcontents", request["status"]["boundContentName"], namespaced=False)
+        assert single["spec"]["storageType"] == "local" and single["spec"]["artifactURI"].startswith(f"file://{local}/")
+        held = [e for e in cluster.events("ro-0") if e["reason"] == "CheckpointHeldLocally"]
+        assert len(held) == 2 and {e["type"] for e in held} == {"Warning"}
+        # Both requests in one second of the stand-in kubelet can name the same archive, so the same checkpoint.
+        ids = {cid, single["spec"]["artifactURI"].split("/")[-3]}
+        assert _metric(source, "lpm_shared_store_available") == 0
+        assert _metric(source, "lpm_local_checkpoints") == len(ids)
+        # node-b cannot read node-a's disk: it waits, it does not fail.
+        destination.wait_logged("checkpoint held in its source node's local store; waiting for the shared store")
+        await asyncio.sleep(1)
+        assert _phase(cluster.get("podmigrations", name)) == "CheckpointComplete"
+        assert [p["metadata"]["name"] for p in _pods(cluster)] == ["ro-0"]
+
+        subprocess.run(["mount", "-o", "remount,rw", str(store)], check=True)
+        source.wait_logged("checkpoint moved to the shared store", count=len(ids))
+        content = cluster.get("podcheckpointcontents", content_name, namespaced=False)
+        [entry] = content["spec"]["containers"]
+        assert (entry["storageType"], entry["artifactURI"]) == (
+            "shared", f"shared://{pod['metadata']['uid']}/{cid}/app/dump.tar.zst")
+        single = cluster.get("containercheckpointcontents", request["status"]["boundContentName"], namespaced=False)
+        assert single["spec"]["storageType"] == "shared" and single["spec"]["artifactURI"].startswith("shared://")
+        assert "moved from node node-a's local store" in cluster.get("containercheckpoints", "ro")["status"]["message"]
+        assert not any(p.is_file() for p in local.rglob("*") if "/.ingest/" not in str(p))  # local copies gone
+        assert _metric(source, "lpm_local_checkpoints") == 0
+        assert _metric(source, "lpm_checkpoints_moved_to_shared_total") == len(ids)
+        # The move re-triggers node-b (the migration's status changed), which restores from the shared store.
+        restored = await eventually(lambda: cluster.get("podmigrations", name)["status"].get("restoredPodName"),
+                                    what="the restore once the checkpoint is shared")
+        assert cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/{restored}")["spec"]["nodeName"] \
+            == "node-b"
+        out = cluster.tmp / "moved.tar"
+        lpm("store", "get", entry["artifactURI"], "--store", str(store), "-o", str(out), check=True)
+        kubelet_archives = sorted(cluster.nodes["node-a"].checkpoint_dir.glob("checkpoint-ro-0_*.tar"))
+        assert out.read_bytes() in [a.read_bytes() for a in kubelet_archives]
+        assert entry["checksumSHA256"] == hashlib.sha256((store / pod["metadata"]["uid"] / cid / "app" /
+                                                          "dump.tar.zst").read_bytes()).hexdigest()
     finally:
-        agent = cluster.nodes["node-a"].agent
-        if agent is not None:
-            agent.kill()
+        for node in ("node-a", "node-b"):
+            agent = cluster.nodes[node].agent
+            if agent is not None:
+                agent.kill()
         subprocess.run(["umount", str(store)], check=True)
 
 

@@ -227,3 +227,58 @@ async def test_printer_columns_are_served(admin: ApiClient, namespace: str) -> N
     assert columns[:5] == ["Name", "Pod", "Source", "Target", "Phase"]
     (row,) = table["rows"]
     assert row["cells"][:5] == [name, "web-0", "node-a", "node-b", "Checkpointing"]
+
+
+LOCAL_STORE = "/var/lib/lpm/local-store"
+
+
+def _held_locally(body: Object) -> Object:
+    """The same content as announced while the shared store was unavailable: file:// and local."""
+    entries = body["spec"]["containers"] if body["kind"] == "PodCheckpointContent" else [body["spec"]]
+    for entry in entries:
+        entry["artifactURI"] = f"file://{LOCAL_STORE}/" + entry["artifactURI"].removeprefix("shared://")
+        entry["storageType"] = "local"
+    return body
+
+
+def _entries(body: Object) -> list[Object]:
+    return body["spec"]["containers"] if body["kind"] == "PodCheckpointContent" else [body["spec"]]
+
+
+async def _replace(api: CustomObjectsApi, body: Object) -> Object:
+    plural, _ = RESOURCES[body["kind"]]
+    result: Object = await api.replace_cluster_custom_object(GROUP, VERSION, plural, body["metadata"]["name"], body)
+    return result
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["ContainerCheckpointContent", "PodCheckpointContent"])
+async def test_a_local_content_moves_to_the_shared_store_once_and_nothing_else_changes(
+    admin: ApiClient, namespace: str, kind: str
+) -> None:
+    api = CustomObjectsApi(admin)
+    local = await create_object(api, _held_locally(SAMPLES[kind](unique(kind.lower()), namespace)))
+    assert {e["storageType"] for e in _entries(local)} == {"local"}
+
+    # The move may not change what the bytes are, only where they are.
+    tampered = json.loads(json.dumps(local))
+    for entry in _entries(tampered):
+        entry["artifactURI"] = "shared://" + entry["artifactURI"].split(f"{LOCAL_STORE}/", 1)[1]
+        entry["storageType"] = "shared"
+    _entries(tampered)[0]["checksumSHA256"] = "0" * 64
+    with pytest.raises(ApiException) as refused:
+        await _replace(api, tampered)
+    assert refused.value.status == 422 and "moving to the shared store" in str(refused.value.body)
+
+    moved = json.loads(json.dumps(local))
+    for entry in _entries(moved):
+        entry["artifactURI"] = "shared://" + entry["artifactURI"].split(f"{LOCAL_STORE}/", 1)[1]
+        entry["storageType"] = "shared"
+    updated = await _replace(api, moved)
+    assert [e["artifactURI"] for e in _entries(updated)] == [e["artifactURI"] for e in _entries(moved)]
+    assert {e["storageType"] for e in _entries(updated)} == {"shared"}
+
+    # Once shared, it stays: back to local (or anywhere else) is refused.
+    with pytest.raises(ApiException) as refused:
+        await _replace(api, _held_locally(updated))
+    assert refused.value.status == 422 and "spec is immutable" in str(refused.value.body)

@@ -1,7 +1,9 @@
 """The node agent in cluster mode: informers, one worker per object, the directory watcher.
 
 Watches (list, then watch, relist on 410): pods on this node (field selector
-``spec.nodeName``), ContainerCheckpoints, PodCheckpoints and PodMigrations. Every background
+``spec.nodeName``), ContainerCheckpoints, PodCheckpoints and PodMigrations. The directory
+watcher's mover switches contents to ``shared`` when it moves a locally held checkpoint
+(``relocation``); the PodMigration status that move writes is what brings the destination back. Every background
 task is named and supervised: if one ends unexpectedly the agent logs it and stops, and the
 DaemonSet restarts it, rather than running on half-blind.
 """
@@ -20,6 +22,7 @@ from watcher.cluster.checkpointing import (
 )
 from watcher.cluster.claims import Claim, Claims
 from watcher.cluster.migration import reconcile_annotated_pod, reconcile_migration
+from watcher.cluster.relocation import announce_moved
 from watcher.cluster.objects import (
     API_VERSION, MIGRATION_LABEL, ORIGIN_ANNOTATION, ORIGIN_KUBELET_DIRECTORY, Phase, content_name, lpm_path, meta,
     pod_path,
@@ -34,6 +37,8 @@ from watcher.observe import AgentMetrics, Readiness
 from watcher.restore.destination import Destination
 from watcher.restore.importer import ContainersStorageImporter, Importer
 from watcher.restore.markers import poll_markers
+from watcher.store.catalog import Checkpoint
+from watcher.stores import Store, Stores
 from watcher.watch.stability import Outcome
 
 log = logging.getLogger("lpm.agent")
@@ -61,9 +66,11 @@ class RestoreSettings:
 class _DirectoryHooks:
     """Archives in the kubelet directory: the agent's own requests, or ones nobody asked for."""
 
-    def __init__(self, kube: Kube, claims: Claims) -> None:
+    def __init__(self, kube: Kube, claims: Claims, node: str, local_store: Path) -> None:
         self._kube = kube
         self._claims = claims
+        self._node = node
+        self._local_store = local_store
 
     def before(self, path: Path) -> Outcome | None:
         if self._claims.of(path.name) is Claim.WAIT:
@@ -72,7 +79,7 @@ class _DirectoryHooks:
         # stored copy is then verified like any other.
         return None
 
-    async def after(self, path: Path, result: IngestResult) -> None:
+    async def after(self, path: Path, result: IngestResult, store: Store) -> None:
         """Record an unrequested archive as a finished ContainerCheckpoint with its content."""
         if self._claims.of(path.name) is Claim.OURS:
             return  # announced by the request that asked for it
@@ -85,32 +92,39 @@ class _DirectoryHooks:
             "spec": {"podName": manifest.pod_name, "containerName": manifest.container_name},
         }
         await create_idempotent(self._kube, lpm_path("ContainerCheckpoint", manifest.pod_namespace), request)
-        content = await announce_container(self._kube, request, manifest)
+        content = await announce_container(self._kube, request, manifest, store)
 
         def done(status: dict[str, Any]) -> dict[str, Any] | None:
             if status.get("phase") == Phase.SUCCEEDED.value:
                 return None
             return {**status, "phase": Phase.SUCCEEDED.value, "ready": True, "boundContentName": content,
-                    "completionTime": now(), "message": f"taken without a request; stored as {manifest.ref.uri}"}
+                    "completionTime": now(), "message": f"taken without a request; stored as {store.uri(manifest.ref)}"}
 
         await update_status(self._kube, "ContainerCheckpoint", manifest.pod_namespace, request_name, done)
 
+    async def moved(self, checkpoint: Checkpoint) -> None:
+        await announce_moved(self._kube, self._node, self._local_store, checkpoint)
+
 
 class ClusterAgent:
-    def __init__(self, config: ClusterConfig, metrics: AgentMetrics, readiness: Readiness) -> None:
+    def __init__(self, config: ClusterConfig, metrics: AgentMetrics, readiness: Readiness, stores: Stores) -> None:
         self._config = config
         self._metrics = metrics
         self._readiness = readiness
+        self._stores = stores
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg, node = self._config, self._config.base.node
         kube = Kube(await connect(cfg.kubeconfig))
         kubelet = KubeletClient(cfg.kubelet)
         claims = Claims()
-        directory = StandaloneAgent(cfg.base, self._metrics, _DirectoryHooks(kube, claims))
-        source = Source(kube, kubelet, node, cfg.base.watch.directory, directory.root_fd, cfg.base.compression,
+        stores = self._stores
+        directory = StandaloneAgent(cfg.base, self._metrics, stores,
+                                    _DirectoryHooks(kube, claims, node, stores.local.path))
+        source = Source(kube, kubelet, node, cfg.base.watch.directory, stores, cfg.base.compression,
                         directory.cancel, claims, self._metrics)
-        destination = Destination(kube, node, directory.root_fd, cfg.restore.work_dir,
+        # The shared store's fd keeps its number even when the store is replaced (see watcher.stores).
+        destination = Destination(kube, node, stores.shared.fd, cfg.restore.work_dir,
                                   cfg.restore.importer, cfg.base.compression,
                                   directory.cancel, self._metrics)
 
@@ -149,7 +163,7 @@ class ClusterAgent:
                                 name="watch containercheckpoints"),
             asyncio.create_task(directory.run(stop), name="checkpoint directory"),
             # The fallback to the PodMigration watch: a missed event must not strand a migration.
-            asyncio.create_task(poll_markers(kube, node, directory.root_fd, migrations.submit, stop,
+            asyncio.create_task(poll_markers(kube, node, stores.shared.fd, migrations.submit, stop,
                                              cfg.restore.marker_poll), name="poll store markers"),
         }
         log.info("cluster mode watching", extra={"fields": {"node": node}})

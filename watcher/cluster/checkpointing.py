@@ -4,7 +4,9 @@ ContainerCheckpoint -> one container; PodCheckpoint -> every container of the po
 checkpoint ID, the marker after the last. Each reconciler re-reads its object, acts only for
 pods on this node, and is idempotent by phase, so relists and restarts repeat no finished work.
 Failures a person can act on end the request as ``Failed`` with the reason, and an Event on the
-pod; API trouble is raised for the worker to retry.
+pod; API trouble is raised for the worker to retry. A checkpoint taken while the shared store is
+unavailable is held in the node's local store (``file://``, ``storageType: local``): the request
+still succeeds, its message and a Warning Event say so, and the mover brings it over later.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from watcher.kube.client import Kube
 from watcher.kubelet import KubeletClient, KubeletError
 from watcher.observe import AgentMetrics, Operation
 from watcher.store.manifest import Manifest
+from watcher.stores import Store, Stores
 from watcher.zstream import CompressionSettings
 
 log = logging.getLogger(__name__)
@@ -43,25 +46,36 @@ log = logging.getLogger(__name__)
 FINAL_ERRORS = (KubeletError, ArchiveError, StoreError, UnsafeNameError)
 
 
+@dataclass(frozen=True)
+class Stored:
+    results: list[IngestResult]
+    store: Store
+    """Where they went: the shared store, or the local one while the shared one is unavailable."""
+    why_local: str | None
+    """Why the shared store was not used (None when it was)."""
+
+    def held_locally(self, node: str, what: str) -> str:
+        return (f"{what} held locally on node {node}: the shared store is unavailable ({self.why_local}); "
+                "it moves to the shared store once that is back")
+
+
 @dataclass
 class Source:
     kube: Kube
     kubelet: KubeletClient
     node: str
     checkpoint_dir: Path
-    root_fd: int
+    stores: Stores
     compression: CompressionSettings
     cancel: threading.Event
     claims: Claims
     metrics: AgentMetrics
 
-    async def checkpoint(self, pod: Mapping[str, Any], containers: list[str],
-                         target_node: str | None) -> list[IngestResult]:
+    async def checkpoint(self, pod: Mapping[str, Any], containers: list[str], target_node: str | None) -> Stored:
         """Checkpoint ``containers`` of ``pod`` through the kubelet and commit them as one checkpoint."""
         began = time.monotonic()
         endpoint = endpoint_of(await self.kube.get(node_path(self.node)), 10250)
-        namespace, name, uid = meta(pod)["namespace"], meta(pod)["name"], meta(pod)["uid"]
-        staged: list[StagedArchive] = []
+        namespace, name = meta(pod)["namespace"], meta(pod)["name"]
         # Claimed until committed: the directory watcher must not ingest these archives on its
         # own (as one-container checkpoints) while this request is between the kubelet and the ledger.
         prefixes = {c: self.claims.begin(namespace, name, c) for c in containers}
@@ -73,33 +87,58 @@ class Source:
                 if not names.is_candidate(archive):
                     raise KubeletError(f"kubelet on {self.node} named {archive!r}, which is not a checkpoint archive")
                 archives[container] = archive
-                asked = time.monotonic()
-                hint = Identity.checked(uid, namespace, name, container)
-                staged.append(await asyncio.to_thread(
-                    service.stage_archive, self.root_fd, self.checkpoint_dir / archive, self.node, hint,
-                    self.compression, self.cancel))
                 log.info("container checkpointed", extra={"fields": {
                     "pod": f"{namespace}/{name}", "container": container, "archive": archive,
-                    "kubeletSeconds": round(asked - started, 4), "ingestSeconds": round(time.monotonic() - asked, 4)}})
-            started = time.monotonic()
-            results = await asyncio.to_thread(service.commit_staged, self.root_fd, self.node, staged, target_node,
-                                              datetime.now(timezone.utc))
-            log.info("checkpoint committed", extra={"fields": {
-                "pod": f"{namespace}/{name}", "checkpointID": results[0].manifest.checkpoint_id,
-                "commitSeconds": round(time.monotonic() - started, 4)}})
+                    "kubeletSeconds": round(time.monotonic() - started, 4)}})
+            why_local = await self.stores.probe()
+            if why_local is None:
+                try:
+                    results = await self._commit(self.stores.shared, pod, archives, target_node)
+                except StoreError as err:
+                    # Nothing half-written is visible there (no marker); the kubelet's archives are
+                    # still in its directory, so the checkpoint is read again into the local store.
+                    self.stores.unavailable(str(err))
+                    why_local = str(err)
+                    log.warning("shared store failed during the checkpoint; holding it locally", extra={
+                        "fields": {"pod": f"{namespace}/{name}", "reason": why_local}})
+            if why_local is not None:
+                results = await self._commit(self.stores.local, pod, archives, target_node)
+                self.metrics.held_locally.inc()
             self.metrics.checkpointed(results, time.monotonic() - began)
-            return results
-        except BaseException:
-            await asyncio.to_thread(service.discard_staged, self.root_fd, self.node, staged)
-            raise
+            return Stored(results, self.stores.shared if why_local is None else self.stores.local, why_local)
         finally:
             for container, prefix in prefixes.items():
                 self.claims.end(prefix, archives.get(container))
 
+    async def _commit(self, store: Store, pod: Mapping[str, Any], archives: Mapping[str, str],
+                      target_node: str | None) -> list[IngestResult]:
+        namespace, name, uid = meta(pod)["namespace"], meta(pod)["name"], meta(pod)["uid"]
+        staged: list[StagedArchive] = []
+        try:
+            for container, archive in archives.items():
+                started = time.monotonic()
+                hint = Identity.checked(uid, namespace, name, container)
+                staged.append(await asyncio.to_thread(
+                    service.stage_archive, store.fd, self.checkpoint_dir / archive, self.node, hint,
+                    self.compression, self.cancel))
+                log.info("container ingested", extra={"fields": {
+                    "pod": f"{namespace}/{name}", "container": container, "store": store.kind.value,
+                    "ingestSeconds": round(time.monotonic() - started, 4)}})
+            started = time.monotonic()
+            results = await asyncio.to_thread(service.commit_staged, store.fd, self.node, staged, target_node,
+                                              datetime.now(timezone.utc))
+        except BaseException:
+            await asyncio.to_thread(service.discard_staged, store.fd, self.node, staged)
+            raise
+        log.info("checkpoint committed", extra={"fields": {
+            "pod": f"{namespace}/{name}", "checkpointID": results[0].manifest.checkpoint_id,
+            "storageType": store.kind.value, "commitSeconds": round(time.monotonic() - started, 4)}})
+        return results
 
-def _content_spec(manifest: Manifest) -> dict[str, Any]:
-    return {"artifactURI": manifest.ref.uri, "storageType": "shared", "checksumSHA256": manifest.checksum_sha256,
-            "compressedSize": manifest.compressed_size}
+
+def _content_spec(manifest: Manifest, store: Store) -> dict[str, Any]:
+    return {"artifactURI": store.uri(manifest.ref), "storageType": store.kind.value,
+            "checksumSHA256": manifest.checksum_sha256, "compressedSize": manifest.compressed_size}
 
 
 async def create_idempotent(kube: Kube, path: str, body: Mapping[str, Any]) -> None:
@@ -109,25 +148,25 @@ async def create_idempotent(kube: Kube, path: str, body: Mapping[str, Any]) -> N
         pass  # made by an earlier attempt of this same reconcile: same name, same content
 
 
-async def announce_container(kube: Kube, request: Mapping[str, Any], manifest: Manifest) -> str:
+async def announce_container(kube: Kube, request: Mapping[str, Any], manifest: Manifest, store: Store) -> str:
     name = content_name(manifest.pod_namespace, meta(request)["name"], manifest.checkpoint_id, manifest.container_name)
     await create_idempotent(kube, lpm_path("ContainerCheckpointContent"), {
         "apiVersion": API_VERSION, "kind": "ContainerCheckpointContent", "metadata": {"name": name},
         "spec": {"containerCheckpointRef": {"name": meta(request)["name"], "namespace": meta(request)["namespace"]},
                  "podNamespace": manifest.pod_namespace, "podName": manifest.pod_name,
-                 "containerName": manifest.container_name, **_content_spec(manifest)},
+                 "containerName": manifest.container_name, **_content_spec(manifest, store)},
     })
     return name
 
 
-async def announce_pod(kube: Kube, request: Mapping[str, Any], manifests: list[Manifest]) -> str:
+async def announce_pod(kube: Kube, request: Mapping[str, Any], manifests: list[Manifest], store: Store) -> str:
     first = manifests[0]
     name = content_name(first.pod_namespace, meta(request)["name"], first.checkpoint_id)
     spec: dict[str, Any] = {
         "podCheckpointRef": {"name": meta(request)["name"], "namespace": meta(request)["namespace"]},
         "podNamespace": first.pod_namespace, "podName": first.pod_name, "podUID": first.pod_uid,
         "checkpointID": first.checkpoint_id,
-        "containers": [{"containerName": m.container_name, **_content_spec(m)} for m in manifests],
+        "containers": [{"containerName": m.container_name, **_content_spec(m, store)} for m in manifests],
     }
     if first.target_node is not None:
         spec["targetNode"] = first.target_node
@@ -187,16 +226,22 @@ async def reconcile_container_checkpoint(src: Source, event: str, obj: dict[str,
         return
     await update_status(src.kube, "ContainerCheckpoint", namespace, name, _set(Phase.RUNNING, "checkpointing"))
     try:
-        [result] = await src.checkpoint(pod, [container], None)
+        stored = await src.checkpoint(pod, [container], None)
     except FINAL_ERRORS as err:
         await _fail(src, "ContainerCheckpoint", request, pod, err)
         return
-    content = await announce_container(src.kube, request, result.manifest)
+    [result] = stored.results
+    uri = stored.store.uri(result.manifest.ref)
+    content = await announce_container(src.kube, request, result.manifest, stored.store)
+    message = f"checkpoint {uri}" if stored.why_local is None else stored.held_locally(src.node, f"checkpoint {uri}")
     await update_status(src.kube, "ContainerCheckpoint", namespace, name, _set(
-        Phase.SUCCEEDED, f"checkpoint {result.manifest.ref.uri}", ready=True, boundContentName=content,
-        completionTime=now()))
-    await events.record(src.kube, pod, "Checkpointed",
-                        f"container {container} checkpointed to {result.manifest.ref.uri}", node=src.node)
+        Phase.SUCCEEDED, message, ready=True, boundContentName=content, completionTime=now()))
+    if stored.why_local is None:
+        await events.record(src.kube, pod, "Checkpointed", f"container {container} checkpointed to {uri}",
+                            node=src.node)
+    else:
+        await events.record(src.kube, pod, "CheckpointHeldLocally", f"container {container}: {message}",
+                            warning=True, node=src.node)
 
 
 async def reconcile_pod_checkpoint(src: Source, event: str, obj: dict[str, Any]) -> None:
@@ -209,18 +254,24 @@ async def reconcile_pod_checkpoint(src: Source, event: str, obj: dict[str, Any])
     target = meta(request).get("annotations", {}).get(TARGET_NODE_ANNOTATION)
     await update_status(src.kube, "PodCheckpoint", namespace, name, _set(Phase.RUNNING, "checkpointing"))
     try:
-        results = await src.checkpoint(pod, containers, target)
+        stored = await src.checkpoint(pod, containers, target)
     except FINAL_ERRORS as err:
         await _fail(src, "PodCheckpoint", request, pod, err)
         return
-    manifests = [r.manifest for r in results]
-    content = await announce_pod(src.kube, request, manifests)
+    manifests = [r.manifest for r in stored.results]
+    content = await announce_pod(src.kube, request, manifests, stored.store)
+    what = f"checkpoint {manifests[0].pod_uid}/{manifests[0].checkpoint_id}"
     await update_status(src.kube, "PodCheckpoint", namespace, name, _set(
-        Phase.SUCCEEDED, f"checkpoint {manifests[0].pod_uid}/{manifests[0].checkpoint_id}", ready=True,
+        Phase.SUCCEEDED, what if stored.why_local is None else stored.held_locally(src.node, what), ready=True,
         boundContentName=content, completionTime=now(),
         containers=[{"containerName": m.container_name, "contentName": content, "ready": True} for m in manifests]))
-    await events.record(src.kube, pod, "Checkpointed",
-                        f"{len(manifests)} container(s) checkpointed as {manifests[0].checkpoint_id}", node=src.node)
+    if stored.why_local is None:
+        await events.record(src.kube, pod, "Checkpointed",
+                            f"{len(manifests)} container(s) checkpointed as {manifests[0].checkpoint_id}",
+                            node=src.node)
+    else:
+        await events.record(src.kube, pod, "CheckpointHeldLocally", stored.held_locally(src.node, what),
+                            warning=True, node=src.node)
 
 
 async def _fail(src: Source, kind: str, request: Mapping[str, Any], pod: Mapping[str, Any], err: LpmError) -> None:

@@ -63,6 +63,8 @@ class Destination:
         try:
             restored = await self._restored_pod(migration)
             if restored is None:
+                if await self._held_locally(migration):
+                    return
                 restored = await self._restore(migration)
             await self._finish_when_running(migration, restored)
         except NotFound as err:  # an object the restore needs is gone: it cannot go on
@@ -80,6 +82,21 @@ class Destination:
             return await self.kube.get(pod_path(meta(migration)["namespace"], self._restored_name(migration)))
         except NotFound:
             return None
+
+    async def _held_locally(self, migration: Mapping[str, Any]) -> bool:
+        """Wait, not fail, while the checkpoint is in its source node's local store (the shared store was
+        unavailable): only that node can read it. The source's mover switches the content to shared and
+        writes the migration's status, and that watch event brings this reconcile back."""
+        namespace = meta(migration)["namespace"]
+        checkpoint = await self.kube.get(lpm_path("PodCheckpoint", namespace,
+                                                  migration["status"]["podCheckpointRef"]["name"]))
+        content = await self.kube.get(lpm_path("PodCheckpointContent", None,
+                                               checkpoint["status"]["boundContentName"]))
+        local = [c["containerName"] for c in content["spec"]["containers"] if c.get("storageType") == "local"]
+        if local:
+            log.info("checkpoint held in its source node's local store; waiting for the shared store",
+                     extra={"fields": {"migration": f"{namespace}/{meta(migration)['name']}", "containers": local}})
+        return bool(local)
 
     async def _restore(self, migration: dict[str, Any]) -> dict[str, Any]:
         namespace, name = meta(migration)["namespace"], meta(migration)["name"]

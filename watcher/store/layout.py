@@ -16,6 +16,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
+from pathlib import PurePath
 from typing import Iterable
 
 from watcher.errors import UnsafeNameError
@@ -24,6 +26,7 @@ DUMP_FILE = "dump.tar.zst"
 MANIFEST_FILE = "manifest.json"
 MARKER_FILE = ".checkpoint-complete"
 URI_SCHEME = "shared://"
+FILE_SCHEME = "file://"
 # Names that start with a dot are never pod UIDs, checkpoint IDs or containers, so the
 # store's own bookkeeping lives under them and every reader skips them.
 INGEST_LEDGER_DIR = ".ingest"
@@ -85,6 +88,15 @@ def make_checkpoint_id(uid: str, archive_names: Iterable[str], taken_at: datetim
     return f"{stamp}-{digest[:8]}"
 
 
+class StorageType(str, Enum):
+    """Where a checkpoint is held: the API's ``storageType``."""
+
+    SHARED = "shared"
+    """The shared store every node mounts: ``shared://`` URIs, restorable anywhere."""
+    LOCAL = "local"
+    """The taking node's local store, while the shared one is unavailable: ``file://`` URIs."""
+
+
 @dataclass(frozen=True)
 class ArtifactRef:
     """One container's dump in the store, addressed by validated segments."""
@@ -106,13 +118,28 @@ class ArtifactRef:
     def segments(self) -> tuple[str, str, str]:
         return (self.pod_uid, self.checkpoint_id, self.container)
 
+    def file_uri(self, local_store: PurePath) -> str:
+        """``file://<local store>/<podUID>/<checkpointID>/<container>/dump.tar.zst``.
+
+        Not percent-encoded: every segment is validated plain text, and ``parse_local_uri``
+        is this function's exact inverse (it refuses anything it would not have made).
+        """
+        return f"{FILE_SCHEME}{_local_root(local_store)}/{'/'.join(self.segments)}/{DUMP_FILE}"
+
+
+def _local_root(local_store: PurePath) -> str:
+    root = str(local_store)
+    if not local_store.is_absolute() or ".." in local_store.parts:
+        raise UnsafeNameError(f"local store {root!r}: must be an absolute, normalised path")
+    return root.rstrip("/")
+
 
 def parse_uri(uri: str) -> ArtifactRef:
     """Parse ``shared://<podUID>/<checkpointID>/<container>/dump.tar.zst``.
 
     Anything else is refused with the reason: another scheme, extra or missing segments,
-    or a segment that could walk out of the store. ``file://`` URIs (legacy node-local
-    kubelet archives) are resolved by ingesting them, not by this function.
+    or a segment that could walk out of the store. ``file://`` URIs name a node's local
+    store (``parse_local_uri``) or a legacy kubelet archive (resolved by ingesting it).
     """
     if not isinstance(uri, str) or "\0" in uri or "\n" in uri:
         raise UnsafeNameError(f"unsafe artifact URI {uri!r}: contains NUL or a newline")
@@ -121,13 +148,39 @@ def parse_uri(uri: str) -> ArtifactRef:
         raise UnsafeNameError(
             f"unsupported artifact URI {uri!r}: scheme {scheme} is not {URI_SCHEME}"
         )
-    parts = uri[len(URI_SCHEME) :].split("/")
+    return _segments(uri, uri[len(URI_SCHEME) :], URI_SCHEME)
+
+
+def _segments(uri: str, rest: str, prefix: str) -> ArtifactRef:
+    parts = rest.split("/")
     if len(parts) != 4 or parts[3] != DUMP_FILE:
         raise UnsafeNameError(
             f"malformed artifact URI {uri!r}: expected "
-            f"{URI_SCHEME}<podUID>/<checkpointID>/<container>/{DUMP_FILE}"
+            f"{prefix}<podUID>/<checkpointID>/<container>/{DUMP_FILE}"
         )
     try:
         return ArtifactRef(parts[0], parts[1], parts[2])
     except UnsafeNameError as err:
         raise UnsafeNameError(f"unsafe artifact URI {uri!r}: {err}") from None
+
+
+def parse_local_uri(uri: str, local_store: PurePath) -> ArtifactRef:
+    """Parse ``file://<local store>/<podUID>/<checkpointID>/<container>/dump.tar.zst``.
+
+    Only a path in THIS node's local store is accepted; any other ``file://`` path (a
+    kubelet archive, ``/etc/shadow``, another store) is refused, as are the same unsafe
+    segments ``parse_uri`` refuses.
+    """
+    if not isinstance(uri, str) or "\0" in uri or "\n" in uri:
+        raise UnsafeNameError(f"unsafe artifact URI {uri!r}: contains NUL or a newline")
+    prefix = f"{FILE_SCHEME}{_local_root(local_store)}/"
+    if not uri.startswith(prefix):
+        raise UnsafeNameError(f"artifact URI {uri!r} is not in the local store {local_store}")
+    return _segments(uri, uri[len(prefix) :], prefix)
+
+
+def parse_location(uri: str, local_store: PurePath | None) -> tuple[StorageType, ArtifactRef]:
+    """Which store holds ``uri`` and where in it: ``shared://`` anywhere, ``file://`` in the local store."""
+    if isinstance(uri, str) and uri.startswith(FILE_SCHEME) and local_store is not None:
+        return StorageType.LOCAL, parse_local_uri(uri, local_store)
+    return StorageType.SHARED, parse_uri(uri)

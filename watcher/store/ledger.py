@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
-from watcher.errors import StoreError, UnknownCheckpoint
+from watcher.errors import StoreError, UnknownCheckpoint, UnsafeNameError
 from watcher.store import fsio, layout
 from watcher.store.commit import node_state_dir
 from watcher.store.manifest import decode, encode
@@ -62,6 +62,19 @@ def _file_name(archive: str) -> str:
     return hashlib.sha256(archive.encode("utf-8", "surrogateescape")).hexdigest()[:40] + ".json"
 
 
+def _parse(raw: Mapping[str, Any], where: str) -> LedgerRecord:
+    try:
+        return LedgerRecord(
+            ArchiveStamp(raw["archive"], int(raw["size"]), int(raw["mtimeNs"])),
+            layout.pod_uid(raw["podUID"]),
+            layout.checkpoint_id(raw["checkpointID"]),
+            layout.container_name(raw["containerName"]),
+            bool(raw["verified"]),
+        )
+    except (KeyError, TypeError, ValueError, UnsafeNameError) as err:
+        raise StoreError(f"{where} is malformed ({err})") from None
+
+
 class Ledger:
     def __init__(self, root_fd: int, node: str) -> None:
         self._root_fd = root_fd
@@ -83,20 +96,42 @@ class Ledger:
             return None
         finally:
             os.close(fd)
-        raw = decode(data, f"{where}: record for {archive!r}")
-        try:
-            record = LedgerRecord(
-                ArchiveStamp(raw["archive"], int(raw["size"]), int(raw["mtimeNs"])),
-                layout.pod_uid(raw["podUID"]),
-                layout.checkpoint_id(raw["checkpointID"]),
-                layout.container_name(raw["containerName"]),
-                bool(raw["verified"]),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise StoreError(f"{where}: record for {archive!r} is malformed ({err})") from None
+        record = _parse(decode(data, f"{where}: record for {archive!r}"), f"{where}: record for {archive!r}")
         if record.stamp.name != archive:
             raise StoreError(f"{where}: record for {archive!r} names {record.stamp.name!r}")
         return record
+
+    def records_of(self, uid: str, cid: str) -> list[LedgerRecord]:
+        """Every record of checkpoint ``uid/cid``; unreadable records are passed over (not this one's)."""
+        found = []
+        fd = self._dir()
+        where = f"ingest ledger of node {self._node}"
+        try:
+            for name in sorted(os.listdir(fd)):
+                if name.startswith("."):
+                    continue  # a record on its way in (write_atomic's temp name)
+                try:
+                    record = _parse(decode(fsio.read_small(fd, name, _RECORD_CAP, where), f"{where}: {name}"),
+                                    f"{where}: {name}")
+                except StoreError:
+                    continue
+                if (record.pod_uid, record.checkpoint_id) == (uid, cid) and name == _file_name(record.stamp.name):
+                    found.append(record)
+        finally:
+            os.close(fd)
+        return found
+
+    def forget(self, archive: str) -> None:
+        fd = self._dir()
+        try:
+            with fsio.os_errors(f"ingest ledger of node {self._node}: forget {archive!r}"):
+                try:
+                    os.unlink(_file_name(archive), dir_fd=fd)
+                except FileNotFoundError:
+                    return
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def record(self, entry: LedgerRecord) -> None:
         fd = self._dir()

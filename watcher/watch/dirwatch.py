@@ -44,6 +44,10 @@ class WatchSettings:
     """Archives ingested at once; compression already uses the node's cores."""
 
 
+_FIRST_RESCAN = 2.0
+"""Seconds after start to list the directory again (see ``watch_directory``)."""
+
+
 async def watch_directory(settings: WatchSettings, ingest: IngestFn, stop: asyncio.Event) -> None:
     """Ingest every finished archive in the directory, present at start or arriving later."""
     await _wait_for_directory(settings, stop)
@@ -75,7 +79,9 @@ async def watch_directory(settings: WatchSettings, ingest: IngestFn, stop: async
             plan.observe(name, stamp_of(settings.directory / name), now)
 
     look(_list(settings.directory))
-    next_rescan = time.monotonic() + settings.rescan_interval
+    # The inotify watch is registered later, when the watcher task first runs: an archive created in
+    # between raises no event. So the first rescan comes soon instead of a whole interval later.
+    next_rescan = time.monotonic() + min(settings.rescan_interval, _FIRST_RESCAN)
     try:
         while not stop.is_set():
             if watcher.done():
