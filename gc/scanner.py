@@ -25,7 +25,7 @@ from watcher.store import fsio, layout
 from watcher.store.commit import MANIFEST_CAP
 from watcher.store.manifest import parse_rfc3339
 
-KEEP_FILE = ".keep"
+KEEP_FILE = layout.KEEP_FILE
 _LOST_FOUND = "lost+found"  # ext4 makes it at the root of every volume; it is the filesystem's
 _MAX_DEPTH = 4  # <checkpoint>/<container>/<file> is depth 2; deeper is no writer's doing
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

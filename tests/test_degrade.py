@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lab.agent import AgentProcess
 from lab.archives import ArchiveSpec, Pod, make_archive
 from tests.support import lpm
-from watcher.store import catalog, fsio
+from watcher.store import catalog, fsio, transfer
 from watcher.store.catalog import Checkpoint
 
 
@@ -157,3 +158,32 @@ def test_a_store_that_stops_answering_is_given_up_on_within_the_timeout(kube_dir
         daemon.send_signal(signal.SIGCONT)
         subprocess.run(["umount", str(store)], check=False)
         daemon.wait(timeout=10)
+
+
+def test_a_moved_checkpoint_is_pinned_against_the_collector_until_the_api_names_it(kube_dir, store, tmp_path):
+    """Held locally past the retention, it is expired the moment its shared marker appears, and nothing
+    references it yet (its contents still say file://): the mover's .keep keeps the collector off it."""
+    local = tmp_path / "local-store"
+    archive = make_archive(kube_dir, ArchiveSpec(pod=Pod(container="app"), memory=1 << 20))  # taken 10:11:12Z
+    lpm("ingest", str(archive), "--store", str(local), "--node", "node-a", check=True)
+    local_fd, shared_fd = fsio.open_root(local, create=False), fsio.open_root(store, create=True)
+    try:
+        [held] = transfer.local_checkpoints(local_fd)
+        assert transfer.copy_to_shared(local_fd, shared_fd, "node-a", held, threading.Event())
+        collect = ("gc", "--store", str(store), "--once", "--standalone", "--retention", "1m")
+        lpm(*collect, check=True)
+        assert [c["checkpointID"] for c in listed(store)] == [held.marker.checkpoint_id]  # pinned: kept
+
+        transfer.unpin(shared_fd, "node-a", held)
+        lpm(*collect, check=True)
+        assert listed(store) == []  # unpinned, it is what it is: expired and unreferenced
+
+        # An operator's own pin is never taken for the mover's.
+        assert transfer.copy_to_shared(local_fd, shared_fd, "node-a", held, threading.Event())
+        [pin] = store.glob("*/*/.keep")
+        pin.write_text("keep: incident 4711\n")
+        transfer.unpin(shared_fd, "node-a", held)
+        assert pin.read_text() == "keep: incident 4711\n"
+    finally:
+        os.close(local_fd)
+        os.close(shared_fd)

@@ -2,9 +2,9 @@
 
 Every ``interval`` seconds: finish removing local copies a crash interrupted, list the local
 store's complete checkpoints, and if there are any and the shared store takes a write, move
-each one (``watcher.store.transfer``): copy and commit into the shared store, let the API say
-``shared`` (cluster mode's ``moved`` hook), check the shared copy is still complete, and only
-then remove the local copy. A failure leaves the local copy and is retried next round.
+each one (``watcher.store.transfer``): copy and commit into the shared store (pinned against the
+collector), let the API say ``shared`` (cluster mode's ``moved`` hook), check the shared copy is
+still complete, unpin it, and only then remove the local copy. A failure leaves the local copy and is retried next round.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ async def move_round(stores: Stores, node: str, cancel: threading.Event, metrics
             log.warning("shared store failed during a move; the local copy is kept", extra={"fields": {
                 "checkpoint": where, "reason": str(err)}})
             break
-        # Both copies are complete now; a failure here leaves the local one for the next round.
+        # Both copies are complete now and the API names the shared one; a failure here leaves the local
+        # copy (and the pin, until the next round's move finds the shared copy and finishes) for next time.
+        await asyncio.to_thread(transfer.unpin, stores.shared.fd, node, checkpoint)
         await asyncio.to_thread(transfer.remove_local, local, node, checkpoint)
         metrics.moved_to_shared.inc()
         count += 1

@@ -25,6 +25,9 @@ from watcher.errors import UnsafeNameError
 DUMP_FILE = "dump.tar.zst"
 MANIFEST_FILE = "manifest.json"
 MARKER_FILE = ".checkpoint-complete"
+# A checkpoint directory holding this (any content, any type) is never collected: the operator's pin, and
+# the mover's while a checkpoint travels from a node's local store (watcher.store.transfer).
+KEEP_FILE = ".keep"
 URI_SCHEME = "shared://"
 FILE_SCHEME = "file://"
 # Names that start with a dot are never pod UIDs, checkpoint IDs or containers, so the

@@ -8,7 +8,10 @@ API says ``shared``) is the local copy removed: its directory is first renamed t
 readers skip, so a crash mid-removal leaves something invisible that the next pass finishes.
 
 Crash-safe at every step: before the shared marker the local copy is complete; after it both
-are; the local copy goes only after. Idempotent: a checkpoint already complete in the shared
+are; the local copy goes only after. The shared copy is pinned (``.keep``, written before its
+marker) until the API names it: a checkpoint held locally past the retention would otherwise be
+expired and unreferenced (its contents still say ``file://``) the moment its marker appears, and
+the collector could take it between that marker and the switch. Idempotent: a checkpoint already complete in the shared
 store is compared (checksums of every container) instead of copied again, and the ID is the
 same in both stores, so a move never makes a duplicate.
 """
@@ -51,10 +54,40 @@ def copy_to_shared(local_fd: int, shared_fd: int, node: str, checkpoint: Checkpo
                 commit.commit_container(shared_fd, staging_fd, staged, manifest)
             finally:
                 fsio.discard(staging_fd, staged)  # already renamed away unless the commit failed
+    _pin(shared_fd, uid, cid, node)
     commit.complete(shared_fd, uid, cid, checkpoint.marker.containers, checkpoint.marker.completed_at,
                     checkpoint.marker.target_node)
     _copy_ledger(local_fd, shared_fd, node, uid, cid)
     return True
+
+
+def _pin_text(node: str) -> bytes:
+    return f"pinned by the lpm agent on {node} while this checkpoint moves from its local store\n".encode()
+
+
+def _pin(shared_fd: int, uid: str, cid: str, node: str) -> None:
+    fd = fsio.open_dir(shared_fd, [uid, cid], create=False, where=f"shared checkpoint {uid}/{cid}")
+    try:
+        fsio.write_atomic(fd, layout.KEEP_FILE, _pin_text(node), f"shared checkpoint {uid}/{cid}")
+    finally:
+        os.close(fd)
+
+
+def unpin(shared_fd: int, node: str, checkpoint: Checkpoint) -> None:
+    """Drop the mover's pin once the API names the shared copy; a pin with other content is an operator's
+    and stays."""
+    uid, cid = checkpoint.marker.pod_uid, checkpoint.marker.checkpoint_id
+    where = f"shared checkpoint {uid}/{cid}"
+    fd = fsio.open_dir(shared_fd, [uid, cid], create=False, where=where)
+    try:
+        if not fsio.is_regular(fd, layout.KEEP_FILE):
+            return
+        if fsio.read_small(fd, layout.KEEP_FILE, 4096, where) == _pin_text(node):
+            with fsio.os_errors(f"{where}: remove {layout.KEEP_FILE}"):
+                os.unlink(layout.KEEP_FILE, dir_fd=fd)
+                os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _copy_dump(local_fd: int, staging_fd: int, ref: layout.ArtifactRef, sha256: str, size: int,
