@@ -77,7 +77,7 @@ async def run(args: argparse.Namespace) -> None:
                     await asyncio.sleep(0.01)
                 total = time.monotonic() - started
                 kubelet = sum(kubelets["node-a"].seconds[before_kubelet:])
-                ingest = sum(line["ingestSeconds"] for line in agent.logs("container checkpointed")
+                ingest = sum(line["ingestSeconds"] for line in agent.logs("container ingested")
                              if line["pod"] == f"{NAMESPACE}/{name}")
                 ingest += sum(line["commitSeconds"] for line in agent.logs("checkpoint committed")
                               if line["pod"] == f"{NAMESPACE}/{name}")
