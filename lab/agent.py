@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 from lab.controlplane import REPO
@@ -22,7 +24,9 @@ class AgentProcess:
         """``wrapper``: a command the agent runs under, e.g. setpriv dropping capabilities."""
         mode = ["--standalone"] if standalone else []
         # A local store of its own unless the caller names one: the default is the machine's /var/lib/lpm.
-        local = [] if "--local-store" in args else ["--local-store", tempfile.mkdtemp(prefix="lpm-local-store-")]
+        # Removed once the agent has exited: nobody else knows where it is.
+        self._own_local = None if "--local-store" in args else Path(tempfile.mkdtemp(prefix="lpm-local-store-"))
+        local = [] if self._own_local is None else ["--local-store", str(self._own_local)]
         self.proc = subprocess.Popen(
             [*wrapper, sys.executable, "-m", "watcher", "agent", *mode, *local, *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
@@ -74,12 +78,18 @@ class AgentProcess:
         code = self.proc.wait(timeout=30)
         elapsed = time.monotonic() - started
         self._reader.join(timeout=5)
+        self._remove_own_local()
         return code, elapsed
 
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(timeout=30)
         self._reader.join(timeout=5)
+        self._remove_own_local()
+
+    def _remove_own_local(self) -> None:
+        if self._own_local is not None:
+            shutil.rmtree(self._own_local, ignore_errors=True)
 
     def __enter__(self) -> "AgentProcess":
         return self
@@ -87,3 +97,4 @@ class AgentProcess:
     def __exit__(self, *exc: object) -> None:
         if self.proc.poll() is None:
             self.kill()
+        self._remove_own_local()
