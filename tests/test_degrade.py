@@ -145,6 +145,10 @@ def test_a_store_that_stops_answering_is_given_up_on_within_the_timeout(kube_dir
                 assert held["storageType"] == "local" and held["artifactURI"].startswith(f"file://{local}/")
                 assert held["seconds"] < 6  # the hung store cost at most the probe's timeout, not forever
                 assert proc.proc.poll() is None
+                # A scrape still answers, without the hung store's usage, and says the store is away.
+                started = time.monotonic()
+                assert metric(proc, "lpm_shared_store_available") == 0
+                assert time.monotonic() - started < 5
             finally:
                 daemon.send_signal(signal.SIGCONT)
             proc.wait_logged("checkpoint moved to the shared store")

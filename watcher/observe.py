@@ -25,6 +25,8 @@ import errno
 import logging
 import os
 import socket
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from enum import StrEnum
 from pathlib import Path
 from typing import AsyncIterator, Iterator
@@ -40,12 +42,13 @@ from watcher.errors import ApiError, ArchiveError, IdentityError, LpmError, Stor
 from watcher.ingest.service import IngestResult
 from watcher.kubelet import KubeletError
 from watcher.store import fsio, transfer
-from watcher.store.usage import store_usage
+from watcher.store.usage import StoreUsage, store_usage
 from watcher.stores import Stores
 
 log = logging.getLogger("lpm.agent")
 
 # Seconds. Checkpoints include the runtime's CRIU dump, minutes for large memory.
+USAGE_TIMEOUT = 2.0  # seconds a scrape waits for the store's statvfs
 _DURATION_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
@@ -85,15 +88,25 @@ def reason_of(err: LpmError) -> Reason:
 
 
 class _StoreUsage(Collector):
-    """The store's usage, read when scraped (scrapes run off the event loop: see ``_metrics``)."""
+    """The store's usage, read when scraped (scrapes run off the event loop: see ``_metrics``).
+
+    statvfs on a dead NFS server blocks until the server returns; a scrape must not. The read runs in a
+    thread of its own and is waited for ``USAGE_TIMEOUT`` seconds; past that the scrape goes on without
+    the usage samples (the availability gauge, which matters more then, still goes out), and while that
+    read is stuck no second one is started, so a long outage holds one thread, not one per scrape.
+    """
 
     def __init__(self, store: Path) -> None:
         self._store = store
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lpm-store-usage")
+        self._pending: Future[StoreUsage] | None = None
 
     def collect(self) -> Iterator[Metric]:
+        if self._pending is None or self._pending.done():
+            self._pending = self._reader.submit(store_usage, self._store)
         try:
-            usage = store_usage(self._store)
-        except OSError:
+            usage = self._pending.result(timeout=USAGE_TIMEOUT)
+        except (OSError, FutureTimeout):
             return  # no sample rather than a wrong one; /readyz says what is wrong with the store
         yield GaugeMetricFamily("lpm_store_used_bytes", "Bytes used on the store's filesystem", usage.used)
         yield GaugeMetricFamily("lpm_store_capacity_bytes", "Size of the store's filesystem in bytes", usage.capacity)
