@@ -270,6 +270,16 @@ async def test_a_local_content_moves_to_the_shared_store_once_and_nothing_else_c
         await _replace(api, tampered)
     assert refused.value.status == 422 and "moving to the shared store" in str(refused.value.body)
 
+    # ...nor which checkpoint and container they are: the shared address is the local path's tail.
+    elsewhere = json.loads(json.dumps(local))
+    for entry in _entries(elsewhere):
+        uid, _, container, dump = entry["artifactURI"].split(f"{LOCAL_STORE}/", 1)[1].split("/")
+        entry["artifactURI"] = f"shared://{uid}/20261125T000000Z-00000000/{container}/{dump}"
+        entry["storageType"] = "shared"
+    with pytest.raises(ApiException) as refused:
+        await _replace(api, elsewhere)
+    assert refused.value.status == 422 and "moving to the shared store" in str(refused.value.body)
+
     moved = json.loads(json.dumps(local))
     for entry in _entries(moved):
         entry["artifactURI"] = "shared://" + entry["artifactURI"].split(f"{LOCAL_STORE}/", 1)[1]
