@@ -55,7 +55,10 @@ def test_store_removed_then_back_holds_the_checkpoint_locally_then_moves_it(kube
         assert metric(proc, "lpm_local_checkpoints") == 1
         assert metric(proc, "lpm_local_checkpoint_bytes") == held["compressedBytes"]
         assert metric(proc, "lpm_checkpoints_held_locally_total") == 1
-        # Held locally, readable by URI: the kubelet's archive byte for byte.
+        # Listed with the address it is read by, and readable by it: the kubelet's archive byte for byte.
+        [entry] = [json.loads(line) for line in lpm("store", "ls", "--store", str(local), "--local", "--json",
+                                                     check=True).stdout.splitlines()]
+        assert entry["artifactURIs"] == {"app": held["artifactURI"]}
         out = tmp_path / "local.tar"
         lpm("store", "get", held["artifactURI"], "--local-store", str(local), "-o", str(out), check=True)
         assert out.read_bytes() == archive.read_bytes()

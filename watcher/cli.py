@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = store_commands.add_parser("ls", help="list complete checkpoints")
     ls.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
     ls.add_argument("--json", action="store_true", help="one JSON object per line per checkpoint")
+    ls.add_argument("--local", action="store_true",
+                    help="--store is a node's local store (--local-store): print the file:// addresses "
+                         "that lpm store get reads, not the shared:// ones its manifests keep")
     get = store_commands.add_parser("get", help="write a checkpoint's original kubelet archive, verified")
     get.add_argument("uri")
     get.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
@@ -299,11 +302,12 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    root_fd = fsio.open_root(args.store.resolve(), create=False)
+    store = args.store.resolve()
+    root_fd = fsio.open_root(store, create=False)
     for entry in catalog.scan(root_fd):
         if not isinstance(entry, Checkpoint):
             continue
-        summary = entry.summary()
+        summary = entry.summary(store if args.local else None)
         if args.json:
             print(json.dumps(summary, sort_keys=True))
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, Iterator
 
 from watcher.errors import IncompleteCheckpoint, LpmError
@@ -17,8 +18,9 @@ class Checkpoint:
     marker: Marker
     manifests: tuple[Manifest, ...]  # in the marker's container order
 
-    def summary(self) -> dict[str, Any]:
-        """The ``lpm store ls --json`` line (a contract other tools rely on)."""
+    def summary(self, local_store: PurePath | None = None) -> dict[str, Any]:
+        """The ``lpm store ls --json`` line (a contract other tools rely on). ``local_store``: this is a
+        node-local store, whose checkpoints are addressed ``file://`` (their manifests keep ``shared://``)."""
         first = self.manifests[0]
         return {
             "podUID": self.marker.pod_uid,
@@ -28,7 +30,8 @@ class Checkpoint:
             "containers": list(self.marker.containers),
             "creationTime": rfc3339(first.creation_time),
             "targetNode": self.marker.target_node,
-            "artifactURIs": {m.container_name: m.ref.uri for m in self.manifests},
+            "artifactURIs": {m.container_name: m.ref.uri if local_store is None else m.ref.file_uri(local_store)
+                             for m in self.manifests},
         }
 
 
