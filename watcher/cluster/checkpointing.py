@@ -233,15 +233,9 @@ async def reconcile_container_checkpoint(src: Source, event: str, obj: dict[str,
     [result] = stored.results
     uri = stored.store.uri(result.manifest.ref)
     content = await announce_container(src.kube, request, result.manifest, stored.store)
-    message = f"checkpoint {uri}" if stored.why_local is None else stored.held_locally(src.node, f"checkpoint {uri}")
-    await update_status(src.kube, "ContainerCheckpoint", namespace, name, _set(
-        Phase.SUCCEEDED, message, ready=True, boundContentName=content, completionTime=now()))
-    if stored.why_local is None:
-        await events.record(src.kube, pod, "Checkpointed", f"container {container} checkpointed to {uri}",
-                            node=src.node)
-    else:
-        await events.record(src.kube, pod, "CheckpointHeldLocally", f"container {container}: {message}",
-                            warning=True, node=src.node)
+    await _succeeded(src, "ContainerCheckpoint", request, pod, stored, f"checkpoint {uri}",
+                     f"container {container} checkpointed to {uri}", f"container {container}: ",
+                     boundContentName=content)
 
 
 async def reconcile_pod_checkpoint(src: Source, event: str, obj: dict[str, Any]) -> None:
@@ -260,18 +254,26 @@ async def reconcile_pod_checkpoint(src: Source, event: str, obj: dict[str, Any])
         return
     manifests = [r.manifest for r in stored.results]
     content = await announce_pod(src.kube, request, manifests, stored.store)
-    what = f"checkpoint {manifests[0].pod_uid}/{manifests[0].checkpoint_id}"
-    await update_status(src.kube, "PodCheckpoint", namespace, name, _set(
-        Phase.SUCCEEDED, what if stored.why_local is None else stored.held_locally(src.node, what), ready=True,
-        boundContentName=content, completionTime=now(),
-        containers=[{"containerName": m.container_name, "contentName": content, "ready": True} for m in manifests]))
+    await _succeeded(src, "PodCheckpoint", request, pod, stored,
+                     f"checkpoint {manifests[0].pod_uid}/{manifests[0].checkpoint_id}",
+                     f"{len(manifests)} container(s) checkpointed as {manifests[0].checkpoint_id}", "",
+                     boundContentName=content,
+                     containers=[{"containerName": m.container_name, "contentName": content, "ready": True}
+                                 for m in manifests])
+
+
+async def _succeeded(src: Source, kind: str, request: Mapping[str, Any], pod: Mapping[str, Any], stored: Stored,
+                     what: str, checkpointed: str, held_prefix: str, **status: Any) -> None:
+    """The request's status and the pod's Event once its checkpoint is stored: ``what`` in the status,
+    ``checkpointed`` in a Normal Event; or, held in the local store, both say so (the Event a Warning)."""
+    message = what if stored.why_local is None else stored.held_locally(src.node, what)
+    await update_status(src.kube, kind, meta(request)["namespace"], meta(request)["name"], _set(
+        Phase.SUCCEEDED, message, ready=True, completionTime=now(), **status))
     if stored.why_local is None:
-        await events.record(src.kube, pod, "Checkpointed",
-                            f"{len(manifests)} container(s) checkpointed as {manifests[0].checkpoint_id}",
-                            node=src.node)
+        await events.record(src.kube, pod, "Checkpointed", checkpointed, node=src.node)
     else:
-        await events.record(src.kube, pod, "CheckpointHeldLocally", stored.held_locally(src.node, what),
-                            warning=True, node=src.node)
+        await events.record(src.kube, pod, "CheckpointHeldLocally", held_prefix + message, warning=True,
+                            node=src.node)
 
 
 async def _fail(src: Source, kind: str, request: Mapping[str, Any], pod: Mapping[str, Any], err: LpmError) -> None:

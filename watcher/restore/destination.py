@@ -63,9 +63,10 @@ class Destination:
         try:
             restored = await self._restored_pod(migration)
             if restored is None:
-                if await self._held_locally(migration):
+                content = await self._content(migration)
+                if self._held_locally(migration, content):
                     return
-                restored = await self._restore(migration)
+                restored = await self._restore(migration, content)
             await self._finish_when_running(migration, restored)
         except NotFound as err:  # an object the restore needs is gone: it cannot go on
             await self._fail(migration, err)
@@ -83,30 +84,28 @@ class Destination:
         except NotFound:
             return None
 
-    async def _held_locally(self, migration: Mapping[str, Any]) -> bool:
+    async def _content(self, migration: Mapping[str, Any]) -> dict[str, Any]:
+        """The PodCheckpointContent the migration's checkpoint is bound to."""
+        checkpoint = await self.kube.get(lpm_path("PodCheckpoint", meta(migration)["namespace"],
+                                                  migration["status"]["podCheckpointRef"]["name"]))
+        return await self.kube.get(lpm_path("PodCheckpointContent", None, checkpoint["status"]["boundContentName"]))
+
+    def _held_locally(self, migration: Mapping[str, Any], content: Mapping[str, Any]) -> bool:
         """Wait, not fail, while the checkpoint is in its source node's local store (the shared store was
         unavailable): only that node can read it. The source's mover switches the content to shared and
         writes the migration's status, and that watch event brings this reconcile back."""
         namespace = meta(migration)["namespace"]
-        checkpoint = await self.kube.get(lpm_path("PodCheckpoint", namespace,
-                                                  migration["status"]["podCheckpointRef"]["name"]))
-        content = await self.kube.get(lpm_path("PodCheckpointContent", None,
-                                               checkpoint["status"]["boundContentName"]))
         local = [c["containerName"] for c in content["spec"]["containers"] if c.get("storageType") == "local"]
         if local:
             log.info("checkpoint held in its source node's local store; waiting for the shared store",
                      extra={"fields": {"migration": f"{namespace}/{meta(migration)['name']}", "containers": local}})
         return bool(local)
 
-    async def _restore(self, migration: dict[str, Any]) -> dict[str, Any]:
+    async def _restore(self, migration: dict[str, Any], content: Mapping[str, Any]) -> dict[str, Any]:
         namespace, name = meta(migration)["namespace"], meta(migration)["name"]
         started = time.monotonic()
         await update_status(self.kube, "PodMigration", namespace, name,
                             _phase(MigrationPhase.RESTORING, f"restoring on {self.node}"))
-        checkpoint = await self.kube.get(lpm_path("PodCheckpoint", namespace,
-                                                  migration["status"]["podCheckpointRef"]["name"]))
-        content = await self.kube.get(lpm_path("PodCheckpointContent", None,
-                                               checkpoint["status"]["boundContentName"]))
         try:
             source = await self.kube.get(pod_path(namespace, migration["spec"]["podName"]))
         except NotFound:
