@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.restore.tools import Registry, Skopeo, run_registry
+from lab.pki import CertificateAuthority
+from tests.restore.tools import Registry, RegistryTLS, Skopeo, run_registry
 
 
 @pytest.fixture
@@ -18,7 +19,16 @@ def skopeo(tmp_path: Path) -> Skopeo:
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
-    yield from run_registry(tmp_path / "registry")
+    """Debian's registry on loopback behind TLS from a test CA: clients verify it, as lpm always does."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = CertificateAuthority(pki, "lpm-test-registry-ca")
+    serving = ca.issue_serving("registry", ["127.0.0.1"])
+    # skopeo takes every *.crt in a cert dir as a root: give it the CA alone, not the serving certificate.
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    shutil.copy(ca.cert_file, trust / "ca.crt")
+    yield from run_registry(tmp_path / "registry", RegistryTLS(serving.cert, serving.key, trust / "ca.crt"))
 
 
 @pytest.fixture

@@ -5,15 +5,12 @@
 
 import asyncio
 import json
-import shutil
 
 import pytest
 
 from lab.archives import ArchiveSpec, make_archive
-from lab.pki import CertificateAuthority
 from tests.restore.containerd import binaries, run_containerd
 from tests.restore.support import PODMAN_CONFIG
-from tests.restore.tools import RegistryTLS, run_registry
 from watcher.restore.image import CRIU_NAME, write_image
 from watcher.restore.importer import ContainerdImporter, ImportFailed, RegistryImporter
 
@@ -32,20 +29,6 @@ def image(tmp_path):
 def containerd():
     with run_containerd() as daemon:
         yield daemon
-
-
-@pytest.fixture
-def tls_registry(tmp_path):
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    ca = CertificateAuthority(pki, "lpm-test-registry-ca")
-    serving = ca.issue_serving("registry", ["127.0.0.1"])
-    # skopeo takes every *.crt in a cert dir as a root: give it the CA alone, not the serving certificate.
-    trust = tmp_path / "trust"
-    trust.mkdir()
-    shutil.copy(ca.cert_file, trust / "ca.crt")
-    registry_tls = RegistryTLS(serving.cert, serving.key, trust / "ca.crt")
-    yield from run_registry(tmp_path / "registry", registry_tls)
 
 
 def test_containerd_gets_the_image_in_the_kubelets_namespace_unpacked(image, containerd):
@@ -76,25 +59,25 @@ def test_containerd_not_there_is_a_clear_import_failure(image, tmp_path):
     assert not list(image.path.parent.glob("lpm-ctr-*"))  # its scratch archive is gone too
 
 
-def test_a_registry_push_is_pinned_by_digest_and_verified_by_tls(image, tls_registry, skopeo):
-    importer = RegistryImporter(f"{tls_registry.address}/lpm", cert_dir=tls_registry.tls.ca.parent)
+def test_a_registry_push_is_pinned_by_digest_and_verified_by_tls(image, registry, skopeo):
+    importer = RegistryImporter(f"{registry.address}/lpm", cert_dir=registry.cert_dir)
     reference = asyncio.run(importer.import_image(image.path, TAG, REPOSITORY))
-    assert reference == f"{tls_registry.address}/lpm/{REPOSITORY}@{image.manifest_digest}"
+    assert reference == f"{registry.address}/lpm/{REPOSITORY}@{image.manifest_digest}"
 
     # What a node pulls by that reference is the manifest lpm wrote and verified, annotations and all.
-    raw = skopeo("inspect", "--raw", "--cert-dir", str(tls_registry.tls.ca.parent), f"docker://{reference}")
+    raw = skopeo("inspect", "--raw", "--cert-dir", str(registry.cert_dir), f"docker://{reference}")
     assert json.loads(raw)["annotations"][CRIU_NAME] == "cart-api"
-    tagged = json.loads(skopeo("inspect", "--cert-dir", str(tls_registry.tls.ca.parent),
-                               f"docker://{tls_registry.address}/lpm/{REPOSITORY}:{TAG}"))
+    tagged = json.loads(skopeo("inspect", "--cert-dir", str(registry.cert_dir),
+                               f"docker://{registry.address}/lpm/{REPOSITORY}:{TAG}"))
     assert tagged["Digest"] == image.manifest_digest
 
 
-def test_a_registry_whose_certificate_is_not_trusted_is_refused(image, tls_registry, tmp_path):
+def test_a_registry_whose_certificate_is_not_trusted_is_refused(image, registry, tmp_path):
     # No CA given: the system's roots do not know the test CA, and lpm never turns verification off.
-    importer = RegistryImporter(tls_registry.address)
+    importer = RegistryImporter(registry.address)
     with pytest.raises(ImportFailed) as err:
         asyncio.run(importer.import_image(image.path, TAG, REPOSITORY))
-    assert f"import of {tls_registry.address}/{REPOSITORY}:{TAG}: skopeo failed" in str(err.value)
+    assert f"import of {registry.address}/{REPOSITORY}:{TAG}: skopeo failed" in str(err.value)
     assert "certificate" in str(err.value)
     assert not (tmp_path / "registry" / "storage" / "docker" / "registry" / "v2" / "repositories").exists()
 

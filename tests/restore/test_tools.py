@@ -40,20 +40,19 @@ def test_skopeo_inspects_the_layout(tmp_path, skopeo):
 def test_a_real_registry_keeps_the_manifest_digest(tmp_path, skopeo, registry):
     image = checkpoint_image(tmp_path)
     remote = f"docker://{registry.address}/lpm/ckpt:ckpt-1"
-    # --dest-tls-verify=false / --tls-verify=false: the registry is a loopback-only test server with no
-    # TLS; product code never turns verification off. --preserve-digests: without it skopeo 1.9 gzips
-    # the uncompressed layer on the way to a registry, which makes a new manifest with a new digest.
-    skopeo("copy", "--preserve-digests", "--dest-tls-verify=false", f"oci:{image.path}:ckpt-1", remote)
+    # --preserve-digests: without it skopeo 1.9 gzips the uncompressed layer on the way to a registry, which makes
+    # a new manifest with a new digest. TLS verified against the test CA, as everywhere.
+    skopeo("copy", "--preserve-digests", "--dest-cert-dir", str(registry.cert_dir), f"oci:{image.path}:ckpt-1", remote)
 
-    seen = json.loads(skopeo("inspect", "--tls-verify=false", remote))
+    seen = json.loads(skopeo("inspect", "--cert-dir", str(registry.cert_dir), remote))
     assert seen["Digest"] == image.manifest_digest
     assert seen["Layers"] == [image.layer.digest]
-    raw = skopeo("inspect", "--raw", "--tls-verify=false", remote).encode()
+    raw = skopeo("inspect", "--raw", "--cert-dir", str(registry.cert_dir), remote).encode()
     assert raw == read_blob(image.path, image.manifest_digest)
     assert json.loads(raw)["annotations"] == ANNOTATIONS
 
     # And back: what a node would pull is the very layout that was written, blob for blob.
     pulled = tmp_path / "pulled"
-    skopeo("copy", "--preserve-digests", "--src-tls-verify=false", remote, f"oci:{pulled}:ckpt-1")
+    skopeo("copy", "--preserve-digests", "--src-cert-dir", str(registry.cert_dir), remote, f"oci:{pulled}:ckpt-1")
     assert {name: (pulled / name).read_bytes() for name in layout_files(pulled) if name.startswith("blobs/")} == {
         name: (image.path / name).read_bytes() for name in layout_files(image.path) if name.startswith("blobs/")}

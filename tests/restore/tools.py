@@ -60,12 +60,17 @@ class RegistryTLS:
 @dataclass(frozen=True)
 class Registry:
     address: str
-    """``127.0.0.1:PORT``; plain HTTP unless ``tls``."""
+    """``127.0.0.1:PORT``, HTTPS."""
     log: Path
-    tls: RegistryTLS | None = None
+    tls: RegistryTLS
+
+    @property
+    def cert_dir(self) -> Path:
+        """What skopeo's ``--cert-dir`` flags (and lpm's ``--registry-cert-dir``) take to trust it."""
+        return self.tls.ca.parent
 
 
-def _config(address: str, storage: Path, tls: RegistryTLS | None) -> str:
+def _config(address: str, storage: Path, tls: RegistryTLS) -> str:
     # The secret signs upload state between requests; one registry, so any fixed value does.
     return f"""version: 0.1
 log:
@@ -78,32 +83,29 @@ storage:
 http:
   addr: {address}
   secret: lpm-loopback-test-registry
-""" + ("" if tls is None else f"""  tls:
+  tls:
     certificate: {tls.cert}
     key: {tls.key}
-""")
+"""
 
 
 def _answers(registry: Registry) -> Callable[[], bool]:
     # No proxy, whatever the environment says: the registry is on this machine's loopback.
-    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-    scheme = "http"
-    if registry.tls is not None:
-        scheme = "https"
-        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=registry.tls.ca)))
-    opener = urllib.request.build_opener(*handlers)
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}),
+        urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=registry.tls.ca)))
 
     def ready() -> bool:
         try:
-            with opener.open(f"{scheme}://{registry.address}/v2/", timeout=2) as answer:
+            with opener.open(f"https://{registry.address}/v2/", timeout=2) as answer:
                 return bool(answer.status == 200)
         except (urllib.error.URLError, ConnectionError):
             return False
     return ready
 
 
-def run_registry(workdir: Path, tls: RegistryTLS | None = None) -> Iterator[Registry]:
-    """A registry on 127.0.0.1 and a free port, storing into ``workdir``; stopped on exit."""
+def run_registry(workdir: Path, tls: RegistryTLS) -> Iterator[Registry]:
+    """A registry on 127.0.0.1 and a free port behind ``tls``, storing into ``workdir``; stopped on exit."""
     binary = tool("docker-registry")
     workdir.mkdir()
     registry = Registry(f"127.0.0.1:{free_port()}", workdir / "registry.log", tls)
