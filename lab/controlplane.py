@@ -35,8 +35,8 @@ from lab.pki import CertificateAuthority, write_signing_key_pair
 from lab.processes import ServerError, ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]  # lab/ works from a checkout only: it runs scripts/ and .cache/
-# The one place that names the kube-apiserver release; scripts/kube/build-kube-apiserver.sh reads it too.
-KUBE_VERSION_FILE = REPO / "scripts" / "kube" / "kube-apiserver.version"
+# The one place that names the Kubernetes release; scripts/kube/build-kube.sh reads it too.
+KUBE_VERSION_FILE = REPO / "scripts" / "kube" / "kubernetes.version"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 _START_TIMEOUT = 60.0  # seconds; etcd and the apiserver are ready in about 2.5 s on 2 cores
@@ -56,17 +56,22 @@ def kube_version() -> str:
     return KUBE_VERSION_FILE.read_text().strip()
 
 
+def kube_binary(component: str) -> Path:
+    """Where scripts/kube/build-kube.sh caches a component of the release (it may not be built yet)."""
+    cache = Path(os.environ.get("LPM_CACHE_DIR", REPO / ".cache"))
+    return cache / "kubernetes" / kube_version() / component
+
+
 def locate_binaries() -> Binaries:
     """Find etcd and the cached kube-apiserver; never build or install anything (that is install-deps.sh's job).
 
     ``LPM_KUBE_APISERVER`` and ``LPM_ETCD`` override the paths; ``LPM_CACHE_DIR`` moves the build cache.
     """
-    cache = Path(os.environ.get("LPM_CACHE_DIR", REPO / ".cache"))
-    apiserver = Path(os.environ.get("LPM_KUBE_APISERVER", cache / "kube-apiserver" / kube_version() / "kube-apiserver"))
+    apiserver = Path(os.environ.get("LPM_KUBE_APISERVER", kube_binary("kube-apiserver")))
     etcd = Path(os.environ.get("LPM_ETCD") or shutil.which("etcd") or "/usr/bin/etcd")
     missing = []
     if not os.access(apiserver, os.X_OK):
-        missing.append(f"kube-apiserver not found at {apiserver} (build it: scripts/kube/build-kube-apiserver.sh)")
+        missing.append(f"kube-apiserver not found at {apiserver} (build it: scripts/kube/build-kube.sh)")
     if not os.access(etcd, os.X_OK):
         missing.append(f"etcd not found at {etcd} (install it: scripts/kube/install-deps.sh)")
     if missing:

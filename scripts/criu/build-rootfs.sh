@@ -6,12 +6,12 @@
 # Prints the rootfs path as its last line. Needs root.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-version=trixie-v2   # bump when the package list changes
+version=trixie-v3   # bump when the package list changes
 cache=${LPM_CACHE_DIR:-$repo/.cache}/rootfs
 root=$cache/$version
 # shellcheck source=../lib/debootstrap.sh
 . "$repo/scripts/lib/debootstrap.sh"
-packages=criu,libcriu2,crun,iproute2,iptables,busybox-static,python3,podman,buildah,skopeo,conmon,catatonit
+packages=criu,libcriu2,crun,iproute2,iptables,busybox-static,python3,podman,buildah,skopeo,conmon,catatonit,containernetworking-plugins,libseccomp2
 
 if [[ -f $root/.lpm-complete ]]; then
 	echo "$root"

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install what lpm's real local control plane (lab/) needs on a fresh Debian 12 machine, as root,
-# then build (or find in the cache) kube-apiserver. Idempotent: a second run installs nothing and
+# then build (or find in the cache) the Kubernetes components. Idempotent: a second run installs nothing and
 # returns quickly.
 #
 #   etcd            Debian's etcd-server (3.4 on bookworm), started by lab/controlplane.py
-#   kube-apiserver  built from the Go module proxy by build-kube-apiserver.sh, cached under .cache/
+#   kubernetes      kube-apiserver, kubelet, kube-controller-manager and kube-scheduler, built from the
+#                   Go module proxy by build-kube.sh, cached under .cache/
 #   Go              comes with the machine; Debian's golang (1.19) is too old for kubernetes v1.37
 set -euo pipefail
 
@@ -26,4 +27,4 @@ if [[ ! -x /usr/bin/etcd ]]; then
 fi
 echo "install-deps: $(/usr/bin/etcd --version | head -n1)" >&2
 
-"$here/build-kube-apiserver.sh"
+"$here/build-kube.sh" >/dev/null

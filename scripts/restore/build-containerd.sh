@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Build containerd and ctr from the Go module proxy and cache them by version.
+# Build containerd, ctr and the runc shim from the Go module proxy and cache them by version.
 #
 # Usage: scripts/restore/build-containerd.sh [VERSION]     (default: scripts/restore/containerd.version)
-# Prints the directory holding both binaries as the last line of stdout; progress goes to stderr. A cached
+# Prints the directory holding the binaries as the last line of stdout; progress goes to stderr. A cached
 # build returns at once. Environment: LPM_CACHE_DIR (default REPO/.cache), GOTOOLCHAIN (default local).
 #
 # tests/restore proves lpm's containerd importer against a real containerd (the CRI plugin's k8s.io
-# namespace, where the kubelet's images live). Debian 12 ships containerd 1.6; the checkpoint restore lpm
-# targets needs >= 2.1, so the release is built here: v2.x's module has no replace directives, so
+# namespace, where the kubelet's images live), and lab/ runs it under a real kubelet on each node. Debian 12
+# ships containerd 1.6; CRI restore needs >= 2.1, and since 2.2.7 it is opt-in
+# (enable_experimental_restore_via_create) and 2.4 removed it, so the release is a 2.3.x, built here: v2.x's module has no replace directives, so
 # `go install module@version` builds exactly the release (~1 min cold). Static, without the cgo-only
 # snapshotters (btrfs, devmapper, zfs) that an import into overlayfs never uses.
 set -euo pipefail
@@ -21,7 +22,8 @@ if [[ ! $version =~ ^v2\.[0-9]+\.[0-9]+$ ]]; then
 fi
 
 bin_dir=${LPM_CACHE_DIR:-$repo/.cache}/containerd/$version
-if [[ -x $bin_dir/containerd && -x $bin_dir/ctr ]]; then
+binaries=(containerd ctr containerd-shim-runc-v2)
+if [[ -x $bin_dir/containerd && -x $bin_dir/ctr && -x $bin_dir/containerd-shim-runc-v2 ]]; then
 	echo "$bin_dir"
 	exit 0
 fi
@@ -31,16 +33,20 @@ fi
 use_go build-containerd
 
 start=$(date +%s)
-echo "build-containerd: building containerd and ctr $version with $(go version)" >&2
+echo "build-containerd: building ${binaries[*]} $version with $(go version)" >&2
 # Into a scratch directory, then renamed: an interrupted build never leaves what the check above would
 # take for a finished one.
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 module=github.com/containerd/containerd/v2
+packages=()
+for name in "${binaries[@]}"; do
+	packages+=("$module/cmd/$name@$version")
+done
 CGO_ENABLED=0 GOBIN=$scratch go install -trimpath -tags "no_btrfs no_devmapper no_zfs" -ldflags "-s -w" \
-	"$module/cmd/containerd@$version" "$module/cmd/ctr@$version"
+	"${packages[@]}"
 mkdir -p "$bin_dir"
-for name in containerd ctr; do
+for name in "${binaries[@]}"; do
 	mv "$scratch/$name" "$bin_dir/$name.partial"
 	mv "$bin_dir/$name.partial" "$bin_dir/$name"
 done

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Build kube-apiserver from the Go module proxy and cache it by version.
+# Build Kubernetes components from the Go module proxy and cache them by version.
 #
-# Usage: scripts/kube/build-kube-apiserver.sh [VERSION]     (default: scripts/kube/kube-apiserver.version)
-# Prints the binary's path as the last line of stdout; progress goes to stderr. A cached binary returns at
-# once. Environment: LPM_CACHE_DIR (default REPO/.cache), LPM_BUILD_JOBS (default: the number of cores),
+# Usage: scripts/kube/build-kube.sh [COMPONENT...]
+#   COMPONENT: kube-apiserver, kubelet, kube-controller-manager, kube-scheduler (default: all four)
+# The release is scripts/kube/kubernetes.version (or $LPM_KUBE_VERSION). Prints the directory holding the
+# binaries as the last line of stdout; progress goes to stderr. Cached binaries return at once; the missing
+# ones are built in one go command, so the packages they share (most of k8s.io/kubernetes) compile once.
+# Environment: LPM_CACHE_DIR (default REPO/.cache), LPM_BUILD_JOBS (default: the number of cores),
 # GOTOOLCHAIN (default local; e.g. go1.27.3 for a release that needs a newer Go than the machine's).
 #
-# No package registry ships kube-apiserver, so it is built the way envtest-style tooling does: a throw-away
+# No package registry ships these, so they are built the way envtest-style tooling does: a throw-away
 # module that requires k8s.io/kubernetes and replaces every k8s.io/* staging module (which
 # k8s.io/kubernetes's own go.mod points at ./staging/src/..., absent from the module zip) with its published
 # v0.MINOR.PATCH twin. v1.37.2 (the newest release on the proxy when chosen) builds with Go 1.26 (its go.mod
@@ -15,26 +18,41 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-# The release the tests run against, named in one file that lab/controlplane.py reads too.
-version=${1:-$(<"$here/kube-apiserver.version")}
+# The release the lab runs, named in one file that lab/controlplane.py reads too. The kubelet, controller
+# manager and scheduler are the apiserver's own release: no version skew to reason about.
+version=${LPM_KUBE_VERSION:-$(<"$here/kubernetes.version")}
 if [[ ! $version =~ ^v1\.([0-9]+)\.([0-9]+)$ ]]; then
-	echo "build-kube-apiserver: VERSION must look like v1.MINOR.PATCH, got '$version'" >&2
+	echo "build-kube: the version must look like v1.MINOR.PATCH, got '$version'" >&2
 	exit 2
 fi
 minor=${BASH_REMATCH[1]}
 # Staging modules are tagged v0.MINOR.PATCH for kubernetes v1.MINOR.PATCH.
 staging_version="v0.$minor.${BASH_REMATCH[2]}"
+components=("$@")
+((${#components[@]})) || components=(kube-apiserver kubelet kube-controller-manager kube-scheduler)
+for component in "${components[@]}"; do
+	case $component in
+	kube-apiserver | kubelet | kube-controller-manager | kube-scheduler) ;;
+	*)
+		echo "build-kube: unknown component '$component'" >&2
+		exit 2
+		;;
+	esac
+done
 
-bin_dir=${LPM_CACHE_DIR:-$repo/.cache}/kube-apiserver/$version
-bin=$bin_dir/kube-apiserver
-if [[ -x $bin ]]; then
-	echo "$bin"
+bin_dir=${LPM_CACHE_DIR:-$repo/.cache}/kubernetes/$version
+missing=()
+for component in "${components[@]}"; do
+	[[ -x $bin_dir/$component ]] || missing+=("$component")
+done
+if ((${#missing[@]} == 0)); then
+	echo "$bin_dir"
 	exit 0
 fi
 
 # shellcheck source=../lib/go.sh
 . "$repo/scripts/lib/go.sh"
-use_go build-kube-apiserver
+use_go build-kube
 # The throw-away module has no go.sum yet: let the go command record sums as it resolves.
 export GOFLAGS=-mod=mod
 # Parallel compile actions. The go command's default is the same; named so a busy machine can lower it.
@@ -44,11 +62,11 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 start=$(date +%s)
-echo "build-kube-apiserver: building k8s.io/kubernetes $version with $(go version)" >&2
+echo "build-kube: building ${missing[*]} $version with $(go version)" >&2
 
 # On failure the go command reports the reason in the JSON it prints (an "Error" field), not on stderr.
 if ! download=$(go mod download -json "k8s.io/kubernetes@$version"); then
-	echo "build-kube-apiserver: could not download k8s.io/kubernetes@$version:" >&2
+	echo "build-kube: could not download k8s.io/kubernetes@$version:" >&2
 	echo "$download" >&2
 	exit 1
 fi
@@ -59,11 +77,11 @@ kube_info=$(field Info)
 # Every "k8s.io/NAME => ./staging/src/k8s.io/NAME" line becomes "k8s.io/NAME => k8s.io/NAME vSTAGING".
 mapfile -t staging < <(sed -n 's|^[[:space:]]*\(k8s\.io/[^ ]*\) => \./staging/src/.*$|\1|p' "$kube_gomod")
 if ((${#staging[@]} == 0)); then
-	echo "build-kube-apiserver: no staging replace lines in $kube_gomod" >&2
+	echo "build-kube: no staging replace lines in $kube_gomod" >&2
 	exit 1
 fi
 {
-	echo "module lpm.local/kube-apiserver-build"
+	echo "module lpm.local/kube-build"
 	echo
 	# Kubernetes's own go directive, so its language version and GODEBUG defaults apply unchanged.
 	sed -n 's/^go \([0-9.]*\)$/go \1/p' "$kube_gomod"
@@ -76,7 +94,11 @@ fi
 	done
 	echo ")"
 } >go.mod
-go get "k8s.io/kubernetes/cmd/kube-apiserver@$version" >&2
+packages=()
+for component in "${missing[@]}"; do
+	packages+=("k8s.io/kubernetes/cmd/$component")
+done
+go get "${packages[@]/%/@$version}" >&2
 
 # What a release build stamps in, so /version reports v1.37.2 rather than v0.0.0-master. The build date
 # is the release's own time from the proxy, so the same version always builds the same binary.
@@ -85,12 +107,14 @@ pkg=k8s.io/component-base/version
 ldflags="-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
 ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$release_time"
 
-mkdir -p "$bin_dir"
-# Static, like the release binaries. Built under a temporary name and renamed, so an interrupted build
+# Static, like the release binaries. Built into the scratch module and renamed, so an interrupted build
 # never leaves something that the cache check above would take for a finished binary.
-CGO_ENABLED=0 go build -p "$jobs" -trimpath -ldflags "$ldflags" \
-	-o "$bin.partial" k8s.io/kubernetes/cmd/kube-apiserver
-mv "$bin.partial" "$bin"
+mkdir -p "$work/bin" "$bin_dir"
+CGO_ENABLED=0 go build -p "$jobs" -trimpath -ldflags "$ldflags" -o "$work/bin/" "${packages[@]}"
+for component in "${missing[@]}"; do
+	mv "$work/bin/$component" "$bin_dir/$component.partial"
+	mv "$bin_dir/$component.partial" "$bin_dir/$component"
+done
 
-echo "build-kube-apiserver: built $("$bin" --version) in $(($(date +%s) - start)) s" >&2
-echo "$bin"
+echo "build-kube: built ${missing[*]} $version in $(($(date +%s) - start)) s" >&2
+echo "$bin_dir"
