@@ -1,13 +1,15 @@
 """A real, local Kubernetes control plane: Debian's etcd and a kube-apiserver built from source.
 
-Everything listens on 127.0.0.1 on free ports and lives in one 0700 temporary directory: the CA and
-certificates, the service-account signing keys, the etcd data, the logs and the kubeconfigs. RBAC is
-enforced (``--authorization-mode=Node,RBAC``) and ServiceAccount tokens are real (TokenRequest), so a test
-that passes here passes against a cluster's apiserver too.
+Everything listens on free ports of 127.0.0.1 (or of the lab bridge, for real nodes: lab/cluster.py) and
+lives in one 0700 temporary directory: the CA and certificates, the service-account signing keys, the etcd
+data, the logs and the kubeconfigs. RBAC is enforced (``--authorization-mode=Node,RBAC``) and
+ServiceAccount tokens are real (TokenRequest), so a test that passes here passes against a cluster's
+apiserver too.
 
-There is no controller-manager, scheduler or kubelet: namespaces and ServiceAccounts are created by hand
-(``create_namespace`` also adds the ``default`` ServiceAccount that the ServiceAccount admission plugin wants
-before it admits a pod), and tests set ``spec.nodeName`` and pod status themselves.
+There is no controller-manager, scheduler or kubelet here (lab/cluster.py adds them for real nodes):
+namespaces and ServiceAccounts are created by hand (``create_namespace`` also adds the ``default``
+ServiceAccount that the ServiceAccount admission plugin wants before it admits a pod), and tests set
+``spec.nodeName`` and pod status themselves.
 
 Use it as a context manager::
 
@@ -82,22 +84,29 @@ def locate_binaries() -> Binaries:
 class ControlPlane:
     """etcd + kube-apiserver on loopback, with an admin identity and helpers for ServiceAccount tokens."""
 
-    def __init__(self, binaries: Binaries) -> None:
+    def __init__(self, binaries: Binaries, address: str = "127.0.0.1") -> None:
+        """``address``: where the apiserver listens; real nodes in their own network namespaces reach it
+        on the lab bridge's address (lab/network.py), everything else on loopback."""
         self._binaries = binaries
+        self.address = address
         self._processes: list[ServerProcess] = []
         # mkdtemp creates the directory 0700: keys, tokens and etcd's data are readable by us only.
         self.directory = Path(tempfile.mkdtemp(prefix="lpm-control-plane-"))
         self._pki = self.directory / "pki"
         self._pki.mkdir(mode=0o700)
         self._port = free_port()
-        self.server = f"https://127.0.0.1:{self._port}"
+        self.server = f"https://{address}:{self._port}"
 
         ca = self.ca = CertificateAuthority(self._pki)
         self.ca_file = ca.cert_file
-        self._serving = ca.issue_serving("apiserver", ["127.0.0.1", "localhost", "kubernetes.default.svc"])
+        self._serving = ca.issue_serving("apiserver", [address, "localhost", "kubernetes.default.svc"])
+        # What the apiserver shows the kubelets it calls (logs, exec, port-forward); the kubelets authorise it
+        # by a SubjectAccessReview like any client, and system:masters may do anything.
+        self._kubelet_client = ca.issue_client("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                                               ("system:masters",))
         # O=system:masters is bound to cluster-admin by the apiserver's bootstrap policy.
         admin = ca.issue_client("admin", "lpm-admin", ("system:masters",))
-        self._sa_keys = write_signing_key_pair(self._pki, "service-account")
+        self._sa_keys = self.service_account_keys = write_signing_key_pair(self._pki, "service-account")
         self.admin_kubeconfig = write_cert_kubeconfig(
             self.directory / "admin.kubeconfig", self.server, self.ca_file, admin.cert, admin.key
         )
@@ -186,8 +195,8 @@ class ControlPlane:
             [
                 str(self._binaries.kube_apiserver),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 # The endpoint reconciler publishes the advertise address as the `kubernetes` Service's
                 # endpoint and refuses a loopback one; nothing here reaches the apiserver through it.
                 "--endpoint-reconciler-type=none",
@@ -196,6 +205,12 @@ class ControlPlane:
                 f"--tls-cert-file={self._serving.cert}",
                 f"--tls-private-key-file={self._serving.key}",
                 f"--client-ca-file={self.ca_file}",
+                # Calls to kubelets (pods/log, exec) verify the kubelet's serving certificate, which a real
+                # node's kubelet obtains from this CA through a CSR (serverTLSBootstrap).
+                f"--kubelet-client-certificate={self._kubelet_client.cert}",
+                f"--kubelet-client-key={self._kubelet_client.key}",
+                f"--kubelet-certificate-authority={self.ca_file}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--authorization-mode=Node,RBAC",
                 # What kubeadm enables beyond the defaults: kubelets may only touch their own node's objects.
                 "--enable-admission-plugins=NodeRestriction",

@@ -1,5 +1,10 @@
 """A node's kubelet, for its checkpoint API only: one per test node, on loopback, real TLS.
 
+A stand-in, kept for what the real kubelet (lab/node.py) cannot be made to show on demand: a 5xx or a
+refusal on the next call (``fail_next``), a runtime stuck in CRIU past the agent's timeout
+(``hang_next``), an archive written in place slowly in many pieces (the debounce and in-flight paths),
+and hundreds of nodes at once (bench/migrations.py). Migrations end to end run on real nodes.
+
 It authorises each request the way the real kubelet does — TokenReview of the bearer token,
 then a SubjectAccessReview for ``create`` on ``nodes/checkpoint`` of this node — against the
 real apiserver, finds the pod among those bound to its node, and writes the archive IN

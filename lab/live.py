@@ -1,17 +1,19 @@
-"""The live migration, one scenario for the test and the demo: a counter moves from node-a to node-b.
+"""The live migration on real nodes, one scenario for the tests and the demo.
 
-Real parts throughout: the kube-apiserver + etcd (the caller's ``ControlPlane``, lpm installed),
-two lpm agents (one per node) with the agent ServiceAccount's token, a kubelet stand-in per node
-backed by podman + CRIU in the caller's ``Sandbox``, and one shared store seen through two bindfs
-views (two NFS clients: inotify on one does not see the other's writes, so the destination must
-rely on the API and polling).
+On a lab/cluster.py cluster (real kubelets over containerd + runc + CRIU): one lpm agent per node as the
+lpm-agent ServiceAccount, each seeing the shared store through its own bindfs view (two NFS clients:
+inotify on one does not see the other's writes). A pod whose containers each count in memory is scheduled
+onto node-a by the real scheduler, then annotated ``lpm.my.domain/migrate-to: node-b`` as ``kubectl
+annotate`` would. node-a's kubelet checkpoints each container (containerd's archive), node-a's agent ingests
+them; node-b's agent builds the checkpoint images, imports them into node-b's containerd and creates the
+pod; node-b's kubelet starts it and containerd restores each container through CRI from its image.
 
-``migrate_counter`` starts a counter pod on node-a, annotates it ``lpm.my.domain/migrate-to:
-node-b`` as ``kubectl annotate`` would, follows the PodMigration's phases, and raises
-``MigrationFailed`` unless the counter goes on in the restored pod on node-b from its last value
-(no reset, no gap) and the source pod is deleted. What it sees, it tells ``say`` as it happens:
-tests/realstack/test_live_migration.py passes ``print``, scripts/demo_live.py a timestamped line.
-It tears down what it started (agents, kubelet stand-ins, bindfs mounts) however it ends.
+``migrate`` raises ``MigrationFailed`` unless every counter goes on on node-b from the value it had when it
+was checkpointed (no reset, no gap) and the source pod is deleted. The counters are read as ``kubectl logs
+--timestamps`` reads them, through the apiserver and the kubelets. The kubelet's checkpoint leaves the
+source running (CRI checkpoints are leave-running), so node-a's counter goes on too until its pod is
+deleted: the value node-b starts from is the one the checkpoint froze, found in node-a's log as the line
+before the dump's pause. What it sees, it tells ``say`` as it happens.
 """
 
 from __future__ import annotations
@@ -21,203 +23,248 @@ import os
 import shlex
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from lab.agent import AgentProcess
 from lab.apiclient import ApiError
+from lab.cluster import RealCluster
 from lab.controlplane import ControlPlane
-from lab.kubelet import KubeletStandIn
+from lab.images import BUSYBOX_IMAGE
 from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT
-from lab.runtime import PodmanRuntime, build_base_image
-from lab.sandbox import Sandbox
+from lab.node import CTR, RealNode
 
 NAMESPACE = "live"
-POD = "counter"
-CONTAINER = "count"
 SOURCE, TARGET = "node-a", "node-b"
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done"  # +1 every 0.1 s: a gap would show
+INTERVAL = 0.1  # seconds between two counter values: a gap or a reset would show
+COUNTER = f"i=0; while true; do i=$((i+1)); echo $i; sleep {INTERVAL}; done"
 MIGRATE_TO = "lpm.my.domain/migrate-to"
-_PHASE_TIMEOUT = 180.0  # seconds from the annotation to Succeeded; about 1 s here
-_SOURCE_GONE_TIMEOUT = 20.0  # seconds for the source pod to be deleted once the restored one runs
+_PHASE_TIMEOUT = 240.0  # seconds from the annotation to Succeeded
+_SOURCE_GONE_TIMEOUT = 60.0  # seconds for the source pod to be deleted once the restored one runs
 
 Say = Callable[[str], None]
 
 
 class MigrationFailed(Exception):
-    """The counter did not arrive on node-b intact, or the migration did not finish as it should."""
+    """A counter did not arrive on node-b intact, or the migration did not finish as it should."""
+
+
+@dataclass(frozen=True)
+class Line:
+    time: datetime
+    value: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    restored_pod: str
+    freeze_seconds: float
+    """The longest of the containers' windows: last value logged on node-a before the checkpoint's pause
+    -> first value logged on node-b."""
+    phases: dict[str, float]
 
 
 @contextmanager
-def store_views(share: Path) -> Iterator[tuple[Path, Path]]:
-    """One store directory, two bindfs views of it: node-a's and node-b's."""
-    store = share / "store"
+def store_views(lab: Path, nodes: tuple[str, ...]) -> Iterator[dict[str, Path]]:
+    """One store directory, one bindfs view of it per node."""
+    store = lab / "store"
     store.mkdir(mode=0o700)
-    views = share / "view-a", share / "view-b"
-    mounted: list[Path] = []
+    mounted: dict[str, Path] = {}
     try:
-        for view in views:
+        for node in nodes:
+            view = lab / f"store-view-{node}"
             view.mkdir()
             subprocess.run(["bindfs", "--no-allow-other", str(store), str(view)], check=True)
-            mounted.append(view)
-        yield views
+            mounted[node] = view
+        yield mounted
     finally:
-        for view in mounted:
+        for view in mounted.values():
             # A FUSE mount still busy (an agent killed mid-read) refuses -u; detach it lazily then.
             if subprocess.run(["fusermount3", "-u", str(view)], capture_output=True).returncode != 0:
                 subprocess.run(["umount", "-l", str(view)], check=True)
 
 
-@dataclass
-class _Node:
-    directory: Path
-    runtime: PodmanRuntime
-    kubelet: KubeletStandIn
-
-
-@asynccontextmanager
-async def _nodes(cp: ControlPlane, sandbox: Sandbox) -> AsyncIterator[dict[str, _Node]]:
-    """node-a and node-b: a kubelet stand-in each, their pods run by podman in the sandbox."""
-    stop = asyncio.Event()
-    made: dict[str, _Node] = {}
-    restores: list[asyncio.Task[None]] = []
-    try:
-        for name in (SOURCE, TARGET):
-            directory = sandbox.share / name / "checkpoints"
-            directory.mkdir(parents=True, mode=0o700)
-            runtime = PodmanRuntime(sandbox, cp, name, NAMESPACE)
-            kubelet = KubeletStandIn(cp, name, directory, runtime=runtime)
-            await kubelet.start()
-            made[name] = _Node(directory, runtime, kubelet)
-            restores.append(asyncio.create_task(runtime.run_restores(stop), name=f"restores-{name}"))
-        yield made
-    finally:
-        stop.set()
-        await asyncio.gather(*restores, return_exceptions=True)
-        for node in made.values():
-            await node.kubelet.stop()
-
-
-def _agent(cp: ControlPlane, sandbox: Sandbox, node: str, directory: Path, store: Path) -> AgentProcess:
-    token = sandbox.share / f"{node}.token"
+def start_agent(cp: ControlPlane, node: RealNode, store: Path, *extra: str) -> AgentProcess:
+    """``lpm agent`` for ``node``, on the host: it reads the node's checkpoint directory through the host's
+    view of it, calls the kubelet at the node's address, and imports with the node's own ``ctr`` inside it."""
+    token = node.lab_dir / f"{node.name}.token"
     token.write_text(cp.service_account_token(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT))
     os.chmod(token, 0o600)
     return AgentProcess.cluster(
-        "--node", node, "--kubeconfig", str(cp.service_account_kubeconfig(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT)),
-        "--kubelet-ca", str(cp.ca_file), "--kubelet-token-file", str(token), "--checkpoint-dir", str(directory),
-        "--store", str(store), "--restore-work-dir", str(sandbox.share / f"{node}-work"),
-        "--import-prefix", shlex.join(sandbox.prefix()), "--debounce", "0.3")
+        "--node", node.name,
+        "--kubeconfig", str(cp.service_account_kubeconfig(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT)),
+        "--kubelet-ca", str(cp.ca_file), "--kubelet-token-file", str(token),
+        "--checkpoint-dir", str(node.checkpoint_dir), "--store", str(store),
+        # Under the lab directory, which the node sees at the same path: ctr reads the image archive there.
+        "--restore-work-dir", str(node.lab_dir / f"{node.name}-work"),
+        "--importer", "containerd", "--import-prefix", shlex.join(node.prefix()), "--ctr", CTR,
+        "--debounce", "0.3", *extra)
 
 
-def _migration(cp: ControlPlane) -> dict[str, Any] | None:
-    items = cp.admin.request("GET", f"/apis/lpm.my.domain/v1/namespaces/{NAMESPACE}/podmigrations")["items"]
-    return items[0] if items else None
+def _parse_log(text: str) -> list[Line]:
+    lines = []
+    for row in text.splitlines():
+        stamp, _, value = row.partition(" ")
+        if value.strip().isdigit():
+            lines.append(Line(datetime.fromisoformat(stamp), int(value)))
+    return lines
 
 
-def _pod_exists(cp: ControlPlane, name: str) -> bool:
+def _logs(cp: ControlPlane, pod: str, container: str) -> list[Line]:
+    """``kubectl logs --timestamps``: through the apiserver, from the kubelet of the pod's node."""
+    answer = cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}/log"
+                                     f"?container={container}&timestamps=true")
+    return _parse_log(answer.get("raw", ""))
+
+
+def _pod(cp: ControlPlane, name: str) -> dict[str, Any] | None:
     try:
-        cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}")
+        return cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}")
     except ApiError as err:
         if err.status == 404:
-            return False
+            return None
         raise
-    return True
 
 
-async def migrate_counter(cp: ControlPlane, sandbox: Sandbox, say: Say) -> None:
-    """The scenario; ``cp`` has lpm's CRDs and RBAC installed, ``sandbox`` is entered. See the module."""
-    cp.create_namespace(NAMESPACE)
-    image = await asyncio.to_thread(build_base_image, sandbox)
-    with store_views(sandbox.share) as (view_a, view_b):
-        async with _nodes(cp, sandbox) as nodes:
-            say(f"nodes: {SOURCE} and {TARGET} Ready, each a kubelet (checkpoint API, verified TLS) "
-                "over podman + CRIU; one store, two bindfs views")
-            agents: list[AgentProcess] = []
-            try:
-                for node, view in ((SOURCE, view_a), (TARGET, view_b)):
-                    agents.append(_agent(cp, sandbox, node, nodes[node].directory, view))
-                for agent in agents:
-                    await asyncio.to_thread(agent.wait_logged, "cluster mode watching")
-                say("agents: lpm agent on each node, as the lpm-agent ServiceAccount, watching")
-                await _migrate(cp, nodes, agents, image, say)
-            finally:
-                for agent in agents:
-                    if agent.proc.poll() is None:
-                        await asyncio.to_thread(agent.stop)
+def _migration(cp: ControlPlane, pod: str) -> dict[str, Any] | None:
+    items = cp.admin.request("GET", f"/apis/lpm.my.domain/v1/namespaces/{NAMESPACE}/podmigrations")["items"]
+    return next((m for m in items if m["spec"]["podName"] == pod), None)
 
 
-async def _migrate(cp: ControlPlane, nodes: dict[str, _Node], agents: list[AgentProcess], image: str,
-                   say: Say) -> None:
-    source, target = nodes[SOURCE], nodes[TARGET]
-    pod = cp.admin.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": POD, "namespace": NAMESPACE},
-        "spec": {"nodeName": SOURCE, "containers": [
-            {"name": CONTAINER, "image": image, "command": ["sh", "-c", COUNTER]}]}})
-    await asyncio.to_thread(source.runtime.start_pod, pod)
-    for _ in range(3):  # let it count, and show it
-        await asyncio.sleep(0.5)
-        values = await asyncio.to_thread(source.runtime.logs, NAMESPACE, POD, CONTAINER)
-        say(f"pod {NAMESPACE}/{POD} on {SOURCE}: counter at {values[-1] if values else '-'}")
+def frozen_at(source: list[Line], first_restored: int) -> Line:
+    """The source's line the restored counter goes on from: the value before ``first_restored``."""
+    for line in source:
+        if line.value == first_restored - 1:
+            return line
+    seen = f"{source[0].value}..{source[-1].value}" if source else "nothing"
+    raise MigrationFailed(f"node-b's counter starts at {first_restored}, but node-a never logged "
+                          f"{first_restored - 1} (it logged {seen}): not the checkpointed state")
 
+
+async def run_pod(cluster: RealCluster, name: str, containers: tuple[str, ...], node: str) -> None:
+    """A pod of counting containers, scheduled (by the real scheduler) onto ``node``; returns once they count."""
+    cp, failure = cluster.control_plane, cluster.node_failure
+    cp.admin.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": c, "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                                 "command": ["sh", "-c", COUNTER]} for c in containers]}})
+    deadline = time.monotonic() + 120
+    while True:
+        pod = await asyncio.to_thread(_pod, cp, name)
+        status = (pod or {}).get("status", {})
+        if status.get("phase") == "Running":
+            counted = [len(await asyncio.to_thread(_logs, cp, name, c)) for c in containers]
+            if min(counted) >= 3:
+                return
+        if time.monotonic() > deadline:
+            raise MigrationFailed(f"pod {name} not counting on {node} after 120 s: {status}\n{failure()}")
+        await asyncio.sleep(0.3)
+
+
+async def migrate(cluster: RealCluster, agents: dict[str, AgentProcess], pod: str, containers: tuple[str, ...],
+                  say: Say) -> Outcome:
+    """Annotate ``pod`` (running on SOURCE) to move to TARGET; check every counter went on; see the module."""
+    cp = cluster.control_plane
     started = time.monotonic()
-    cp.admin.request("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{POD}",  # kubectl annotate
+    cp.admin.request("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}",  # kubectl annotate
                      {"metadata": {"annotations": {MIGRATE_TO: TARGET}}},
                      content_type="application/merge-patch+json")
-    say(f"annotated {MIGRATE_TO}={TARGET}")
+    say(f"annotated {NAMESPACE}/{pod} {MIGRATE_TO}={TARGET}")
+    source_logs: dict[str, list[Line]] = {c: [] for c in containers}
     seen: list[str] = []
+    status: dict[str, Any] = {}
     phase = None
     while phase not in ("Succeeded", "Failed"):
         if time.monotonic() - started > _PHASE_TIMEOUT:
-            raise MigrationFailed(f"no outcome {_PHASE_TIMEOUT:.0f} s after the annotation; phases seen: {seen}")
-        await asyncio.sleep(0.05)
-        for node, agent in zip((SOURCE, TARGET), agents):
+            raise MigrationFailed(f"no outcome {_PHASE_TIMEOUT:.0f} s after the annotation; phases seen: {seen}; "
+                                  f"last status: {status}\n{cluster.node_failure()}")
+        for node, agent in agents.items():
             if agent.proc.poll() is not None:  # nothing would ever move the migration on
                 raise MigrationFailed(f"the agent on {node} exited ({agent.proc.returncode}); its log:\n"
                                       + "".join(agent.raw[-20:]))
-        migration = await asyncio.to_thread(_migration, cp)
-        if migration is None:  # the source agent has not created it yet
-            continue
-        status = migration.get("status", {})
-        phase = status.get("phase")
-        if phase and phase not in seen:
-            seen.append(phase)
-            say(f"PodMigration {migration['metadata']['name']}: {phase:<18} "
-                f"+{time.monotonic() - started:.2f} s after the annotation")
+        # Keep node-a's counters as they were last seen: the source pod's logs go with it.
+        if await asyncio.to_thread(_pod, cp, pod) is not None:
+            for container in containers:
+                try:
+                    source_logs[container] = await asyncio.to_thread(_logs, cp, pod, container)
+                except ApiError:
+                    pass  # being deleted: what was read last stands
+        migration = await asyncio.to_thread(_migration, cp, pod)
+        if migration is not None:
+            status = migration.get("status", {})
+            phase = status.get("phase")
+            if phase and phase not in seen:
+                seen.append(phase)
+                say(f"PodMigration {migration['metadata']['name']}: {phase:<18} "
+                    f"+{time.monotonic() - started:.2f} s after the annotation")
+        await asyncio.sleep(0.1)
     if phase == "Failed":
         raise MigrationFailed(f"the migration failed: {status.get('message')}")
-    restored_name: str = status["restoredPodName"]
+    restored: str = status["restoredPodName"]
 
-    before = await asyncio.to_thread(source.runtime.logs, NAMESPACE, POD, CONTAINER)
-    await asyncio.sleep(1.0)  # let the restored counter go on
-    after = await asyncio.to_thread(target.runtime.logs, NAMESPACE, restored_name, CONTAINER)
-    last_before, first_after = int(before[-1]), int(after[0])
-    say(f"counter: last on {SOURCE} {last_before}, first on {TARGET} {first_after}, "
-        f"a second later {after[-1]} (pod {NAMESPACE}/{restored_name})")
-    if first_after != last_before + 1:
-        raise MigrationFailed(f"the counter must go on from its last value: {last_before} -> {first_after}")
-    if int(after[-1]) <= first_after:
-        raise MigrationFailed(f"the restored counter stopped at {after[-1]}")
-    freeze = target.runtime.restored_at[restored_name] - source.kubelet.checkpoint_started[0]
-    dump_seconds = source.kubelet.checkpoint_seconds[0]
-    [restored_log] = agents[1].logs("restored pod created")
-    restore = {step: restored_log[step] for step in (
-        "verifySeconds", "imageSeconds", "importSeconds", "createSeconds", "seconds")}
-    say(f"freeze window: {freeze:.2f} s (checkpoint requested -> restored process running; "
-        f"CRIU dump {dump_seconds:.2f} s; restore on {TARGET} {restore['seconds']:.2f} s: verify "
-        f"{restore['verifySeconds']:.3f}, image {restore['imageSeconds']:.3f}, "
-        f"import {restore['importSeconds']:.3f}, create {restore['createSeconds']:.3f})")
+    await asyncio.sleep(1.0)  # let the restored counters go on
+    windows: dict[str, float] = {}
+    first_on_target: dict[str, Line] = {}
+    for container in containers:
+        logged = await asyncio.to_thread(_logs, cp, restored, container)
+        # containerd restores the container's log file with it: the lines up to the checkpoint come first,
+        # with their original times. What the restored process wrote follows.
+        known = set(source_logs[container])
+        after = [line for line in logged if line not in known]
+        if len(after) < 2:
+            raise MigrationFailed(f"restored container {container} of {restored} logged nothing new: {logged}")
+        first, last = after[0], after[-1]
+        before = frozen_at(source_logs[container], first.value)
+        values = [line.value for line in after]
+        if values != list(range(first.value, first.value + len(values))):
+            raise MigrationFailed(f"the restored counter {container} skips or repeats: {values}")
+        windows[container] = (first.time - before.time).total_seconds()
+        first_on_target[container] = first
+        say(f"counter {container}: {before.value} on {SOURCE} when checkpointed, first on {TARGET} "
+            f"{first.value}, a second later {last.value} (pod {NAMESPACE}/{restored}; node-a's copy went on to "
+            f"{source_logs[container][-1].value} until deleted)")
 
     deadline = time.monotonic() + _SOURCE_GONE_TIMEOUT
-    while await asyncio.to_thread(_pod_exists, cp, POD):
+    while await asyncio.to_thread(_pod, cp, pod) is not None:
         if time.monotonic() > deadline:
             raise MigrationFailed(f"the source pod still exists {_SOURCE_GONE_TIMEOUT:.0f} s after the restore")
-        await asyncio.sleep(0.1)
-    restored = cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{restored_name}")
-    origin = restored["metadata"].get("annotations", {}).get("lpm.my.domain/restored-from")
-    if restored["spec"]["nodeName"] != TARGET or origin != f"{NAMESPACE}/{POD}":
-        raise MigrationFailed(f"restored pod on {restored['spec']['nodeName']}, restored-from {origin!r}")
-    say(f"source pod {NAMESPACE}/{POD} deleted; {NAMESPACE}/{restored_name} runs on {TARGET}, "
-        f"restored-from {origin}")
+        await asyncio.sleep(0.2)
+    restored_pod = await asyncio.to_thread(_pod, cp, restored)
+    assert restored_pod is not None
+    origin = restored_pod["metadata"].get("annotations", {}).get("lpm.my.domain/restored-from")
+    if restored_pod["spec"]["nodeName"] != TARGET or origin != f"{NAMESPACE}/{pod}":
+        raise MigrationFailed(f"restored pod on {restored_pod['spec']['nodeName']}, restored-from {origin!r}")
+    phases = _phases(agents, first_on_target)
+    freeze = max(windows.values())
+    say(f"freeze window: {freeze:.2f} s (last value on {SOURCE} before the checkpoint -> first on {TARGET}); "
+        + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
+    say(f"source pod {NAMESPACE}/{pod} deleted; {NAMESPACE}/{restored} runs on {TARGET}, restored-from {origin}")
+    return Outcome(restored, freeze, phases)
+
+
+def _time(line: dict[str, Any]) -> float:
+    return datetime.fromisoformat(line["time"]).timestamp()
+
+
+def _phases(agents: dict[str, AgentProcess], first: dict[str, Line]) -> dict[str, float]:
+    """Where the window went, from the agents' own log lines (their times are the machine's clock)."""
+    source, target = agents[SOURCE], agents[TARGET]
+    checkpointed = source.logs("container checkpointed")
+    ingested = source.logs("container ingested")
+    [committed] = source.logs("checkpoint committed")[-1:]
+    [restored] = target.logs("restored pod created")[-1:]
+    restore_began = _time(restored) - restored["seconds"]
+    running = max(line.time.timestamp() for line in first.values())
+    return {
+        "kubelet checkpoint": sum(line["kubeletSeconds"] for line in checkpointed),
+        "ingest": sum(line["ingestSeconds"] for line in ingested) + committed["commitSeconds"],
+        "marker to destination": restore_began - _time(committed),
+        "verify": restored["verifySeconds"], "image": restored["imageSeconds"],
+        "import": restored["importSeconds"], "pod create": restored["createSeconds"],
+        "pod start + CRIU restore": running - _time(restored),
+    }

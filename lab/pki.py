@@ -87,6 +87,9 @@ class CertificateAuthority:
         )
         self.cert_file = directory / "ca.crt"
         self.cert_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
+        # kube-controller-manager signs CSRs (the kubelets' serving certificates) with this CA, from files.
+        self.key_file = directory / "ca.key"
+        _write_private(self.key_file, _key_pem(self._key))
 
     def issue_serving(self, name: str, hosts: list[str]) -> CertFiles:
         """A TLS server certificate valid for ``hosts`` (IP addresses and DNS names)."""

@@ -54,6 +54,10 @@ class ServerProcess:
             preexec_fn=_die_with_parent,
         )
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def check_running(self) -> None:
         code = self._proc.poll()
         if code is not None:

@@ -1,30 +1,29 @@
-"""The README's live demo: a counting process moves from node-a to node-b and goes on counting.
+"""The README's live demo: a counting process moves from node-a to node-b on real nodes and goes on counting.
 
     .venv/bin/python scripts/demo_live.py         (root; scripts/setup --for-live first)
 
-A local two-node cluster on real parts (lab/): etcd + kube-apiserver with lpm's CRDs and RBAC,
-podman + CRIU in the trixie rootfs, a kubelet stand-in and an lpm agent per node, one shared
-store seen through two bindfs views. Then lab/live.py's scenario, the same code the test
-tests/realstack/test_live_migration.py runs: the counter pod is annotated
-``lpm.my.domain/migrate-to: node-b`` and every step is printed as it happens. Everything is
-torn down at the end, also on failure, Ctrl-C or SIGTERM. Exit 0 only if the counter went on
-from its last value on node-b; 1 if it did not; 130 if interrupted.
+A local cluster on real parts (lab/cluster.py): etcd + kube-apiserver with lpm's CRDs and RBAC,
+kube-controller-manager and kube-scheduler, and two nodes, each a real kubelet over containerd + runc +
+CRIU in namespaces of its own; an lpm agent per node and one shared store seen through two bindfs views.
+Then lab/live.py's scenario, the same code tests/realstack/test_real_nodes.py runs: the counter pod is
+annotated ``lpm.my.domain/migrate-to: node-b`` and every step is printed as it happens. Everything is torn
+down at the end, also on failure, Ctrl-C or SIGTERM. Exit 0 only if the counter went on on node-b from
+the value it was checkpointed at; 1 if it did not; 130 if interrupted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import sys
-import tempfile
 import time
-from pathlib import Path
+from collections.abc import Callable
 
-from lab.controlplane import ControlPlane, ControlPlaneError, kube_version, locate_binaries
-from lab.live import MigrationFailed, migrate_counter
-from lab.manifests import install_lpm
-from lab.sandbox import Sandbox, SandboxError, rootfs
+from lab.cluster import ClusterError, RealCluster
+from lab.controlplane import ControlPlaneError
+from lab.live import NAMESPACE, SOURCE, TARGET, MigrationFailed, migrate, run_pod, start_agent, store_views
+from lab.node import NodeError
+from lab.sandbox import SandboxError
 
 
 def main() -> int:
@@ -33,32 +32,50 @@ def main() -> int:
     def say(line: str) -> None:
         print(f"[{time.monotonic() - started:6.2f} s] {line}", flush=True)
 
-    # Ctrl-C tears down: inside asyncio.run, SIGINT cancels the scenario (its finally blocks stop
-    # agents, kubelets and mounts); outside, it raises KeyboardInterrupt through the sandbox's and
-    # the control plane's context managers. Set explicitly because a shell starts a background job
-    # with SIGINT ignored, and SIGTERM is made to do the same.
+    # Ctrl-C tears down: inside asyncio.run, SIGINT cancels the scenario (its finally blocks stop the
+    # agents and the mounts); outside, it raises KeyboardInterrupt through the cluster's context manager.
+    # Set explicitly because a shell starts a background job with SIGINT ignored, and SIGTERM is made to
+    # do the same.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    share = Path(tempfile.mkdtemp(prefix="lpm-demo-live-"))
     try:
-        with ControlPlane(locate_binaries()) as cp:
-            install_lpm(cp.admin)
-            say(f"control plane: etcd + kube-apiserver {kube_version()} at {cp.server}, "
+        with RealCluster((SOURCE, TARGET)) as cluster:
+            cp = cluster.control_plane
+            say(f"control plane: etcd + kube-apiserver, kube-controller-manager, kube-scheduler at {cp.server}; "
                 "lpm's CRDs and RBAC applied")
-            with Sandbox(rootfs(), share) as sandbox:
-                say("container runtime: podman + CRIU in a private mount namespace of the trixie rootfs")
-                asyncio.run(migrate_counter(cp, sandbox, say))
+            infos = [cp.admin.request("GET", f"/api/v1/nodes/{n}")["status"]["nodeInfo"] for n in cluster.nodes]
+            versions = sorted({f"kubelet {i['kubeletVersion']}, {i['containerRuntimeVersion'].replace('://', ' v')}"
+                               for i in infos})
+            say(f"nodes: {', '.join(cluster.nodes)}: {'; '.join(versions)}; runc + CRIU 4, each in its own "
+                "mount, network, PID and UTS namespaces; serving certificates from the cluster CA")
+            cp.create_namespace(NAMESPACE)
+            asyncio.run(_scenario(cluster, say))
     except KeyboardInterrupt:
         say("interrupted: everything torn down")
         return 130
-    except (MigrationFailed, ControlPlaneError, SandboxError) as e:
+    except (MigrationFailed, ClusterError, NodeError, ControlPlaneError, SandboxError) as e:
         say(f"LIVE DEMO FAILED: {e}")
         say("everything torn down")
         return 1
-    finally:
-        shutil.rmtree(share, ignore_errors=True)
-    say("done: control plane, agents, kubelets, containers and mounts torn down")
+    say("done: control plane, nodes, agents, containers and mounts torn down")
     return 0
+
+
+async def _scenario(cluster: RealCluster, say: Callable[[str], None]) -> None:
+    with store_views(cluster.directory, (SOURCE, TARGET)) as views:
+        agents = {name: start_agent(cluster.control_plane, cluster.nodes[name], views[name])
+                  for name in (SOURCE, TARGET)}
+        try:
+            for agent in agents.values():
+                await asyncio.to_thread(agent.wait_logged, "cluster mode watching")
+            say("agents: lpm agent for each node, as the lpm-agent ServiceAccount, watching")
+            await run_pod(cluster, "counter", ("count",), SOURCE)
+            say(f"pod {NAMESPACE}/counter counting on {SOURCE} (scheduled there by kube-scheduler)")
+            await migrate(cluster, agents, "counter", ("count",), say)
+        finally:
+            for agent in agents.values():
+                if agent.proc.poll() is None:
+                    await asyncio.to_thread(agent.stop)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The README's run command, end to end: ``scripts/run --standalone``.
 
-The live path of ``scripts/run`` (scripts/demo_live.py) is run by tests/realstack/test_live_migration.py.
+The live path of ``scripts/run`` (scripts/demo_live.py) runs lab/live.py, as tests/realstack/test_real_nodes.py does.
 """
 
 from __future__ import annotations

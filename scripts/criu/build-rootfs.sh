@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build (or find in the cache) the Debian trixie rootfs that carries CRIU 4, crun, podman, buildah and
-# skopeo for lpm's restore tests (../shared/docs/REAL-STACK.md: bookworm's CRIU 3.17 fails
-# `criu check` on this kernel; trixie's 4.1 works). Nothing is installed on the host: bookworm's
+# Build (or find in the cache) the Debian trixie rootfs that carries CRIU 4, crun, podman, buildah,
+# skopeo and the CNI plugins for lpm's restore tests and the lab's real nodes
+# (../shared/docs/REAL-STACK.md: bookworm's CRIU 3.17 fails `criu check` on this kernel; trixie's 4.1
+# works). Nothing is installed on the host: bookworm's
 # debootstrap is unpacked with dpkg -x (scripts/lib/debootstrap.sh).
 # Prints the rootfs path as its last line. Needs root.
 set -euo pipefail
@@ -22,10 +23,17 @@ if ((EUID != 0)); then
 	exit 1
 fi
 
+mkdir -p "$cache"
+# One build at a time: a second caller (a test, a helper's setup) waits, then finds the rootfs built.
+exec 9>"$cache/.lock"
+flock 9
+if [[ -f $root/.lpm-complete ]]; then
+	echo "$root"
+	exit 0
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 rm -rf "$root.partial"
-mkdir -p "$cache"
 started=$SECONDS
 debootstrap_trixie "$work" "$root.partial" --include="$packages"
 ln -sfn ../proc/self/mounts "$root.partial/etc/mtab"

@@ -43,7 +43,10 @@ packages=()
 for name in "${binaries[@]}"; do
 	packages+=("$module/cmd/$name@$version")
 done
-CGO_ENABLED=0 GOBIN=$scratch go install -trimpath -tags "no_btrfs no_devmapper no_zfs" -ldflags "-s -w" \
+# The version stamped in as the release's own build does: the daemon reports it to the kubelet (the
+# Node's containerRuntimeVersion) and over CRI, where lpm reads it to decide whether the node restores.
+CGO_ENABLED=0 GOBIN=$scratch go install -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+	-ldflags "-s -w -X $module/version.Version=$version -X $module/version.Revision=release" \
 	"${packages[@]}"
 mkdir -p "$bin_dir"
 for name in "${binaries[@]}"; do

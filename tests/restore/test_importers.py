@@ -1,6 +1,6 @@
 """The importers that are not podman's: a real containerd, and a real registry behind TLS.
 
-(The containers-storage importer restores for real in tests/realstack/test_live_migration.py.)
+(The containers-storage importer restores for real in tests/realstack/test_podman_restore.py.)
 """
 
 import asyncio

@@ -13,7 +13,6 @@ agent that died between creating it and recording it finds it and carries on fro
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -29,6 +28,7 @@ from watcher.kube.client import Kube
 from watcher.observe import AgentMetrics, Operation
 from watcher.restore.importer import Importer
 from watcher.restore.pipeline import RestoreRefused, import_checkpoint
+from watcher.restore.podspec import restored_spec
 from watcher.store import layout
 from watcher.zstream import CompressionSettings
 
@@ -138,12 +138,7 @@ class Destination:
     async def _create_pod(self, migration: Mapping[str, Any], source: Mapping[str, Any],
                           images: Mapping[str, str]) -> dict[str, Any]:
         namespace = meta(migration)["namespace"]
-        spec = copy.deepcopy(source["spec"])
-        spec["nodeName"] = self.node
-        for container in spec.get("containers", []):
-            if container["name"] not in images:
-                raise RestoreRefused(f"the checkpoint has no container {container['name']}")
-            container["image"] = images[container["name"]]
+        spec = restored_spec(source["spec"], self.node, images)
         labels = {**meta(source).get("labels", {}), MIGRATION_LABEL: meta(migration)["name"]}
         annotations = {k: v for k, v in meta(source).get("annotations", {}).items()
                        if not k.startswith("lpm.my.domain/")}

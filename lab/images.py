@@ -1,0 +1,84 @@
+"""The two images every real node of the lab needs, built locally: no registry is reachable from here.
+
+- ``PAUSE_IMAGE``: the pod sandbox. containerd starts one per pod before its containers, and would pull
+  ``registry.k8s.io/pause`` otherwise; any process that sleeps until killed does the job.
+- ``BUSYBOX_IMAGE``: the workloads' base image. A restored container runs on the base image its checkpoint
+  was taken on, so every node has it, under the same name.
+
+Both are one uncompressed layer holding the rootfs's static busybox and its applet links, written as an
+OCI archive (``oci-layout``, ``index.json``, ``blobs/``) that ``ctr images import`` reads; the index names
+the image (``io.containerd.image.name``). Deterministic: mtime 0, uid 0, sorted entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+PAUSE_IMAGE = "localhost/lpm-pause:1"
+BUSYBOX_IMAGE = "localhost/lpm-busybox:1"
+_APPLETS = ("sh", "sleep", "echo", "cat", "date", "seq", "head", "ls", "true")
+
+
+def _layer(busybox: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        directory = tarfile.TarInfo("bin")
+        directory.type, directory.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(directory)
+        binary = tarfile.TarInfo("bin/busybox")
+        binary.size, binary.mode = len(busybox), 0o755
+        tar.addfile(binary, io.BytesIO(busybox))
+        for applet in _APPLETS:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname, link.mode = tarfile.SYMTYPE, "busybox", 0o777
+            tar.addfile(link)
+    return out.getvalue()
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": f"sha256:{hashlib.sha256(data).hexdigest()}", "size": len(data),
+            **extra}
+
+
+def write_oci_archive(path: Path, name: str, busybox: bytes, entrypoint: list[str]) -> Path:
+    """An OCI archive of the image ``name`` (``host/repo:tag``) running ``entrypoint`` by default."""
+    layer = _layer(busybox)
+    config = _json({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": entrypoint, "Env": ["PATH=/bin"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}"]},
+    })
+    manifest = _json({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": _descriptor("application/vnd.oci.image.config.v1+json", config),
+        "layers": [_descriptor("application/vnd.oci.image.layer.v1.tar", layer)],
+    })
+    index = _json({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        _descriptor("application/vnd.oci.image.manifest.v1+json", manifest, annotations={
+            "io.containerd.image.name": name, "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1]})]})
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        def add(member: str, data: bytes) -> None:
+            info = tarfile.TarInfo(member)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add("index.json", index)
+        for blob in sorted((layer, config, manifest), key=lambda b: hashlib.sha256(b).hexdigest()):
+            add(f"blobs/sha256/{hashlib.sha256(blob).hexdigest()}", blob)
+    return path
+
+
+def node_images(rootfs: Path, directory: Path) -> list[Path]:
+    """The pause and busybox archives, from the rootfs's static busybox, written into ``directory``."""
+    busybox = (rootfs / "usr" / "bin" / "busybox").read_bytes()
+    return [write_oci_archive(directory / "pause.tar", PAUSE_IMAGE, busybox, ["/bin/sleep", "2147483647"]),
+            write_oci_archive(directory / "busybox.tar", BUSYBOX_IMAGE, busybox, ["/bin/sh"])]
