@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import base64
 import shutil
+import subprocess
 import socket
 import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Mapping
@@ -41,6 +44,26 @@ from lab.sandbox import rootfs
 _CSR = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 _KUBELET_SERVING = "kubernetes.io/kubelet-serving"
 _READY_TIMEOUT = 120.0  # seconds for a node to register, be Ready and serve with its CA-signed certificate
+
+
+@contextmanager
+def store_views(lab: Path, nodes: tuple[str, ...]) -> Iterator[dict[str, Path]]:
+    """One store directory, one bindfs view of it per node."""
+    store = lab / "store"
+    store.mkdir(mode=0o700)
+    mounted: dict[str, Path] = {}
+    try:
+        for node in nodes:
+            view = lab / f"store-view-{node}"
+            view.mkdir()
+            subprocess.run(["bindfs", "--no-allow-other", str(store), str(view)], check=True)
+            mounted[node] = view
+        yield mounted
+    finally:
+        for view in mounted.values():
+            # A FUSE mount still busy (an agent killed mid-read) refuses -u; detach it lazily then.
+            if subprocess.run(["fusermount3", "-u", str(view)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(view)], check=True)
 
 
 class ClusterError(Exception):
@@ -117,6 +140,9 @@ class RealCluster:
         self._restore = dict(restore_via_create or {})
         self.directory = Path(tempfile.mkdtemp(prefix="lpm-lab-"))
         self._bridge = Bridge()
+        # Made before the nodes, so that each node's mount namespace has its own view to bind.
+        self._store = store_views(self.directory, nodes)
+        self.store_views: dict[str, Path] = {}
         self.cp: ControlPlane | None = None
         self.nodes: dict[str, RealNode] = {}
         self._controllers: list[ServerProcess] = []
@@ -149,8 +175,9 @@ class RealCluster:
         self._start_controllers(cp)
         self._approver = _CsrApprover(cp, self.addresses)
         access = ClusterAccess(cp.server, cp.ca)
+        self.store_views = self._store.__enter__()
         for name, address in self.addresses.items():
-            node = RealNode(name, address, self.directory, root, binaries, access,
+            node = RealNode(name, address, self.directory, root, binaries, access, self.store_views[name],
                             restore_via_create=self._restore.get(name, True))
             self.nodes[name] = node
             node.start()
@@ -160,6 +187,8 @@ class RealCluster:
     def stop(self) -> None:
         for node in reversed(list(self.nodes.values())):
             node.stop()
+        if self.store_views:
+            self._store.__exit__(None, None, None)
         if self._approver is not None:
             self._approver.stop()
         for controller in reversed(self._controllers):

@@ -99,7 +99,8 @@ class ControlPlane:
 
         ca = self.ca = CertificateAuthority(self._pki)
         self.ca_file = ca.cert_file
-        self._serving = ca.issue_serving("apiserver", [address, "localhost", "kubernetes.default.svc"])
+        # Also the `kubernetes` Service's ClusterIP, which pods on the lab's real nodes dial.
+        self._serving = ca.issue_serving("apiserver", [address, "localhost", "kubernetes.default.svc", "10.96.0.1"])
         # What the apiserver shows the kubelets it calls (logs, exec, port-forward); the kubelets authorise it
         # by a SubjectAccessReview like any client, and system:masters may do anything.
         self._kubelet_client = ca.issue_client("apiserver-kubelet-client", "kube-apiserver-kubelet-client",

@@ -21,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -66,26 +64,6 @@ class Outcome:
     """The longest of the containers' windows: last value logged on node-a before the checkpoint's pause
     -> first value logged on node-b."""
     phases: dict[str, float]
-
-
-@contextmanager
-def store_views(lab: Path, nodes: tuple[str, ...]) -> Iterator[dict[str, Path]]:
-    """One store directory, one bindfs view of it per node."""
-    store = lab / "store"
-    store.mkdir(mode=0o700)
-    mounted: dict[str, Path] = {}
-    try:
-        for node in nodes:
-            view = lab / f"store-view-{node}"
-            view.mkdir()
-            subprocess.run(["bindfs", "--no-allow-other", str(store), str(view)], check=True)
-            mounted[node] = view
-        yield mounted
-    finally:
-        for view in mounted.values():
-            # A FUSE mount still busy (an agent killed mid-read) refuses -u; detach it lazily then.
-            if subprocess.run(["fusermount3", "-u", str(view)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(view)], check=True)
 
 
 def start_agent(cp: ControlPlane, node: RealNode, store: Path, *extra: str) -> AgentProcess:

@@ -5,6 +5,9 @@ address) over a veth pair each, and nothing leaves the machine: the bridge has n
 NAT. Pods live in further namespaces inside each node, on that node's own CNI bridge and pod subnet.
 
 The names and the 172.31.250.0/24 range are the lab's own; a bridge left by a killed run is replaced.
+
+There is no kube-proxy: ``route_kubernetes_service`` does its one job the lab needs, in each node (pods,
+lpm's DaemonSet among them, reach the apiserver at the ``kubernetes`` Service's address).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from dataclasses import dataclass
 
 BRIDGE = "lpm-lab0"
 GATEWAY = "172.31.250.1"  # the host's address on the bridge: the apiserver listens here
+# The `kubernetes` Service's ClusterIP in --service-cluster-ip-range 10.96.0.0/16: what a pod's in-cluster
+# client dials (KUBERNETES_SERVICE_HOST), on port 443.
+KUBERNETES_SERVICE_IP = "10.96.0.1"
 _PREFIX = 24
 
 
@@ -68,3 +74,24 @@ class Bridge:
         _ip("addr", "add", f"{address.ip}/{_PREFIX}", "dev", "eth0", netns_pid=pid)
         _ip("link", "set", "eth0", "up", netns_pid=pid)
         _ip("route", "add", "default", "via", GATEWAY, netns_pid=pid)
+
+
+def route_kubernetes_service(pid: int, address: NodeAddress, apiserver_port: int) -> None:
+    """In the network namespace of ``pid``: the ``kubernetes`` Service's ClusterIP:443 is the apiserver, for
+    the node's own processes and for its pods, whose traffic leaves the node masqueraded as the node's
+    address (the host has no route to the pod subnets). What kube-proxy's rules for that Service do."""
+    def iptables(*rule: str) -> None:
+        command = ["nsenter", "-t", str(pid), "-m", "-n", "iptables", "-w", *rule]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise NetworkError(f"{' '.join(command)}: {result.stderr.strip()}")
+
+    target = f"{GATEWAY}:{apiserver_port}"
+    for chain in ("PREROUTING", "OUTPUT"):
+        iptables("-t", "nat", "-A", chain, "-d", f"{KUBERNETES_SERVICE_IP}/32", "-p", "tcp", "--dport", "443",
+                 "-j", "DNAT", "--to-destination", target)
+    iptables("-t", "nat", "-A", "POSTROUTING", "-s", address.pod_subnet, "-o", "eth0", "-j", "MASQUERADE")
+    forward = subprocess.run(["nsenter", "-t", str(pid), "-n", "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                             capture_output=True, text=True)
+    if forward.returncode != 0:
+        raise NetworkError(f"ip_forward in {address.node}: {forward.stderr.strip()}")

@@ -34,12 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from urllib.parse import urlsplit
+
 import yaml
 
 from lab.controlplane import REPO, kube_binary
 from lab.images import node_images
 from lab.kubeconfig import write_cert_kubeconfig
-from lab.network import Bridge, NodeAddress
+from lab.network import Bridge, NodeAddress, route_kubernetes_service
 from lab.pki import CertificateAuthority
 from lab.processes import ServerError, ServerProcess
 
@@ -48,6 +50,7 @@ _OPT = "/opt/lpm"  # inside the node: kubernetes/, containerd/ (with ctr and the
 CTR = f"{_OPT}/containerd/ctr"
 _PATH = f"{_OPT}/kubernetes:{_OPT}/containerd:{_OPT}/runc:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+STORE_PATH = "/srv/lpm-store"  # inside a node: its view of the shared store (a hostPath PV names it)
 _START_TIMEOUT = 60.0
 
 
@@ -129,8 +132,10 @@ class ClusterAccess:
 
 class RealNode:
     def __init__(self, name: str, address: NodeAddress, lab_dir: Path, rootfs: Path, binaries: NodeBinaries,
-                 access: ClusterAccess, restore_via_create: bool = True) -> None:
-        """``restore_via_create``: containerd's CRI opt-in to restore from checkpoint images (2.2.7+/2.3)."""
+                 access: ClusterAccess, store_view: Path, restore_via_create: bool = True) -> None:
+        """``store_view``: this node's view of the shared store (a bindfs mount: one NFS client), seen inside
+        at ``STORE_PATH``. ``restore_via_create``: containerd's CRI opt-in to restore from checkpoint
+        images (2.2.7+/2.3)."""
         self.name = name
         self.address = address
         self.lab_dir = lab_dir
@@ -138,6 +143,7 @@ class RealNode:
         self.binaries = binaries
         self.access = access
         self.restore_via_create = restore_via_create
+        self.store_view = store_view
         self.directory = lab_dir / name
         self.cgroup_root = f"lpm-{name}"
         self._holder: subprocess.Popen[bytes] | None = None
@@ -184,6 +190,7 @@ class RealNode:
             make_cgroup_root(self.cgroup_root)
             self._start_holder()
             Bridge.attach(self.pid, self.address)
+            route_kubernetes_service(self.pid, self.address, urlsplit(self.access.server).port or 443)
             self._start_containerd()
             self._import_images()
             self._start_kubelet()
@@ -212,7 +219,7 @@ class RealNode:
     # -- set-up steps ------------------------------------------------------------------------------------------
 
     def _write_state(self) -> None:
-        for sub in ("kubelet/checkpoints", "containerd", "cni-state", "cni-conf", "log", "etc", "images"):
+        for sub in ("kubelet/checkpoints", "containerd", "cni-state", "cni-conf", "log", "etc", "images", "lpm"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         etc = self.directory / "etc"
         # The node sees its own etc/ only: its credentials are copied there (the directory is 0700).
@@ -289,6 +296,9 @@ state = "/run/containerd"
                  (self.directory / "cni-state", "/var/lib/cni"),
                  (self.directory / "cni-conf", "/etc/cni/net.d"),
                  (self.directory / "log", "/var/log"),
+                 # lpm's DaemonSet keeps its node-local store under /var/lib/lpm (a hostPath).
+                 (self.directory / "lpm", "/var/lib/lpm"),
+                 (self.store_view, STORE_PATH),
                  (self.lab_dir, str(self.lab_dir))]
         # The cached builds, one directory each. Directories, not files: runc re-executes itself through an
         # overlayfs over its own directory (its CVE-2019-5736 guard), which sees no file bind mounts.

@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lab.agent import AgentProcess
+from lab.cluster import store_views
 from lab.apiclient import ApiError
 from lab.controlplane import ControlPlane
 from lab.kubelet import KubeletStandIn
@@ -47,26 +47,6 @@ Say = Callable[[str], None]
 
 class MigrationFailed(Exception):
     """The counter did not arrive on node-b intact, or the migration did not finish as it should."""
-
-
-@contextmanager
-def store_views(share: Path) -> Iterator[tuple[Path, Path]]:
-    """One store directory, two bindfs views of it: node-a's and node-b's."""
-    store = share / "store"
-    store.mkdir(mode=0o700)
-    views = share / "view-a", share / "view-b"
-    mounted: list[Path] = []
-    try:
-        for view in views:
-            view.mkdir()
-            subprocess.run(["bindfs", "--no-allow-other", str(store), str(view)], check=True)
-            mounted.append(view)
-        yield views
-    finally:
-        for view in mounted:
-            # A FUSE mount still busy (an agent killed mid-read) refuses -u; detach it lazily then.
-            if subprocess.run(["fusermount3", "-u", str(view)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(view)], check=True)
 
 
 @dataclass
@@ -129,13 +109,13 @@ async def migrate_counter(cp: ControlPlane, sandbox: Sandbox, say: Say) -> None:
     """The scenario; ``cp`` has lpm's CRDs and RBAC installed, ``sandbox`` is entered. See the module."""
     cp.create_namespace(NAMESPACE)
     image = await asyncio.to_thread(build_base_image, sandbox)
-    with store_views(sandbox.share) as (view_a, view_b):
+    with store_views(sandbox.share, (SOURCE, TARGET)) as views:
         async with _nodes(cp, sandbox) as nodes:
             say(f"nodes: {SOURCE} and {TARGET} Ready, each a kubelet (checkpoint API, verified TLS) "
                 "over podman + CRIU; one store, two bindfs views")
             agents: list[AgentProcess] = []
             try:
-                for node, view in ((SOURCE, view_a), (TARGET, view_b)):
+                for node, view in views.items():
                     agents.append(_agent(cp, sandbox, node, nodes[node].directory, view))
                 for agent in agents:
                     await asyncio.to_thread(agent.wait_logged, "cluster mode watching")

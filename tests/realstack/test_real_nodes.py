@@ -15,7 +15,7 @@ import pytest
 
 from lab.agent import AgentProcess
 from lab.cluster import RealCluster
-from lab.live import NAMESPACE, SOURCE, TARGET, migrate, run_pod, start_agent, store_views
+from lab.live import NAMESPACE, SOURCE, TARGET, migrate, run_pod, start_agent
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +27,16 @@ def cluster() -> Iterator[RealCluster]:
 
 @pytest.fixture(scope="module")
 def agents(cluster: RealCluster) -> Iterator[dict[str, AgentProcess]]:
-    with store_views(cluster.directory, (SOURCE, TARGET)) as views:
-        started = {name: start_agent(cluster.control_plane, cluster.nodes[name], views[name])
-                   for name in (SOURCE, TARGET)}
-        try:
-            for agent in started.values():
-                agent.wait_logged("cluster mode watching")
-            yield started
-        finally:
-            for agent in started.values():
-                if agent.proc.poll() is None:
-                    agent.stop()
+    started = {name: start_agent(cluster.control_plane, cluster.nodes[name], cluster.store_views[name])
+               for name in (SOURCE, TARGET)}
+    try:
+        for agent in started.values():
+            agent.wait_logged("cluster mode watching")
+        yield started
+    finally:
+        for agent in started.values():
+            if agent.proc.poll() is None:
+                agent.stop()
 
 
 @pytest.mark.asyncio
