@@ -54,6 +54,12 @@ class AgentProcess:
     def cluster(cls, *args: str) -> "AgentProcess":
         return cls(*args, standalone=False)
 
+    def died(self) -> str | None:
+        """Why the agent is gone, with the end of its log; None while it runs."""
+        if self.proc.poll() is None:
+            return None
+        return f"exited ({self.proc.returncode}); its log:\n" + "".join(self.raw[-20:])
+
     def logs(self, msg: str) -> list[dict]:
         with self._changed:
             return [line for line in self.lines if line.get("msg") == msg]

@@ -77,8 +77,8 @@ def write_oci_archive(path: Path, name: str, busybox: bytes, entrypoint: list[st
     return path
 
 
-def node_images(rootfs: Path, directory: Path) -> list[Path]:
-    """The pause and busybox archives, from the rootfs's static busybox, written into ``directory``."""
+def node_images(rootfs: Path, directory: Path) -> dict[str, Path]:
+    """The pause and busybox archives by image name, from the rootfs's static busybox, in ``directory``."""
     busybox = (rootfs / "usr" / "bin" / "busybox").read_bytes()
-    return [write_oci_archive(directory / "pause.tar", PAUSE_IMAGE, busybox, ["/bin/sleep", "2147483647"]),
-            write_oci_archive(directory / "busybox.tar", BUSYBOX_IMAGE, busybox, ["/bin/sh"])]
+    return {PAUSE_IMAGE: write_oci_archive(directory / "pause.tar", PAUSE_IMAGE, busybox, ["/bin/sleep", "2147483647"]),
+            BUSYBOX_IMAGE: write_oci_archive(directory / "busybox.tar", BUSYBOX_IMAGE, busybox, ["/bin/sh"])}

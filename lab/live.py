@@ -22,11 +22,11 @@ import asyncio
 import os
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lab.agent import AgentProcess
 from lab.apiclient import ApiError
@@ -45,6 +45,17 @@ _PHASE_TIMEOUT = 240.0  # seconds from the annotation to Succeeded
 _SOURCE_GONE_TIMEOUT = 60.0  # seconds for the source pod to be deleted once the restored one runs
 
 Say = Callable[[str], None]
+
+
+class Agent(Protocol):
+    """An lpm agent as the scenario sees it: a process of the lab (lab/agent.py) or a DaemonSet pod
+    (lab/deployed.py)."""
+
+    def logs(self, msg: str) -> list[dict[str, Any]]:
+        """Its JSON log lines with this message."""
+
+    def died(self) -> str | None:
+        """Why it stopped, with the end of its log; None while it runs."""
 
 
 class MigrationFailed(Exception):
@@ -144,7 +155,7 @@ async def run_pod(cluster: RealCluster, name: str, containers: tuple[str, ...], 
         await asyncio.sleep(0.3)
 
 
-async def migrate(cluster: RealCluster, agents: dict[str, AgentProcess], pod: str, containers: tuple[str, ...],
+async def migrate(cluster: RealCluster, agents: Mapping[str, Agent], pod: str, containers: tuple[str, ...],
                   say: Say) -> Outcome:
     """Annotate ``pod`` (running on SOURCE) to move to TARGET; check every counter went on; see the module."""
     cp = cluster.control_plane
@@ -162,9 +173,8 @@ async def migrate(cluster: RealCluster, agents: dict[str, AgentProcess], pod: st
             raise MigrationFailed(f"no outcome {_PHASE_TIMEOUT:.0f} s after the annotation; phases seen: {seen}; "
                                   f"last status: {status}\n{cluster.node_failure()}")
         for node, agent in agents.items():
-            if agent.proc.poll() is not None:  # nothing would ever move the migration on
-                raise MigrationFailed(f"the agent on {node} exited ({agent.proc.returncode}); its log:\n"
-                                      + "".join(agent.raw[-20:]))
+            if (why := await asyncio.to_thread(agent.died)) is not None:  # nothing would move the migration on
+                raise MigrationFailed(f"the agent on {node} stopped: {why}")
         # Keep node-a's counters as they were last seen: the source pod's logs go with it.
         if await asyncio.to_thread(_pod, cp, pod) is not None:
             for container in containers:
@@ -229,7 +239,7 @@ def _time(line: dict[str, Any]) -> float:
     return datetime.fromisoformat(line["time"]).timestamp()
 
 
-def _phases(agents: dict[str, AgentProcess], first: dict[str, Line]) -> dict[str, float]:
+def _phases(agents: Mapping[str, Agent], first: dict[str, Line]) -> dict[str, float]:
     """Where the window went, from the agents' own log lines (their times are the machine's clock)."""
     source, target = agents[SOURCE], agents[TARGET]
     checkpointed = source.logs("container checkpointed")

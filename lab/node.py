@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -174,14 +173,6 @@ class RealNode:
         """``ctr`` on this node's containerd, in the CRI namespace, as lpm's containerd importer runs it."""
         return [*self.prefix(), CTR, "--address", _CONTAINERD_SOCKET, "--namespace", "k8s.io"]
 
-    def run(self, *argv: str, timeout: float = 120) -> str:
-        result = subprocess.run([*self.prefix("net", "pid", "uts"), *argv], capture_output=True, text=True,
-                                timeout=timeout, stdin=subprocess.DEVNULL)
-        if result.returncode != 0:
-            raise NodeError(f"{self.name}: {shlex.join(argv)} failed ({result.returncode}): "
-                            f"{result.stderr.strip()[-1500:]}")
-        return result.stdout
-
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -222,7 +213,8 @@ class RealNode:
         for sub in ("kubelet/checkpoints", "containerd", "cni-state", "cni-conf", "log", "etc", "images", "lpm"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         etc = self.directory / "etc"
-        # The node sees its own etc/ only: its credentials are copied there (the directory is 0700).
+        # The node sees the lab's directory, not the control plane's: its credentials are copied into its
+        # own etc/ (0700).
         client = self.access.ca.issue_client(f"kubelet-{self.name}", f"system:node:{self.name}", ("system:nodes",))
         for source in (client.cert, client.key, self.access.ca.cert_file):
             shutil.copy(source, etc / source.name)
@@ -235,7 +227,6 @@ class RealNode:
                 "type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
                 "ipam": {"type": "host-local", "ranges": [[{"subnet": self.address.pod_subnet}]],
                          "routes": [{"dst": "0.0.0.0/0"}]}}]}))
-        node_images(self.rootfs, self.directory / "images")
 
     def _containerd_config(self) -> str:
         return f"""version = 3
@@ -366,11 +357,21 @@ state = "/run/containerd"
         self._wait(daemon, [CTR, "--address", _CONTAINERD_SOCKET, "version"])
 
     def _import_images(self) -> None:
-        for archive in sorted((self.directory / "images").glob("*.tar")):
-            result = subprocess.run([*self.ctr_prefix(), "images", "import", str(archive)],
-                                    capture_output=True, text=True, timeout=120)
-            if result.returncode != 0:
-                raise NodeError(f"{self.name}: ctr images import {archive.name}: {result.stderr.strip()[-1500:]}")
+        for name, archive in node_images(self.rootfs, self.directory / "images").items():
+            self.import_image(archive, name)
+
+    def import_image(self, archive: Path, name: str) -> None:
+        """An OCI archive into the node's containerd, where the kubelet finds it (the CRI namespace); it must
+        come out named ``name`` (the archive's index says so)."""
+        # On stdin: the archive may be anywhere on the host, out of the node's sight.
+        with archive.open("rb") as stream:
+            result = subprocess.run([*self.ctr_prefix(), "images", "import", "-"], stdin=stream,
+                                    capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise NodeError(f"{self.name}: ctr images import {archive.name}: {result.stderr.strip()[-1500:]}")
+        listed = subprocess.run([*self.ctr_prefix(), "images", "ls", "-q"], capture_output=True, text=True)
+        if name not in listed.stdout.split():
+            raise NodeError(f"{self.name}: importing {archive.name} gave {listed.stdout.split()}, not {name}")
 
     def _start_kubelet(self) -> None:
         etc = self.directory / "etc"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.kustomize import locate_kustomize
+from lab.kustomize import locate_kustomize
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.apply import Applier, in_apply_order
-from tests.deploy.kustomize import OVERLAYS, find, render
+from lab.apply import Applier, in_apply_order
+from lab.kustomize import render
+from tests.deploy.kustomize import OVERLAYS, find
 from lab.apiclient import ApiError
 from lab.controlplane import ControlPlane
 from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.kustomize import OVERLAYS, component_agent, find, render
+from lab.kustomize import render
+from tests.deploy.kustomize import OVERLAYS, component_agent, find
 from watcher.cli import build_parser, make_importer
 from watcher.restore.importer import ContainerdImporter, ContainersStorageImporter, RegistryImporter
 

@@ -1,17 +1,12 @@
-"""The Dockerfile, proven: linted with hadolint, built with buildah, started with podman.
+"""The Dockerfile, proven: linted with hadolint, built with buildah (lab/lpmimage.py), started with podman.
 
-No image registry is reachable here, so the Dockerfile's ``BASE_IMAGE`` build argument points at
-a base made locally from a Debian trixie minbase rootfs (scripts/image/build-base.sh, cached under
-.cache/image-base/), imported into the sandbox's containers-storage. buildah and podman run in the
-trixie rootfs of ../shared/docs/REAL-STACK.md (lab/sandbox.py). The image's own
-``apt-get`` and ``pip`` reach Debian's archive and PyPI through the host's network. Nothing here is
-skipped: a missing tool is a failure.
+buildah and podman run in the trixie rootfs of ../shared/docs/REAL-STACK.md (lab/sandbox.py). Nothing
+here is skipped: a missing tool is a failure.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -24,6 +19,7 @@ import pytest
 
 from lab.archives import ArchiveSpec, make_archive
 from lab.controlplane import REPO
+from lab import lpmimage
 from lab.sandbox import Sandbox, rootfs
 from tests.deploy.kustomize import component_agent
 from tests.restore.containerd import run_containerd
@@ -32,8 +28,6 @@ from tests.support import lpm
 
 pytestmark = pytest.mark.realstack
 
-IMAGE = "localhost/lpm:test"
-CONTEXT = ("Dockerfile", "pyproject.toml", "README.md", "watcher", "gc")
 MAX_IMAGE_MIB = 300  # 258 MiB when written: base 81, python3 + skopeo 83, the venv 94
 
 
@@ -49,54 +43,21 @@ def test_dockerfile_passes_hadolint() -> None:
     assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
 
 
-def _base_image(box: Sandbox) -> str:
-    """The local Debian base in the sandbox's containers-storage, imported from the cached tarball."""
-    result = subprocess.run([str(REPO / "scripts" / "image" / "build-base.sh")], capture_output=True, text=True)
-    assert result.returncode == 0, f"cannot build the base rootfs: {result.stderr.strip()[-2000:]}"
-    tarball = Path(result.stdout.strip().splitlines()[-1])
-    image = f"localhost/lpm-debian-base:{tarball.name.removesuffix('.tar')}"
-    if box.run("podman", "image", "exists", image, check=False).returncode != 0:
-        # A new base recipe: drop the bases of older ones from the cached rootfs's storage.
-        old = box.run("podman", "images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/lpm-debian-base").stdout
-        for stale in old.split():
-            box.run("podman", "rmi", "-f", stale, check=False)
-        with tarball.open("rb") as stream:
-            imported = subprocess.run([*box.prefix(), "podman", "import", "-", image], stdin=stream,
-                                      capture_output=True, text=True, timeout=300)
-        assert imported.returncode == 0, f"podman import: {imported.stderr[-1500:]}"
-    return image
-
-
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sandbox, str]]:
     for tool in ("unshare", "nsenter"):
         assert shutil.which(tool), f"{tool} is missing"
-    share = tmp_path_factory.mktemp("image-share")
-    context = share / "context"
-    context.mkdir()
-    for name in CONTEXT:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(source, context / name)
-    with Sandbox(rootfs(), share) as box:
+    with Sandbox(rootfs(), tmp_path_factory.mktemp("image-share")) as box:
         for tool in ("buildah", "podman"):
             assert box.run("sh", "-c", f"command -v {tool}", check=False).returncode == 0, \
                 f"{tool} is missing from the sandbox rootfs (scripts/criu/build-rootfs.sh)"
-        base = _base_image(box)
         started = time.monotonic()
-        # --network host: the sandbox shares the host's network (containers.conf says netns none);
-        # --ulimit: buildah asks for 1048576 open files and processes by default, above this machine's
-        # hard limits, which root cannot raise here (no CAP_SYS_RESOURCE);
-        # --layers: reruns reuse the cached steps from the rootfs's containers-storage.
-        nofile, nproc = (resource.getrlimit(limit)[1] for limit in (resource.RLIMIT_NOFILE, resource.RLIMIT_NPROC))
-        box.run("buildah", "bud", "--layers", "--network", "host", "--ulimit", f"nofile={nofile}:{nofile}",
-                "--ulimit", f"nproc={nproc}:{nproc}", "--build-arg", f"BASE_IMAGE={base}",
-                "-t", IMAGE, "-f", str(context / "Dockerfile"), str(context), timeout=900)
-        size = int(box.run("podman", "image", "inspect", "--format", "{{.Size}}", IMAGE).stdout.strip())
-        print(f"\nimage {IMAGE}: built in {time.monotonic() - started:.1f} s, {size / 2**20:.0f} MiB")
-        yield box, IMAGE
+        ref = lpmimage.build(box)
+        size = int(box.run("podman", "image", "inspect", "--format", "{{.Size}}", ref).stdout.strip())
+        print(f"\nimage {ref}: built in {time.monotonic() - started:.1f} s, {size / 2**20:.0f} MiB")
+        # The lab's real nodes run this very build (tests/realstack/test_deploy_real_nodes.py): keep it.
+        lpmimage.save(box, ref)
+        yield box, ref
 
 
 def test_image_is_small_and_multi_stage(image: tuple[Sandbox, str]) -> None:

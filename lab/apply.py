@@ -11,7 +11,7 @@ from typing import Any
 
 from lab.apiclient import ApiClient
 
-FIELD_MANAGER = "lpm-deploy-tests"
+FIELD_MANAGER = "lpm-lab"
 # Namespaces before what lives in them; CRDs before objects of their kinds.
 _ORDER = {"Namespace": 0, "CustomResourceDefinition": 1}
 
@@ -24,6 +24,10 @@ class Applier:
     def __init__(self, client: ApiClient) -> None:
         self._client = client
         self._kinds: dict[str, dict[str, tuple[str, bool]]] = {}  # apiVersion -> kind -> (plural, namespaced)
+
+    def apply_all(self, objects: list[dict[str, Any]]) -> None:
+        for obj in in_apply_order(objects):
+            self.apply(obj, dry_run=False)
 
     def _resource(self, api_version: str, kind: str) -> tuple[str, bool]:
         if api_version not in self._kinds:
