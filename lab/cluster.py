@@ -17,6 +17,7 @@ Needs root (namespaces, cgroups, the bridge) and scripts/node/install-deps.sh's 
 from __future__ import annotations
 
 import base64
+import fcntl
 import shutil
 import subprocess
 import socket
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Mapping
+from typing import IO, Any, Mapping
 
 from cryptography import x509
 
@@ -43,7 +44,8 @@ from lab.sandbox import rootfs
 
 _CSR = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 _KUBELET_SERVING = "kubernetes.io/kubelet-serving"
-_READY_TIMEOUT = 120.0  # seconds for a node to register, be Ready and serve with its CA-signed certificate
+_READY_TIMEOUT = 120.0
+_LOCK = "/run/lpm-lab.lock"  # seconds for a node to register, be Ready and serve with its CA-signed certificate
 
 
 @contextmanager
@@ -147,6 +149,7 @@ class RealCluster:
         self.nodes: dict[str, RealNode] = {}
         self._controllers: list[ServerProcess] = []
         self._approver: _CsrApprover | None = None
+        self._lock: IO[str] | None = None
 
     def __enter__(self) -> RealCluster:
         try:
@@ -166,6 +169,17 @@ class RealCluster:
         return self.cp
 
     def start(self) -> None:
+        # One lab cluster at a time on a machine: they would share the bridge, its addresses and the nodes'
+        # cgroup roots. Held until stop(); the kernel lets go if this process dies.
+        lock = open(_LOCK, "w")  # noqa: SIM115 (closed in stop)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise ClusterError(f"another lab cluster runs on this machine (it holds {_LOCK}); they share the "
+                               "bridge and the nodes' names: run one at a time") from None
+        self._lock = lock
         binaries = node_binaries()
         root = rootfs()
         self._bridge.__enter__()
@@ -185,6 +199,8 @@ class RealCluster:
             self._wait_ready(node)
 
     def stop(self) -> None:
+        if self._lock is None:  # never started, or another cluster's: nothing here is ours to undo
+            return
         for node in reversed(list(self.nodes.values())):
             node.stop()
         if self.store_views:
@@ -197,6 +213,8 @@ class RealCluster:
             self.cp.stop()
         self._bridge.__exit__()
         shutil.rmtree(self.directory, ignore_errors=True)
+        self._lock.close()
+        self._lock = None
 
     def _kubeconfig(self, cp: ControlPlane, user: str) -> Path:
         cert = cp.ca.issue_client(user.replace(":", "-"), user)

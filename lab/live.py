@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import time
 from collections.abc import Callable, Mapping
@@ -227,7 +228,7 @@ async def migrate(cluster: RealCluster, agents: Mapping[str, Agent], pod: str, c
     origin = restored_pod["metadata"].get("annotations", {}).get("lpm.my.domain/restored-from")
     if restored_pod["spec"]["nodeName"] != TARGET or origin != f"{NAMESPACE}/{pod}":
         raise MigrationFailed(f"restored pod on {restored_pod['spec']['nodeName']}, restored-from {origin!r}")
-    phases = _phases(agents, first_on_target)
+    phases = _phases(cluster, agents, pod, restored, first_on_target)
     freeze = max(windows.values())
     say(f"freeze window: {freeze:.2f} s (last value on {SOURCE} before the checkpoint -> first on {TARGET}); "
         + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
@@ -239,20 +240,55 @@ def _time(line: dict[str, Any]) -> float:
     return datetime.fromisoformat(line["time"]).timestamp()
 
 
-def _phases(agents: Mapping[str, Agent], first: dict[str, Line]) -> dict[str, float]:
-    """Where the window went, from the agents' own log lines (their times are the machine's clock)."""
+def _containerd_times(log: str, pod: str) -> tuple[float, float]:
+    """When, by the destination containerd's own log, the restored pod's sandbox was up and its containers
+    were created from their checkpoint images (the checkpoint copied out of each image); it fails unless
+    that log says each was restored."""
+    sandbox = created = restored = 0.0
+    sandbox_id = ""
+    containers: set[str] = set()
+    for row in log.splitlines():
+        stamp = re.match(r'time="([^"]+)"', row)
+        if stamp is None:
+            continue
+        at = datetime.fromisoformat(stamp.group(1)).timestamp()
+        if f'RunPodSandbox for name:\\"{pod}\\"' in row and (found := re.search(r'returns sandbox id \\"(\w+)', row)):
+            sandbox, sandbox_id = at, found.group(1)
+        elif sandbox_id and f'CreateContainer within sandbox \\"{sandbox_id}' in row and \
+                (found := re.search(r'returns container id \\"(\w+)', row)):
+            created = at
+            containers.add(found.group(1))
+        elif (found := re.search(r"Restored container (\w+) successfully", row)) and found.group(1) in containers:
+            restored = at
+    if not (sandbox and created and restored):
+        raise MigrationFailed(f"the destination containerd's log does not show {pod} restored")
+    return sandbox, created
+
+
+def _phases(cluster: RealCluster, agents: Mapping[str, Agent], pod: str, restored_pod: str,
+            first: dict[str, Line]) -> dict[str, float]:
+    """Where the window went, from the agents' log lines and the destination containerd's (their times are
+    the machine's one clock)."""
+    def of_pod(agent: Agent, msg: str) -> list[dict[str, Any]]:
+        return [line for line in agent.logs(msg) if line.get("pod") == f"{NAMESPACE}/{pod}"]
+
     source, target = agents[SOURCE], agents[TARGET]
-    checkpointed = source.logs("container checkpointed")
-    ingested = source.logs("container ingested")
-    [committed] = source.logs("checkpoint committed")[-1:]
-    [restored] = target.logs("restored pod created")[-1:]
-    restore_began = _time(restored) - restored["seconds"]
+    [committed] = of_pod(source, "checkpoint committed")[-1:]
+    [created] = [line for line in target.logs("restored pod created")
+                 if line.get("pod") == f"{NAMESPACE}/{restored_pod}"]
+    restore_began = _time(created) - created["seconds"]
+    log = (cluster.nodes[TARGET].directory / "containerd.log").read_text(errors="replace")
+    sandbox, prepared = _containerd_times(log, restored_pod)
     running = max(line.time.timestamp() for line in first.values())
     return {
-        "kubelet checkpoint": sum(line["kubeletSeconds"] for line in checkpointed),
-        "ingest": sum(line["ingestSeconds"] for line in ingested) + committed["commitSeconds"],
+        "kubelet checkpoint": sum(line["kubeletSeconds"] for line in of_pod(source, "container checkpointed")),
+        "ingest": sum(line["ingestSeconds"] for line in of_pod(source, "container ingested"))
+        + committed["commitSeconds"],
         "marker to destination": restore_began - _time(committed),
-        "verify": restored["verifySeconds"], "image": restored["imageSeconds"],
-        "import": restored["importSeconds"], "pod create": restored["createSeconds"],
-        "pod start + CRIU restore": running - _time(restored),
+        "verify": created["verifySeconds"], "image": created["imageSeconds"],
+        "import": created["importSeconds"], "pod create": created["createSeconds"],
+        "pod sandbox": sandbox - _time(created),
+        "restore prepare": prepared - sandbox,
+        # To the restored process's first line, which it may print before containerd logs the restore done.
+        "CRIU restore": running - prepared,
     }

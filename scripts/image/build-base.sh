@@ -24,6 +24,14 @@ if ((EUID != 0)); then
 	exit 1
 fi
 
+mkdir -p "$cache"
+# One build at a time (tests/image and the lab's nodes both want it): a second caller waits, then finds it.
+exec 9>"$cache/.lock"
+flock 9
+if [[ -f $tarball ]]; then
+	echo "$tarball"
+	exit 0
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root=$work/root
@@ -67,7 +75,6 @@ CFG
 find "$root/usr/share/doc" -mindepth 2 ! -name copyright ! -type d -delete 2>/dev/null || true
 rm -rf "$root"/usr/share/{man,info,locale,lintian}/* "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* \
 	"$root"/var/cache/debconf/*-old "$root"/var/log/* "$root"/tmp/* "$root"/debootstrap
-mkdir -p "$cache"
 tar --numeric-owner -C "$root" -cf "$tarball.partial" .
 mv "$tarball.partial" "$tarball"
 echo "build-base: trixie minbase, $(du -sm "$root" | cut -f1) MiB, in $((SECONDS - started)) s" >&2
