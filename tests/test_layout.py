@@ -12,13 +12,16 @@ UID = "6f1c2a4e-1b7d-4c1e-9a51-3e2d9c0b7a10"
 CID = "20261125T101112Z-1cff5d03"
 
 
-def test_checkpoint_id_is_deterministic_in_uid_and_archive_names():
+def test_checkpoint_id_is_deterministic_in_uid_and_archive_names_and_contents():
     when = datetime(2026, 11, 25, 11, 11, 12, tzinfo=timezone(timedelta(hours=1)))
-    first = layout.make_checkpoint_id(UID, ["b.tar", "a.tar"], when)
-    assert first == layout.make_checkpoint_id(UID, ["a.tar", "b.tar"], when)
+    a, b = ("a.tar", "1" * 64), ("b.tar", "2" * 64)
+    first = layout.make_checkpoint_id(UID, [b, a], when)
+    assert first == layout.make_checkpoint_id(UID, [a, b], when)
     assert first.startswith("20261125T101112Z-")  # UTC, whatever the node's zone
-    assert first != layout.make_checkpoint_id(UID, ["a.tar"], when)
-    assert first != layout.make_checkpoint_id("another-uid", ["a.tar", "b.tar"], when)
+    assert first != layout.make_checkpoint_id(UID, [a], when)
+    assert first != layout.make_checkpoint_id("another-uid", [a, b], when)
+    # The same name over other bytes (the kubelet overwrote it within the second): another checkpoint.
+    assert first != layout.make_checkpoint_id(UID, [("a.tar", "3" * 64), b], when)
 
 
 def test_uri_round_trip():

@@ -309,8 +309,14 @@ async def test_read_only_store_holds_checkpoints_locally_until_it_is_back_then_t
             == "node-b"
         out = cluster.tmp / "moved.tar"
         lpm("store", "get", entry["artifactURI"], "--store", str(store), "-o", str(out), check=True)
-        kubelet_archives = sorted(cluster.nodes["node-a"].checkpoint_dir.glob("checkpoint-ro-0_*.tar"))
-        assert out.read_bytes() in [a.read_bytes() for a in kubelet_archives]
+        # The moved copy is the archive the kubelet wrote, byte for byte (store get checked the manifest's
+        # SHA-256 too). Not compared with the file in the kubelet's directory: the two requests may have
+        # landed in one second, and then the runtime wrote the second archive over the first's name.
+        manifest = json.loads((store / pod["metadata"]["uid"] / cid / "app" / "manifest.json").read_text())
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == manifest["uncompressedSHA256"]
+        written = {a.name: hashlib.sha256(a.read_bytes()).hexdigest()
+                   for a in cluster.nodes["node-a"].checkpoint_dir.glob("checkpoint-ro-0_*.tar")}
+        assert manifest["kubeletArchive"] in written
         assert entry["checksumSHA256"] == hashlib.sha256((store / pod["metadata"]["uid"] / cid / "app" /
                                                           "dump.tar.zst").read_bytes()).hexdigest()
     finally:

@@ -15,7 +15,9 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -59,6 +61,27 @@ class Stored:
                 "it moves to the shared store once that is back")
 
 
+class KeyedLock:
+    """One asyncio lock per key, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def held(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 @dataclass
 class Source:
     kube: Kube
@@ -70,9 +93,18 @@ class Source:
     cancel: threading.Event
     claims: Claims
     metrics: AgentMetrics
+    _pods_busy: KeyedLock = field(default_factory=KeyedLock)
 
     async def checkpoint(self, pod: Mapping[str, Any], containers: list[str], target_node: str | None) -> Stored:
-        """Checkpoint ``containers`` of ``pod`` through the kubelet and commit them as one checkpoint."""
+        """Checkpoint ``containers`` of ``pod`` through the kubelet and commit them as one checkpoint.
+
+        One at a time per pod: two requests for one pod (a ContainerCheckpoint and a migration, say) would
+        otherwise run two dumps of one container at once, and the kubelet names archives to the second, so
+        the runtime would write the second archive over the first while it is being read."""
+        async with self._pods_busy.held(meta(pod)["uid"]):
+            return await self._checkpoint(pod, containers, target_node)
+
+    async def _checkpoint(self, pod: Mapping[str, Any], containers: list[str], target_node: str | None) -> Stored:
         began = time.monotonic()
         endpoint = endpoint_of(await self.kube.get(node_path(self.node)), 10250)
         namespace, name = meta(pod)["namespace"], meta(pod)["name"]

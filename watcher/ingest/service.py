@@ -127,7 +127,7 @@ def commit_staged(
     if len(uids) != 1 or len(set(containers)) != len(containers):
         raise ArchiveError("one checkpoint takes one archive per container of one pod")
     uid = uids.pop()
-    cid = layout.make_checkpoint_id(uid, [s.archive.file_name for s in staged],
+    cid = layout.make_checkpoint_id(uid, [(s.archive.file_name, _known(s.digest.raw_sha256)) for s in staged],
                                     min(s.archive.taken_at for s in staged))
     with commit.staging(root_fd, node) as staging_fd:
         try:

@@ -76,19 +76,22 @@ def checkpoint_id(value: object) -> str:
     return _check("checkpoint ID", value, _CHECKPOINT_ID, "YYYYMMDDTHHMMSSZ-xxxxxxxx")
 
 
-def make_checkpoint_id(uid: str, archive_names: Iterable[str], taken_at: datetime) -> str:
-    """The ID of the checkpoint made of these kubelet archives of pod ``uid``.
+def make_checkpoint_id(uid: str, archives: Iterable[tuple[str, str]], taken_at: datetime) -> str:
+    """The ID of the checkpoint made of these kubelet archives (name, SHA-256 of its bytes) of pod ``uid``.
 
-    Deterministic in (pod UID, archive names), so re-ingesting the same archives after a
-    crash or restart lands on the same directory instead of a duplicate. The time prefix
-    (UTC, second precision) makes IDs sort by age for people and the collector.
+    Deterministic in (pod UID, archive names and contents), so re-ingesting the same archives after a
+    crash or restart lands on the same directory instead of a duplicate. The contents count because
+    a name does not identify a checkpoint: the kubelet names archives to the second and its runtime
+    overwrites one of the same name, so two checkpoints of a container within one second share a name
+    (the second must not be taken for the first). The time prefix (UTC, second precision) makes IDs
+    sort by age for people and the collector.
     """
-    names = sorted(set(archive_names))
-    if not names:
+    pairs = sorted(set(archives))
+    if not pairs:
         raise ValueError("a checkpoint needs at least one archive")
-    digest = hashlib.sha256("\0".join([pod_uid(uid), *names]).encode()).hexdigest()
+    digest = hashlib.sha256("\0".join([pod_uid(uid), *(f"{name}\0{sha}" for name, sha in pairs)]).encode())
     stamp = taken_at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{digest[:8]}"
+    return f"{stamp}-{digest.hexdigest()[:8]}"
 
 
 class StorageType(str, Enum):
