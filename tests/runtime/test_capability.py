@@ -33,7 +33,9 @@ def _containerd(version: str, **config: object) -> RuntimeFacts:
     (_containerd("v2.4.0", enableExperimentalRestoreViaCreate=True), Verdict.NOT_CAPABLE,
      "containerd 2.4.0, containerd 2.4 removed restore through CRI CreateContainer"),
     (_containerd("v2.4.2"), Verdict.NOT_CAPABLE, "2.4 removed"),
-    (_containerd("main"), Verdict.UNKNOWN, "version 'main' not understood"),
+    (_containerd("2.3.7+unknown", enableExperimentalRestoreViaCreate=True), Verdict.CAPABLE,
+     f"containerd 2.3.7, {OPT_IN}=true"),
+    (_containerd("main"), Verdict.UNKNOWN, "containerd main, version 'main' not understood"),
 ])
 def test_containerd(facts, verdict, reason):
     capability = decide(facts)

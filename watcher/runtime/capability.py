@@ -74,8 +74,13 @@ _CRIO_BEFORE_LEVELS = (1, 36, 3)
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:
+    """MAJOR.MINOR.PATCH, ignoring a leading v and what follows (a build from source says 2.3.7+unknown)."""
     match = _VERSION.match(text.strip())
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def _shown(text: str, version: tuple[int, int, int] | None) -> str:
+    return ".".join(map(str, version)) if version else text
 
 
 def parse_config(info: Mapping[str, str]) -> Mapping[str, Any] | None:
@@ -112,7 +117,7 @@ def _needs_opt_in(version: tuple[int, int, int]) -> bool:
 
 def _containerd(facts: RuntimeFacts) -> Capability:
     version = parse_version(facts.version)
-    shown = facts.version.removeprefix("v")
+    shown = _shown(facts.version, version)
     label = f"containerd {shown}"
 
     def verdict(v: Verdict, why: str) -> Capability:
@@ -141,7 +146,7 @@ def _containerd(facts: RuntimeFacts) -> Capability:
 
 def _crio(facts: RuntimeFacts) -> Capability:
     version = parse_version(facts.version)
-    shown = facts.version.removeprefix("v")
+    shown = _shown(facts.version, version)
     label = f"CRI-O {shown}"
 
     def verdict(v: Verdict, why: str) -> Capability:
