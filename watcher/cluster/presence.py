@@ -93,23 +93,29 @@ class Announcer:
         self._on_change = on_change
         self.current: Capability | None = None
 
+    async def renew(self) -> None:
+        """Assess the runtime again and write the Lease. An API error is logged: the next renewal tries
+        again, and meanwhile the Lease going stale tells sources the truth."""
+        capability = await assess(self._kube, self._node, self._endpoint)
+        if capability != self.current:
+            log.log(logging.INFO if capability.verdict is Verdict.CAPABLE else logging.WARNING,
+                    "restore capability", extra={"fields": {"verdict": capability.verdict.value,
+                                                            "reason": capability.reason}})
+            self.current = capability
+            self._on_change(capability)
+        try:
+            await self._write(capability)
+        except ApiError as err:
+            log.warning("node lease not written", extra={"fields": {"error": str(err)}})
+
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            capability = await assess(self._kube, self._node, self._endpoint)
-            if capability != self.current:
-                log.log(logging.INFO if capability.verdict is Verdict.CAPABLE else logging.WARNING,
-                        "restore capability", extra={"fields": {"verdict": capability.verdict.value,
-                                                                "reason": capability.reason}})
-                self.current = capability
-                self._on_change(capability)
-            try:
-                await self._write(capability)
-            except ApiError as err:  # the next renewal tries again; a stale Lease tells sources meanwhile
-                log.warning("node lease not renewed", extra={"fields": {"error": str(err)}})
+        """Renew every ``RENEW`` seconds until ``stop`` (the first write is the caller's ``renew()``)."""
+        while True:
             try:
                 await asyncio.wait_for(stop.wait(), timeout=RENEW)
+                return
             except asyncio.TimeoutError:
-                pass
+                await self.renew()
 
     async def _write(self, capability: Capability) -> None:
         body = lease_body(self._namespace, self._node, capability, datetime.now(timezone.utc))
