@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 from urllib.parse import quote
 
 from watcher.cluster.objects import GROUP, node_path
@@ -128,9 +128,5 @@ class Announcer:
         try:
             await self._kube.replace(lease_path(self._namespace, self._node), body)
         except Conflict:
-            pass  # only this node's agent writes it: a conflict is our own previous write, renewed next time
+            pass  # another writer in between (this node's previous agent, mid-rollout): renewed next time
 
-
-def annotations_of(lease: Mapping[str, Any]) -> Mapping[str, str]:
-    annotations: Mapping[str, str] = lease.get("metadata", {}).get("annotations") or {}
-    return annotations
