@@ -146,3 +146,26 @@ async def test_without_a_cri_endpoint_the_nodes_runtime_version_decides(cluster:
         assert done["status"]["message"] == f"target node node-b cannot restore checkpoints: {reason}"
     finally:
         _runtime_version(cluster, "node-b", None)  # nodes are cluster-scoped: leave node-b as the fixture made it
+
+
+@pytest.mark.asyncio
+async def test_a_runtime_reconfigured_under_a_running_agent_is_seen_at_the_next_renewal(cluster: Cluster) -> None:
+    # The agent's endpoint is a symlink, switched from a containerd without the opt-in to one with it: what
+    # an operator's edit of config.toml and a containerd restart look like to the agent.
+    endpoint = cluster.tmp / "cri.sock"
+    with run_containerd() as before, run_containerd(restore_via_create=True) as after:
+        endpoint.symlink_to(before.address)
+        target = cluster.start_agent("node-b", "--runtime-endpoint", f"unix://{endpoint}")
+        assert _lease(cluster, "node-b")["metadata"]["annotations"]["lpm.my.domain/restore-capable"] == "false"  # type: ignore[index]
+        endpoint.unlink()
+        endpoint.symlink_to(after.address)
+        renewed = await eventually(
+            lambda: (lease := _lease(cluster, "node-b")) and
+            lease["metadata"]["annotations"]["lpm.my.domain/restore-capable"] == "true" and lease,
+            timeout=45, what="node-b's Lease to say capable within one renewal (30 s)")
+        assert renewed["metadata"]["annotations"]["lpm.my.domain/restore-capability"] == \
+            "containerd 2.3.7, enable_experimental_restore_via_create=true"
+        status, body = _get(target, "/readyz")
+        assert (status, body.splitlines()[-1]) == (
+            200, "restore: capable (containerd 2.3.7, enable_experimental_restore_via_create=true)"), body
+        assert _capable_samples(target) == [({"runtime": "containerd", "version": "2.3.7", "verdict": "true"}, 1)]
