@@ -21,12 +21,15 @@ import os
 import statistics
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from lab.agent import AgentProcess
 from lab.controlplane import ControlPlane, locate_binaries
 from lab.kubelet import KubeletStandIn, pod_body
 from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, install_lpm
+from watcher.cluster.presence import lease_body
+from watcher.runtime.capability import Capability, Verdict
 
 NAMESPACE = "bench"
 
@@ -55,6 +58,11 @@ async def run(args: argparse.Namespace) -> None:
             directory.mkdir(mode=0o700)
             kubelets[node] = KubeletStandIn(cp, node, directory, memory=1 << 20, pieces=2, pause=0.01)
             await kubelets[node].start()
+        # node-b's agent is not run (only node-a's half is measured), but a source refuses a target with
+        # no live agent: write the Lease node-b's agent would (live 90 s, longer than the migrations take).
+        cp.admin.request("POST", f"/apis/coordination.k8s.io/v1/namespaces/{AGENT_NAMESPACE}/leases", lease_body(
+            AGENT_NAMESPACE, "node-b", Capability(Verdict.UNKNOWN, "", "", "benchmark: no agent runs on node-b"),
+            datetime.now(timezone.utc)))
         token = work / "token"
         token.write_text(cp.service_account_token(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT))
         agent = AgentProcess.cluster(

@@ -2,8 +2,11 @@
 
 import json
 
+import pytest
+
 from lab.archives import ArchiveSpec, Pod, make_archive
 from tests.support import lpm
+from watcher.cli import runtime_endpoint
 
 
 def test_ingest_prints_uri_and_ls_json_lists_it(kube_dir, store):
@@ -85,3 +88,15 @@ def test_a_registry_importer_without_a_usable_registry_stops_before_starting(tmp
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(reason), result.stderr
+
+
+@pytest.mark.parametrize("given, importer, address, endpoint", [
+    (None, "containerd", "/run/containerd/containerd.sock", "unix:///run/containerd/containerd.sock"),
+    (None, "containerd", "unix:///tmp/c.sock", "unix:///tmp/c.sock"),
+    (None, "containers-storage", "/run/containerd/containerd.sock", "unix:///var/run/crio/crio.sock"),
+    (None, "registry", "/run/containerd/containerd.sock", None),
+    ("unix:///tmp/other.sock", "registry", "", "unix:///tmp/other.sock"),
+    ("none", "containerd", "/run/containerd/containerd.sock", None),
+])
+def test_the_runtime_endpoint_follows_the_importer_unless_given(given, importer, address, endpoint):
+    assert runtime_endpoint(given, importer, address) == endpoint

@@ -2,6 +2,7 @@
 
     lpm agent --standalone --node NAME --checkpoint-dir DIR --store DIR [--delete-ingested] [--force-polling]
     lpm agent --node NAME [--kubeconfig FILE] --kubelet-ca FILE [--kubelet-token-file FILE] ...  (cluster mode)
+              [--runtime-endpoint unix:///run/containerd/containerd.sock] [--namespace NS]
               both modes: [--health-port 8080]  (/metrics, /healthz, /readyz; 0: any free port)
                           [--local-store DIR] [--move-interval 30]  (while the shared store is unavailable)
     lpm ingest ARCHIVE --store DIR --node NAME [--target-node NAME]
@@ -53,6 +54,9 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+AGENT_NAMESPACE = "live-pod-migration-controller-system"
+CRIO_ENDPOINT = "unix:///var/run/crio/crio.sock"
 LOCAL_STORE = "/var/lib/lpm/local-store"
 
 
@@ -141,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--registry-auth-file", type=Path, default=_path_env("LPM_REGISTRY_AUTH_FILE"),
                        help="--importer registry: push credentials, containers-auth.json format "
                             "(env LPM_REGISTRY_AUTH_FILE)")
+    agent.add_argument("--runtime-endpoint", default=_env("LPM_RUNTIME_ENDPOINT"),
+                       help="cluster mode: this node's CRI socket, asked whether the runtime restores checkpoints "
+                            "(unix:///path; 'none': read the Node's status instead; default from --importer: "
+                            "containerd: --containerd-address, containers-storage: CRI-O's "
+                            f"{CRIO_ENDPOINT}, registry: none; env LPM_RUNTIME_ENDPOINT)")
+    agent.add_argument("--namespace", default=_env("LPM_NAMESPACE"),
+                       help="cluster mode: the agent's namespace, where every node's agent keeps its Lease "
+                            "(env LPM_NAMESPACE; default: the service account's namespace in a pod, else "
+                            f"{AGENT_NAMESPACE})")
     agent.add_argument("--marker-poll", type=float, default=float(_env("LPM_MARKER_POLL", "10") or "10"),
                        help="seconds between polls of the store's completion markers: the fallback to the "
                             "PodMigration watch, and standalone --restore's only signal (default 10; "
@@ -230,9 +243,30 @@ def _agent(args: argparse.Namespace) -> int:
     cluster = ClusterConfig(config, args.kubeconfig,
                             KubeletSettings(ca_file=args.kubelet_ca, token_file=args.kubelet_token_file,
                                             checkpoint_timeout=args.kubelet_timeout),
-                            RestoreSettings(args.restore_work_dir, make_importer(args), marker_poll=args.marker_poll))
+                            RestoreSettings(args.restore_work_dir, make_importer(args), marker_poll=args.marker_poll),
+                            namespace=args.namespace or _in_cluster_namespace() or AGENT_NAMESPACE,
+                            runtime_endpoint=runtime_endpoint(args.runtime_endpoint, args.importer,
+                                                              args.containerd_address))
     return asyncio.run(_run_until_signal(ClusterAgent(cluster, metrics, readiness, stores), args.health_port,
                                          metrics, readiness))
+
+
+def runtime_endpoint(given: str | None, importer: str, containerd_address: str) -> str | None:
+    """The CRI socket to ask: as given ('none': no socket), else the runtime the importer feeds."""
+    if given:
+        return None if given == "none" else given
+    if importer == "containerd":
+        return containerd_address if "://" in containerd_address else f"unix://{containerd_address}"
+    if importer == "containers-storage":
+        return CRIO_ENDPOINT
+    return None  # registry: the agent may have no access to the node's runtime at all
+
+
+def _in_cluster_namespace() -> str | None:
+    try:
+        return IN_CLUSTER_NAMESPACE.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def make_importer(args: argparse.Namespace) -> Importer:

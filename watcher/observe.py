@@ -12,6 +12,9 @@
   agent still checkpoints (into the local store), so it answers 200 with a ``degraded:``
   line saying why. A not-ready DaemonSet pod would stall rolling updates and page for the
   wrong thing; the degradation is alerted on from ``lpm_shared_store_available`` instead.
+  In cluster mode a ready answer also says whether this node's runtime restores checkpoints
+  (``restore: capable (...)``, ``not capable (...)`` or ``unknown (...)``). That never makes the
+  agent unready either: it still checkpoints, and sources read the answer from its Lease.
 
 One listening socket, dual-stack where the kernel has IPv6: the kubelet probes the pod's
 address, whichever family the cluster uses.
@@ -41,6 +44,7 @@ from prometheus_client.registry import Collector
 from watcher.errors import ApiError, ArchiveError, IdentityError, LpmError, StoreError, UnsafeNameError
 from watcher.ingest.service import IngestResult
 from watcher.kubelet import KubeletError
+from watcher.runtime.capability import Capability, Verdict
 from watcher.store import fsio, transfer
 from watcher.store.usage import StoreUsage, store_usage
 from watcher.stores import Stores
@@ -138,6 +142,23 @@ class _LocalCheckpoints(Collector):
                                 sum(m.compressed_size for c in held for m in c.manifests))
 
 
+class _RestoreCapability(Collector):
+    """``lpm_runtime_restore_capable``: one series, labelled with what was assessed last (none before)."""
+
+    def __init__(self) -> None:
+        self.current: Capability | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "lpm_runtime_restore_capable", "1 when this node's container runtime restores containers from "
+            "checkpoint images, else 0 (verdict=false: it cannot; verdict=unknown: it could not be told)",
+            labels=["runtime", "version", "verdict"])
+        if self.current is not None:
+            c = self.current
+            family.add_metric([c.runtime, c.version, c.verdict.value], 1 if c.verdict is Verdict.CAPABLE else 0)
+        yield family
+
+
 class AgentMetrics:
     """One registry per agent, so tests (and two agents in one process) never share counters."""
 
@@ -146,6 +167,8 @@ class AgentMetrics:
         ProcessCollector(registry=r)  # memory, CPU, open fds: what a leak looks like
         r.register(_StoreUsage(store))
         r.register(_LocalCheckpoints(local_store))
+        self._restore = _RestoreCapability()
+        r.register(self._restore)
         self.shared_store_available = Gauge(
             "lpm_shared_store_available", "1 when the shared store took the last probe's write, else 0 "
             "(checkpoints then go to the local store)", registry=r)
@@ -200,6 +223,9 @@ class AgentMetrics:
     def failed(self, operation: Operation, err: LpmError) -> None:
         self.failures.labels(operation.value, reason_of(err).value).inc()
 
+    def restore_capability(self, capability: Capability) -> None:
+        self._restore.current = capability
+
 
 class Readiness:
     """Ready = every registered API watch has listed once, and a store (shared, else local) takes a write."""
@@ -208,6 +234,8 @@ class Readiness:
         self._stores = stores
         self._watches: dict[str, asyncio.Event] = {}
         self._was: tuple[bool, bool] | None = None
+        self.restore: Capability | None = None
+        """This node's runtime's capability, once assessed (cluster mode)."""
 
     def watch(self, name: str) -> asyncio.Event:
         """The event an informer sets once its first list is done (its ``synced``)."""
@@ -271,9 +299,12 @@ async def serving(port: int, metrics: AgentMetrics, readiness: Readiness) -> Asy
         problems, degraded = await readiness.check()
         if problems:
             return web.Response(status=503, text="\n".join(problems) + "\n")
+        lines = ["ok"]
         if degraded is not None:
-            return web.Response(text=f"ok\ndegraded: {degraded}; checkpoints are held in the local store\n")
-        return web.Response(text="ok\n")
+            lines.append(f"degraded: {degraded}; checkpoints are held in the local store")
+        if readiness.restore is not None:
+            lines.append(f"restore: {readiness.restore.summary()}")
+        return web.Response(text="\n".join(lines) + "\n")
 
     async def metrics_page(_: web.Request) -> web.Response:
         # In a thread: the store usage collector calls statvfs, which blocks on a hung NFS server, and

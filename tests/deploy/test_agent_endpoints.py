@@ -211,9 +211,13 @@ async def test_cluster_agent_is_ready_once_its_watches_are_established(
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "lpm-agent"},
             "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": AGENT_NAMESPACE}]})
         deadline = time.monotonic() + 60  # the watches retry with a backoff capped at 30 s
-        while (answer := await get("/readyz")) != (200, "ok\n"):
+        while (answer := await get("/readyz"))[0] != 200:
             assert time.monotonic() < deadline, f"never ready: {answer}"
             await asyncio.sleep(0.2)
+        # Ready, and saying what it could tell of its runtime: no CRI-O socket here (the default for
+        # --importer containers-storage), so "unknown" with why.
+        ok, restore = answer[1].splitlines()
+        assert ok == "ok" and restore.startswith("restore: unknown (") and "crio.sock" in restore, answer
 
         # A checkpoint through the (stand-in) kubelet is timed and its bytes counted.
         await api("POST", f"/api/v1/namespaces/{namespace}/pods", pod_body(namespace, "web-0", node))

@@ -15,7 +15,7 @@ import pytest
 
 from lab.kustomize import render
 from tests.deploy.kustomize import OVERLAYS, component_agent, find
-from watcher.cli import build_parser, make_importer
+from watcher.cli import build_parser, make_importer, runtime_endpoint
 from watcher.restore.importer import ContainerdImporter, ContainersStorageImporter, RegistryImporter
 
 BASE_HOST_PATHS = {"/var/lib/kubelet/checkpoints": "Directory", "/var/lib/lpm/local-store": "DirectoryOrCreate"}
@@ -66,10 +66,15 @@ def test_restores_have_a_writable_scratch_directory(rendered: dict[str, list[dic
 def test_cri_o_writes_the_nodes_containers_storage_with_the_capabilities_skopeo_needs(
         rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch) -> None:
     pod, agent = _agent(rendered["cri-o"])
-    assert isinstance(make_importer(_parsed(rendered["cri-o"], monkeypatch)), ContainersStorageImporter)
-    assert _host_paths(pod) == {**BASE_HOST_PATHS,
-                                "/var/lib/containers/storage": "Directory", "/run/containers/storage": "Directory"}
+    args = _parsed(rendered["cri-o"], monkeypatch)
+    assert isinstance(make_importer(args), ContainersStorageImporter)
+    assert _host_paths(pod) == {**BASE_HOST_PATHS, "/var/lib/containers/storage": "Directory",
+                                "/run/containers/storage": "Directory", "/run/crio/crio.sock": "Socket"}
     assert _mounts(agent)["/var/lib/containers/storage"] and _mounts(agent)["/run/containers/storage"]
+    # CRI-O's socket, where the agent asks whether this node restores.
+    endpoint = runtime_endpoint(args.runtime_endpoint, args.importer, args.containerd_address)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[_mounts(agent)[endpoint.removeprefix("unix://")]]["hostPath"]["path"] == "/run/crio/crio.sock"
     assert agent["securityContext"] == {
         "allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "MKNOD", "SETFCAP",
@@ -85,6 +90,10 @@ def test_containerd_needs_its_socket_and_ctr_and_no_capability(rendered: dict[st
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes[_mounts(agent)[importer.address]]["hostPath"] == {"path": "/run/containerd/containerd.sock",
                                                                      "type": "Socket"}
+    # The same socket is where the agent asks whether this node restores.
+    args = _parsed(rendered["containerd"], monkeypatch)
+    assert runtime_endpoint(args.runtime_endpoint, args.importer, args.containerd_address) == \
+        f"unix://{importer.address}"
     assert volumes[_mounts(agent)[importer.ctr]]["hostPath"]["type"] == "File"
     assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 

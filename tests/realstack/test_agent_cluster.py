@@ -17,6 +17,7 @@ import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -30,6 +31,8 @@ from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT
 from lab.kubelet import KubeletStandIn, pod_body
 from lab.agent import AgentProcess
 from tests.support import lpm
+from watcher.cluster.presence import lease_body
+from watcher.runtime.capability import Capability, Verdict
 
 GROUP = "/apis/lpm.my.domain/v1"
 _namespaces = itertools.count()
@@ -85,9 +88,20 @@ class Cluster:
         n.agent = AgentProcess.cluster(
             "--node", node, "--kubeconfig", str(kubeconfig), "--kubelet-ca", str(self.cp.ca_file),
             "--kubelet-token-file", str(token), "--checkpoint-dir", str(n.checkpoint_dir),
-            "--store", str(n.store), "--debounce", "0.5", *extra)
-        n.agent.wait_logged("cluster mode watching")
+            "--store", str(n.store), "--debounce", "0.5", "--namespace", self.namespace, *extra)
+        n.agent.wait_logged("cluster mode watching")  # its node Lease is written by then
         return n.agent
+
+    def announce(self, node: str) -> None:
+        """What ``node``'s agent writes when it starts: its Lease, here saying its runtime is unknown.
+
+        For tests whose node-b agent starts after the source (or only after the checkpoint, to tamper
+        with it or stop it mid-restore): a source refuses a target without a live agent.
+        The body is the agent's own (``lease_body``); the agent, once started, renews it.
+        """
+        capability = Capability(Verdict.UNKNOWN, "", "", f"{node}'s agent not started yet (test)")
+        body = lease_body(self.namespace, node, capability, datetime.now(timezone.utc))
+        self.api("POST", f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases", body)
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
@@ -158,6 +172,7 @@ async def test_container_checkpoint_is_taken_stored_and_announced(cluster: Clust
 
 @pytest.mark.asyncio
 async def test_annotation_migrates_the_checkpoint_phase_to_checkpoint_complete(cluster: Cluster) -> None:
+    cluster.announce("node-b")
     cluster.start_agent("node-a")
     pod = cluster.create_pod("cart-0", "node-a", ("app", "sidecar"),
                              annotations={"lpm.my.domain/migrate-to": "node-b"})
@@ -171,6 +186,9 @@ async def test_annotation_migrates_the_checkpoint_phase_to_checkpoint_complete(c
     checkpoint = cluster.get("podcheckpoints", status["podCheckpointRef"]["name"])
     content = cluster.get("podcheckpointcontents", checkpoint["status"]["boundContentName"], namespaced=False)
     assert content["spec"]["targetNode"] == "node-b" and content["spec"]["podUID"] == pod["metadata"]["uid"]
+    # node-b's Lease says its capability is unknown: the migration goes on, with a warning.
+    warned = cluster.nodes["node-a"].agent.logs("migrating to a node whose restore capability is unknown")  # type: ignore[union-attr]
+    assert warned and "node-b's agent not started yet (test)" in warned[0]["reason"], warned
     uris = {c["containerName"]: c["artifactURI"] for c in content["spec"]["containers"]}
     assert set(uris) == {"app", "sidecar"}
     assert len({uri.split("/")[3] for uri in uris.values()}) == 1  # ONE checkpoint ID for the pod
@@ -256,6 +274,9 @@ async def test_read_only_store_holds_checkpoints_locally_until_it_is_back_then_t
     try:
         pod = cluster.create_pod("ro-0", "node-a", annotations={"lpm.my.domain/migrate-to": "node-b"})
         subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
+        # node-b's agent starts second (the two requests below then fall in different seconds of the
+        # stand-in kubelet's archive names); the source checks for node-b's Lease as soon as it starts.
+        cluster.announce("node-b")
         source = cluster.start_agent("node-a", "--local-store", str(local), "--move-interval", "0.5")
         destination = cluster.start_agent("node-b", "--restore-work-dir", str(cluster.tmp / "work-b"),
                                           "--import-prefix", str(SLOW_IMPORT))
@@ -400,6 +421,7 @@ async def _checkpoint_complete(cluster: Cluster, pod: str) -> dict[str, Any]:
 @pytest.mark.asyncio
 async def test_restore_refuses_a_dump_whose_sha256_does_not_match(cluster: Cluster) -> None:
     cluster.create_pod("tampered-0", "node-a", annotations={"lpm.my.domain/migrate-to": "node-b"})
+    cluster.announce("node-b")
     cluster.start_agent("node-a")
     migration = await _checkpoint_complete(cluster, "tampered-0")
     store = cluster.nodes["node-a"].store
@@ -421,6 +443,7 @@ async def test_restore_refuses_a_dump_whose_sha256_does_not_match(cluster: Clust
 @pytest.mark.asyncio
 async def test_failed_import_keeps_the_source_pod_and_says_why(cluster: Cluster) -> None:
     cluster.create_pod("noimport-0", "node-a", annotations={"lpm.my.domain/migrate-to": "node-b"})
+    cluster.announce("node-b")
     cluster.start_agent("node-a")
     migration = await _checkpoint_complete(cluster, "noimport-0")
     # skopeo run through `false`: the node's image store refuses every import.
@@ -477,6 +500,7 @@ async def test_restore_refuses_a_checkpoint_missing_a_listed_container(cluster: 
     monkeypatch.setenv("LPM_TEST_IMPORT_LOG", str(imports))  # inherited by the agent and its import prefix
     monkeypatch.setenv("LPM_TEST_IMPORT_SECONDS", "0")
     cluster.create_pod("partial-0", "node-a", ("app", "sidecar"), annotations={"lpm.my.domain/migrate-to": "node-b"})
+    cluster.announce("node-b")
     cluster.start_agent("node-a")
     migration = await _checkpoint_complete(cluster, "partial-0")
     # The marker lists app and sidecar; sidecar's directory is gone (a partial copy, an operator's rm).
@@ -502,6 +526,7 @@ async def test_destination_restarted_mid_restore_restores_exactly_once(cluster: 
     monkeypatch.setenv("LPM_TEST_IMPORT_LOG", str(imports))
     monkeypatch.setenv("LPM_TEST_IMPORT_SECONDS", "4")
     cluster.create_pod("moving-0", "node-a", annotations={"lpm.my.domain/migrate-to": "node-b"})
+    cluster.announce("node-b")
     cluster.start_agent("node-a")
     migration = await _checkpoint_complete(cluster, "moving-0")
     name = migration["metadata"]["name"]
@@ -548,6 +573,7 @@ async def test_retain_original_pod_keeps_the_source_and_both_pods_say_what_happe
     cluster.create_pod("kept-0", "node-a")
     cluster.create("podmigrations", "keep-it", "PodMigration",
                    {"podName": "kept-0", "targetNode": "node-b", "retainOriginalPod": True})
+    cluster.announce("node-b")
     cluster.start_agent("node-a")
     cluster.start_agent("node-b", "--restore-work-dir", str(cluster.tmp / "work-b"), "--import-prefix", str(SLOW_IMPORT))
     restored_name = await eventually(lambda: cluster.get("podmigrations", "keep-it")["status"].get("restoredPodName"),
@@ -586,6 +612,7 @@ async def test_marker_poll_alone_brings_the_restore(cluster: Cluster, monkeypatc
 
     monkeypatch.setenv("LPM_TEST_IMPORT_SECONDS", "0")
     cluster.create_pod("polled-0", "node-a", annotations={"lpm.my.domain/migrate-to": "node-b"})
+    cluster.announce("node-b")
     cluster.start_agent("node-a")
     migration = await _checkpoint_complete(cluster, "polled-0")
     name = migration["metadata"]["name"]

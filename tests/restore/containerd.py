@@ -49,16 +49,23 @@ def binaries() -> Path:
 
 
 @contextmanager
-def run_containerd(parent: Path = Path("/tmp")) -> Iterator[Containerd]:
-    """``parent``: where its directory goes (a sandbox's share, to reach its socket from there)."""
+def run_containerd(parent: Path = Path("/tmp"), restore_via_create: bool | None = None) -> Iterator[Containerd]:
+    """``parent``: where its directory goes (a sandbox's share, to reach its socket from there).
+    ``restore_via_create``: the CRI runtime config's ``enable_experimental_restore_via_create``,
+    written as given (None: left out, containerd's default, off since 2.2.7 and 2.3.4)."""
     if os.geteuid() != 0:
         pytest.fail("containerd needs root: run the suite as root (scripts/test)")
     bin_dir = binaries()
     top = Path(tempfile.mkdtemp(prefix="lpm-ctrd-", dir=parent))
     socket = top / "containerd.sock"
     config = top / "config.toml"
-    config.write_text(f'version = 3\nroot = "{top / "root"}"\nstate = "{top / "state"}"\n'
-                      f'[grpc]\n  address = "{socket}"\n')
+    text = f'version = 3\nroot = "{top / "root"}"\nstate = "{top / "state"}"\n[grpc]\n  address = "{socket}"\n'
+    if restore_via_create is not None:
+        # restrict_oom_score_adj: these machines lack CAP_SYS_RESOURCE, which a created container would
+        # need (none is created here, but a daemon configured for restore is one that could).
+        text += ('[plugins."io.containerd.cri.v1.runtime"]\n  restrict_oom_score_adj = true\n'
+                 f'  enable_experimental_restore_via_create = {"true" if restore_via_create else "false"}\n')
+    config.write_text(text)
     log = top / "containerd.log"
     process = ServerProcess("containerd", [str(bin_dir / "containerd"), "--config", str(config)], log)
     daemon = Containerd(str(socket), bin_dir / "ctr", log)

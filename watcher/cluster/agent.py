@@ -1,7 +1,8 @@
 """The node agent in cluster mode: informers, one worker per object, the directory watcher.
 
 Watches (list, then watch, relist on 410): pods on this node (field selector
-``spec.nodeName``), ContainerCheckpoints, PodCheckpoints and PodMigrations. The directory
+``spec.nodeName``), ContainerCheckpoints, PodCheckpoints and PodMigrations. Keeps this node's
+Lease renewed, saying whether its runtime can restore (``presence``). The directory
 watcher's mover switches contents to ``shared`` when it moves a locally held checkpoint
 (``relocation``); the PodMigration status that move writes is what brings the destination back. Every background
 task is named and supervised: if one ends unexpectedly the agent logs it and stops, and the
@@ -22,6 +23,7 @@ from watcher.cluster.checkpointing import (
 )
 from watcher.cluster.claims import Claim, Claims
 from watcher.cluster.migration import reconcile_annotated_pod, reconcile_migration
+from watcher.cluster.presence import Announcer
 from watcher.cluster.relocation import announce_moved
 from watcher.cluster.objects import (
     API_VERSION, MIGRATION_LABEL, ORIGIN_ANNOTATION, ORIGIN_KUBELET_DIRECTORY, Phase, content_name, lpm_path, meta,
@@ -37,6 +39,7 @@ from watcher.observe import AgentMetrics, Readiness
 from watcher.restore.destination import Destination
 from watcher.restore.importer import ContainersStorageImporter, Importer
 from watcher.restore.markers import poll_markers
+from watcher.runtime.capability import Capability
 from watcher.store.catalog import Checkpoint
 from watcher.stores import Store, Stores
 from watcher.watch.stability import Outcome
@@ -51,6 +54,10 @@ class ClusterConfig:
     """None: the pod's in-cluster service account."""
     kubelet: KubeletSettings
     restore: RestoreSettings
+    namespace: str
+    """The agent's own namespace: where every node's agent keeps its Lease (``watcher.cluster.presence``)."""
+    runtime_endpoint: str | None
+    """This node's CRI socket, asked whether the runtime restores; None: read the Node's status instead."""
 
 
 @dataclass(frozen=True)
@@ -128,8 +135,16 @@ class ClusterAgent:
                                   cfg.restore.importer, cfg.base.compression,
                                   directory.cancel, self._metrics)
 
+        def on_capability(capability: Capability) -> None:
+            self._metrics.restore_capability(capability)
+            self._readiness.restore = capability
+
+        announcer = Announcer(kube, cfg.namespace, node, cfg.runtime_endpoint, on_capability)
+        # Written before the watches start: once this agent says it is watching, sources find its Lease.
+        await announcer.renew()
+
         async def on_migration(event: str, obj: dict[str, Any]) -> None:
-            await reconcile_migration(kube, node, event, obj)  # the source node's half
+            await reconcile_migration(kube, node, cfg.namespace, event, obj)  # the source node's half
             await destination.reconcile(event, obj)  # the target node's half
 
         migrations = Workers("podmigration", on_migration)
@@ -152,6 +167,8 @@ class ClusterAgent:
 
         synced = self._readiness.watch  # /readyz waits for every watch's first list
         tasks = {
+            # Sources read it before they checkpoint a pod for this node; its absence refuses them.
+            asyncio.create_task(announcer.run(stop), name="node lease"),
             asyncio.create_task(informer(kube, Resource(pod_path(), {"fieldSelector": f"spec.nodeName={node}"}),
                                          on_pod, stop, synced("pods")), name="watch pods"),
             asyncio.create_task(informer(kube, Resource(lpm_path("PodMigration")), migrations.submit, stop,

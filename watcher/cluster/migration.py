@@ -5,15 +5,19 @@ PodMigration for that pod instance (the name is derived from the pod's UID, so s
 annotation again — after a relist or a restart — creates nothing new). The PodMigration's
 checkpoint phase is a PodCheckpoint the agent creates and owns; its outcome is mirrored into
 the PodMigration, which ends here at ``CheckpointComplete`` with ``podCheckpointRef`` (the
-destination node's agent takes it from there) or ``Failed`` with the reason.
+destination node's agent takes it from there) or ``Failed`` with the reason. A target that does
+not exist, is not Ready, has no live lpm agent or says its runtime cannot restore fails the
+migration before the checkpoint (``watcher.cluster.admission``): the source pod is never touched.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from watcher.cluster import events
+from watcher.cluster.admission import check_target
 from watcher.cluster.checkpointing import create_idempotent
 from watcher.cluster.nodes import NodeUnusable, usable_target
 from watcher.cluster.objects import (
@@ -56,7 +60,9 @@ def _phase(phase: MigrationPhase, message: str, **extra: Any) -> Any:
     return mutate
 
 
-async def reconcile_migration(kube: Kube, node: str, event: str, obj: Mapping[str, Any]) -> None:
+async def reconcile_migration(kube: Kube, node: str, lease_namespace: str, event: str,
+                              obj: Mapping[str, Any]) -> None:
+    """``lease_namespace``: where the agents' node Leases are (the agent's own namespace)."""
     if event == "DELETED":
         return
     namespace, name = meta(obj)["namespace"], meta(obj)["name"]
@@ -81,9 +87,17 @@ async def reconcile_migration(kube: Kube, node: str, event: str, obj: Mapping[st
             raise NodeUnusable(f"target node {target} is the node the pod already runs on")
         await usable_target(kube, target)
     except (NodeUnusable, UnsafeNameError) as err:
-        await update_status(kube, "PodMigration", namespace, name, _phase(MigrationPhase.FAILED, str(err)))
-        await events.record(kube, pod, "MigrationRefused", str(err), warning=True, node=node)
+        await _refuse(kube, node, pod, namespace, name, str(err))
         return
+    if migration.get("status", {}).get("phase") != MigrationPhase.CHECKPOINTING.value:
+        # Before the first kubelet call only: once checkpointing, the pod is already being dumped.
+        admission = await check_target(kube, lease_namespace, target, datetime.now(timezone.utc))
+        if not admission.allowed:
+            await _refuse(kube, node, pod, namespace, name, admission.reason)
+            return
+        if admission.reason:
+            log.warning("migrating to a node whose restore capability is unknown",
+                        extra={"fields": {"migration": f"{namespace}/{name}", "reason": admission.reason}})
     await update_status(kube, "PodMigration", namespace, name, _phase(
         MigrationPhase.CHECKPOINTING, f"checkpointing on {node}", sourceNode=node, startTime=now()))
     await create_idempotent(kube, lpm_path("PodCheckpoint", namespace), {
@@ -104,3 +118,9 @@ async def reconcile_migration(kube: Kube, node: str, event: str, obj: Mapping[st
     elif state.get("phase") == Phase.FAILED.value:
         await update_status(kube, "PodMigration", namespace, name, _phase(
             MigrationPhase.FAILED, f"checkpoint failed: {state.get('message', '')}"))
+
+
+async def _refuse(kube: Kube, node: str, pod: Mapping[str, Any], namespace: str, name: str, reason: str) -> None:
+    """Failed before anything was checkpointed: the source pod runs on untouched."""
+    await update_status(kube, "PodMigration", namespace, name, _phase(MigrationPhase.FAILED, reason))
+    await events.record(kube, pod, "MigrationRefused", reason, warning=True, node=node)
