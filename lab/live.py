@@ -80,7 +80,8 @@ class Outcome:
 
 def start_agent(cp: ControlPlane, node: RealNode, store: Path, *extra: str) -> AgentProcess:
     """``lpm agent`` for ``node``, on the host: it reads the node's checkpoint directory through the host's
-    view of it, calls the kubelet at the node's address, and imports with the node's own ``ctr`` inside it."""
+    view of it, calls the kubelet at the node's address, asks the node's containerd over its CRI socket
+    whether it restores, and imports with the node's own ``ctr`` inside it."""
     token = node.lab_dir / f"{node.name}.token"
     token.write_text(cp.service_account_token(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT))
     os.chmod(token, 0o600)
@@ -92,6 +93,7 @@ def start_agent(cp: ControlPlane, node: RealNode, store: Path, *extra: str) -> A
         # Under the lab directory, which the node sees at the same path: ctr reads the image archive there.
         "--restore-work-dir", str(node.lab_dir / f"{node.name}-work"),
         "--importer", "containerd", "--import-prefix", shlex.join(node.prefix()), "--ctr", CTR,
+        "--runtime-endpoint", node.runtime_endpoint,
         "--debounce", "0.3", *extra)
 
 
@@ -104,7 +106,7 @@ def _parse_log(text: str) -> list[Line]:
     return lines
 
 
-def _logs(cp: ControlPlane, pod: str, container: str) -> list[Line]:
+def read_logs(cp: ControlPlane, pod: str, container: str) -> list[Line]:
     """``kubectl logs --timestamps``: through the apiserver, from the kubelet of the pod's node."""
     answer = cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}/log"
                                      f"?container={container}&timestamps=true")
@@ -148,7 +150,7 @@ async def run_pod(cluster: RealCluster, name: str, containers: tuple[str, ...], 
         pod = await asyncio.to_thread(_pod, cp, name)
         status = (pod or {}).get("status", {})
         if status.get("phase") == "Running":
-            counted = [len(await asyncio.to_thread(_logs, cp, name, c)) for c in containers]
+            counted = [len(await asyncio.to_thread(read_logs, cp, name, c)) for c in containers]
             if min(counted) >= 3:
                 return
         if time.monotonic() > deadline:
@@ -180,7 +182,7 @@ async def migrate(cluster: RealCluster, agents: Mapping[str, Agent], pod: str, c
         if await asyncio.to_thread(_pod, cp, pod) is not None:
             for container in containers:
                 try:
-                    source_logs[container] = await asyncio.to_thread(_logs, cp, pod, container)
+                    source_logs[container] = await asyncio.to_thread(read_logs, cp, pod, container)
                 except ApiError:
                     pass  # being deleted: what was read last stands
         migration = await asyncio.to_thread(_migration, cp, pod)
@@ -200,7 +202,7 @@ async def migrate(cluster: RealCluster, agents: Mapping[str, Agent], pod: str, c
     windows: dict[str, float] = {}
     first_on_target: dict[str, Line] = {}
     for container in containers:
-        logged = await asyncio.to_thread(_logs, cp, restored, container)
+        logged = await asyncio.to_thread(read_logs, cp, restored, container)
         # containerd restores the container's log file with it: the lines up to the checkpoint come first,
         # with their original times. What the restored process wrote follows.
         known = set(source_logs[container])

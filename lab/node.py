@@ -169,6 +169,11 @@ class RealNode:
         return ["nsenter", "-t", str(self.pid), "-m", *[flags[n] for n in namespaces if n != "mount"], "--",
                 "env", "-i", f"PATH={_PATH}", "HOME=/root"]
 
+    @property
+    def runtime_endpoint(self) -> str:
+        """The node's CRI socket as the host reaches it (through its init's root): what the agent asks."""
+        return f"unix:///proc/{self.pid}/root{_CONTAINERD_SOCKET}"
+
     def ctr_prefix(self) -> list[str]:
         """``ctr`` on this node's containerd, in the CRI namespace, as lpm's containerd importer runs it."""
         return [*self.prefix(), CTR, "--address", _CONTAINERD_SOCKET, "--namespace", "k8s.io"]
