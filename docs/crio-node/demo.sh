@@ -99,7 +99,7 @@ done
 
 start_node() { # NAME: private mount/uts/net/pid namespaces rooted in the rootfs, CRI-O inside
 	local node=$1 L=$W/$1 t init=''
-	mkdir -p "$L"/{etc/containers,cni-conf,cni-state,storage,crio-lib,log,ckpt,local-store,restore-work,empty-ckpt,cri}
+	mkdir -p "$L"/{kubelet,etc/containers,cni-conf,cni-state,storage,crio-lib,log,ckpt,local-store,restore-work,empty-ckpt,cri}
 	sed -e "s|@LAB@|$L|g" -e "s|^default_runtime = .*|default_runtime = \"$runtime\"|" "$here/crio.conf" >"$L/etc/crio.conf"
 	sed "s|@LAB@|$L|g" "$here/storage.conf" >"$L/etc/containers/storage.conf"
 	cp "$here/policy.json" "$L/etc/containers/policy.json"

@@ -25,6 +25,9 @@ mount --bind '$L/etc/containers' etc/containers
 mount --bind '$L/cni-conf' etc/cni/net.d
 mount --bind '$L/cni-state' var/lib/cni
 mount --bind '$L/log' var/log
+# A kubelet on this node keeps pki/ and device-plugins/ under /var/lib/kubelet whatever its --root-dir.
+mkdir -p '$L/kubelet'
+mount --bind '$L/kubelet' var/lib/kubelet
 mkdir -p .oldroot 2>/dev/null || true
 pivot_root . .oldroot
 umount -l /.oldroot
