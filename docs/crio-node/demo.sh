@@ -6,16 +6,16 @@
 # removed at the end (KEEP=1 keeps the scratch directory, never the processes or cgroups).
 #
 # Usage (root): docs/crio-node/demo.sh [runc|crun]
-# Environment: LPM_CACHE_DIR (default /work/main/.cache: the builds and the trixie rootfs), LPM_PYTHON (a
-# python with lpm's dependencies; default /work/main/.venv/bin/python).
+# Environment: LPM_CACHE_DIR (default REPO/.cache: the builds and the trixie rootfs), LPM_PYTHON (a
+# python with lpm's dependencies; default REPO/.venv/bin/python).
 set -euo pipefail
 
 runtime=${1:-runc}
 [[ $runtime == runc || $runtime == crun ]] || { echo "demo: runtime must be runc or crun" >&2; exit 2; }
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-export LPM_CACHE_DIR=${LPM_CACHE_DIR:-/work/main/.cache}
-python=${LPM_PYTHON:-/work/main/.venv/bin/python}
+export LPM_CACHE_DIR=${LPM_CACHE_DIR:-$repo/.cache}
+python=${LPM_PYTHON:-$repo/.venv/bin/python}
 rootfs=$LPM_CACHE_DIR/rootfs/trixie-v3
 now() { date +%s.%N; }
 took() { printf '%.3f' "$(echo "$(now) - $1" | bc)"; }
