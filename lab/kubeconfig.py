@@ -1,7 +1,7 @@
 """Kubeconfig files for the local control plane: one cluster, one user, one context.
 
 The cluster entry always names the CA file, so every client built from these files verifies the
-apiserver's certificate; there is deliberately no way to write ``insecure-skip-tls-verify`` here.
+apiserver's certificate; there is deliberately no way to turn that verification off here.
 """
 
 from __future__ import annotations
