@@ -136,10 +136,12 @@ class _CsrApprover:
 
 class RealCluster:
     def __init__(self, nodes: tuple[str, ...] = ("node-a", "node-b"),
-                 restore_via_create: Mapping[str, bool] | None = None) -> None:
-        """``restore_via_create``: per node, containerd's restore opt-in (default on everywhere)."""
+                 restore_via_create: Mapping[str, bool] | None = None, runtime: str = "containerd") -> None:
+        """``restore_via_create``: per node, containerd's restore opt-in (default on everywhere);
+        ``runtime``: every node's, ``containerd`` or ``crio``."""
         self.addresses = {name: node_address(name, i) for i, name in enumerate(nodes)}
         self._restore = dict(restore_via_create or {})
+        self.runtime = runtime
         self.directory = Path(tempfile.mkdtemp(prefix="lpm-lab-"))
         self._bridge = Bridge()
         # Made before the nodes, so that each node's mount namespace has its own view to bind.
@@ -180,7 +182,7 @@ class RealCluster:
             raise ClusterError(f"another lab cluster runs on this machine (it holds {_LOCK}); they share the "
                                "bridge and the nodes' names: run one at a time") from None
         self._lock = lock
-        binaries = node_binaries()
+        binaries = node_binaries(with_crio=self.runtime == "crio")
         root = rootfs()
         self._bridge.__enter__()
         cp = self.cp = ControlPlane(locate_binaries(), address=GATEWAY)
@@ -192,7 +194,7 @@ class RealCluster:
         self.store_views = self._store.__enter__()
         for name, address in self.addresses.items():
             node = RealNode(name, address, self.directory, root, binaries, access, self.store_views[name],
-                            restore_via_create=self._restore.get(name, True))
+                            restore_via_create=self._restore.get(name, True), runtime=self.runtime)
             self.nodes[name] = node
             node.start()
         for node in self.nodes.values():

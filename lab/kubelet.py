@@ -9,8 +9,7 @@ It authorises each request the way the real kubelet does — TokenReview of the 
 then a SubjectAccessReview for ``create`` on ``nodes/checkpoint`` of this node — against the
 real apiserver, finds the pod among those bound to its node, and writes the archive IN
 PLACE, slowly, in the CRI-O layout, into the node's checkpoint directory (0600, no temp
-file, no rename), answering ``{"items": [path]}`` only once it is complete. Given a
-``PodmanRuntime`` it checkpoints the pod's real container with CRIU instead. Its serving
+file, no rename), answering ``{"items": [path]}`` only once it is complete. Its serving
 certificate comes from the test CA, so the agent verifies it as it would a real kubelet's.
 
 Faults for tests: ``fail_next(n, status)`` answers the next n requests with that status;
@@ -30,21 +29,17 @@ from aiohttp import web
 from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, write_in_place
 from lab.apiclient import ApiError
 from lab.controlplane import ControlPlane
-from lab.runtime import PodmanRuntime
 
 
 class KubeletStandIn:
     def __init__(self, cp: ControlPlane, node: str, checkpoint_dir: Path, memory: int = 2 << 20,
-                 pieces: int = 6, pause: float = 0.1, runtime: PodmanRuntime | None = None) -> None:
+                 pieces: int = 6, pause: float = 0.1) -> None:
         self.cp = cp
         self.node = node
         self.checkpoint_dir = checkpoint_dir
         self.memory = memory
         self.pieces = pieces
         self.pause = pause
-        self.runtime = runtime
-        self.checkpoint_seconds: list[float] = []  # the runtime's own time per checkpoint
-        self.checkpoint_started: list[float] = []  # time.monotonic() when each checkpoint began
         self.requests: list[tuple[str, int]] = []  # (path, HTTP status answered)
         self.seconds: list[float] = []  # how long each request took to answer
         self._failures: list[int] = []
@@ -139,14 +134,8 @@ class KubeletStandIn:
             return 404, f"container {container} not found"
         identity = Pod(uid=pod["metadata"]["uid"], namespace=namespace, name=name, container=container)
         path = self.checkpoint_dir / archive_name(identity, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        started = time.monotonic()
-        self.checkpoint_started.append(started)
-        if self.runtime is not None:  # a real container, dumped by CRIU through podman
-            await asyncio.to_thread(self.runtime.checkpoint, namespace, name, container, path)
-        else:
-            data = archive_bytes(ArchiveSpec(pod=identity, memory=self.memory))
-            await asyncio.to_thread(write_in_place, path, data, self.pieces, self.pause)
-        self.checkpoint_seconds.append(time.monotonic() - started)
+        data = archive_bytes(ArchiveSpec(pod=identity, memory=self.memory))
+        await asyncio.to_thread(write_in_place, path, data, self.pieces, self.pause)
         return 200, {"items": [str(path)]}
 
 

@@ -92,9 +92,15 @@ def start_agent(cp: ControlPlane, node: RealNode, store: Path, *extra: str) -> A
         "--checkpoint-dir", str(node.checkpoint_dir), "--store", str(store),
         # Under the lab directory, which the node sees at the same path: ctr reads the image archive there.
         "--restore-work-dir", str(node.lab_dir / f"{node.name}-work"),
-        "--importer", "containerd", "--import-prefix", shlex.join(node.prefix()), "--ctr", CTR,
-        "--runtime-endpoint", node.runtime_endpoint,
+        *_importer(node), "--runtime-endpoint", node.runtime_endpoint,
         "--debounce", "0.3", *extra)
+
+
+def _importer(node: RealNode) -> list[str]:
+    if node.runtime == "crio":
+        # skopeo writes the node's containers-storage; in its PID namespace too, to find itself in /proc.
+        return ["--importer", "containers-storage", "--import-prefix", shlex.join(node.prefix("pid"))]
+    return ["--importer", "containerd", "--import-prefix", shlex.join(node.prefix()), "--ctr", CTR]
 
 
 def _parse_log(text: str) -> list[Line]:
@@ -279,18 +285,20 @@ def _phases(cluster: RealCluster, agents: Mapping[str, Agent], pod: str, restore
     [created] = [line for line in target.logs("restored pod created")
                  if line.get("pod") == f"{NAMESPACE}/{restored_pod}"]
     restore_began = _time(created) - created["seconds"]
-    log = (cluster.nodes[TARGET].directory / "containerd.log").read_text(errors="replace")
-    sandbox, prepared = _containerd_times(log, restored_pod)
     running = max(line.time.timestamp() for line in first.values())
-    return {
+    phases = {
         "kubelet checkpoint": sum(line["kubeletSeconds"] for line in of_pod(source, "container checkpointed")),
         "ingest": sum(line["ingestSeconds"] for line in of_pod(source, "container ingested"))
         + committed["commitSeconds"],
         "marker to destination": restore_began - _time(committed),
         "verify": created["verifySeconds"], "image": created["imageSeconds"],
         "import": created["importSeconds"], "pod create": created["createSeconds"],
-        "pod sandbox": sandbox - _time(created),
-        "restore prepare": prepared - sandbox,
-        # To the restored process's first line, which it may print before containerd logs the restore done.
-        "CRIU restore": running - prepared,
     }
+    target_node = cluster.nodes[TARGET]
+    if target_node.runtime != "containerd":
+        return {**phases, "pod start + CRIU restore": running - _time(created)}
+    sandbox, prepared = _containerd_times((target_node.directory / "containerd.log").read_text(errors="replace"),
+                                          restored_pod)
+    return {**phases, "pod sandbox": sandbox - _time(created), "restore prepare": prepared - sandbox,
+            # To the restored process's first line, which it may print before containerd logs the restore done.
+            "CRIU restore": running - prepared}

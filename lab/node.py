@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from lab import crio
 from lab.controlplane import REPO, kube_binary
 from lab.images import node_images
 from lab.kubeconfig import write_cert_kubeconfig
@@ -47,7 +48,8 @@ from lab.processes import ServerError, ServerProcess
 _CGROUP = Path("/sys/fs/cgroup")
 _OPT = "/opt/lpm"  # inside the node: kubernetes/, containerd/ (with ctr and the shim), runc/
 CTR = f"{_OPT}/containerd/ctr"
-_PATH = f"{_OPT}/kubernetes:{_OPT}/containerd:{_OPT}/runc:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_PATH = (f"{_OPT}/kubernetes:{_OPT}/containerd:{_OPT}/crio:{_OPT}/runc:"
+         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 _CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 STORE_PATH = "/srv/lpm-store"  # inside a node: its view of the shared store (a hostPath PV names it)
 _START_TIMEOUT = 60.0
@@ -63,6 +65,8 @@ class NodeBinaries:
     containerd_dir: Path
     """containerd, ctr and containerd-shim-runc-v2"""
     runc: Path
+    crio_dir: Path | None = None
+    """crio and pinns, when a node runs CRI-O"""
 
 
 def _build(script: str) -> Path:
@@ -73,11 +77,12 @@ def _build(script: str) -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
-def node_binaries() -> NodeBinaries:
-    """The kubelet, containerd and runc this lab runs (built and cached by scripts/node/install-deps.sh)."""
+def node_binaries(with_crio: bool = False) -> NodeBinaries:
+    """The kubelet, containerd, runc (and CRI-O, ``with_crio``) this lab runs (built and cached by
+    scripts/node/install-deps.sh)."""
     _build("kube/build-kube.sh")
     return NodeBinaries(kubelet=kube_binary("kubelet"), containerd_dir=_build("restore/build-containerd.sh"),
-                        runc=_build("node/build-runc.sh"))
+                        runc=_build("node/build-runc.sh"), crio_dir=_build("node/build-crio.sh") if with_crio else None)
 
 
 def _children(pid: int) -> list[int]:
@@ -131,10 +136,13 @@ class ClusterAccess:
 
 class RealNode:
     def __init__(self, name: str, address: NodeAddress, lab_dir: Path, rootfs: Path, binaries: NodeBinaries,
-                 access: ClusterAccess, store_view: Path, restore_via_create: bool = True) -> None:
+                 access: ClusterAccess, store_view: Path, restore_via_create: bool = True,
+                 runtime: str = "containerd") -> None:
         """``store_view``: this node's view of the shared store (a bindfs mount: one NFS client), seen inside
         at ``STORE_PATH``. ``restore_via_create``: containerd's CRI opt-in to restore from checkpoint
-        images (2.2.7+/2.3)."""
+        images (2.2.7+/2.3). ``runtime``: ``containerd`` or ``crio`` (lab/crio.py)."""
+        if runtime not in ("containerd", "crio"):
+            raise ValueError(f"runtime {runtime!r}: expected containerd or crio")
         self.name = name
         self.address = address
         self.lab_dir = lab_dir
@@ -142,6 +150,7 @@ class RealNode:
         self.binaries = binaries
         self.access = access
         self.restore_via_create = restore_via_create
+        self.runtime = runtime
         self.store_view = store_view
         self.directory = lab_dir / name
         self.cgroup_root = f"lpm-{name}"
@@ -170,9 +179,13 @@ class RealNode:
                 "env", "-i", f"PATH={_PATH}", "HOME=/root"]
 
     @property
+    def _socket(self) -> str:
+        return crio.SOCKET if self.runtime == "crio" else _CONTAINERD_SOCKET
+
+    @property
     def runtime_endpoint(self) -> str:
         """The node's CRI socket as the host reaches it (through its init's root): what the agent asks."""
-        return f"unix:///proc/{self.pid}/root{_CONTAINERD_SOCKET}"
+        return f"unix:///proc/{self.pid}/root{self._socket}"
 
     def ctr_prefix(self) -> list[str]:
         """``ctr`` on this node's containerd, in the CRI namespace, as lpm's containerd importer runs it."""
@@ -187,7 +200,10 @@ class RealNode:
             self._start_holder()
             Bridge.attach(self.pid, self.address)
             route_kubernetes_service(self.pid, self.address, urlsplit(self.access.server).port or 443)
-            self._start_containerd()
+            if self.runtime == "crio":
+                self._start_crio()
+            else:
+                self._start_containerd()
             self._import_images()
             self._start_kubelet()
         except BaseException:
@@ -225,7 +241,10 @@ class RealNode:
             shutil.copy(source, etc / source.name)
         write_cert_kubeconfig(etc / "kubelet.kubeconfig", self.access.server, etc / "ca.crt",
                               etc / client.cert.name, etc / client.key.name)
-        (etc / "containerd.toml").write_text(self._containerd_config())
+        if self.runtime == "crio":
+            crio.write_config(self.directory)
+        else:
+            (etc / "containerd.toml").write_text(self._containerd_config())
         (etc / "kubelet.yaml").write_text(yaml.safe_dump(self._kubelet_config(), sort_keys=False))
         (self.directory / "cni-conf" / "10-lpm.conflist").write_text(json.dumps({
             "cniVersion": "1.0.0", "name": "lpm-pods", "plugins": [{
@@ -266,7 +285,7 @@ state = "/run/containerd"
             # 1.35+ refuses cgroup v1 unless told; cgroupfs, under a root of this node's own.
             "failCgroupV1": False, "cgroupDriver": "cgroupfs", "cgroupRoot": f"/{self.cgroup_root}",
             "failSwapOn": False,
-            "containerRuntimeEndpoint": f"unix://{_CONTAINERD_SOCKET}",
+            "containerRuntimeEndpoint": f"unix://{self._socket}",
             "address": self.address.ip, "port": 10250, "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
             # Who may call it is the apiserver's decision: client certificates of the cluster CA and bearer
@@ -300,6 +319,11 @@ state = "/run/containerd"
         # overlayfs over its own directory (its CVE-2019-5736 guard), which sees no file bind mounts.
         binds += [(self.binaries.kubelet.parent, f"{_OPT}/kubernetes"),
                   (self.binaries.containerd_dir, f"{_OPT}/containerd"), (self.binaries.runc.parent, f"{_OPT}/runc")]
+        if self.runtime == "crio":
+            assert self.binaries.crio_dir is not None, "node_binaries(with_crio=True) builds CRI-O"
+            binds += [(self.binaries.crio_dir, f"{_OPT}/crio"),
+                      # CRI-O's and skopeo's storage.conf and policy.json: the node's own.
+                      (self.directory / "etc" / "containers", "/etc/containers")]
         mounts = "\n".join(f"mkdir -p '{root}{inside}'\nmount --bind '{host}' '{root}{inside}'"
                            for host, inside in binds)
         script = f"""
@@ -361,9 +385,21 @@ state = "/run/containerd"
                                              str(self.directory / "etc" / "containerd.toml")])
         self._wait(daemon, [CTR, "--address", _CONTAINERD_SOCKET, "version"])
 
+    def _start_crio(self) -> None:
+        daemon = self._daemon("crio", [f"{_OPT}/crio/crio", "--config", str(self.directory / "etc" / "crio.conf"),
+                                       "--config-dir", ""])
+        self._wait(daemon, ["test", "-S", crio.SOCKET])
+
     def _import_images(self) -> None:
         for name, archive in node_images(self.rootfs, self.directory / "images").items():
-            self.import_image(archive, name)
+            if self.runtime == "crio":
+                # skopeo in the node's mount and PID namespaces: its storage.conf, and a /proc it is in.
+                result = subprocess.run([*self.prefix("pid"), "skopeo", "copy", "--quiet", f"oci-archive:{archive}",
+                                         f"containers-storage:{name}"], capture_output=True, text=True, timeout=300)
+                if result.returncode != 0:
+                    raise NodeError(f"{self.name}: skopeo copy {archive.name}: {result.stderr.strip()[-1500:]}")
+            else:
+                self.import_image(archive, name)
 
     def import_image(self, archive: Path, name: str) -> None:
         """An OCI archive into the node's containerd, where the kubelet finds it (the CRI namespace); it must

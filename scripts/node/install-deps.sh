@@ -5,6 +5,7 @@
 #   kubernetes       kubelet, kube-controller-manager, kube-scheduler beside kube-apiserver (build-kube.sh)
 #   containerd       v2.3.x with ctr and containerd-shim-runc-v2 (scripts/restore/build-containerd.sh)
 #   runc             with seccomp (build-runc.sh)
+#   CRI-O            v1.36.3, crio and pinns (build-crio.sh; pinns is C, built with the machine's gcc)
 #   rootfs           each node runs in the trixie rootfs: CRIU 4, iptables, the CNI plugins
 #                    (scripts/criu/build-rootfs.sh)
 # Everything built is cached under .cache/.
@@ -24,6 +25,7 @@ fi
 "$repo/scripts/kube/build-kube.sh" >/dev/null
 "$repo/scripts/restore/build-containerd.sh" >/dev/null
 "$here/build-runc.sh" >/dev/null
+"$here/build-crio.sh" >/dev/null
 "$repo/scripts/criu/build-rootfs.sh" >/dev/null
 echo "install-deps: real nodes: kubernetes $(<"$repo/scripts/kube/kubernetes.version"), containerd" \
-	"$(<"$repo/scripts/restore/containerd.version"), runc $(<"$here/runc.version")" >&2
+	"$(<"$repo/scripts/restore/containerd.version"), runc $(<"$here/runc.version"), CRI-O $(<"$here/crio.version")" >&2
