@@ -1,19 +1,20 @@
 """The live migration on real nodes, one scenario for the tests and the demo.
 
-On a lab/cluster.py cluster (real kubelets over containerd + runc + CRIU): one lpm agent per node as the
-lpm-agent ServiceAccount, each seeing the shared store through its own bindfs view (two NFS clients:
-inotify on one does not see the other's writes). A pod whose containers each count in memory is scheduled
-onto node-a by the real scheduler, then annotated ``lpm.my.domain/migrate-to: node-b`` as ``kubectl
-annotate`` would. node-a's kubelet checkpoints each container (containerd's archive), node-a's agent ingests
-them; node-b's agent builds the checkpoint images, imports them into node-b's containerd and creates the
-pod; node-b's kubelet starts it and containerd restores each container through CRI from its image.
+On a lab/cluster.py cluster (real kubelets over containerd or CRI-O, runc and CRIU): one lpm agent per node
+as the lpm-agent ServiceAccount, each seeing the shared store through its own bindfs view (two NFS
+clients: inotify on one does not see the other's writes). A pod whose containers each count in memory is
+scheduled onto node-a by the real scheduler, then annotated ``lpm.my.domain/migrate-to: node-b`` as
+``kubectl annotate`` would. node-a's kubelet checkpoints each container (the runtime's archive), node-a's
+agent ingests them; node-b's agent builds the checkpoint images, imports them into node-b's runtime and
+creates the pod; node-b's kubelet starts it and the runtime restores each container through CRI from its
+image.
 
 ``migrate`` raises ``MigrationFailed`` unless every counter goes on on node-b from the value it had when it
 was checkpointed (no reset, no gap) and the source pod is deleted. The counters are read as ``kubectl logs
 --timestamps`` reads them, through the apiserver and the kubelets. The kubelet's checkpoint leaves the
 source running (CRI checkpoints are leave-running), so node-a's counter goes on too until its pod is
-deleted: the value node-b starts from is the one the checkpoint froze, found in node-a's log as the line
-before the dump's pause. What it sees, it tells ``say`` as it happens.
+deleted: the value node-b starts from must be one node-a logged, and the line before it is when the state
+was frozen. What it sees, it tells ``say`` as it happens.
 """
 
 from __future__ import annotations
