@@ -39,7 +39,7 @@ from watcher.restore.importer import ContainerdImporter, ContainersStorageImport
 from watcher.restore.standalone import RestorerSettings, StandaloneRestorer
 from watcher.ingest import service
 from watcher.store import catalog, fsio, layout, retrieve
-from watcher.store.catalog import Checkpoint
+from watcher.store.catalog import Checkpoint, Skipped
 from watcher.store.layout import StorageType
 from watcher.stores import Stores
 from watcher.watch.dirwatch import WatchSettings
@@ -304,8 +304,11 @@ def _ingest(args: argparse.Namespace) -> int:
 def _ls(args: argparse.Namespace) -> int:
     store = args.store.resolve()
     root_fd = fsio.open_root(store, create=False)
+    damaged: list[Skipped] = []
     for entry in catalog.scan(root_fd):
         if not isinstance(entry, Checkpoint):
+            if entry.damaged:
+                damaged.append(entry)
             continue
         summary = entry.summary(store if args.local else None)
         if args.json:
@@ -313,6 +316,11 @@ def _ls(args: argparse.Namespace) -> int:
         else:
             print(f"{summary['creationTime']}  {summary['podNamespace']}/{summary['podName']}  "
                   f"{summary['podUID']}/{summary['checkpointID']}  {','.join(summary['containers'])}")
+    # The listing stands (exit 0: every complete checkpoint is in it); what it left out is said, once each.
+    if damaged:
+        print(f"lpm: skipped {len(damaged)} damaged checkpoint(s) in {store}:", file=sys.stderr)
+        for entry in damaged:
+            print(f"lpm:   {entry.path}: {entry.reason}", file=sys.stderr)
     return 0
 
 

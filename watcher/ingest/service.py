@@ -7,6 +7,7 @@ standalone path (``ingest_archive``) is the same steps for a one-container check
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import threading
@@ -23,6 +24,8 @@ from watcher.store import catalog, commit, fsio, layout, retrieve
 from watcher.store.ledger import ArchiveStamp, Ledger, LedgerRecord
 from watcher.store.manifest import Manifest
 from watcher.zstream import CompressionSettings, StreamDigest, compress_stream
+
+log = logging.getLogger(__name__)
 
 _CAPTURED = frozenset({"spec.dump", "config.dump"})
 
@@ -183,8 +186,17 @@ def _known(digest: str | None) -> str:
 
 
 def already_ingested(root_fd: int, node: str, path: Path) -> IngestResult | None:
-    """The committed checkpoint of this exact archive version, if the ledger has one."""
-    record = Ledger(root_fd, node).lookup(path.name)
+    """The committed checkpoint of this exact archive version, if the ledger has one.
+
+    A record that does not read is this node's own bookkeeping gone bad: the archive is ingested
+    again (same deterministic checkpoint ID, never a duplicate) and its record written afresh.
+    """
+    try:
+        record = Ledger(root_fd, node).lookup(path.name)
+    except StoreError as err:
+        log.warning("ledger record unreadable; ingesting the archive again",
+                    extra={"fields": {"archive": path.name, "reason": str(err)}})
+        return None
     if record is None or record.stamp != stamp_of(path):
         return None
     try:
