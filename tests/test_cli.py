@@ -1,9 +1,12 @@
 """The ``lpm`` command line exactly as other tools call it."""
 
 import json
+import os
+
+import pytest
 
 from lab.archives import ArchiveSpec, Pod, make_archive
-from tests.support import lpm
+from tests.support import KINDS, WORDS, lpm, planted
 
 
 def test_ingest_prints_uri_and_ls_json_lists_it(kube_dir, store):
@@ -85,3 +88,49 @@ def test_a_registry_importer_without_a_usable_registry_stops_before_starting(tmp
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(reason), result.stderr
+
+
+def _stat_of(path):
+    info = os.lstat(path)
+    return info.st_ino, info.st_mode, info.st_rdev, info.st_size
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_get_refuses_a_target_that_is_not_a_regular_file_and_leaves_it_be(kube_dir, store, tmp_path, kind):
+    archive = make_archive(kube_dir)
+    uri = lpm("ingest", str(archive), "--store", str(store), "--node", "node-a", check=True).stdout.strip()
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    with planted(outdir / "target", kind) as target:
+        before = sorted((p.name, _stat_of(p)) for p in outdir.iterdir())
+        result = lpm("store", "get", uri, "--store", str(store), "-o", str(target), timeout=20)
+        after = sorted((p.name, _stat_of(p)) for p in outdir.iterdir())
+    shown = {"symlink to a fifo": "is a symlink to a FIFO", "symlink to a device": "is a symlink to a character device"}
+    assert result.returncode == 1, result
+    assert result.stderr.splitlines() == [f"lpm: output {target}: {shown.get(kind, WORDS[kind])}, refused"], \
+        result.stderr
+    assert after == before  # never replaced, never written through, no temp file left beside it
+
+
+def test_get_replaces_an_existing_regular_file(kube_dir, store, tmp_path):
+    archive = make_archive(kube_dir)
+    uri = lpm("ingest", str(archive), "--store", str(store), "--node", "node-a", check=True).stdout.strip()
+    old = tmp_path / "old.tar"
+    old.write_bytes(b"stale")
+    lpm("store", "get", uri, "--store", str(store), "-o", str(old), check=True)
+    assert old.read_bytes() == archive.read_bytes()
+
+
+def test_get_refuses_a_target_inside_the_store_however_it_is_named(kube_dir, store, tmp_path):
+    archive = make_archive(kube_dir)
+    uri = lpm("ingest", str(archive), "--store", str(store), "--node", "node-a", check=True).stdout.strip()
+    _, _, uid, cid, container, _ = uri.split("/")
+    (tmp_path / "door").symlink_to(store / uid)  # an alias of a directory inside the store
+    before = sorted(str(p) for p in store.rglob("*"))
+    for target in (store / "archive.tar", store / uid / cid / container / "dump.tar.zst",
+                   tmp_path / "door" / "archive.tar"):
+        result = lpm("store", "get", uri, "--store", str(store), "-o", str(target), timeout=20)
+        assert result.returncode == 1, result
+        assert result.stderr.splitlines() == [f"lpm: output {target}: is inside the store, refused"], \
+            result.stderr
+    assert sorted(str(p) for p in store.rglob("*")) == before
