@@ -1,9 +1,11 @@
 """The ``lpm`` command line exactly as other tools call it."""
 
+import hashlib
 import json
 import os
 
 import pytest
+import zstandard
 
 from lab.archives import ArchiveSpec, Pod, make_archive
 from tests.support import KINDS, WORDS, lpm, planted
@@ -134,3 +136,76 @@ def test_get_refuses_a_target_inside_the_store_however_it_is_named(kube_dir, sto
         assert result.stderr.splitlines() == [f"lpm: output {target}: is inside the store, refused"], \
             result.stderr
     assert sorted(str(p) for p in store.rglob("*")) == before
+
+
+def _ingested(kube_dir, store, name):
+    archive = make_archive(kube_dir, ArchiveSpec(pod=Pod(uid=f"{name}-0000", name=name)))
+    uri = lpm("ingest", str(archive), "--store", str(store), "--node", "node-a", check=True).stdout.strip()
+    _, _, uid, cid, container, _ = uri.split("/")
+    return f"{uid}/{cid}", store / uid / cid / container
+
+
+def _reforge(container, dump):
+    """Replace a dump and make its manifest's SHA-256 and size match it: only deeper checks can tell."""
+    (container / "dump.tar.zst").write_bytes(dump)
+    body = json.loads((container / "manifest.json").read_text())
+    (container / "manifest.json").write_text(json.dumps(
+        {**body, "checksumSHA256": hashlib.sha256(dump).hexdigest(), "compressedSize": len(dump)}))
+
+
+def test_store_verify_passes_a_sound_store(kube_dir, store):
+    names = sorted(_ingested(kube_dir, store, name)[0] for name in ("one", "two"))
+    result = lpm("store", "verify", "--store", str(store))
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert result.stdout.splitlines() == [f"ok  {name}" for name in names]
+
+
+def test_store_verify_names_each_bad_checkpoint_and_why(kube_dir, store):
+    good, _ = _ingested(kube_dir, store, "good")
+    flipped, container = _ingested(kube_dir, store, "flipped")
+    dump = bytearray((container / "dump.tar.zst").read_bytes())
+    dump[len(dump) // 2] ^= 0x01
+    (container / "dump.tar.zst").write_bytes(bytes(dump))
+    cut, container = _ingested(kube_dir, store, "cut")
+    # A frame that ends early: zstd itself yields what it has without complaint (python-zstandard 0.25
+    # reports no error at a truncated frame's end), so the recorded size and SHA-256 must catch it.
+    _reforge(container, (container / "dump.tar.zst").read_bytes()[:-100])
+    bomb, container = _ingested(kube_dir, store, "bomb")
+    _reforge(container, zstandard.ZstdCompressor(write_checksum=True).compress(bytes(64 << 20)))
+    resummed, container = _ingested(kube_dir, store, "resummed")
+    body = json.loads((container / "manifest.json").read_text())
+    (container / "manifest.json").write_text(json.dumps({**body, "checksumSHA256": "0" * 64}))
+    unsummed, container = _ingested(kube_dir, store, "unsummed")
+    body = json.loads((container / "manifest.json").read_text())
+    (container / "manifest.json").write_text(json.dumps({**body, "uncompressedSHA256": "0" * 64}))
+    garbled, container = _ingested(kube_dir, store, "garbled")
+    (container / "manifest.json").write_bytes(b"[" * 10_000)
+    in_progress, _ = _ingested(kube_dir, store, "writing")
+    (store / in_progress / ".checkpoint-complete").unlink()
+
+    result = lpm("store", "verify", "--store", str(store), "--json")
+    assert result.returncode == 1, result
+    assert result.stderr == f"lpm: 6 of 7 checkpoint(s) in {store} failed verification\n", result.stderr
+    lines = {line["checkpoint"]: line for line in map(json.loads, result.stdout.splitlines())}
+    # Every complete checkpoint, damaged ones included; not the one still being written.
+    assert sorted(lines) == sorted([good, flipped, cut, bomb, resummed, unsummed, garbled]), lines
+    assert lines[good] == {"checkpoint": good, "ok": True, "reasons": []}
+    expected = {flipped: "stored dump is not valid zstd (zstd decompress error: Restored data doesn't match checksum)",
+                cut: "decompressed archive has sha256", resummed: "stored dump has sha256",
+                unsummed: "decompressed archive has sha256",
+                bomb: "decompresses to more than the manifest's uncompressedSize",
+                garbled: "manifest.json is not valid JSON (nested deeper than 64 levels)"}
+    for name, words in expected.items():
+        [reason] = lines[name]["reasons"]
+        assert lines[name]["ok"] is False and words in reason, (name, lines[name])
+    text = lpm("store", "verify", "--store", str(store))
+    assert text.returncode == 1 and f"ok  {good}" in text.stdout.splitlines(), text
+    assert sorted(line.split(":")[0] for line in text.stdout.splitlines() if line.startswith("bad ")) == sorted(
+        f"bad {name}" for name in expected), text.stdout
+
+
+def test_store_verify_usage_errors_exit_2(tmp_path):
+    missing = lpm("store", "verify", "--store", str(tmp_path / "nowhere"))
+    assert (missing.returncode, missing.stdout) == (2, ""), missing
+    assert missing.stderr == f"lpm: store {tmp_path / 'nowhere'}: does not exist or is not a directory\n"
+    assert lpm("store", "verify", "--store", str(tmp_path), "--bogus").returncode == 2

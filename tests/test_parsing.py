@@ -247,8 +247,11 @@ def test_the_restorer_refuses_a_hostile_checkpoint_and_passes_over_a_hostile_mar
     root = fsio.open_root(store, create=False)
     try:
         restorer = StandaloneRestorer(settings, root, threading.Event(), AgentMetrics(store))
-        with caplog.at_level(logging.WARNING):
-            asyncio.run(restorer.poll_round())
+        try:
+            with caplog.at_level(logging.WARNING):
+                asyncio.run(restorer.poll_round())
+        finally:
+            restorer.close()
     finally:
         os.close(root)
     record = json.loads((work / "imported" / f"{bad_uid}_{bad_cid}.json").read_text())

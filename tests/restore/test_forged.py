@@ -52,7 +52,11 @@ def test_forged_checkpoints_are_refused_without_filling_the_work_directory(store
     settings = RestorerSettings("node-b", work, ContainersStorageImporter(()), CompressionSettings(), 0.1)
     root = fsio.open_root(store, create=False)
     try:
-        asyncio.run(StandaloneRestorer(settings, root, threading.Event(), AgentMetrics(store)).poll_round())
+        restorer = StandaloneRestorer(settings, root, threading.Event(), AgentMetrics(store))
+        try:
+            asyncio.run(restorer.poll_round())
+        finally:
+            restorer.close()
     finally:
         os.close(root)
     records = {name: json.loads((work / "imported" / name).read_text())
