@@ -167,9 +167,11 @@ def test_store_verify_names_each_bad_checkpoint_and_why(kube_dir, store):
     dump[len(dump) // 2] ^= 0x01
     (container / "dump.tar.zst").write_bytes(bytes(dump))
     cut, container = _ingested(kube_dir, store, "cut")
-    # A frame that ends early: zstd itself yields what it has without complaint (python-zstandard 0.25
-    # reports no error at a truncated frame's end), so the recorded size and SHA-256 must catch it.
+    # A frame that ends early, and one followed by more bytes, each with a manifest that matches it:
+    # zstd itself yields what a cut frame holds without complaint (python-zstandard 0.25).
     _reforge(container, (container / "dump.tar.zst").read_bytes()[:-100])
+    trailing, container = _ingested(kube_dir, store, "trailing")
+    _reforge(container, (container / "dump.tar.zst").read_bytes() + b"\0" * 64)
     bomb, container = _ingested(kube_dir, store, "bomb")
     _reforge(container, zstandard.ZstdCompressor(write_checksum=True).compress(bytes(64 << 20)))
     resummed, container = _ingested(kube_dir, store, "resummed")
@@ -185,13 +187,15 @@ def test_store_verify_names_each_bad_checkpoint_and_why(kube_dir, store):
 
     result = lpm("store", "verify", "--store", str(store), "--json")
     assert result.returncode == 1, result
-    assert result.stderr == f"lpm: 6 of 7 checkpoint(s) in {store} failed verification\n", result.stderr
+    assert result.stderr == f"lpm: 7 of 8 checkpoint(s) in {store} failed verification\n", result.stderr
     lines = {line["checkpoint"]: line for line in map(json.loads, result.stdout.splitlines())}
     # Every complete checkpoint, damaged ones included; not the one still being written.
-    assert sorted(lines) == sorted([good, flipped, cut, bomb, resummed, unsummed, garbled]), lines
+    assert sorted(lines) == sorted([good, flipped, cut, trailing, bomb, resummed, unsummed, garbled]), lines
     assert lines[good] == {"checkpoint": good, "ok": True, "reasons": []}
     expected = {flipped: "stored dump is not valid zstd (zstd decompress error: Restored data doesn't match checksum)",
-                cut: "decompressed archive has sha256", resummed: "stored dump has sha256",
+                cut: "stored dump is not one whole zstd frame: it ends at byte",
+                trailing: "stored dump is not one whole zstd frame: it holds 64 bytes after its zstd frame",
+                resummed: "stored dump has sha256",
                 unsummed: "decompressed archive has sha256",
                 bomb: "decompresses to more than the manifest's uncompressedSize",
                 garbled: "manifest.json is not valid JSON (nested deeper than 64 levels)"}

@@ -235,7 +235,8 @@ def test_a_forged_dump_that_expands_is_refused_by_get_before_it_fills_the_disk(k
     result = ingest(store, make_archive(kube_dir))
     ref = result.manifest.ref
     base = store / ref.pod_uid / ref.checkpoint_id / ref.container
-    forged = zstandard.ZstdCompressor(write_checksum=True).compress(bytes(512 << 20))
+    # 64 MiB of zeros: 512 blocks, few enough to pass the frame walk, so decompression's bound stops it.
+    forged = zstandard.ZstdCompressor(write_checksum=True).compress(bytes(64 << 20))
     (base / "dump.tar.zst").write_bytes(forged)
     body = json.loads((base / "manifest.json").read_text())
     (base / "manifest.json").write_text(json.dumps({
@@ -252,3 +253,47 @@ def test_a_forged_dump_that_expands_is_refused_by_get_before_it_fills_the_disk(k
     finally:
         os.close(root)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["kubelet-checkpoints", "store"])
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda dump: dump[:-100], "it ends at byte"),
+    (lambda dump: dump[:-2], "inside the content checksum, cut short"),
+    (lambda dump: dump + b"\0" * 8, "it holds 8 bytes after its zstd frame"),
+    (lambda dump: b"\0" * 4 + dump[4:], "it does not start with the zstd magic number"),
+], ids=["cut in a block", "cut in the checksum", "bytes after the frame", "no magic"])
+def test_get_refuses_a_dump_that_is_not_one_whole_frame_even_when_its_manifest_agrees(kube_dir, store, tmp_path,
+                                                                                       change, reason):
+    ref = ingest(store, make_archive(kube_dir)).manifest.ref
+    base = store / ref.pod_uid / ref.checkpoint_id / ref.container
+    dump = change((base / "dump.tar.zst").read_bytes())
+    (base / "dump.tar.zst").write_bytes(dump)
+    body = json.loads((base / "manifest.json").read_text())
+    (base / "manifest.json").write_text(json.dumps(
+        {**body, "checksumSHA256": hashlib.sha256(dump).hexdigest(), "compressedSize": len(dump)}))
+    root = fsio.open_root(store, create=False)
+    try:
+        with pytest.raises(ChecksumMismatch) as caught:
+            retrieve.get(root, ref, tmp_path / "out.tar", SETTINGS, threading.Event())
+    finally:
+        os.close(root)
+    assert str(caught.value).startswith(f"artifact {ref.uri}: stored dump is not one whole zstd frame: "), caught.value
+    assert reason in str(caught.value), caught.value
+    assert not (tmp_path / "out.tar").exists()
+
+
+def test_a_frame_of_more_blocks_than_its_promised_content_needs_is_refused_without_decompressing(kube_dir, store,
+                                                                                                tmp_path):
+    ref = ingest(store, make_archive(kube_dir)).manifest.ref
+    base = store / ref.pod_uid / ref.checkpoint_id / ref.container
+    forged = zstandard.ZstdCompressor(write_checksum=True).compress(bytes(512 << 20))  # 4096 blocks of zeros
+    (base / "dump.tar.zst").write_bytes(forged)
+    body = json.loads((base / "manifest.json").read_text())
+    (base / "manifest.json").write_text(json.dumps(
+        {**body, "checksumSHA256": hashlib.sha256(forged).hexdigest(), "compressedSize": len(forged)}))
+    root = fsio.open_root(store, create=False)
+    try:
+        with pytest.raises(ChecksumMismatch, match="stored dump is not one whole zstd frame: it has more than 1024 "
+                                                   "blocks for what it holds"):
+            retrieve.verify(root, ref, SETTINGS, threading.Event())
+    finally:
+        os.close(root)

@@ -10,6 +10,7 @@ from pathlib import Path
 import zstandard
 
 from watcher.errors import ChecksumMismatch, UnsafeNameError
+from watcher import zframe
 from watcher.zstream import Bounds, CompressionSettings, StreamDigest, decompress_stream
 from watcher.store import catalog, fsio, layout
 from watcher.store.manifest import Manifest
@@ -29,6 +30,22 @@ def _check(manifest: Manifest, digest: StreamDigest) -> None:
         )
 
 
+# A zstd block holds at most 128 KiB; ingest's blocks hold about that. One block per KiB on average is
+# far more than any dump lpm wrote has, and bounds the header walk of a forged one.
+_BYTES_PER_BLOCK = 1024
+
+
+def _check_frame(src: int, manifest: Manifest, where: str) -> None:
+    length = os.fstat(src).st_size
+    if length != manifest.compressed_size:
+        return  # decompress_stream stops at the bound, and the size check names both numbers
+    try:
+        zframe.check_frame(lambda offset, count: os.pread(src, count, offset), length,
+                           max(1024, manifest.uncompressed_size // _BYTES_PER_BLOCK))
+    except zframe.FrameError as err:
+        raise ChecksumMismatch(f"{where}: stored dump is not one whole zstd frame: it {err}") from None
+
+
 def _stream(root_fd: int, ref: layout.ArtifactRef, dst_fd: int | None,
             settings: CompressionSettings, cancel: threading.Event, hash_output: bool) -> Manifest:
     _, manifest = catalog.find(root_fd, ref)
@@ -39,6 +56,7 @@ def _stream(root_fd: int, ref: layout.ArtifactRef, dst_fd: int | None,
         os.close(dir_fd)
     try:
         with fsio.os_errors(f"artifact {ref.uri}"):
+            _check_frame(src, manifest, f"artifact {ref.uri}")
             try:
                 digest = decompress_stream(src, dst_fd, settings, cancel, hash_output,
                                            Bounds(manifest.compressed_size, manifest.uncompressed_size,
