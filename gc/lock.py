@@ -38,8 +38,7 @@ class FileLock:
         state = fsio.open_dir(self._root_fd, [layout.COLLECTOR_DIR], create=True, where="collector state")
         try:
             with fsio.os_errors(f"collector lock {layout.COLLECTOR_DIR}/{LOCK_FILE}"):
-                fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, fsio.FILE_MODE,
-                             dir_fd=state)
+                fd = fsio.open_file(state, LOCK_FILE, os.O_RDWR | os.O_CREAT, f"store {layout.COLLECTOR_DIR}")
         finally:
             os.close(state)
         try:

@@ -1,6 +1,7 @@
 """The standalone agent as a real process on a real kubelet-style checkpoint directory."""
 
 import json
+import os
 import signal
 import threading
 
@@ -9,6 +10,7 @@ import pytest
 from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, make_archive, write_in_place
 from lab.agent import AgentProcess
 from tests.support import lpm
+from watcher.store.ledger import _file_name as ledger_file_name
 
 
 def agent(kube_dir, store, *extra):
@@ -140,3 +142,30 @@ def test_signal_stops_the_agent_within_5_seconds_even_mid_ingest(kube_dir, store
         code, seconds = proc.stop(sig)
     assert code == 0 and seconds < 5, (code, seconds, proc.raw)
     assert not [p for p in store.rglob("*") if ".tmp-" in p.name and not p.parent.name == "staging"]
+
+
+@pytest.mark.parametrize("where", ["checkpoint directory", "ledger", "probe file"])
+def test_sigterm_stops_the_agent_within_5_seconds_with_a_fifo_planted(kube_dir, store, where):
+    """A FIFO opened for reading blocks until a writer comes; a thread stuck there outlives SIGTERM."""
+    good = make_archive(kube_dir, ArchiveSpec(pod=Pod(container="good"), memory=1 << 20))
+    fifo = {
+        "checkpoint directory": kube_dir / archive_name(Pod(container="fifo")),
+        "ledger": store / ".ingest" / "node-a" / "ledger" / ledger_file_name(good.name),  # good's own record
+        "probe file": store / ".readyz-node-a",
+    }[where]
+    for directory in reversed([fifo.parent, *fifo.parent.parents]):
+        if not directory.exists():
+            directory.mkdir(mode=0o700)
+    os.mkfifo(fifo, 0o600)
+    with agent(kube_dir, store) as proc:
+        [ingested] = proc.wait_logged("archive ingested")
+        assert ingested["archive"] == good.name
+        if where == "checkpoint directory":
+            [refused] = proc.wait_logged("archive refused")
+            assert refused["reason"] == f"kubelet archive: {fifo} is a FIFO, refused", refused
+        if where == "probe file":  # the shared store cannot be probed: the checkpoint is held locally, and why
+            [degraded] = proc.wait_logged("shared store unavailable; checkpoints are held in the local store")
+            assert degraded["reason"].endswith("store probe file: .readyz-node-a is a FIFO, refused"), degraded
+            assert ingested["storageType"] == "local", ingested
+        code, seconds = proc.stop()
+    assert code == 0 and seconds < 5, (code, seconds, "".join(proc.raw))

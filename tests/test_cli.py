@@ -1,11 +1,14 @@
 """The ``lpm`` command line exactly as other tools call it."""
 
+import hashlib
 import json
+import os
 
 import pytest
+import zstandard
 
 from lab.archives import ArchiveSpec, Pod, make_archive
-from tests.support import lpm
+from tests.support import KINDS, WORDS, lpm, planted
 from watcher.cli import runtime_endpoint
 
 
@@ -100,3 +103,126 @@ def test_a_registry_importer_without_a_usable_registry_stops_before_starting(tmp
 ])
 def test_the_runtime_endpoint_follows_the_importer_unless_given(given, importer, address, endpoint):
     assert runtime_endpoint(given, importer, address) == endpoint
+
+
+def _stat_of(path):
+    info = os.lstat(path)
+    return info.st_ino, info.st_mode, info.st_rdev, info.st_size
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_get_refuses_a_target_that_is_not_a_regular_file_and_leaves_it_be(kube_dir, store, tmp_path, kind):
+    archive = make_archive(kube_dir)
+    uri = lpm("ingest", str(archive), "--store", str(store), "--node", "node-a", check=True).stdout.strip()
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    with planted(outdir / "target", kind) as target:
+        before = sorted((p.name, _stat_of(p)) for p in outdir.iterdir())
+        result = lpm("store", "get", uri, "--store", str(store), "-o", str(target), timeout=20)
+        after = sorted((p.name, _stat_of(p)) for p in outdir.iterdir())
+    shown = {"symlink to a fifo": "is a symlink to a FIFO", "symlink to a device": "is a symlink to a character device"}
+    assert result.returncode == 1, result
+    assert result.stderr.splitlines() == [f"lpm: output {target}: {shown.get(kind, WORDS[kind])}, refused"], \
+        result.stderr
+    assert after == before  # never replaced, never written through, no temp file left beside it
+
+
+def test_get_replaces_an_existing_regular_file(kube_dir, store, tmp_path):
+    archive = make_archive(kube_dir)
+    uri = lpm("ingest", str(archive), "--store", str(store), "--node", "node-a", check=True).stdout.strip()
+    old = tmp_path / "old.tar"
+    old.write_bytes(b"stale")
+    lpm("store", "get", uri, "--store", str(store), "-o", str(old), check=True)
+    assert old.read_bytes() == archive.read_bytes()
+
+
+def test_get_refuses_a_target_inside_the_store_however_it_is_named(kube_dir, store, tmp_path):
+    archive = make_archive(kube_dir)
+    uri = lpm("ingest", str(archive), "--store", str(store), "--node", "node-a", check=True).stdout.strip()
+    _, _, uid, cid, container, _ = uri.split("/")
+    (tmp_path / "door").symlink_to(store / uid)  # an alias of a directory inside the store
+    before = sorted(str(p) for p in store.rglob("*"))
+    for target in (store / "archive.tar", store / uid / cid / container / "dump.tar.zst",
+                   tmp_path / "door" / "archive.tar"):
+        result = lpm("store", "get", uri, "--store", str(store), "-o", str(target), timeout=20)
+        assert result.returncode == 1, result
+        assert result.stderr.splitlines() == [f"lpm: output {target}: is inside the store, refused"], \
+            result.stderr
+    assert sorted(str(p) for p in store.rglob("*")) == before
+
+
+def _ingested(kube_dir, store, name):
+    archive = make_archive(kube_dir, ArchiveSpec(pod=Pod(uid=f"{name}-0000", name=name)))
+    uri = lpm("ingest", str(archive), "--store", str(store), "--node", "node-a", check=True).stdout.strip()
+    _, _, uid, cid, container, _ = uri.split("/")
+    return f"{uid}/{cid}", store / uid / cid / container
+
+
+def _reforge(container, dump):
+    """Replace a dump and make its manifest's SHA-256 and size match it: only deeper checks can tell."""
+    (container / "dump.tar.zst").write_bytes(dump)
+    body = json.loads((container / "manifest.json").read_text())
+    (container / "manifest.json").write_text(json.dumps(
+        {**body, "checksumSHA256": hashlib.sha256(dump).hexdigest(), "compressedSize": len(dump)}))
+
+
+def test_store_verify_passes_a_sound_store(kube_dir, store):
+    names = sorted(_ingested(kube_dir, store, name)[0] for name in ("one", "two"))
+    result = lpm("store", "verify", "--store", str(store))
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert result.stdout.splitlines() == [f"ok  {name}" for name in names]
+
+
+def test_store_verify_names_each_bad_checkpoint_and_why(kube_dir, store):
+    good, _ = _ingested(kube_dir, store, "good")
+    flipped, container = _ingested(kube_dir, store, "flipped")
+    dump = bytearray((container / "dump.tar.zst").read_bytes())
+    dump[len(dump) // 2] ^= 0x01
+    (container / "dump.tar.zst").write_bytes(bytes(dump))
+    cut, container = _ingested(kube_dir, store, "cut")
+    # A frame that ends early, and one followed by more bytes, each with a manifest that matches it:
+    # zstd itself yields what a cut frame holds without complaint (python-zstandard 0.25).
+    _reforge(container, (container / "dump.tar.zst").read_bytes()[:-100])
+    trailing, container = _ingested(kube_dir, store, "trailing")
+    _reforge(container, (container / "dump.tar.zst").read_bytes() + b"\0" * 64)
+    bomb, container = _ingested(kube_dir, store, "bomb")
+    _reforge(container, zstandard.ZstdCompressor(write_checksum=True).compress(bytes(64 << 20)))
+    resummed, container = _ingested(kube_dir, store, "resummed")
+    body = json.loads((container / "manifest.json").read_text())
+    (container / "manifest.json").write_text(json.dumps({**body, "checksumSHA256": "0" * 64}))
+    unsummed, container = _ingested(kube_dir, store, "unsummed")
+    body = json.loads((container / "manifest.json").read_text())
+    (container / "manifest.json").write_text(json.dumps({**body, "uncompressedSHA256": "0" * 64}))
+    garbled, container = _ingested(kube_dir, store, "garbled")
+    (container / "manifest.json").write_bytes(b"[" * 10_000)
+    in_progress, _ = _ingested(kube_dir, store, "writing")
+    (store / in_progress / ".checkpoint-complete").unlink()
+
+    result = lpm("store", "verify", "--store", str(store), "--json")
+    assert result.returncode == 1, result
+    assert result.stderr == f"lpm: 7 of 8 checkpoint(s) in {store} failed verification\n", result.stderr
+    lines = {line["checkpoint"]: line for line in map(json.loads, result.stdout.splitlines())}
+    # Every complete checkpoint, damaged ones included; not the one still being written.
+    assert sorted(lines) == sorted([good, flipped, cut, trailing, bomb, resummed, unsummed, garbled]), lines
+    assert lines[good] == {"checkpoint": good, "ok": True, "reasons": []}
+    expected = {flipped: "stored dump is not valid zstd (zstd decompress error: Restored data doesn't match checksum)",
+                cut: "stored dump is not one whole zstd frame: it ends at byte",
+                trailing: "stored dump is not one whole zstd frame: it holds 64 bytes after its zstd frame",
+                resummed: "stored dump has sha256",
+                unsummed: "decompressed archive has sha256",
+                bomb: "decompresses to more than the manifest's uncompressedSize",
+                garbled: "manifest.json is not valid JSON (nested deeper than 64 levels)"}
+    for name, words in expected.items():
+        [reason] = lines[name]["reasons"]
+        assert lines[name]["ok"] is False and words in reason, (name, lines[name])
+    text = lpm("store", "verify", "--store", str(store))
+    assert text.returncode == 1 and f"ok  {good}" in text.stdout.splitlines(), text
+    assert sorted(line.split(":")[0] for line in text.stdout.splitlines() if line.startswith("bad ")) == sorted(
+        f"bad {name}" for name in expected), text.stdout
+
+
+def test_store_verify_usage_errors_exit_2(tmp_path):
+    missing = lpm("store", "verify", "--store", str(tmp_path / "nowhere"))
+    assert (missing.returncode, missing.stdout) == (2, ""), missing
+    assert missing.stderr == f"lpm: store {tmp_path / 'nowhere'}: does not exist or is not a directory\n"
+    assert lpm("store", "verify", "--store", str(tmp_path), "--bogus").returncode == 2

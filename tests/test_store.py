@@ -1,5 +1,6 @@
 """Ingest into the store and read back: layout, permissions, commit order, verification."""
 
+import hashlib
 import json
 import os
 import stat
@@ -8,13 +9,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, make_archive
 from watcher.errors import ArchiveChanged, ChecksumMismatch, IdentityError, IncompleteCheckpoint, UnknownCheckpoint, UnsafeNameError
 from watcher.ingest import service
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.store.catalog import Checkpoint, Skipped
-from watcher.zstream import CompressionSettings
+from watcher.zstream import Bounds, CompressionSettings, decompress_stream
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 SETTINGS = CompressionSettings()
@@ -196,3 +198,102 @@ def test_long_ingests_log_progress(kube_dir, store, caplog):
     progress = [r for r in caplog.records if r.getMessage() == "ingest progress"]
     assert len(progress) >= 10
     assert progress[-1].fields["archive"] == archive.name and progress[-1].fields["bytesRead"] > 0
+
+
+def _bounded(src: Path, dst: Path, compressed: int, raw: int) -> tuple[Exception, int, int]:
+    """decompress_stream over real files with these bounds: (its error, bytes it read, bytes it wrote)."""
+    src_fd = os.open(src, os.O_RDONLY)
+    dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(ChecksumMismatch) as caught:
+            decompress_stream(src_fd, dst_fd, SETTINGS, threading.Event(), True, Bounds(compressed, raw, "dump d"))
+        return caught.value, os.lseek(src_fd, 0, os.SEEK_CUR), dst.stat().st_size
+    finally:
+        os.close(src_fd)
+        os.close(dst_fd)
+
+
+def test_decompression_stops_at_the_promised_uncompressed_size(tmp_path):
+    bomb = tmp_path / "bomb.zst"
+    bomb.write_bytes(zstandard.ZstdCompressor().compress(bytes(256 << 20)))  # 256 MiB of zeros in ~8 KiB
+    error, _, written = _bounded(bomb, tmp_path / "out", bomb.stat().st_size, 1 << 20)
+    assert str(error) == ("dump d: stored dump decompresses to more than the manifest's uncompressedSize "
+                          "(1048576 bytes); stopped there")
+    assert written <= 1 << 20, written
+
+
+def test_decompression_stops_reading_past_the_promised_compressed_size(tmp_path):
+    dump = tmp_path / "dump.zst"
+    dump.write_bytes(zstandard.ZstdCompressor().compress(os.urandom(8 << 20)))  # incompressible: ~8 MiB
+    error, read, _ = _bounded(dump, tmp_path / "out", 1 << 20, 8 << 20)
+    assert str(error) == ("dump d: stored dump is longer than the manifest's compressedSize (1048576 bytes); "
+                          "not read further")
+    assert read == (1 << 20) + 1, read
+
+
+def test_a_forged_dump_that_expands_is_refused_by_get_before_it_fills_the_disk(kube_dir, store, tmp_path):
+    result = ingest(store, make_archive(kube_dir))
+    ref = result.manifest.ref
+    base = store / ref.pod_uid / ref.checkpoint_id / ref.container
+    # 64 MiB of zeros: 512 blocks, few enough to pass the frame walk, so decompression's bound stops it.
+    forged = zstandard.ZstdCompressor(write_checksum=True).compress(bytes(64 << 20))
+    (base / "dump.tar.zst").write_bytes(forged)
+    body = json.loads((base / "manifest.json").read_text())
+    (base / "manifest.json").write_text(json.dumps({
+        **body, "checksumSHA256": hashlib.sha256(forged).hexdigest(), "compressedSize": len(forged)}))
+    out = tmp_path / "out.tar"
+    root = fsio.open_root(store, create=False)
+    try:
+        with pytest.raises(ChecksumMismatch, match=f"artifact {ref.uri}: stored dump decompresses to more than "
+                                                   f"the manifest's uncompressedSize \\({body['uncompressedSize']} "
+                                                   "bytes\\); stopped there"):
+            retrieve.get(root, ref, out, SETTINGS, threading.Event())
+        with pytest.raises(ChecksumMismatch, match="decompresses to more than the manifest's uncompressedSize"):
+            retrieve.verify(root, ref, SETTINGS, threading.Event())
+    finally:
+        os.close(root)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["kubelet-checkpoints", "store"])
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda dump: dump[:-100], "it ends at byte"),
+    (lambda dump: dump[:-2], "inside the content checksum, cut short"),
+    (lambda dump: dump + b"\0" * 8, "it holds 8 bytes after its zstd frame"),
+    (lambda dump: b"\0" * 4 + dump[4:], "it does not start with the zstd magic number"),
+], ids=["cut in a block", "cut in the checksum", "bytes after the frame", "no magic"])
+def test_get_refuses_a_dump_that_is_not_one_whole_frame_even_when_its_manifest_agrees(kube_dir, store, tmp_path,
+                                                                                       change, reason):
+    ref = ingest(store, make_archive(kube_dir)).manifest.ref
+    base = store / ref.pod_uid / ref.checkpoint_id / ref.container
+    dump = change((base / "dump.tar.zst").read_bytes())
+    (base / "dump.tar.zst").write_bytes(dump)
+    body = json.loads((base / "manifest.json").read_text())
+    (base / "manifest.json").write_text(json.dumps(
+        {**body, "checksumSHA256": hashlib.sha256(dump).hexdigest(), "compressedSize": len(dump)}))
+    root = fsio.open_root(store, create=False)
+    try:
+        with pytest.raises(ChecksumMismatch) as caught:
+            retrieve.get(root, ref, tmp_path / "out.tar", SETTINGS, threading.Event())
+    finally:
+        os.close(root)
+    assert str(caught.value).startswith(f"artifact {ref.uri}: stored dump is not one whole zstd frame: "), caught.value
+    assert reason in str(caught.value), caught.value
+    assert not (tmp_path / "out.tar").exists()
+
+
+def test_a_frame_of_more_blocks_than_its_promised_content_needs_is_refused_without_decompressing(kube_dir, store,
+                                                                                                tmp_path):
+    ref = ingest(store, make_archive(kube_dir)).manifest.ref
+    base = store / ref.pod_uid / ref.checkpoint_id / ref.container
+    forged = zstandard.ZstdCompressor(write_checksum=True).compress(bytes(512 << 20))  # 4096 blocks of zeros
+    (base / "dump.tar.zst").write_bytes(forged)
+    body = json.loads((base / "manifest.json").read_text())
+    (base / "manifest.json").write_text(json.dumps(
+        {**body, "checksumSHA256": hashlib.sha256(forged).hexdigest(), "compressedSize": len(forged)}))
+    root = fsio.open_root(store, create=False)
+    try:
+        with pytest.raises(ChecksumMismatch, match="stored dump is not one whole zstd frame: it has more than 1024 "
+                                                   "blocks for what it holds"):
+            retrieve.verify(root, ref, SETTINGS, threading.Event())
+    finally:
+        os.close(root)

@@ -28,6 +28,7 @@ from watcher.store.catalog import Checkpoint
 from watcher.store.layout import StorageType
 from watcher.store.ledger import ArchiveStamp
 from watcher.stores import Store, Stores
+from watcher.supervise import Supervisor
 from watcher.watch.dirwatch import WatchSettings, watch_directory
 from watcher.watch.stability import Outcome
 from watcher.zstream import CompressionSettings
@@ -35,6 +36,8 @@ from watcher.zstream import CompressionSettings
 log = logging.getLogger("lpm.agent")
 
 STAGING_SWEEP_INTERVAL = 60.0
+SHUTDOWN_GRACE = 3.0
+"""Seconds the tasks get to return after SIGTERM; the process's promise is to exit within 5."""
 
 
 @dataclass(frozen=True)
@@ -81,19 +84,17 @@ class StandaloneAgent:
             "mode": "standalone" if self._hooks is None else "cluster", "node": cfg.node, "checkpointDir": str(cfg.watch.directory),
             "store": str(cfg.store), "localStore": str(cfg.local_store), "deleteIngested": cfg.delete_ingested,
             "forcePolling": cfg.watch.force_polling}})
-        background = [
-            asyncio.create_task(self._sweep_staging(stop), name="staging-sweeper"),
-            asyncio.create_task(run_mover(self.stores, cfg.node, self.cancel, self._metrics,
-                                          self._hooks.moved if self._hooks is not None else None,
-                                          stop, cfg.move_interval), name="local-store mover"),
-        ]
+        supervisor = Supervisor(self._metrics.tasks)
+        supervisor.start("checkpoint-directory watch", lambda: watch_directory(cfg.watch, self._ingest, stop))
+        supervisor.start("staging sweeper", lambda: self._sweep_staging(stop))
+        supervisor.start("local-store mover", lambda: run_mover(
+            self.stores, cfg.node, self.cancel, self._metrics, self._hooks.moved if self._hooks is not None else None,
+            stop, cfg.move_interval))
         try:
-            await watch_directory(cfg.watch, self._ingest, stop)
+            await stop.wait()
         finally:
             self.cancel.set()  # running ingests stop at their next chunk
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await supervisor.close(SHUTDOWN_GRACE)
             log.info("agent stopped", extra={"fields": {"node": cfg.node}})
 
     async def _sweep_staging(self, stop: asyncio.Event) -> None:

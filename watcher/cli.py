@@ -7,6 +7,7 @@
                           [--local-store DIR] [--move-interval 30]  (while the shared store is unavailable)
     lpm ingest ARCHIVE --store DIR --node NAME [--target-node NAME]
     lpm store ls --store DIR [--json]
+    lpm store verify --store DIR [--json]
     lpm store get URI --store DIR [--local-store DIR] -o FILE
     lpm gc --store DIR [--once] [--interval 10m] [--retention 24h] [--stale-after 1h] [--dry-run]
            [--standalone | --kubeconfig FILE]      (the collector: package lpm_gc, folder gc/)
@@ -40,13 +41,15 @@ from watcher.restore.importer import ContainerdImporter, ContainersStorageImport
 from watcher.restore.standalone import RestorerSettings, StandaloneRestorer
 from watcher.ingest import service
 from watcher.store import catalog, fsio, layout, retrieve
-from watcher.store.catalog import Checkpoint
+from watcher.store.catalog import Checkpoint, Skipped
 from watcher.store.layout import StorageType
 from watcher.stores import Stores
+from watcher.supervise import Supervisor
 from watcher.watch.dirwatch import WatchSettings
 from watcher.zstream import CompressionSettings
 
 SHUTDOWN_GRACE = 4.0  # seconds; the contract is "exits 0 within 5 s of SIGTERM"
+RESTORER_GRACE = 0.5  # seconds, after the ingest's own (it ran meanwhile): the restorer checks stop each round
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -180,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--local", action="store_true",
                     help="--store is a node's local store (--local-store): print the file:// addresses "
                          "that lpm store get reads, not the shared:// ones its manifests keep")
+    verify = store_commands.add_parser(
+        "verify", help="read back every complete checkpoint: both SHA-256 sums, both sizes, the zstd frame",
+        description="Exit 0 when every complete checkpoint holds, 1 when one does not (each is named, "
+                    "with the reason), 2 on a usage error.")
+    verify.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
+    verify.add_argument("--json", action="store_true", help="one JSON object per line per checkpoint")
     get = store_commands.add_parser("get", help="write a checkpoint's original kubelet archive, verified")
     get.add_argument("uri")
     get.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
@@ -202,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return gc_cli.run(args)
         if args.store_command == "ls":
             return _ls(args)
+        if args.store_command == "verify":
+            return _verify(args)
         return _get(args)
     except LpmError as err:
         print(f"lpm: {err}", file=sys.stderr)
@@ -288,18 +299,23 @@ class Agent(Protocol):
 
 
 class _WithRestorer:
-    """Standalone mode with its destination half beside the ingest; one failing stops both."""
+    """Standalone mode with its destination half beside the ingest, a supervised task of its own."""
 
     def __init__(self, agent: StandaloneAgent, settings: RestorerSettings, shared_fd: int,
                  metrics: AgentMetrics) -> None:
         self._agent = agent
+        self._metrics = metrics
         # The shared store only: a checkpoint another node holds locally is not restorable from here yet.
         self._restorer = StandaloneRestorer(settings, shared_fd, agent.cancel, metrics)
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._agent.run(stop), name="ingest")
-            group.create_task(self._restorer.run(stop), name="restore")
+        supervisor = Supervisor(self._metrics.tasks)
+        supervisor.start("restorer", lambda: self._restorer.run(stop))
+        try:
+            await self._agent.run(stop)  # until stop
+        finally:
+            await supervisor.close(RESTORER_GRACE)
+            self._restorer.close()
 
 
 async def _run_until_signal(agent: Agent, health_port: int, metrics: AgentMetrics,
@@ -338,8 +354,11 @@ def _ingest(args: argparse.Namespace) -> int:
 def _ls(args: argparse.Namespace) -> int:
     store = args.store.resolve()
     root_fd = fsio.open_root(store, create=False)
+    damaged: list[Skipped] = []
     for entry in catalog.scan(root_fd):
         if not isinstance(entry, Checkpoint):
+            if entry.damaged:
+                damaged.append(entry)
             continue
         summary = entry.summary(store if args.local else None)
         if args.json:
@@ -347,7 +366,46 @@ def _ls(args: argparse.Namespace) -> int:
         else:
             print(f"{summary['creationTime']}  {summary['podNamespace']}/{summary['podName']}  "
                   f"{summary['podUID']}/{summary['checkpointID']}  {','.join(summary['containers'])}")
+    # The listing stands (exit 0: every complete checkpoint is in it); what it left out is said, once each.
+    if damaged:
+        print(f"lpm: skipped {len(damaged)} damaged checkpoint(s) in {store}:", file=sys.stderr)
+        for entry in damaged:
+            print(f"lpm:   {entry.path}: {entry.reason}", file=sys.stderr)
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    store = args.store.resolve()
+    if not store.is_dir():
+        print(f"lpm: store {store}: does not exist or is not a directory", file=sys.stderr)
+        return 2  # nothing was verified: as much a usage error as a mistyped flag
+    root_fd = fsio.open_root(store, create=False)
+    checked = bad = 0
+    for entry in catalog.scan(root_fd):
+        if isinstance(entry, Skipped) and not entry.damaged:
+            continue  # a write in progress: not a checkpoint yet
+        path = entry.path if isinstance(entry, Skipped) else f"{entry.marker.pod_uid}/{entry.marker.checkpoint_id}"
+        reasons = [entry.reason] if isinstance(entry, Skipped) else _failures(root_fd, entry)
+        checked += 1
+        bad += bool(reasons)
+        if args.json:
+            print(json.dumps({"checkpoint": path, "ok": not reasons, "reasons": reasons}, sort_keys=True))
+        else:
+            print(f"bad {path}: {'; '.join(reasons)}" if reasons else f"ok  {path}")
+    if bad:
+        print(f"lpm: {bad} of {checked} checkpoint(s) in {store} failed verification", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _failures(root_fd: int, checkpoint: Checkpoint) -> list[str]:
+    """Why each container of ``checkpoint`` does not read back as its manifest says (empty: all hold)."""
+    reasons = []
+    for manifest in checkpoint.manifests:
+        try:
+            retrieve.verify(root_fd, manifest.ref, CompressionSettings(), threading.Event())
+        except LpmError as err:
+            reasons.append(str(err))
+    return reasons
 
 
 def _get(args: argparse.Namespace) -> int:

@@ -48,6 +48,7 @@ from watcher.runtime.capability import Capability, Verdict
 from watcher.store import fsio, transfer
 from watcher.store.usage import StoreUsage, store_usage
 from watcher.stores import Stores
+from watcher.supervise import TaskHealth
 
 log = logging.getLogger("lpm.agent")
 
@@ -162,7 +163,9 @@ class _RestoreCapability(Collector):
 class AgentMetrics:
     """One registry per agent, so tests (and two agents in one process) never share counters."""
 
-    def __init__(self, store: Path, local_store: Path | None = None) -> None:
+    def __init__(self, store: Path, local_store: Path | None = None, tasks: TaskHealth | None = None) -> None:
+        self.tasks = tasks or TaskHealth()
+        """The supervised background tasks: /healthz fails while one keeps failing."""
         self.registry = r = CollectorRegistry()
         ProcessCollector(registry=r)  # memory, CPU, open fds: what a leak looks like
         r.register(_StoreUsage(store))
@@ -197,6 +200,10 @@ class AgentMetrics:
         self.failures = Counter(
             "lpm_failures", "Operations that ended in failure, by operation and reason",
             ["operation", "reason"], registry=r)
+        self.task_restarts = Counter(
+            "lpm_task_restarts", "Background tasks restarted after an unexpected exception, by task",
+            ["task"], registry=r)
+        self.tasks.listeners.append(lambda task, count: self.task_restarts.labels(task).inc(count))
         # Every series exists from the start at 0, so increase() sees the first failure too.
         for operation in Operation:
             for reason in Reason:
@@ -293,6 +300,9 @@ async def serving(port: int, metrics: AgentMetrics, readiness: Readiness) -> Asy
     """Serve the endpoints on ``port`` (0: any free port) while the block runs; yields the port."""
 
     async def healthz(_: web.Request) -> web.Response:
+        failing = metrics.tasks.failing()
+        if failing:
+            return web.Response(status=503, text="\n".join(failing) + "\n")
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from watcher.errors import StoreError
+from watcher.errors import LpmError, StoreError
 from watcher.store import fsio, layout
 from watcher.store.layout import StorageType
 
@@ -78,6 +78,8 @@ class Stores:
             problem: str | None = f"shared store {self.shared.path}: a write got no answer within {PROBE_TIMEOUT:g} s"
         except OSError as err:
             problem = f"shared store {self.shared.path}: not writable ({err.strerror or err})"
+        except LpmError as err:
+            problem = f"shared store {self.shared.path}: {err}"
         else:
             problem = None
         self._record(problem)
@@ -118,12 +120,14 @@ class Stores:
             write_probe(self.local.fd, self._probe_name)
         except OSError as err:
             return f"local store {self.local.path}: not writable ({err.strerror or err})"
+        except LpmError as err:
+            return f"local store {self.local.path}: {err}"
         return None
 
 
 def write_probe(root_fd: int, name: str) -> None:
-    # O_NOFOLLOW: a symlink planted under this name is refused, not written through.
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=root_fd)
+    # A symlink, FIFO, device or directory planted under this name is refused, not written through.
+    fd = fsio.open_file(root_fd, name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "store probe file")
     try:
         os.write(fd, b"ready\n")
         os.fsync(fd)  # on NFS the round trip to the server, which is what a dead server fails

@@ -20,7 +20,7 @@ from typing import Callable
 
 import zstandard
 
-from watcher.errors import Cancelled
+from watcher.errors import Cancelled, ChecksumMismatch
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +103,25 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """What a stored dump's manifest promises. The manifest is as forgeable as the dump, but it is
+    what the caller will check against at the end, so nothing past it needs reading: a few KiB of
+    zstd can stand for terabytes, which would fill the disk of whoever reads it before any check."""
+
+    compressed_size: int
+    raw_size: int
+    where: str
+    """Names the dump in the error."""
+
+
 def decompress_stream(
     src_fd: int,
     dst_fd: int | None,
     settings: CompressionSettings,
     cancel: threading.Event,
     hash_output: bool,
+    bounds: Bounds,
 ) -> StreamDigest:
     """Inverse of compress_stream: decompress ``src_fd`` into ``dst_fd``, hashing the input.
 
@@ -121,7 +134,9 @@ def decompress_stream(
 
     Output is produced in ``chunk_size`` pieces: a megabyte of compressed zero pages can
     stand for gigabytes, so nothing here may hold a whole chunk's expansion. With no
-    ``dst_fd`` the bytes are only checked.
+    ``dst_fd`` the bytes are only checked. Reading stops with ChecksumMismatch as soon as the
+    input is longer than ``bounds.compressed_size`` or the output would be longer than
+    ``bounds.raw_size``: no byte past either is read or written.
     """
     in_hash, out_hash = hashlib.sha256(), hashlib.sha256()
 
@@ -133,10 +148,13 @@ def decompress_stream(
 
     size = 0
     with _Offload(in_hash.update) as hash_input, _Offload(consume) as output:
-        source = _Reader(src_fd, cancel, hash_input)
+        source = _Reader(src_fd, cancel, hash_input, bounds)
         for piece in zstandard.ZstdDecompressor().read_to_iter(
             source, read_size=settings.chunk_size, write_size=settings.chunk_size
         ):
+            if size + len(piece) > bounds.raw_size:
+                raise ChecksumMismatch(f"{bounds.where}: stored dump decompresses to more than the manifest's "
+                                       f"uncompressedSize ({bounds.raw_size} bytes); stopped there")
             output.put(piece)
             size += len(piece)
     if dst_fd is not None:
@@ -189,16 +207,21 @@ class _Offload:
 class _Reader:
     """A file-like ``read`` over an fd that hands what it reads to a hashing thread."""
 
-    def __init__(self, fd: int, cancel: threading.Event, hasher: _Offload) -> None:
+    def __init__(self, fd: int, cancel: threading.Event, hasher: _Offload, bounds: Bounds) -> None:
         self._fd = fd
         self._cancel = cancel
         self._hasher = hasher
+        self._bounds = bounds
         self.size = 0
 
     def read(self, size: int) -> bytes:
         if self._cancel.is_set():
             raise Cancelled(f"read cancelled at byte {self.size}")
-        data = os.read(self._fd, size)
-        self._hasher.put(data)
+        # At most one byte past the bound: enough to know the dump is longer than promised.
+        data = os.read(self._fd, min(size, self._bounds.compressed_size + 1 - self.size))
         self.size += len(data)
+        if self.size > self._bounds.compressed_size:
+            raise ChecksumMismatch(f"{self._bounds.where}: stored dump is longer than the manifest's "
+                                   f"compressedSize ({self._bounds.compressed_size} bytes); not read further")
+        self._hasher.put(data)
         return data

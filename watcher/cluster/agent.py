@@ -12,12 +12,13 @@ DaemonSet restarts it, rather than running on half-blind.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from watcher.agent import StandaloneAgent, StandaloneConfig
+from watcher.agent import SHUTDOWN_GRACE, StandaloneAgent, StandaloneConfig
 from watcher.cluster.checkpointing import (
     Source, announce_container, create_idempotent, reconcile_container_checkpoint, reconcile_pod_checkpoint,
 )
@@ -30,7 +31,6 @@ from watcher.cluster.objects import (
     pod_path,
 )
 from watcher.cluster.status import now, update_status
-from watcher.errors import LpmError
 from watcher.ingest.service import IngestResult
 from watcher.kube.client import Kube, connect
 from watcher.kube.informer import Resource, Workers, informer
@@ -42,6 +42,7 @@ from watcher.restore.markers import poll_markers
 from watcher.runtime.capability import Capability
 from watcher.store.catalog import Checkpoint
 from watcher.stores import Store, Stores
+from watcher.supervise import Supervisor
 from watcher.watch.stability import Outcome
 
 log = logging.getLogger("lpm.agent")
@@ -166,38 +167,29 @@ class ClusterAgent:
                 migrations.submit("MODIFIED", {"metadata": {"namespace": meta(obj)["namespace"], "name": owner}})
 
         synced = self._readiness.watch  # /readyz waits for every watch's first list
-        tasks = {
-            # Sources read it before they checkpoint a pod for this node; its absence refuses them.
-            asyncio.create_task(announcer.run(stop), name="node lease"),
-            asyncio.create_task(informer(kube, Resource(pod_path(), {"fieldSelector": f"spec.nodeName={node}"}),
-                                         on_pod, stop, synced("pods")), name="watch pods"),
-            asyncio.create_task(informer(kube, Resource(lpm_path("PodMigration")), migrations.submit, stop,
-                                         synced("podmigrations")), name="watch podmigrations"),
-            asyncio.create_task(informer(kube, Resource(lpm_path("PodCheckpoint")), on_pod_checkpoint, stop,
-                                         synced("podcheckpoints")), name="watch podcheckpoints"),
-            asyncio.create_task(informer(kube, Resource(lpm_path("ContainerCheckpoint")),
-                                         container_checkpoints.submit, stop, synced("containercheckpoints")),
-                                name="watch containercheckpoints"),
-            asyncio.create_task(directory.run(stop), name="checkpoint directory"),
-            # The fallback to the PodMigration watch: a missed event must not strand a migration.
-            asyncio.create_task(poll_markers(kube, node, stores.shared.fd, migrations.submit, stop,
-                                             cfg.restore.marker_poll), name="poll store markers"),
-        }
+        watches = [
+            ("pods", Resource(pod_path(), {"fieldSelector": f"spec.nodeName={node}"}), on_pod),
+            ("podmigrations", Resource(lpm_path("PodMigration")), migrations.submit),
+            ("podcheckpoints", Resource(lpm_path("PodCheckpoint")), on_pod_checkpoint),
+            ("containercheckpoints", Resource(lpm_path("ContainerCheckpoint")), container_checkpoints.submit),
+        ]
+        supervisor = Supervisor(self._metrics.tasks)
+        # Sources read it before they checkpoint a pod for this node; its absence refuses them.
+        supervisor.start("node lease", lambda: announcer.run(stop))
+        for name, resource, handler in watches:
+            listed = synced(name)  # one event per watch, kept across restarts: a relist sets it again
+            supervisor.start(f"watch {name}", functools.partial(informer, kube, resource, handler, stop, listed))
+        supervisor.start("checkpoint directory", lambda: directory.run(stop))
+        # The fallback to the PodMigration watch: a missed event must not strand a migration.
+        supervisor.start("poll store markers", lambda: poll_markers(kube, node, stores.shared.fd, migrations.submit,
+                                                                  stop, cfg.restore.marker_poll))
         log.info("cluster mode watching", extra={"fields": {"node": node}})
         try:
-            done, _ = await asyncio.wait([*tasks, asyncio.ensure_future(stop.wait())],
-                                         return_when=asyncio.FIRST_COMPLETED)
-            died = [task for task in done & tasks if not stop.is_set()]
-            for task in died:
-                reason = "cancelled" if task.cancelled() else repr(task.exception())
-                log.error("background task ended; stopping the agent",
-                          extra={"fields": {"task": task.get_name(), "reason": reason}})
-            if died:
-                raise LpmError(f"background task {died[0].get_name()!r} ended unexpectedly")
+            await stop.wait()
         finally:
             stop.set()
             directory.cancel.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await supervisor.close(SHUTDOWN_GRACE)
             for workers in (migrations, pod_checkpoints, container_checkpoints, annotated):
                 await workers.close()
             await kubelet.close()

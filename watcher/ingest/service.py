@@ -7,8 +7,8 @@ standalone path (``ingest_archive``) is the same steps for a one-container check
 
 from __future__ import annotations
 
+import logging
 import os
-import stat
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,11 +18,13 @@ from typing import Sequence
 from watcher.archive import names
 from watcher.archive.identity import ArchiveIdentity, Identity, identify
 from watcher.archive.tarscan import TarScanner
-from watcher.errors import ArchiveChanged, ArchiveError, StoreError
+from watcher.errors import ArchiveChanged, ArchiveError, StoreError, UnsafeNameError
 from watcher.store import catalog, commit, fsio, layout, retrieve
 from watcher.store.ledger import ArchiveStamp, Ledger, LedgerRecord
 from watcher.store.manifest import Manifest
 from watcher.zstream import CompressionSettings, StreamDigest, compress_stream
+
+log = logging.getLogger(__name__)
 
 _CAPTURED = frozenset({"spec.dump", "config.dump"})
 
@@ -45,15 +47,12 @@ class IngestResult:
 
 
 def open_archive(path: Path) -> tuple[int, ArchiveStamp]:
-    """Open a kubelet archive without following links; only regular files are archives."""
+    """Open a kubelet archive without following links or blocking; only regular files are archives."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = fsio.open_file(None, path, os.O_RDONLY, "kubelet archive", refuse=ArchiveError)
     except OSError as err:
         raise ArchiveError(f"archive {str(path)!r}: cannot open ({err.strerror})") from None
     info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ArchiveError(f"archive {str(path)!r}: not a regular file")
     return fd, ArchiveStamp(path.name, info.st_size, info.st_mtime_ns)
 
 
@@ -183,8 +182,17 @@ def _known(digest: str | None) -> str:
 
 
 def already_ingested(root_fd: int, node: str, path: Path) -> IngestResult | None:
-    """The committed checkpoint of this exact archive version, if the ledger has one."""
-    record = Ledger(root_fd, node).lookup(path.name)
+    """The committed checkpoint of this exact archive version, if the ledger has one.
+
+    A record that does not read is this node's own bookkeeping gone bad: the archive is ingested
+    again (same deterministic checkpoint ID, never a duplicate) and its record written afresh.
+    """
+    try:
+        record = Ledger(root_fd, node).lookup(path.name)
+    except (StoreError, UnsafeNameError) as err:
+        log.warning("ledger record unreadable; ingesting the archive again",
+                    extra={"fields": {"archive": path.name, "reason": str(err)}})
+        return None
     if record is None or record.stamp != stamp_of(path):
         return None
     try:

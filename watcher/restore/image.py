@@ -39,6 +39,7 @@ from watcher.archive.tarscan import METADATA_CAP
 from watcher.errors import ArchiveError, ImageError
 from watcher.restore import layer
 from watcher.store import layout
+from watcher.store.manifest import MAX_TEXT
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -110,8 +111,10 @@ def parse_config_dump(data: bytes, where: str) -> ConfigDump:
     fields = {}
     for key in ("rootfsImageName", "runtime"):
         value = config.get(key)
-        if value is not None and not isinstance(value, str):
-            raise ArchiveError(f"{where}: config.dump field {key!r} is not a string")
+        # Both become image annotations, printed and stored by the runtime: one line, a name's length.
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT or "\n" in value):
+            raise ArchiveError(f"{where}: config.dump field {key!r} is not a string (one line, at most "
+                               f"{MAX_TEXT} characters)")
         fields[key] = value or None
     return ConfigDump(fields["rootfsImageName"], fields["runtime"])
 

@@ -19,7 +19,7 @@ from watcher.cluster.objects import dns_name
 from watcher.errors import LpmError
 from watcher.restore.image import write_image
 from watcher.restore.importer import Importer
-from watcher.store import layout, retrieve
+from watcher.store import catalog, layout, retrieve
 from watcher.store.manifest import Manifest
 from watcher.zstream import CompressionSettings
 
@@ -37,6 +37,19 @@ class Imported:
     """verifySeconds, imageSeconds, importSeconds."""
 
 
+def _check_room(root_fd: int, ref: layout.ArtifactRef, work: Path) -> None:
+    """Refuse a checkpoint whose archive and image layer (twice its uncompressedSize) would not fit.
+
+    Decompression stops at the manifest's uncompressedSize (zstream.Bounds), but a forged manifest
+    may promise terabytes; this keeps such a checkpoint from filling the node's disk.
+    """
+    _, manifest = catalog.find(root_fd, ref)
+    free = shutil.disk_usage(work).free
+    if 2 * manifest.uncompressed_size > free:
+        raise RestoreRefused(f"artifact {ref.uri}: its archive ({manifest.uncompressed_size} bytes) and image "
+                             f"layer need {2 * manifest.uncompressed_size} bytes, {work.parent} has {free} free")
+
+
 def repository(manifest: Manifest) -> str:
     """The image repository of a container's checkpoints: one per pod and container, DNS-safe."""
     return dns_name("lpm-checkpoint", manifest.pod_namespace, manifest.pod_name, manifest.container_name, limit=128)
@@ -51,6 +64,7 @@ async def import_checkpoint(root_fd: int, ref: layout.ArtifactRef, work_dir: Pat
     work.mkdir(mode=0o700, parents=True)
     timings: dict[str, float] = {}
     try:
+        _check_room(root_fd, ref, work)
         started = time.monotonic()
         manifest = await asyncio.to_thread(retrieve.get, root_fd, ref, work / "archive.tar", compression, cancel)
         if announced_sha256 is not None and manifest.checksum_sha256 != announced_sha256:

@@ -72,20 +72,21 @@ class StandaloneRestorer:
         log.info("restoring checkpoints addressed to this node", extra={"fields": {
             "node": self._settings.node, "workDir": str(self._settings.work_dir),
             "pollSeconds": self._settings.interval}})
-        try:
-            while not stop.is_set():
-                try:
-                    await self.poll_round()
-                except Cancelled:
-                    return
-                except LpmError as err:  # the store away for a while: the next round looks again
-                    log.warning("marker poll failed", extra={"fields": {"reason": str(err)}})
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=self._settings.interval)
-                except TimeoutError:
-                    pass
-        finally:
-            os.close(self._records_fd)
+        while not stop.is_set():
+            try:
+                await self.poll_round()
+            except Cancelled:
+                return
+            except LpmError as err:  # the store away for a while: the next round looks again
+                log.warning("marker poll failed", extra={"fields": {"reason": str(err)}})
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self._settings.interval)
+            except TimeoutError:
+                pass
+
+    def close(self) -> None:
+        """Release the records directory; after ``run`` has ended for good (it may be restarted before)."""
+        os.close(self._records_fd)
 
     async def poll_round(self) -> None:
         def scan() -> tuple[list[Marker], set[str]]:

@@ -41,13 +41,16 @@ class Skipped:
 
     path: str
     reason: str
+    damaged: bool = True
+    """False for a write in progress (no marker yet): not listed, but nothing to report."""
 
 
 def scan(root_fd: int) -> Iterator[Checkpoint | Skipped]:
     """Every checkpoint directory: Checkpoint when complete and consistent, else Skipped.
 
-    Directories without a marker are skipped silently unless asked for: they are writes in
-    progress (or abandoned ones the collector will remove), not errors.
+    Directories without a marker are Skipped with ``damaged`` false: they are writes in progress
+    (or abandoned ones the collector will remove), not errors. Every other Skipped is one a
+    reader must report: one bad checkpoint is passed over, never the end of the listing.
     """
     for uid in fsio.list_dirs(root_fd):
         try:
@@ -70,7 +73,7 @@ def _load(pod_fd: int, uid: str, cid: str) -> Checkpoint | Skipped:
         return Skipped(where, str(err))
     try:
         if not fsio.is_regular(fd, layout.MARKER_FILE):
-            return Skipped(where, "incomplete (no completion marker)")
+            return Skipped(where, "incomplete (no completion marker)", damaged=False)
         return load_checkpoint(fd, uid, cid)
     except LpmError as err:
         return Skipped(where, str(err))

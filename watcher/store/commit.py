@@ -52,18 +52,20 @@ def sweep_staging(root_fd: int, node: str, idle_seconds: float) -> int:
     A live ingest writes its staging file every chunk, so one idle that long was left by a
     crashed or killed process. Only this node's agents and ``lpm ingest`` write here.
     """
-    removed = 0
     cutoff = time.time() - idle_seconds
+    idle = []
     with staging(root_fd, node) as fd:
-        for name in os.listdir(fd):
-            try:
-                idle = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime < cutoff
-            except FileNotFoundError:
-                continue
-            if idle:
-                fsio.discard(fd, name)
-                removed += 1
-    return removed
+        # Mapped here, once: an ESTALE from a replaced NFS directory used to end the sweeper's task.
+        with fsio.os_errors(f"store staging of node {node}"):
+            for name in os.listdir(fd):
+                try:
+                    if os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime < cutoff:
+                        idle.append(name)
+                except FileNotFoundError:
+                    continue
+        for name in idle:
+            fsio.discard(fd, name)
+    return len(idle)
 
 
 def marker_exists(root_fd: int, uid: str, cid: str) -> bool:

@@ -19,7 +19,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from watcher.errors import StoreError, UnknownCheckpoint, UnsafeNameError
 
@@ -153,17 +153,87 @@ def write_atomic(dir_fd: int, final: str, data: bytes, where: str) -> None:
         raise
 
 
+_KINDS = {stat.S_IFREG: "a regular file", stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symlink",
+          stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device"}
+
+
+def open_file(dir_fd: int | None, name: str | os.PathLike[str], flags: int, where: str, *,
+              refuse: Callable[[str], Exception] = UnsafeNameError) -> int:
+    """Open a regular file (``flags``: access mode and O_CREAT/O_TRUNC), refusing anything else, never blocking.
+
+    What a store, ledger, lock, probe or kubelet-directory path names is anyone's: a FIFO planted
+    there blocks an open for reading until a writer comes (forever, and past the agent's SIGTERM
+    promise, since a thread stuck in open cannot be cancelled), a device opens the device. So the
+    name is refused by ``lstat`` before it is opened, and opened with O_NONBLOCK (a FIFO then returns
+    at once, or fails with ENXIO for writing, as a socket does) and O_NOFOLLOW, and the open file is
+    checked again (another writer may have swapped it in between). O_NONBLOCK is cleared once it is
+    known to be a regular file. ``refuse(message)`` is raised for anything else; OSError propagates.
+    """
+    shown = f"{where}: {os.fspath(name)}"
+    try:
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            raise
+    else:
+        if not stat.S_ISREG(mode):
+            raise refuse(f"{shown} is {kind_of(mode)}, refused")
+    try:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, FILE_MODE,
+                     dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno == errno.ENXIO:  # a FIFO without a reader, or a socket, swapped in since the lstat
+            raise refuse(f"{shown} is a FIFO or a socket, refused") from None
+        if err.errno == errno.ELOOP:
+            raise refuse(f"{shown} is a symlink, refused") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise refuse(f"{shown} is {kind_of(mode)}, refused")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def kind_of(mode: int) -> str:
+    """What a file of this ``st_mode`` is, in words: "a FIFO", "a regular file"..."""
+    return _KINDS.get(stat.S_IFMT(mode), "an unknown kind of file")
+
+
+def is_below(dir_fd: int, root_fd: int) -> bool:
+    """Is the directory ``dir_fd`` the directory ``root_fd`` or below it, by whatever path it was reached?
+
+    Compared by (device, inode) walking ``..`` up to ``/``, so no symlink, bind mount or ``..`` in
+    a path name can hide that it leads into the store.
+    """
+    root = os.fstat(root_fd)
+    fd = os.dup(dir_fd)
+    try:
+        while True:
+            here = os.fstat(fd)
+            if (here.st_dev, here.st_ino) == (root.st_dev, root.st_ino):
+                return True
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            above = os.fstat(parent)
+            os.close(fd)
+            fd = parent
+            if (above.st_dev, above.st_ino) == (here.st_dev, here.st_ino):
+                return False  # "/" is its own parent
+    finally:
+        os.close(fd)
+
+
 def open_regular(dir_fd: int, name: str, where: str) -> int:
     """Open an existing regular file for reading, refusing symlinks and special files."""
     with os_errors(f"{where}: {name}"):
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            return open_file(dir_fd, name, os.O_RDONLY, where)
         except FileNotFoundError:
             raise UnknownCheckpoint(f"{where}: {name} does not exist") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UnsafeNameError(f"{where}: {name} is not a regular file, refused")
-    return fd
 
 
 def read_small(dir_fd: int, name: str, cap: int, where: str) -> bytes:

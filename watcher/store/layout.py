@@ -48,7 +48,9 @@ _NODE_NAME = _DNS_SUBDOMAIN
 
 def _check(kind: str, value: object, pattern: re.Pattern[str], rule: str) -> str:
     if not isinstance(value, str) or pattern.fullmatch(value) is None or ".." in value:
-        raise UnsafeNameError(f"unsafe {kind} {value!r}: must be {rule}")
+        shown = repr(value) if not isinstance(value, (str, list, dict)) or len(value) <= 80 else \
+            f"{repr(value)[:80]}... ({len(value)} long)"  # read from a file: it may be a megabyte
+        raise UnsafeNameError(f"unsafe {kind} {shown}: must be {rule}")
     return value
 
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from watcher.errors import StoreError, UnknownCheckpoint, UnsafeNameError
 from watcher.store import fsio, layout
 from watcher.store.commit import node_state_dir
-from watcher.store.manifest import decode, encode
+from watcher.store.manifest import decode, encode, field_error, size_field, text_field
 
 _LEDGER = "ledger"
 _RECORD_CAP = 1 << 16
@@ -65,14 +65,21 @@ def _file_name(archive: str) -> str:
 def _parse(raw: Mapping[str, Any], where: str) -> LedgerRecord:
     try:
         return LedgerRecord(
-            ArchiveStamp(raw["archive"], int(raw["size"]), int(raw["mtimeNs"])),
+            ArchiveStamp(text_field(raw, "archive"), size_field(raw, "size"), size_field(raw, "mtimeNs")),
             layout.pod_uid(raw["podUID"]),
             layout.checkpoint_id(raw["checkpointID"]),
             layout.container_name(raw["containerName"]),
-            bool(raw["verified"]),
+            _flag(raw, "verified"),
         )
     except (KeyError, TypeError, ValueError, UnsafeNameError) as err:
-        raise StoreError(f"{where} is malformed ({err})") from None
+        raise StoreError(f"{where} is malformed ({field_error(err)})") from None
+
+
+def _flag(raw: Mapping[str, Any], key: str) -> bool:
+    value = raw[key]
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false")
+    return value
 
 
 class Ledger:

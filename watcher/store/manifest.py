@@ -19,6 +19,9 @@ from watcher.errors import StoreError, UnsafeNameError
 from watcher.store import layout
 
 FORMAT_VERSION = 1
+MAX_TEXT = 1024  # a file name is at most 255 bytes; room for any, none for a megabyte-long field
+MAX_SIZE = (1 << 63) - 1
+_REASON_CHARS = 300
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -98,22 +101,22 @@ class Manifest:
                 pod_name=layout.pod_name(raw["podName"]),
                 container_name=layout.container_name(raw["containerName"]),
                 checkpoint_id=layout.checkpoint_id(raw["checkpointID"]),
-                creation_time=parse_rfc3339(_string(raw, "creationTime")),
+                creation_time=parse_rfc3339(text_field(raw, "creationTime")),
                 source_node=layout.node_name(raw["sourceNode"]),
                 target_node=(
                     layout.node_name(raw["targetNode"]) if raw.get("targetNode") is not None else None
                 ),
                 runtime=Runtime(raw["runtime"]),
-                kubelet_archive=_string(raw, "kubeletArchive"),
+                kubelet_archive=text_field(raw, "kubeletArchive"),
                 checksum_sha256=_sha256(raw, "checksumSHA256"),
-                compressed_size=_size(raw, "compressedSize"),
+                compressed_size=size_field(raw, "compressedSize"),
                 uncompressed_sha256=_sha256(raw, "uncompressedSHA256"),
-                uncompressed_size=_size(raw, "uncompressedSize"),
+                uncompressed_size=size_field(raw, "uncompressedSize"),
             )
             if raw.get("artifactURI") != manifest.ref.uri:
                 raise ValueError(f"artifactURI {raw.get('artifactURI')!r} does not match its fields")
         except (KeyError, TypeError, ValueError, UnsafeNameError) as err:
-            raise StoreError(f"invalid manifest {where}: {_reason(err)}") from None
+            raise StoreError(f"invalid manifest {where}: {field_error(err)}") from None
         return manifest
 
 
@@ -151,13 +154,13 @@ class Marker:
                 checkpoint_id=layout.checkpoint_id(raw["checkpointID"]),
                 pod_uid=layout.pod_uid(raw["podUID"]),
                 containers=names,
-                completed_at=parse_rfc3339(_string(raw, "completedAt")),
+                completed_at=parse_rfc3339(text_field(raw, "completedAt")),
                 target_node=(
                     layout.node_name(raw["targetNode"]) if raw.get("targetNode") is not None else None
                 ),
             )
         except (KeyError, TypeError, ValueError, UnsafeNameError) as err:
-            raise StoreError(f"invalid completion marker {where}: {_reason(err)}") from None
+            raise StoreError(f"invalid completion marker {where}: {field_error(err)}") from None
 
 
 def encode(body: Mapping[str, Any]) -> bytes:
@@ -168,10 +171,11 @@ def decode(data: bytes, where: str) -> dict[str, Any]:
     return json_object(data, where, StoreError)
 
 
-def _string(raw: Mapping[str, Any], key: str) -> str:
+def text_field(raw: Mapping[str, Any], key: str) -> str:
+    """A one-line string of at most MAX_TEXT characters (a file name, a time): what lpm prints and logs."""
     value = raw[key]
-    if not isinstance(value, str) or not value or "\0" in value or "\n" in value:
-        raise ValueError(f"{key} must be a one-line string")
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT or "\0" in value or "\n" in value:
+        raise ValueError(f"{key} must be a one-line string of at most {MAX_TEXT} characters")
     return value
 
 
@@ -182,14 +186,15 @@ def _sha256(raw: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _size(raw: Mapping[str, Any], key: str) -> int:
+def size_field(raw: Mapping[str, Any], key: str) -> int:
+    """A non-negative integer that fits the 64-bit fields files and the API have (st_size, int64)."""
     value = raw[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{key} must be a non-negative integer")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SIZE:
+        raise ValueError(f"{key} must be an integer from 0 to {MAX_SIZE}")
     return value
 
 
-def _reason(err: Exception) -> str:
-    if isinstance(err, KeyError):
-        return f"missing field {err.args[0]}"
-    return str(err)
+def field_error(err: Exception) -> str:
+    """The reason a field was refused, cut to a line: the refused value may be a megabyte long."""
+    reason = f"missing field {err.args[0]}" if isinstance(err, KeyError) else str(err)
+    return reason if len(reason) <= _REASON_CHARS else reason[:_REASON_CHARS] + "..."
