@@ -24,7 +24,8 @@ import os
 import re
 import shlex
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -95,6 +96,21 @@ def start_agent(cp: ControlPlane, node: RealNode, store: Path, *extra: str) -> A
         "--restore-work-dir", str(node.lab_dir / f"{node.name}-work"),
         *_importer(node), "--runtime-endpoint", node.runtime_endpoint,
         "--debounce", "0.3", *extra)
+
+
+@contextmanager
+def host_agents(cluster: RealCluster) -> Iterator[dict[str, AgentProcess]]:
+    """``start_agent`` for every node of ``cluster``, each watching before this yields; stopped at the end."""
+    agents = {name: start_agent(cluster.control_plane, node, cluster.store_views[name])
+              for name, node in cluster.nodes.items()}
+    try:
+        for agent in agents.values():
+            agent.wait_logged("cluster mode watching")
+        yield agents
+    finally:
+        for agent in agents.values():
+            if agent.proc.poll() is None:
+                agent.stop()
 
 
 def _importer(node: RealNode) -> list[str]:

@@ -66,14 +66,29 @@ class Bridge:
     @staticmethod
     def attach(pid: int, address: NodeAddress) -> None:
         """A veth from the bridge into the network namespace of ``pid``, where it is ``eth0`` at the node's
-        address. The pair goes when that namespace does (its last process exits)."""
-        host_end = f"veth-{address.node}"[:15]
+        address."""
+        Bridge.detach(address)  # one a killed run left behind (the lab's lock says no other cluster runs)
+        host_end = _host_end(address)
         _ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", str(pid))
         _ip("link", "set", host_end, "master", BRIDGE, "up")
         _ip("link", "set", "lo", "up", netns_pid=pid)
         _ip("addr", "add", f"{address.ip}/{_PREFIX}", "dev", "eth0", netns_pid=pid)
         _ip("link", "set", "eth0", "up", netns_pid=pid)
         _ip("route", "add", "default", "via", GATEWAY, netns_pid=pid)
+
+
+    @staticmethod
+    def detach(address: NodeAddress) -> None:
+        """Delete the node's veth pair now. It would also go with the node's network namespace, but only once
+        the kernel has reaped the namespace's last process, after the node's init was killed: a node of the
+        same name started in between (the next test module's) would find its name taken."""
+        host_end = _host_end(address)
+        if subprocess.run(["ip", "link", "show", host_end], capture_output=True).returncode == 0:
+            _ip("link", "del", host_end)
+
+
+def _host_end(address: NodeAddress) -> str:
+    return f"veth-{address.node}"[:15]
 
 
 def route_kubernetes_service(pid: int, address: NodeAddress, apiserver_port: int) -> None:

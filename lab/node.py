@@ -222,6 +222,7 @@ class RealNode:
         if self._holder is not None and self._holder.poll() is None:
             os.killpg(self._holder.pid, signal.SIGKILL)
             self._holder.wait(timeout=10)
+        Bridge.detach(self.address)
         remove_cgroup_root(self.cgroup_root)
 
     def logs_tail(self, lines: int = 30) -> str:

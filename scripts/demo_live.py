@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from lab.cluster import ClusterError, RealCluster
 from lab.controlplane import ControlPlaneError
-from lab.live import NAMESPACE, SOURCE, TARGET, MigrationFailed, migrate, run_pod, start_agent
+from lab.live import NAMESPACE, SOURCE, TARGET, MigrationFailed, host_agents, migrate, run_pod
 from lab.node import NodeError
 from lab.sandbox import SandboxError
 
@@ -62,19 +62,11 @@ def main() -> int:
 
 
 async def _scenario(cluster: RealCluster, say: Callable[[str], None]) -> None:
-    agents = {name: start_agent(cluster.control_plane, cluster.nodes[name], cluster.store_views[name])
-              for name in (SOURCE, TARGET)}
-    try:
-        for agent in agents.values():
-            await asyncio.to_thread(agent.wait_logged, "cluster mode watching")
+    with host_agents(cluster) as agents:
         say("agents: lpm agent for each node, as the lpm-agent ServiceAccount, watching")
         await run_pod(cluster, "counter", ("count",), SOURCE)
         say(f"pod {NAMESPACE}/counter counting on {SOURCE} (scheduled there by kube-scheduler)")
         await migrate(cluster, agents, "counter", ("count",), say)
-    finally:
-        for agent in agents.values():
-            if agent.proc.poll() is None:
-                await asyncio.to_thread(agent.stop)
 
 
 if __name__ == "__main__":

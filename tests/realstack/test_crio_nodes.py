@@ -14,7 +14,7 @@ import pytest
 
 from lab.agent import AgentProcess
 from lab.cluster import RealCluster
-from lab.live import NAMESPACE, SOURCE, TARGET, migrate, run_pod, start_agent
+from lab.live import NAMESPACE, SOURCE, TARGET, host_agents, migrate, run_pod
 from lab.manifests import AGENT_NAMESPACE
 
 
@@ -27,16 +27,8 @@ def cluster() -> Iterator[RealCluster]:
 
 @pytest.fixture(scope="module")
 def agents(cluster: RealCluster) -> Iterator[dict[str, AgentProcess]]:
-    started = {name: start_agent(cluster.control_plane, cluster.nodes[name], cluster.store_views[name])
-               for name in (SOURCE, TARGET)}
-    try:
-        for agent in started.values():
-            agent.wait_logged("cluster mode watching")
+    with host_agents(cluster) as started:
         yield started
-    finally:
-        for agent in started.values():
-            if agent.proc.poll() is None:
-                agent.stop()
 
 
 @pytest.mark.asyncio
