@@ -11,6 +11,7 @@ import http.client
 import json
 import ssl
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,3 +67,18 @@ class ApiClient:
             return {"raw": text}
         decoded: dict[str, Any] = json.loads(text)
         return decoded
+
+    def watch(self, path: str, resource_version: str, timeout: float) -> Iterator[dict[str, Any]]:
+        """The events of one watch from ``resource_version``, until the server ends it after ``timeout`` s."""
+        conn = http.client.HTTPSConnection(self._host, self._port, context=self._ssl, timeout=timeout + 10)
+        try:
+            query = f"watch=true&resourceVersion={resource_version}&timeoutSeconds={int(timeout)}"
+            conn.request("GET", f"{path}{'&' if '?' in path else '?'}{query}", headers={"Accept": "application/json"})
+            response = conn.getresponse()
+            if response.status != 200:
+                raise ApiError("WATCH", path, response.status, response.read().decode(errors="replace"))
+            for line in response:
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            conn.close()

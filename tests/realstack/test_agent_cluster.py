@@ -556,13 +556,13 @@ async def test_destination_restarted_mid_restore_restores_exactly_once(cluster: 
     assert len(imports.read_text().splitlines()) == 2
     assert [e["reason"] for e in cluster.events(restored_name)] == ["Restored"]
     [migrated] = [e for e in cluster.events("moving-0") if e["reason"] == "Migrated"]
-    assert migrated["message"].endswith("; this pod is deleted")
+    assert migrated["message"].endswith("; this pod is evicted")
 
 
 def _report_running(cluster: Cluster, pod_name: str) -> None:
     """There is no runtime behind node-b's stand-in: the test plays its kubelet and reports the pod running."""
     pod = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/{pod_name}")
-    pod["status"] = {"phase": "Running"}
+    pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
     cluster.api("PUT", f"/api/v1/namespaces/{cluster.namespace}/pods/{pod_name}/status", pod)
 
 
@@ -623,7 +623,8 @@ async def test_marker_poll_alone_brings_the_restore(cluster: Cluster, monkeypatc
     root_fd = fsio.open_root(view, create=False)
     work = cluster.tmp / "work-b"
     destination = Destination(kube, "node-b", root_fd, work, ContainersStorageImporter((str(SLOW_IMPORT),)),
-                              CompressionSettings(), threading.Event(), AgentMetrics(view))
+                              CompressionSettings(), threading.Event(), AgentMetrics(view),
+                              lambda delay, obj: migrations.submit_later(delay, "MODIFIED", dict(obj)))
     migrations = Workers("podmigration", destination.reconcile)
     stop = asyncio.Event()
     poller = asyncio.create_task(poll_markers(kube, "node-b", root_fd, migrations.submit, stop, interval=0.5))

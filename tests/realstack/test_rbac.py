@@ -61,6 +61,8 @@ LPM_PLURALS = sorted(plural for plural, _ in RESOURCES.values())
 # is a decision to make in both places, never a side effect.
 NEEDS: dict[tuple[str, str], set[str]] = {
     ("", "pods"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("", "pods/eviction"): {"create"},
+    ("", "persistentvolumeclaims"): {"get"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "nodes"): {"get", "list", "watch"},

@@ -134,7 +134,9 @@ class ClusterAgent:
         # The shared store's fd keeps its number even when the store is replaced (see watcher.stores).
         destination = Destination(kube, node, stores.shared.fd, cfg.restore.work_dir,
                                   cfg.restore.importer, cfg.base.compression,
-                                  directory.cancel, self._metrics)
+                                  directory.cancel, self._metrics,
+                                  lambda delay, obj: migrations.submit_later(delay, "MODIFIED", {
+                                      "metadata": {"namespace": meta(obj)["namespace"], "name": meta(obj)["name"]}}))
 
         def on_capability(capability: Capability) -> None:
             self._metrics.restore_capability(capability)

@@ -7,7 +7,9 @@ checkpoint phase is a PodCheckpoint the agent creates and owns; its outcome is m
 the PodMigration, which ends here at ``CheckpointComplete`` with ``podCheckpointRef`` (the
 destination node's agent takes it from there) or ``Failed`` with the reason. A target that does
 not exist, is not Ready, has no live lpm agent or says its runtime cannot restore fails the
-migration before the checkpoint (``watcher.cluster.admission``): the source pod is never touched.
+migration before the checkpoint (``watcher.cluster.admission``), and so does a pod that cannot move at
+all — its owner or its volumes (``watcher.cluster.eligibility``) — or that the target cannot take by the
+scheduler's rules (``watcher.cluster.fit``): the source pod is never touched.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from typing import Any, Mapping
 from watcher.cluster import events
 from watcher.cluster.admission import check_target
 from watcher.cluster.checkpointing import create_idempotent
+from watcher.cluster.eligibility import claim_names, owner_refusal, volume_refusal
+from watcher.cluster.fit import unfit
 from watcher.cluster.nodes import NodeUnusable, usable_target
 from watcher.cluster.objects import (
-    API_VERSION, MIGRATE_ANNOTATION, MIGRATION_LABEL, TARGET_NODE_ANNOTATION, MigrationPhase, Phase, lpm_path, meta,
+    API_VERSION, MIGRATE_ANNOTATION, claim_path, MIGRATION_LABEL, TARGET_NODE_ANNOTATION, MigrationPhase, Phase, lpm_path, meta,
     migration_name, owner_reference, pod_path,
 )
+from watcher.cluster.pins import unpinned
 from watcher.cluster.status import now, update_status
 from watcher.errors import NotFound, UnsafeNameError
 from watcher.kube.client import Kube
@@ -85,12 +90,16 @@ async def reconcile_migration(kube: Kube, node: str, lease_namespace: str, event
         layout.node_name(target)
         if target == node:
             raise NodeUnusable(f"target node {target} is the node the pod already runs on")
-        await usable_target(kube, target)
+        target_node = await usable_target(kube, target)
     except (NodeUnusable, UnsafeNameError) as err:
         await _refuse(kube, node, pod, namespace, name, str(err))
         return
     if migration.get("status", {}).get("phase") != MigrationPhase.CHECKPOINTING.value:
         # Before the first kubelet call only: once checkpointing, the pod is already being dumped.
+        refusal = await _refusal(kube, pod, target_node)
+        if refusal:
+            await _refuse(kube, node, pod, namespace, name, refusal)
+            return
         admission = await check_target(kube, lease_namespace, target, datetime.now(timezone.utc))
         if not admission.allowed:
             await _refuse(kube, node, pod, namespace, name, admission.reason)
@@ -118,6 +127,25 @@ async def reconcile_migration(kube: Kube, node: str, lease_namespace: str, event
     elif state.get("phase") == Phase.FAILED.value:
         await update_status(kube, "PodMigration", namespace, name, _phase(
             MigrationPhase.FAILED, f"checkpoint failed: {state.get('message', '')}"))
+
+
+async def _refusal(kube: Kube, pod: Mapping[str, Any], target: Mapping[str, Any]) -> str | None:
+    """Why this pod cannot move to ``target`` at all: its owner, its volumes, or the target's filters."""
+    reason = owner_refusal(pod)
+    if reason:
+        return reason
+    namespace = meta(pod)["namespace"]
+    claims: dict[str, Mapping[str, Any] | None] = {}
+    for claim in claim_names(pod):
+        try:
+            claims[claim] = await kube.get(claim_path(namespace, claim))
+        except NotFound:
+            claims[claim] = None
+    reason = volume_refusal(pod, claims)
+    if reason:
+        return reason
+    there = await kube.get(pod_path(), {"fieldSelector": f"spec.nodeName={meta(target)['name']}"})
+    return unfit(unpinned(pod.get("spec", {})), target, there.get("items", []))
 
 
 async def _refuse(kube: Kube, node: str, pod: Mapping[str, Any], namespace: str, name: str, reason: str) -> None:

@@ -63,6 +63,10 @@ def pod_path(namespace: str | None = None, name: str | None = None) -> str:
     return f"{path}/{quote(name, safe='')}" if name is not None else path
 
 
+def claim_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{quote(namespace, safe='')}/persistentvolumeclaims/{quote(name, safe='')}"
+
+
 def node_path(name: str) -> str:
     return f"/api/v1/nodes/{quote(name, safe='')}"
 

@@ -37,7 +37,13 @@ async def connect(kubeconfig: Path | None) -> ApiClient:
 
 def _error(method: str, path: str, status: int, body: str) -> ApiError:
     try:
-        message = json.loads(body).get("message") or body
+        decoded = json.loads(body)
+        message = decoded.get("message") or body
+        # An eviction's refusal names the disruption budget only in its causes.
+        causes = [c.get("message") for c in (decoded.get("details") or {}).get("causes") or []
+                  if isinstance(c, dict) and c.get("message")]
+        if causes:
+            message = f"{message} ({'; '.join(causes)})"
     except (json.JSONDecodeError, AttributeError):
         message = body
     kind = _BY_STATUS.get(status, ApiUnavailable if status >= 500 or status == 429 else ApiError)

@@ -61,6 +61,20 @@ class Workers:
         self._attempts = attempts
         self._pending: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+
+    def submit_later(self, delay: float, event: str, obj: dict[str, Any]) -> None:
+        """``submit`` after ``delay`` seconds, for a state no watch event will announce (one timer per
+        object: a newer one replaces it)."""
+        key = object_key(obj)
+        if (old := self._timers.pop(key, None)) is not None:
+            old.cancel()
+
+        def fire() -> None:
+            self._timers.pop(key, None)
+            self.submit(event, obj)
+
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, fire)
 
     def submit(self, event: str, obj: dict[str, Any]) -> None:
         key = object_key(obj)
@@ -95,6 +109,9 @@ class Workers:
                 await asyncio.sleep(delay)
 
     async def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

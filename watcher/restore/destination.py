@@ -4,8 +4,10 @@ A PodMigration whose ``targetNode`` is this node and whose phase is ``Checkpoint
 taken to ``Restoring``: every container's dump is read from the store with its SHA-256 checked
 against both the manifest and the PodCheckpointContent, turned into a checkpoint image and
 imported into the node's runtime; then the restored pod is created, pinned here, with the same
-spec and each container's image set to its checkpoint image. Once that pod runs, the source
-pod is deleted (unless ``retainOriginalPod``) and the migration is ``Succeeded``.
+spec and each container's image set to its checkpoint image — created held, outside its workload.
+Once that pod runs and is Ready it takes the source's place (``watcher.restore.handover``): the
+source's disruption budget is asked, the pod gets the source's labels and controller, the source is
+evicted (unless ``retainOriginalPod``), and the migration is ``Succeeded``.
 
 Restarts never restore twice: the restored pod's name is derived from the migration, so an
 agent that died between creating it and recording it finds it and carries on from there.
@@ -18,16 +20,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from watcher.cluster import events
-from watcher.cluster.objects import MIGRATION_LABEL, MigrationPhase, dns_name, lpm_path, meta, pod_path
+from watcher.cluster.objects import MigrationPhase, dns_name, lpm_path, meta, pod_path
 from watcher.cluster.status import now, update_status
 from watcher.errors import ApiError, Conflict, LpmError, NotFound
 from watcher.kube.client import Kube
 from watcher.observe import AgentMetrics, Operation
 from watcher.restore.importer import Importer
 from watcher.restore.pipeline import RestoreRefused, import_checkpoint
+from watcher.restore import handover
+from watcher.restore.handover import Step
 from watcher.restore.podspec import restored_spec
 from watcher.store import layout
 from watcher.zstream import CompressionSettings
@@ -35,6 +39,10 @@ from watcher.zstream import CompressionSettings
 log = logging.getLogger(__name__)
 
 RESTORED_FROM_ANNOTATION = "lpm.my.domain/restored-from"
+EVICTION_RETRY = 5.0  # seconds between two eviction requests a disruption budget refused
+
+RetryLater = Callable[[float, Mapping[str, Any]], None]
+"""Reconcile this PodMigration again after so many seconds (the PDB's change brings no event here)."""
 
 
 @dataclass
@@ -47,6 +55,7 @@ class Destination:
     compression: CompressionSettings
     cancel: threading.Event
     metrics: AgentMetrics
+    retry_later: RetryLater
 
     async def reconcile(self, event: str, obj: Mapping[str, Any]) -> None:
         if event == "DELETED":
@@ -139,10 +148,11 @@ class Destination:
                           images: Mapping[str, str]) -> dict[str, Any]:
         namespace = meta(migration)["namespace"]
         spec = restored_spec(source["spec"], self.node, images)
-        labels = {**meta(source).get("labels", {}), MIGRATION_LABEL: meta(migration)["name"]}
+        labels = handover.held_labels(meta(migration)["name"])
         annotations = {k: v for k, v in meta(source).get("annotations", {}).items()
-                       if not k.startswith("lpm.my.domain/")}
+                       if not k.startswith("lpm.my.domain/") and k != handover.DELETION_COST_ANNOTATION}
         annotations[RESTORED_FROM_ANNOTATION] = f"{namespace}/{meta(source)['name']}"
+        annotations[handover.HELD_ANNOTATION] = handover.HELD
         body = {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": self._restored_name(migration), "namespace": namespace, "labels": labels,
                              "annotations": annotations},
@@ -153,33 +163,85 @@ class Destination:
             return await self.kube.get(pod_path(namespace, self._restored_name(migration)))
 
     async def _finish_when_running(self, migration: Mapping[str, Any], restored: Mapping[str, Any]) -> None:
+        """Carry out ``handover.decide`` until the migration is done (see ``watcher.restore.handover``)."""
         namespace, name = meta(migration)["namespace"], meta(migration)["name"]
-        pod_phase = restored.get("status", {}).get("phase")
-        if pod_phase == "Failed":
-            raise RestoreRefused(f"restored pod {meta(restored)['name']} failed: "
-                                 f"{restored.get('status', {}).get('message', 'no reason given')}")
-        if pod_phase != "Running":
-            return  # the pod watch brings us back when it changes
         source_name, restored_name = migration["spec"]["podName"], meta(restored)["name"]
         retain = migration["spec"].get("retainOriginalPod", False)
-        try:
-            source: Mapping[str, Any] | None = await self.kube.get(pod_path(namespace, source_name))
-        except NotFound:
-            source = None
-        if source is not None and not retain:
-            try:
-                await self.kube.request("DELETE", pod_path(namespace, source_name))
-            except NotFound:
-                pass
+        source = await self._get_pod(namespace, source_name)
+        step = handover.decide(restored, source, retain)
+        if step is Step.WAIT:
+            return  # the pod watch brings us back when it changes
+        if step is Step.RESTORED_FAILED:
+            raise RestoreRefused(f"restored pod {restored_name} failed: "
+                                 f"{restored.get('status', {}).get('message', 'no reason given')}")
+        if step is Step.DISCARD:
+            await self._delete_pod(namespace, restored_name)
+            raise RestoreRefused(f"source pod {namespace}/{source_name} was removed while the migration ran (a "
+                                 f"scale-down, a rollout or a person): the restored copy {restored_name} is "
+                                 "deleted rather than left as a pod its workload did not ask for")
+        if step is Step.RELEASE:
+            assert source is not None
+            if not await self._release(migration, source, restored_name, retain):
+                return
+            step = Step.DONE if retain else Step.REMOVE_SOURCE
+        if step is Step.REMOVE_SOURCE and not await self._evict(migration, source_name, dry_run=False):
+            return
+        held = handover.is_held(await self._get_pod(namespace, restored_name) or {})
         await update_status(self.kube, "PodMigration", namespace, name, _phase(
-            MigrationPhase.SUCCEEDED, f"running on {self.node} as {restored_name}",
+            MigrationPhase.SUCCEEDED, f"running on {self.node} as {restored_name}"
+            + (" (kept apart from its controller: retainOriginalPod)" if held else ""),
             restoredPodName=restored_name, completionTime=now()))
         await events.record(self.kube, restored, "Restored", f"restored from {namespace}/{source_name} by {name}",
                             node=self.node)
         if source is not None:  # the Event outlives the pod: `kubectl get events` still tells where it went
             await events.record(self.kube, source, "Migrated", f"running on {self.node} as {restored_name} "
-                                f"({name}); " + ("this pod was kept: retainOriginalPod" if retain else "this pod is deleted"),
+                                f"({name}); " + ("this pod was kept: retainOriginalPod" if retain else "this pod is evicted"),
                                 node=self.node)
+
+    async def _release(self, migration: Mapping[str, Any], source: Mapping[str, Any], restored_name: str,
+                       retain: bool) -> bool:
+        """Hand the restored pod the source's place; False while a disruption budget holds the source."""
+        namespace, name = meta(migration)["namespace"], meta(migration)["name"]
+        if not retain and not await self._evict(migration, meta(source)["name"], dry_run=True):
+            return False
+        if handover.controller_of(source) is not None and not retain:
+            await self.kube.merge_patch(pod_path(namespace, meta(source)["name"]), {"metadata": {"annotations": {
+                handover.DELETION_COST_ANNOTATION: handover.LOWEST_DELETION_COST}}})
+        await self.kube.merge_patch(pod_path(namespace, restored_name), handover.release_patch(source, name))
+        log.info("restored pod released to its workload", extra={"fields": {
+            "migration": f"{namespace}/{name}", "pod": f"{namespace}/{restored_name}",
+            "controller": (handover.controller_of(source) or {}).get("name")}})
+        return True
+
+    async def _evict(self, migration: Mapping[str, Any], pod: str, dry_run: bool) -> bool:
+        """Ask the Eviction API to remove ``pod``; False (and a retry scheduled) when a disruption budget
+        refuses. A pod already gone counts as removed."""
+        namespace, name = meta(migration)["namespace"], meta(migration)["name"]
+        try:
+            await self.kube.create(pod_path(namespace, pod) + "/eviction", handover.eviction(namespace, pod, dry_run))
+        except NotFound:
+            return True
+        except ApiError as err:
+            if err.status != 429:
+                raise
+            message = (f"restored pod running on {self.node}; waiting to remove source pod {namespace}/{pod}: "
+                       f"eviction refused ({err}); asking again every {EVICTION_RETRY:.0f} s")
+            await update_status(self.kube, "PodMigration", namespace, name, _phase(MigrationPhase.RESTORING, message))
+            self.retry_later(EVICTION_RETRY, migration)
+            return False
+        return True
+
+    async def _get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.kube.get(pod_path(namespace, name))
+        except NotFound:
+            return None
+
+    async def _delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            await self.kube.request("DELETE", pod_path(namespace, name))
+        except NotFound:
+            pass
 
     async def _fail(self, migration: Mapping[str, Any], err: LpmError) -> None:
         self.metrics.failed(Operation.RESTORE, err)
