@@ -83,6 +83,12 @@ class KubeletStandIn:
                             "lastHeartbeatTime": now, "lastTransitionTime": now}],
         }
         self.cp.admin.request("PUT", f"/api/v1/nodes/{self.node}/status", node)
+        # The node lifecycle controller's part (there is none here): a Ready node loses the not-ready taint
+        # the apiserver's TaintNodesByCondition plugin gave it at creation, which the scheduler honours.
+        node = self.cp.admin.request("GET", f"/api/v1/nodes/{self.node}")
+        node["spec"]["taints"] = [t for t in node["spec"].get("taints") or []
+                                  if t.get("key") != "node.kubernetes.io/not-ready"]
+        self.cp.admin.request("PUT", f"/api/v1/nodes/{self.node}", node)
 
     def _authorise(self, token: str) -> int:
         review = self.cp.admin.request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", {

@@ -317,3 +317,40 @@ def _assert_refused(cluster: RealCluster, agents: dict[str, AgentProcess], name:
     assert not [line for line in agents[SOURCE].logs("container checkpointed") if line.get("pod") == f"{NAMESPACE}/{name}"]
     pod = cp.admin.request("GET", f"{PODS}/{name}")
     assert pod["spec"]["nodeName"] == SOURCE and running(pod)
+
+
+def test_a_read_write_many_claim_moves_with_the_pod_and_the_restored_pod_writes_to_it(
+        cluster: RealCluster, agents: dict[str, AgentProcess]) -> None:
+    """The one volume both nodes see (a hostPath PV over the lab directory, which every node mounts at the
+    same path, standing in for NFS): the restored process goes on writing its counter into the same claim."""
+    cp = cluster.control_plane
+    shared = cluster.directory / "rwx-volume"
+    shared.mkdir(mode=0o700)
+    _post(cp, "/api/v1/persistentvolumes", {
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "lpm-rwx"},
+        "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "manual",
+                 "hostPath": {"path": str(shared), "type": "Directory"},
+                 "claimRef": {"namespace": NAMESPACE, "name": "shared"}}})
+    _post(cp, f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims", {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "shared"},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual", "volumeName": "lpm-rwx",
+                 "resources": {"requests": {"storage": "1Mi"}}}})
+    writer = deployment("writer", 1, **PIN, volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}])
+    container = writer["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i; echo $i > /data/last; sleep 0.1; done"]
+    container["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    _post(cp, f"{APPS}/deployments", writer)
+    [source] = _ready_replicas(cp, "writer", 1)
+    name = source["metadata"]["name"]
+
+    annotate(cp, name, TARGET)
+    migration = outcome(cp, name, explain=lambda: _explain(cluster, agents))
+    assert migration["status"]["phase"] == "Succeeded", migration["status"]
+    restored = cp.admin.request("GET", f"{PODS}/{migration['status']['restoredPodName']}")
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "shared"}} in restored["spec"]["volumes"]
+    wait_for("the source to be gone", lambda: not [
+        p for p in cp.admin.request("GET", PODS)["items"] if p["metadata"]["name"] == name], 60)
+    # Only the restored process writes now: the claim's file keeps growing, from where the source left it.
+    written = int((shared / "last").read_text())
+    wait_for("the restored pod to write the claim", lambda: int((shared / "last").read_text()) > written + 5, 30)
+    assert first_count_after_start(cp, restored) > 1
