@@ -153,6 +153,8 @@ class RealNode:
         self.runtime = runtime
         self.store_view = store_view
         self.directory = lab_dir / name
+        self.manifests = self.directory / "manifests"
+        """The kubelet's static pod directory (the lab directory is at the same path inside the node)."""
         self.cgroup_root = f"lpm-{name}"
         self._holder: subprocess.Popen[bytes] | None = None
         self._init = 0  # the node's PID 1 (catatonit), whose namespaces nsenter enters
@@ -232,7 +234,8 @@ class RealNode:
     # -- set-up steps ------------------------------------------------------------------------------------------
 
     def _write_state(self) -> None:
-        for sub in ("kubelet/checkpoints", "containerd", "cni-state", "cni-conf", "log", "etc", "images", "lpm"):
+        for sub in ("kubelet/checkpoints", "containerd", "cni-state", "cni-conf", "log", "etc", "images", "lpm",
+                    "manifests"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         etc = self.directory / "etc"
         # The node sees the lab's directory, not the control plane's: its credentials are copied into its
@@ -303,6 +306,8 @@ state = "/run/containerd"
             "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
             "imageGCHighThresholdPercent": 100,
             "nodeStatusUpdateFrequency": "2s",
+            # Static pods: a manifest written here runs on this node alone, with a mirror pod in the API.
+            "staticPodPath": str(self.manifests), "fileCheckFrequency": "2s",
         }
 
     def _start_holder(self) -> None:

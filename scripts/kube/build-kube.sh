@@ -2,7 +2,7 @@
 # Build Kubernetes components from the Go module proxy and cache them by version.
 #
 # Usage: scripts/kube/build-kube.sh [COMPONENT...]
-#   COMPONENT: kube-apiserver, kubelet, kube-controller-manager, kube-scheduler (default: all four)
+#   COMPONENT: kube-apiserver, kubelet, kube-controller-manager, kube-scheduler, kube-proxy (default: all five)
 # The release is scripts/kube/kubernetes.version (or $LPM_KUBE_VERSION). Prints the directory holding the
 # binaries as the last line of stdout; progress goes to stderr. Cached binaries return at once; the missing
 # ones are built in one go command, so the packages they share (most of k8s.io/kubernetes) compile once.
@@ -29,10 +29,10 @@ minor=${BASH_REMATCH[1]}
 # Staging modules are tagged v0.MINOR.PATCH for kubernetes v1.MINOR.PATCH.
 staging_version="v0.$minor.${BASH_REMATCH[2]}"
 components=("$@")
-((${#components[@]})) || components=(kube-apiserver kubelet kube-controller-manager kube-scheduler)
+((${#components[@]})) || components=(kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy)
 for component in "${components[@]}"; do
 	case $component in
-	kube-apiserver | kubelet | kube-controller-manager | kube-scheduler) ;;
+	kube-apiserver | kubelet | kube-controller-manager | kube-scheduler | kube-proxy) ;;
 	*)
 		echo "build-kube: unknown component '$component'" >&2
 		exit 2

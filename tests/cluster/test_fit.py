@@ -95,3 +95,12 @@ def test_finished_pods_hold_no_resources_or_ports() -> None:
     spec = _spec("2", **{"containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}},
                                          "ports": [{"containerPort": 80, "hostPort": 8080}]}]})
     assert unfit(spec, _node(), [done]) is None
+
+
+def test_a_bound_volume_the_target_cannot_reach_is_a_conflict() -> None:
+    volume = {"metadata": {"name": "pv-a"}, "spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["node-a"]}]}]}}}}
+    reason = unfit(_spec(), _node(), [], [volume])
+    assert reason is not None and "didn't match PersistentVolume's node affinity: PersistentVolume pv-a" in reason
+    anywhere = {"metadata": {"name": "nfs"}, "spec": {}}
+    assert unfit(_spec(), _node(), [], [anywhere]) is None

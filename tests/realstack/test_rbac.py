@@ -63,6 +63,7 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("", "pods"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "pods/eviction"): {"create"},
     ("", "persistentvolumeclaims"): {"get"},
+    ("", "persistentvolumes"): {"get"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "nodes"): {"get", "list", "watch"},
@@ -71,7 +72,8 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     **{(GROUP, plural): {"get", "list", "watch", "create", "update", "patch"} for plural in LPM_PLURALS},
     **{(GROUP, f"{plural}/status"): {"update", "patch"} for plural in LPM_PLURALS},
 }
-CLUSTER_SCOPED = {"nodes", "nodes/checkpoint", *(p for p, namespaced in RESOURCES.values() if not namespaced)}
+CLUSTER_SCOPED = {"nodes", "nodes/checkpoint", "persistentvolumes",
+                  *(p for p, namespaced in RESOURCES.values() if not namespaced)}
 
 
 def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:

@@ -10,6 +10,7 @@ restored pod shows it carries the source's state (its counter goes on) where a f
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -354,3 +355,43 @@ def test_a_read_write_many_claim_moves_with_the_pod_and_the_restored_pod_writes_
     written = int((shared / "last").read_text())
     wait_for("the restored pod to write the claim", lambda: int((shared / "last").read_text()) > written + 5, 30)
     assert first_count_after_start(cp, restored) > 1
+
+
+def test_a_volume_the_target_cannot_reach_is_refused_as_the_scheduler_refuses_it(
+        cluster: RealCluster, agents: dict[str, AgentProcess]) -> None:
+    """A ReadWriteMany volume reachable from node-a only (its node affinity): VolumeBinding's verdict."""
+    cp = cluster.control_plane
+    shared = cluster.directory / "zonal-volume"
+    shared.mkdir(mode=0o700)
+    _post(cp, "/api/v1/persistentvolumes", {
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "lpm-zonal"},
+        "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "manual",
+                 "hostPath": {"path": str(shared), "type": "Directory"},
+                 "claimRef": {"namespace": NAMESPACE, "name": "zonal"},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [SOURCE]}]}]}}}})
+    _post(cp, f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims", {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "zonal"},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual", "volumeName": "lpm-zonal",
+                 "resources": {"requests": {"storage": "1Mi"}}}})
+    _post(cp, f"{APPS}/deployments", deployment("zonal", 1, volumes=[
+        {"name": "data", "persistentVolumeClaim": {"claimName": "zonal"}}]))
+    [pod] = _ready_replicas(cp, "zonal", 1)
+    assert pod["spec"]["nodeName"] == SOURCE  # the scheduler put it where its volume is
+    scheduler = _schedulers_verdict(cp, "probe-zonal", pod["spec"])
+    _assert_refused(cluster, agents, pod["metadata"]["name"], "node(s) didn't match PersistentVolume's node affinity",
+                    also_in=scheduler, naming="PersistentVolume lpm-zonal")
+
+
+def test_a_static_pods_mirror_is_refused_before_any_checkpoint(
+        cluster: RealCluster, agents: dict[str, AgentProcess]) -> None:
+    cp = cluster.control_plane
+    template = pod_template({"app": "static"})
+    manifest = {"apiVersion": "v1", "kind": "Pod", "spec": template["spec"],
+                "metadata": {"name": "static", "namespace": NAMESPACE, **template["metadata"]}}
+    (cluster.nodes[SOURCE].manifests / "static.json").write_text(json.dumps(manifest))
+    mirror = f"static-{SOURCE}"  # the kubelet's mirror pod in the API
+    wait_for("the static pod's mirror counting", lambda: [p for p in pods(cp, "app%3Dstatic")
+                                                          if p["metadata"]["name"] == mirror and running(p)], 120,
+             lambda: f"{pods(cp, 'app%3Dstatic')}\n{cluster.node_failure()}")
+    _assert_refused(cluster, agents, mirror, "a static pod's mirror cannot migrate")

@@ -6,7 +6,7 @@ and the kubelet's own admission would be the first to say no — after the sourc
 filter plugins would of the spec the restored pod will have (``watcher.cluster.pins``: identity pins to
 the source node dropped): NodeUnschedulable, TaintToleration, NodeAffinity (nodeSelector and required
 affinity), NodeResourcesFit (requests against allocatable minus what the node's pods request, and the pod
-count) and NodePorts. Each reason names the node and what does not fit, in the scheduler's words where it
+count), NodePorts and VolumeBinding (a bound volume's node affinity). Each reason names the node and what does not fit, in the scheduler's words where it
 has them.
 """
 
@@ -165,11 +165,23 @@ def _port_reason(spec: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> 
     return f"node(s) didn't have free ports for the requested pod ports: {clash}" if clash else None
 
 
-def unfit(spec: Mapping[str, Any], node: Mapping[str, Any], pods_on_node: Iterable[Mapping[str, Any]]) -> str | None:
-    """Why ``node`` cannot take a pod with ``spec`` beside ``pods_on_node``; None when it can."""
+def _topology_reason(volumes: Iterable[Mapping[str, Any]], node: Mapping[str, Any]) -> str | None:
+    """VolumeBinding's check of bound claims: each PersistentVolume's required node affinity."""
+    for volume in volumes:
+        required = (volume.get("spec", {}).get("nodeAffinity") or {}).get("required")
+        if required and not any(_term_matches(t, node) for t in required.get("nodeSelectorTerms") or []):
+            return (f"node(s) didn't match PersistentVolume's node affinity: PersistentVolume "
+                    f"{volume.get('metadata', {}).get('name')} is not reachable from this node")
+    return None
+
+
+def unfit(spec: Mapping[str, Any], node: Mapping[str, Any], pods_on_node: Iterable[Mapping[str, Any]],
+          volumes: Iterable[Mapping[str, Any]] = ()) -> str | None:
+    """Why ``node`` cannot take a pod with ``spec`` beside ``pods_on_node``, mounting the PersistentVolumes
+    ``volumes`` its claims are bound to; None when it can."""
     pods = list(pods_on_node)
     for reason in (_taint_reason(spec, node), _affinity_reason(spec, node), _resource_reason(spec, node, pods),
-                   _port_reason(spec, pods)):
+                   _port_reason(spec, pods), _topology_reason(volumes, node)):
         if reason:
             return f"target node {node.get('metadata', {}).get('name')} cannot take the pod: {reason}"
     return None

@@ -25,7 +25,7 @@ from watcher.cluster.eligibility import claim_names, owner_refusal, volume_refus
 from watcher.cluster.fit import unfit
 from watcher.cluster.nodes import NodeUnusable, usable_target
 from watcher.cluster.objects import (
-    API_VERSION, MIGRATE_ANNOTATION, claim_path, MIGRATION_LABEL, TARGET_NODE_ANNOTATION, MigrationPhase, Phase, lpm_path, meta,
+    API_VERSION, MIGRATE_ANNOTATION, claim_path, volume_path, MIGRATION_LABEL, TARGET_NODE_ANNOTATION, MigrationPhase, Phase, lpm_path, meta,
     migration_name, owner_reference, pod_path,
 )
 from watcher.cluster.pins import unpinned
@@ -144,8 +144,10 @@ async def _refusal(kube: Kube, pod: Mapping[str, Any], target: Mapping[str, Any]
     reason = volume_refusal(pod, claims)
     if reason:
         return reason
+    volumes = [await kube.get(volume_path(claim["spec"]["volumeName"])) for claim in claims.values()
+               if claim is not None and claim.get("spec", {}).get("volumeName")]
     there = await kube.get(pod_path(), {"fieldSelector": f"spec.nodeName={meta(target)['name']}"})
-    return unfit(unpinned(pod.get("spec", {})), target, there.get("items", []))
+    return unfit(unpinned(pod.get("spec", {})), target, there.get("items", []), volumes)
 
 
 async def _refuse(kube: Kube, node: str, pod: Mapping[str, Any], namespace: str, name: str, reason: str) -> None:

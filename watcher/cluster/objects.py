@@ -67,6 +67,10 @@ def claim_path(namespace: str, name: str) -> str:
     return f"/api/v1/namespaces/{quote(namespace, safe='')}/persistentvolumeclaims/{quote(name, safe='')}"
 
 
+def volume_path(name: str) -> str:
+    return f"/api/v1/persistentvolumes/{quote(name, safe='')}"
+
+
 def node_path(name: str) -> str:
     return f"/api/v1/nodes/{quote(name, safe='')}"
 
