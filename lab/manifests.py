@@ -26,6 +26,8 @@ _RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): ("customresourcedefinitions", False),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): ("clusterroles", False),
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ("clusterrolebindings", False),
+    ("rbac.authorization.k8s.io/v1", "Role"): ("roles", True),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("rolebindings", True),
 }
 # Namespaces before what lives in them; CRDs before anything that might name their resources.
 _ORDER = {"Namespace": 0, "CustomResourceDefinition": 1}
@@ -89,3 +91,14 @@ def install_lpm(client: ApiClient) -> None:
     manifests = load_manifests(CRD_DIR, RBAC_DIR)
     apply(client, manifests)
     wait_established(client, [m["metadata"]["name"] for m in manifests if m["kind"] == "CustomResourceDefinition"])
+
+
+def grant_leases(client: ApiClient, namespace: str) -> None:
+    """The agent's Lease Role and RoleBinding (lpm's namespace only, in deploy/) also in ``namespace``.
+
+    For tests that keep each test's node Leases in a namespace of its own (``lpm agent --namespace``).
+    """
+    for name in ("agent-leases-role.yaml", "agent-leases-rolebinding.yaml"):
+        manifest = yaml.safe_load((RBAC_DIR / name).read_text())
+        manifest["metadata"]["namespace"] = namespace
+        apply(client, [manifest])
