@@ -23,7 +23,8 @@ from watcher.observe import AgentMetrics, Operation
 
 CHECKPOINT_DIR = "/var/lib/kubelet/checkpoints"
 STORE = "/mnt/checkpoints"
-CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "StorageClass"}
+CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "StorageClass",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,26 @@ def test_workloads_run_as_the_service_account_the_rbac_test_proves(
         ("ClusterRoleBinding", "lpm-agent", "ClusterRole", "lpm-agent"),
         ("RoleBinding", "lpm-agent-leases", "Role", "lpm-agent-leases")]
     assert find(objects, "RoleBinding", "lpm-agent-leases")["metadata"]["namespace"] == AGENT_NAMESPACE
+
+
+@pytest.mark.parametrize("overlay", sorted(set(OVERLAYS) - {"alerting"}))  # alerting goes beside an install
+def test_the_admission_policies_bind_to_the_agents_service_account(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """The policies name the ServiceAccount in CEL, where kustomize's namespace does not reach: an overlay that
+    moved lpm would leave them matching nobody, and the agent's writes unchecked."""
+    objects = rendered[overlay]
+    policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ValidatingAdmissionPolicy"}
+    bindings = {o["spec"]["policyName"]: o for o in objects if o["kind"] == "ValidatingAdmissionPolicyBinding"}
+    assert sorted(policies) == sorted(bindings) == ["lpm-agent-checkpoint-contents", "lpm-agent-leases",
+                                                    "lpm-agent-pods"]
+    user = f"system:serviceaccount:{AGENT_NAMESPACE}:{AGENT_SERVICE_ACCOUNT}"
+    for name, policy in policies.items():
+        assert policy["spec"]["failurePolicy"] == "Fail"
+        assert [c["expression"] for c in policy["spec"]["matchConditions"]] == [
+            f"request.userInfo.username == '{user}'"], name
+        assert bindings[name]["spec"]["validationActions"] == ["Deny"]
+        assert "matchResources" not in bindings[name]["spec"], "every namespace"
 
 
 def test_images_are_short_names_set_by_kustomize(rendered: dict[str, list[dict[str, Any]]]) -> None:
