@@ -14,7 +14,9 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import re
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -357,3 +359,9 @@ def test_the_threat_model_table_is_parsed_as_written() -> None:
     assert permissions(text[:table_end] + extra + text[table_end:]) - permissions() == {
         ("", "secrets", "get", LPM), ("", "secrets", "list", LPM)}
 
+
+
+def test_the_threat_model_names_tests_that_exist() -> None:
+    module = sys.modules[__name__]
+    named = set(re.findall(r"::(test_\w+)", THREAT_MODEL.read_text()))
+    assert named and {name for name in named if not hasattr(module, name)} == set()
