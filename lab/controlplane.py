@@ -265,25 +265,34 @@ class ControlPlane:
             if e.status != 409:  # already there: creation is idempotent for callers
                 raise
 
-    def service_account_token(self, namespace: str, name: str, expiration_seconds: int = 3600) -> str:
-        """A real, signed, audience-bound token for the ServiceAccount, from the TokenRequest API."""
+    def service_account_token(self, namespace: str, name: str, expiration_seconds: int = 3600,
+                              pod: str | None = None) -> str:
+        """A real, signed, audience-bound token for the ServiceAccount, from the TokenRequest API.
+
+        ``pod``: bind the token to that pod of ``namespace`` (it must run as the ServiceAccount), as the
+        kubelet does for the token it mounts; when the pod is bound to a node the API server writes the node
+        into the token too, and shows it as the user's extra ``authentication.kubernetes.io/node-name``.
+        """
+        spec: dict[str, object] = {"expirationSeconds": expiration_seconds}
+        if pod is not None:
+            uid = self.admin.request("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}")["metadata"]["uid"]
+            spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid}
         answer = self.admin.request(
             "POST",
             f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
-            {
-                "apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenRequest",
-                "spec": {"expirationSeconds": expiration_seconds},
-            },
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
         )
         token: str = answer["status"]["token"]
         return token
 
-    def service_account_kubeconfig(self, namespace: str, name: str) -> Path:
-        """A kubeconfig that acts as the ServiceAccount, TLS verified against this control plane's CA."""
-        token = self.service_account_token(namespace, name)
+    def service_account_kubeconfig(self, namespace: str, name: str, pod: str | None = None) -> Path:
+        """A kubeconfig that acts as the ServiceAccount, TLS verified against this control plane's CA.
+
+        ``pod``: the token is bound to that pod (see ``service_account_token``)."""
+        token = self.service_account_token(namespace, name, pod=pod)
+        suffix = f"-{pod}" if pod is not None else ""
         return write_token_kubeconfig(
-            self.directory / f"sa-{namespace}-{name}.kubeconfig", self.server, self.ca_file, token
+            self.directory / f"sa-{namespace}-{name}{suffix}.kubeconfig", self.server, self.ca_file, token
         )
 
 

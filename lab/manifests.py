@@ -8,13 +8,16 @@ from typing import Any
 
 import yaml
 
-from lab.apiclient import ApiClient
+from lab.apiclient import ApiClient, ApiError
 from lab.controlplane import REPO
 
 FIELD_MANAGER = "lpm-tests"
 # What deploy/base installs that the agent needs on any cluster: its CRDs, and its RBAC.
 CRD_DIR = REPO / "deploy" / "base" / "crds"
 RBAC_DIR = REPO / "deploy" / "base" / "rbac"
+# What cuts the agent's RBAC down by node in the API server. Not part of install_lpm: its policies refuse
+# tokens bound to no node, which the tests' and the lab's host agents use; install_admission applies them.
+ADMISSION_DIR = REPO / "deploy" / "base" / "admission"
 AGENT_NAMESPACE = "live-pod-migration-controller-system"
 AGENT_SERVICE_ACCOUNT = "lpm-agent"
 
@@ -26,6 +29,11 @@ _RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): ("customresourcedefinitions", False),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): ("clusterroles", False),
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ("clusterrolebindings", False),
+    ("rbac.authorization.k8s.io/v1", "Role"): ("roles", True),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("rolebindings", True),
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"): ("validatingadmissionpolicies", False),
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"):
+        ("validatingadmissionpolicybindings", False),
 }
 # Namespaces before what lives in them; CRDs before anything that might name their resources.
 _ORDER = {"Namespace": 0, "CustomResourceDefinition": 1}
@@ -89,3 +97,34 @@ def install_lpm(client: ApiClient) -> None:
     manifests = load_manifests(CRD_DIR, RBAC_DIR)
     apply(client, manifests)
     wait_established(client, [m["metadata"]["name"] for m in manifests if m["kind"] == "CustomResourceDefinition"])
+
+
+def install_admission(client: ApiClient) -> list[dict[str, Any]]:
+    """deploy/base/admission's policies and bindings, applied; returns them (for ``remove``).
+
+    The API server takes a moment to start enforcing a new policy: callers wait for a refusal they expect.
+    """
+    manifests = load_manifests(ADMISSION_DIR)
+    apply(client, manifests)
+    return manifests
+
+
+def remove(client: ApiClient, manifests: list[dict[str, Any]]) -> None:
+    """Delete what ``apply`` made from ``manifests`` (already gone is fine)."""
+    for manifest in reversed(manifests):
+        try:
+            client.request("DELETE", _object_path(manifest))
+        except ApiError as e:
+            if e.status != 404:
+                raise
+
+
+def grant_leases(client: ApiClient, namespace: str) -> None:
+    """The agent's Lease Role and RoleBinding (lpm's namespace only, in deploy/) also in ``namespace``.
+
+    For tests that keep each test's node Leases in a namespace of its own (``lpm agent --namespace``).
+    """
+    for name in ("agent-leases-role.yaml", "agent-leases-rolebinding.yaml"):
+        manifest = yaml.safe_load((RBAC_DIR / name).read_text())
+        manifest["metadata"]["namespace"] = namespace
+        apply(client, [manifest])

@@ -23,7 +23,8 @@ from watcher.observe import AgentMetrics, Operation
 
 CHECKPOINT_DIR = "/var/lib/kubelet/checkpoints"
 STORE = "/mnt/checkpoints"
-CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "StorageClass"}
+CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "StorageClass",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_every_overlay_renders_complete_objects(rendered: dict[str, list[dict[st
 def test_the_base_holds_the_existing_crds_and_rbac_unchanged(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """The files tests/realstack applies are the ones the base installs, plus only labels."""
     files = sorted([*CRD_DIR.glob("*.yaml"), *RBAC_DIR.glob("*.yaml")])
-    assert len(files) == 9
+    assert len(files) == 11
     for file in files:
         source = yaml.safe_load(file.read_text())
         out = find(rendered["base"], source["kind"], source["metadata"]["name"])
@@ -86,9 +87,30 @@ def test_workloads_run_as_the_service_account_the_rbac_test_proves(
     # ...and which nothing else binds: no more permissions than those.
     subject = {"kind": "ServiceAccount", "name": AGENT_SERVICE_ACCOUNT, "namespace": AGENT_NAMESPACE}
     bindings = [o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding") and subject in o["subjects"]]
-    assert [(b["kind"], b["metadata"]["name"], b["roleRef"]) for b in bindings] == [
-        ("ClusterRoleBinding", "lpm-agent",
-         {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "lpm-agent"})]
+    assert sorted((b["kind"], b["metadata"]["name"], b["roleRef"]["kind"], b["roleRef"]["name"]) for b in bindings) == [
+        ("ClusterRoleBinding", "lpm-agent", "ClusterRole", "lpm-agent"),
+        ("RoleBinding", "lpm-agent-leases", "Role", "lpm-agent-leases")]
+    assert find(objects, "RoleBinding", "lpm-agent-leases")["metadata"]["namespace"] == AGENT_NAMESPACE
+
+
+@pytest.mark.parametrize("overlay", sorted(set(OVERLAYS) - {"alerting"}))  # alerting goes beside an install
+def test_the_admission_policies_bind_to_the_agents_service_account(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """The policies name the ServiceAccount in CEL, where kustomize's namespace does not reach: an overlay that
+    moved lpm would leave them matching nobody, and the agent's writes unchecked."""
+    objects = rendered[overlay]
+    policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ValidatingAdmissionPolicy"}
+    bindings = {o["spec"]["policyName"]: o for o in objects if o["kind"] == "ValidatingAdmissionPolicyBinding"}
+    assert sorted(policies) == sorted(bindings) == ["lpm-agent-checkpoint-contents", "lpm-agent-leases",
+                                                    "lpm-agent-pods"]
+    user = f"system:serviceaccount:{AGENT_NAMESPACE}:{AGENT_SERVICE_ACCOUNT}"
+    for name, policy in policies.items():
+        assert policy["spec"]["failurePolicy"] == "Fail"
+        assert [c["expression"] for c in policy["spec"]["matchConditions"]] == [
+            f"request.userInfo.username == '{user}'"], name
+        assert bindings[name]["spec"]["validationActions"] == ["Deny"]
+        assert "matchResources" not in bindings[name]["spec"], "every namespace"
 
 
 def test_images_are_short_names_set_by_kustomize(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -35,6 +35,7 @@ def container_checkpoint_content(name: str, namespace: str, request: str = "web-
             "podNamespace": namespace,
             "podName": "web-0",
             "containerName": "app",
+            "sourceNode": "node-a",
             "artifactURI": shared_uri("app"),
             "storageType": "shared",
             "checksumSHA256": CHECKSUM,
@@ -57,6 +58,7 @@ def pod_checkpoint_content(name: str, namespace: str, request: str = "web-0") ->
             "podName": "web-0",
             "podUID": POD_UID,
             "checkpointID": CHECKPOINT_ID,
+            "sourceNode": "node-a",
             "targetNode": "node-b",
             "containers": [
                 {

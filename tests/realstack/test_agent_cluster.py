@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
 from lab.controlplane import ControlPlane
-from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT
+from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, grant_leases
 from lab.kubelet import KubeletStandIn, pod_body
 from lab.agent import AgentProcess
 from tests.support import lpm
@@ -119,6 +119,7 @@ async def eventually(check: Callable[[], Any], timeout: float = 60, what: str = 
 async def cluster(control_plane: ControlPlane, tmp_path: Path) -> AsyncIterator[Cluster]:
     namespace = f"lpm-e2e-{os.getpid()}-{next(_namespaces)}"
     control_plane.create_namespace(namespace)
+    grant_leases(control_plane.admin, namespace)  # the agents keep their Leases here (--namespace)
     store = tmp_path / "shared-store"
     nodes = {}
     for name in ("node-a", "node-b"):

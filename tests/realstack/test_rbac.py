@@ -20,8 +20,6 @@ from kubernetes_asyncio.client import (
     CoreV1Api,
     CoreV1Event,
     CustomObjectsApi,
-    EventsV1Api,
-    EventsV1Event,
     RbacAuthorizationV1Api,
     V1ClusterRole,
     V1Container,
@@ -45,6 +43,7 @@ from tests.realstack import samples
 from tests.realstack.clients import GROUP, RESOURCES, VERSION, create_object, kube_client, merge_patch
 from lab.controlplane import ControlPlane
 from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, RBAC_DIR
+from tests.realstack.threat_model import CLUSTER, LPM, permissions
 
 pytestmark = pytest.mark.realstack
 
@@ -54,24 +53,11 @@ NODE = "node-a"
 # in the agent's namespace): names of their own keep these tests from colliding with others.
 LEASE = "lpm-rbac-tests"
 CONTENT = "lpm-rbac-tests-web-0-app"
-LPM_PLURALS = sorted(plural for plural, _ in RESOURCES.values())
 
-# What the agent needs, and why, is written beside each rule in deploy/base/rbac/agent-clusterrole.yaml.
-# (apiGroup, resource[/subresource]) -> verbs. The ClusterRole must grant exactly this: a new permission
-# is a decision to make in both places, never a side effect.
-NEEDS: dict[tuple[str, str], set[str]] = {
-    ("", "pods"): {"get", "list", "watch", "create", "delete", "patch"},
-    ("", "pods/eviction"): {"create"},
-    ("", "persistentvolumeclaims"): {"get"},
-    ("", "persistentvolumes"): {"get"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-    ("", "nodes"): {"get", "list", "watch"},
-    ("", "nodes/checkpoint"): {"create"},
-    ("coordination.k8s.io", "leases"): {"get", "create", "update"},
-    **{(GROUP, plural): {"get", "list", "watch", "create", "update", "patch"} for plural in LPM_PLURALS},
-    **{(GROUP, f"{plural}/status"): {"update", "patch"} for plural in LPM_PLURALS},
-}
+# What the agent needs, and why, is docs/threat-model.md's table (and the comments beside each rule in
+# deploy/base/rbac/): (apiGroup, resource[/subresource], verb, where). The ClusterRole and the Role must grant
+# exactly this: a new permission is a decision to make in both places, never a side effect.
+GRANTS = permissions()
 CLUSTER_SCOPED = {"nodes", "nodes/checkpoint", "persistentvolumes",
                   *(p for p, namespaced in RESOURCES.values() if not namespaced)}
 
@@ -87,11 +73,12 @@ def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     return grants
 
 
-def test_the_cluster_role_grants_exactly_what_the_agent_needs() -> None:
-    role = yaml.safe_load((RBAC_DIR / "agent-clusterrole.yaml").read_text())
+@pytest.mark.parametrize(("file", "where"), [("agent-clusterrole.yaml", CLUSTER), ("agent-leases-role.yaml", LPM)])
+def test_the_roles_grant_exactly_what_the_agent_needs(file: str, where: str) -> None:
+    role = yaml.safe_load((RBAC_DIR / file).read_text())
     granted = _grants(role["rules"])
     assert not any("*" in grant for grant in granted), "no wildcards"
-    assert granted == {(group, resource, verb) for (group, resource), verbs in NEEDS.items() for verb in verbs}
+    assert granted == {(group, resource, verb) for group, resource, verb, w in GRANTS if w == where}
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +101,15 @@ async def test_the_token_is_the_agents_service_account(agent: ApiClient) -> None
     assert review.status.user_info.username == f"system:serviceaccount:{AGENT_NAMESPACE}:{AGENT_SERVICE_ACCOUNT}"
 
 
-async def _allowed(client: ApiClient, group: str, resource: str, verb: str) -> bool:
+async def _allowed(client: ApiClient, group: str, resource: str, verb: str, namespace: str = NAMESPACE) -> bool:
+    scoped = resource not in CLUSTER_SCOPED
     resource, _, subresource = resource.partition("/")
     attributes = V1ResourceAttributes(
         group=group,
         resource=resource,
         subresource=subresource,
         verb=verb,
-        namespace=None if resource in CLUSTER_SCOPED else NAMESPACE,
+        namespace=namespace if scoped else None,
     )
     review = await AuthorizationV1Api(client).create_self_subject_access_review(
         V1SelfSubjectAccessReview(spec=V1SelfSubjectAccessReviewSpec(resource_attributes=attributes))
@@ -133,10 +121,8 @@ async def _allowed(client: ApiClient, group: str, resource: str, verb: str) -> b
 @pytest.mark.asyncio
 async def test_every_needed_verb_is_allowed(agent: ApiClient) -> None:
     denied = [
-        (group, resource, verb)
-        for (group, resource), verbs in sorted(NEEDS.items())
-        for verb in sorted(verbs)
-        if not await _allowed(agent, group, resource, verb)
+        grant for grant in sorted(GRANTS)
+        if not await _allowed(agent, *grant[:3], namespace=AGENT_NAMESPACE if grant[3] == LPM else NAMESPACE)
     ]
     assert denied == []
 
@@ -171,33 +157,17 @@ async def test_the_agents_own_calls_succeed(agent: ApiClient) -> None:
             source=V1EventSource(component="lpm-agent", host=NODE),
         ),
     )
-    await EventsV1Api(agent).create_namespaced_event(
-        NAMESPACE,
-        EventsV1Event(
-            metadata=V1ObjectMeta(generate_name="restored-"),
-            event_time=now,
-            reporting_controller="lpm.my.domain/agent",
-            reporting_instance=f"lpm-agent-{NODE}",
-            action="Checkpoint",
-            reason="Checkpointed",
-            type="Normal",
-            regarding=involved,
-            note="checkpoint committed",
-        ),
-    )
     await core.delete_namespaced_pod("restored", NAMESPACE)
 
     # Requests are answered through status; contents are created by the agent that took the checkpoint.
     custom = CustomObjectsApi(agent)
+    # Status is written whole, with the resourceVersion read (watcher/cluster/status.py): update, not patch.
     request = await create_object(custom, samples.container_checkpoint("web-0-app", NAMESPACE))
-    # The patch's answer carries the resourceVersion that the update below must name (else 409 Conflict).
-    request = await merge_patch(custom, request, {"status": {"phase": "Running"}}, status=True)
     request["status"] = {"phase": "Succeeded", "ready": True, "boundContentName": CONTENT}
     await custom.replace_namespaced_custom_object_status(
         GROUP, VERSION, NAMESPACE, "containercheckpoints", "web-0-app", request
     )
-    content = await create_object(custom, samples.container_checkpoint_content(CONTENT, NAMESPACE))
-    await merge_patch(custom, content, {"status": {"ready": True}}, status=True)
+    await create_object(custom, samples.container_checkpoint_content(CONTENT, NAMESPACE))
     await create_object(custom, samples.pod_migration("web-0", NAMESPACE))
 
     # The collector's election.
@@ -236,6 +206,11 @@ FORBIDDEN: dict[str, Callable[[ApiClient], Awaitable[Any]]] = {
         GROUP, VERSION, NAMESPACE, "podmigrations", "web-0"
     ),
     "delete lease": lambda c: CoordinationV1Api(c).delete_namespaced_lease(LEASE, AGENT_NAMESPACE),
+    # Leases outside lpm's namespace: the kubelets' heartbeats, the control plane's leader elections.
+    "read node lease": lambda c: CoordinationV1Api(c).read_namespaced_lease(NODE, "kube-node-lease"),
+    "patch request status": lambda c: merge_patch(
+        CustomObjectsApi(c), samples.container_checkpoint("web-0-app", NAMESPACE), {"status": {}}, status=True
+    ),
 }
 
 
@@ -262,6 +237,13 @@ async def test_other_calls_are_forbidden(agent: ApiClient, call: str) -> None:
         ("apiextensions.k8s.io", "customresourcedefinitions", "delete"),
         ("rbac.authorization.k8s.io", "clusterrolebindings", "create"),
         ("authentication.k8s.io", "tokenreviews", "create"),
+        ("coordination.k8s.io", "leases", "create"),  # in NAMESPACE: leases only in lpm's own
+        ("events.k8s.io", "events", "create"),
+        ("", "events", "patch"),
+        ("", "nodes", "list"),
+        ("", "pods", "update"),
+        (GROUP, "containercheckpointcontents/status", "update"),
+        (GROUP, "podmigrations", "update"),
     ],
 )
 async def test_the_authorizer_denies_what_was_not_granted(

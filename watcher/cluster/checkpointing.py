@@ -7,6 +7,8 @@ Failures a person can act on end the request as ``Failed`` with the reason, and 
 pod; API trouble is raised for the worker to retry. A checkpoint taken while the shared store is
 unavailable is held in the node's local store (``file://``, ``storageType: local``): the request
 still succeeds, its message and a Warning Event say so, and the mover brings it over later.
+Each content names the node that took it (``spec.sourceNode``, the manifest's): the API server lets
+only that node's agent write it (deploy/base/admission, docs/threat-model.md).
 """
 
 from __future__ import annotations
@@ -186,7 +188,8 @@ async def announce_container(kube: Kube, request: Mapping[str, Any], manifest: M
         "apiVersion": API_VERSION, "kind": "ContainerCheckpointContent", "metadata": {"name": name},
         "spec": {"containerCheckpointRef": {"name": meta(request)["name"], "namespace": meta(request)["namespace"]},
                  "podNamespace": manifest.pod_namespace, "podName": manifest.pod_name,
-                 "containerName": manifest.container_name, **_content_spec(manifest, store)},
+                 "containerName": manifest.container_name, "sourceNode": manifest.source_node,
+                 **_content_spec(manifest, store)},
     })
     return name
 
@@ -197,7 +200,7 @@ async def announce_pod(kube: Kube, request: Mapping[str, Any], manifests: list[M
     spec: dict[str, Any] = {
         "podCheckpointRef": {"name": meta(request)["name"], "namespace": meta(request)["namespace"]},
         "podNamespace": first.pod_namespace, "podName": first.pod_name, "podUID": first.pod_uid,
-        "checkpointID": first.checkpoint_id,
+        "checkpointID": first.checkpoint_id, "sourceNode": first.source_node,
         "containers": [{"containerName": m.container_name, **_content_spec(m, store)} for m in manifests],
     }
     if first.target_node is not None:
