@@ -442,6 +442,32 @@ async def test_restore_refuses_a_dump_whose_sha256_does_not_match(cluster: Clust
 
 
 @pytest.mark.asyncio
+async def test_restore_refuses_a_content_another_node_wrote(cluster: Cluster) -> None:
+    """What a compromised node-c could do within its rights (a content naming itself, a request's status
+    pointing at it) does not make node-b restore node-c's bytes as node-a's pod."""
+    cluster.create_pod("forged-0", "node-a", annotations={"lpm.my.domain/migrate-to": "node-b"})
+    cluster.announce("node-b")
+    cluster.start_agent("node-a")
+    migration = await _checkpoint_complete(cluster, "forged-0")
+    checkpoint = cluster.get("podcheckpoints", migration["status"]["podCheckpointRef"]["name"])
+    genuine = cluster.get("podcheckpointcontents", checkpoint["status"]["boundContentName"], namespaced=False)
+    forged = cluster.api("POST", f"{GROUP}/podcheckpointcontents", {
+        "apiVersion": "lpm.my.domain/v1", "kind": "PodCheckpointContent", "metadata": {"name": "forged-by-node-c"},
+        "spec": {**genuine["spec"], "sourceNode": "node-c"}})
+    checkpoint["status"]["boundContentName"] = forged["metadata"]["name"]
+    cluster.api("PUT", f"{GROUP}/namespaces/{cluster.namespace}/podcheckpoints/{checkpoint['metadata']['name']}"
+                       "/status", checkpoint)
+    cluster.start_agent("node-b", "--restore-work-dir", str(cluster.tmp / "work-b"))
+    name = migration["metadata"]["name"]
+    done = await eventually(lambda: _phase(m := cluster.get("podmigrations", name)) == "Failed" and m,
+                            what="the restore to fail")
+    assert "forged-by-node-c was taken on node node-c, but source pod" in done["status"]["message"], done["status"]
+    assert "runs on node node-a" in done["status"]["message"]
+    pods = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods")["items"]
+    assert [p["metadata"]["name"] for p in pods] == ["forged-0"]  # nothing restored, the source kept
+
+
+@pytest.mark.asyncio
 async def test_failed_import_keeps_the_source_pod_and_says_why(cluster: Cluster) -> None:
     cluster.create_pod("noimport-0", "node-a", annotations={"lpm.my.domain/migrate-to": "node-b"})
     cluster.announce("node-b")

@@ -120,6 +120,13 @@ class Destination:
         except NotFound:
             raise RestoreRefused(f"source pod {namespace}/{migration['spec']['podName']} is gone; "
                                  "its spec is needed to restore it") from None
+        writer, ran_on = content["spec"].get("sourceNode"), source.get("spec", {}).get("nodeName")
+        if writer != ran_on:
+            # The API server lets only a node's own agent write a content naming that node
+            # (docs/threat-model.md): one naming another node is not this pod's checkpoint.
+            raise RestoreRefused(f"PodCheckpointContent {meta(content)['name']} was taken on node {writer}, but "
+                                 f"source pod {namespace}/{meta(source)['name']} runs on node {ran_on}: "
+                                 "not restoring a checkpoint its own node did not take")
         images: dict[str, str] = {}
         timings: dict[str, float] = {}
         for container in content["spec"]["containers"]:
