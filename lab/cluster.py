@@ -194,7 +194,8 @@ class RealCluster:
         self.store_views = self._store.__enter__()
         for name, address in self.addresses.items():
             node = RealNode(name, address, self.directory, root, binaries, access, self.store_views[name],
-                            restore_via_create=self._restore.get(name, True), runtime=self.runtime)
+                            restore_via_create=self._restore.get(name, True), runtime=self.runtime,
+                            peers=[peer for other, peer in self.addresses.items() if other != name])
             self.nodes[name] = node
             node.start()
         for node in self.nodes.values():

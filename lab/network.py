@@ -6,13 +6,15 @@ NAT. Pods live in further namespaces inside each node, on that node's own CNI br
 
 The names and the 172.31.250.0/24 range are the lab's own; a bridge left by a killed run is replaced.
 
-There is no kube-proxy: ``route_kubernetes_service`` does its one job the lab needs, in each node (pods,
-lpm's DaemonSet among them, reach the apiserver at the ``kubernetes`` Service's address).
+Each node runs kube-proxy (lab/node.py). Before it has synced, ``route_kubernetes_service`` already lets
+pods — lpm's DaemonSet among them — reach the apiserver at the ``kubernetes`` Service's address, and
+masquerades pod traffic leaving the node; ``route_pod_subnets`` routes the other nodes' pod subnets.
 """
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 BRIDGE = "lpm-lab0"
@@ -110,3 +112,10 @@ def route_kubernetes_service(pid: int, address: NodeAddress, apiserver_port: int
                              capture_output=True, text=True)
     if forward.returncode != 0:
         raise NetworkError(f"ip_forward in {address.node}: {forward.stderr.strip()}")
+
+
+def route_pod_subnets(pid: int, peers: Iterable[NodeAddress]) -> None:
+    """In the network namespace of ``pid``: each peer node's pod subnet through that node's address, as a
+    cluster's pod network routes them (the pods' traffic leaves masqueraded as the node's address)."""
+    for peer in peers:
+        _ip("route", "add", peer.pod_subnet, "via", peer.ip, netns_pid=pid)

@@ -41,7 +41,7 @@ from lab import crio
 from lab.controlplane import REPO, kube_binary
 from lab.images import node_images
 from lab.kubeconfig import write_cert_kubeconfig
-from lab.network import Bridge, NodeAddress, route_kubernetes_service
+from lab.network import Bridge, NodeAddress, route_kubernetes_service, route_pod_subnets
 from lab.pki import CertificateAuthority
 from lab.processes import ServerError, ServerProcess
 
@@ -137,9 +137,9 @@ class ClusterAccess:
 class RealNode:
     def __init__(self, name: str, address: NodeAddress, lab_dir: Path, rootfs: Path, binaries: NodeBinaries,
                  access: ClusterAccess, store_view: Path, restore_via_create: bool = True,
-                 runtime: str = "containerd") -> None:
+                 runtime: str = "containerd", peers: Sequence[NodeAddress] = ()) -> None:
         """``store_view``: this node's view of the shared store (a bindfs mount: one NFS client), seen inside
-        at ``STORE_PATH``. ``restore_via_create``: containerd's CRI opt-in to restore from checkpoint
+        at ``STORE_PATH``. ``peers``: the other nodes, whose pod subnets are routed to them. ``restore_via_create``: containerd's CRI opt-in to restore from checkpoint
         images (2.2.7+/2.3). ``runtime``: ``containerd`` or ``crio`` (lab/crio.py)."""
         if runtime not in ("containerd", "crio"):
             raise ValueError(f"runtime {runtime!r}: expected containerd or crio")
@@ -152,6 +152,7 @@ class RealNode:
         self.restore_via_create = restore_via_create
         self.runtime = runtime
         self.store_view = store_view
+        self.peers = tuple(peers)
         self.directory = lab_dir / name
         self.manifests = self.directory / "manifests"
         """The kubelet's static pod directory (the lab directory is at the same path inside the node)."""
@@ -202,12 +203,14 @@ class RealNode:
             self._start_holder()
             Bridge.attach(self.pid, self.address)
             route_kubernetes_service(self.pid, self.address, urlsplit(self.access.server).port or 443)
+            route_pod_subnets(self.pid, self.peers)
             if self.runtime == "crio":
                 self._start_crio()
             else:
                 self._start_containerd()
             self._import_images()
             self._start_kubelet()
+            self._start_kube_proxy()
         except BaseException:
             self.stop()
             raise
@@ -250,11 +253,31 @@ class RealNode:
         else:
             (etc / "containerd.toml").write_text(self._containerd_config())
         (etc / "kubelet.yaml").write_text(yaml.safe_dump(self._kubelet_config(), sort_keys=False))
+        # kube-proxy as kubeadm runs it: the system:kube-proxy user, bound by default to system:node-proxier.
+        proxy = self.access.ca.issue_client(f"kube-proxy-{self.name}", "system:kube-proxy")
+        for source in (proxy.cert, proxy.key):
+            shutil.copy(source, etc / source.name)
+        write_cert_kubeconfig(etc / "kube-proxy.kubeconfig", self.access.server, etc / "ca.crt",
+                              etc / proxy.cert.name, etc / proxy.key.name)
+        (etc / "kube-proxy.yaml").write_text(yaml.safe_dump(self._kube_proxy_config(), sort_keys=False))
         (self.directory / "cni-conf" / "10-lpm.conflist").write_text(json.dumps({
             "cniVersion": "1.0.0", "name": "lpm-pods", "plugins": [{
                 "type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
                 "ipam": {"type": "host-local", "ranges": [[{"subnet": self.address.pod_subnet}]],
                          "routes": [{"dst": "0.0.0.0/0"}]}}]}))
+
+    def _kube_proxy_config(self) -> dict[str, object]:
+        return {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+            "mode": "iptables", "hostnameOverride": self.name, "clusterCIDR": "10.244.0.0/16",
+            "clientConnection": {"kubeconfig": str(self.directory / "etc" / "kube-proxy.kubeconfig")},
+            "bindAddress": self.address.ip, "healthzBindAddress": "127.0.0.1:10256",
+            "metricsBindAddress": "127.0.0.1:10249",
+            # The conntrack table's size and timeouts are the machine's (global sysctls), not a node's to set.
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+            # No NodePorts on 127.0.0.1: that would set route_localnet, which the lab has no use for.
+            "iptables": {"localhostNodePorts": False},
+        }
 
     def _containerd_config(self) -> str:
         return f"""version = 3
@@ -426,3 +449,11 @@ state = "/run/containerd"
             f"{_OPT}/kubernetes/kubelet", f"--config={etc / 'kubelet.yaml'}", f"--kubeconfig={etc / 'kubelet.kubeconfig'}",
             f"--hostname-override={self.name}", f"--node-ip={self.address.ip}", "--v=1"])
         self._wait(daemon, ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:10248/healthz')"])
+
+    def _start_kube_proxy(self) -> None:
+        """Services' ClusterIPs in this node (iptables mode), as on any node: pods reach a Service's pods on
+        either node (``route_pod_subnets``)."""
+        etc = self.directory / "etc"
+        daemon = self._daemon("kube-proxy", [f"{_OPT}/kubernetes/kube-proxy", f"--config={etc / 'kube-proxy.yaml'}",
+                                             "--v=1"])
+        self._wait(daemon, ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:10256/livez')"])

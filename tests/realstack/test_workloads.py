@@ -11,6 +11,7 @@ restored pod shows it carries the source's state (its counter goes on) where a f
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -395,3 +396,45 @@ def test_a_static_pods_mirror_is_refused_before_any_checkpoint(
                                                           if p["metadata"]["name"] == mirror and running(p)], 120,
              lambda: f"{pods(cp, 'app%3Dstatic')}\n{cluster.node_failure()}")
     _assert_refused(cluster, agents, mirror, "a static pod's mirror cannot migrate")
+
+
+def test_a_services_clients_reach_the_restored_pod_through_the_service_address(
+        cluster: RealCluster, agents: dict[str, AgentProcess]) -> None:
+    """A client on node-b asks the Service's ClusterIP (kube-proxy on each node) for the server's counter,
+    before the migration (its pod on node-a) and after (restored on node-b): the answers go on from where
+    the server was, so the restored pod serves, with its state."""
+    cp = cluster.control_plane
+    served = deployment("served", 1, **PIN)
+    container = served["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = ["sh", "-c", "mkdir -p /www; httpd -p 8080 -h /www; i=0; while true; do i=$((i+1)); "
+                                        "echo $i; echo $i > /www/index.html; sleep 0.1; done"]
+    container["readinessProbe"] = {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+    _post(cp, f"{APPS}/deployments", served)
+    service = _post(cp, f"/api/v1/namespaces/{NAMESPACE}/services", {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "served"},
+        "spec": {"selector": {"app": "served"}, "ports": [{"port": 80, "targetPort": 8080}]}})
+    address = service["spec"]["clusterIP"]
+    client = pod_template({"app": "client"}, nodeSelector={"kubernetes.io/hostname": TARGET})
+    client["spec"]["containers"][0]["command"] = [
+        "sh", "-c", f"while true; do v=$(wget -q -O - -T 1 http://{address}/) && echo $v; sleep 0.2; done"]
+    _post(cp, PODS, {"apiVersion": "v1", "kind": "Pod", "spec": client["spec"],
+                     "metadata": {"name": "client", **client["metadata"]}})
+    [source] = _ready_replicas(cp, "served", 1)
+    name = source["metadata"]["name"]
+    before = wait_for("the client on node-b to get answers through the Service from node-a",
+                      lambda: read_logs(cp, "client", "count"), 120,
+                      lambda: str(cp.admin.request("GET", f"{PODS}/client").get("status")))
+
+    annotate(cp, name, TARGET)
+    migration = outcome(cp, name, explain=lambda: _explain(cluster, agents))
+    assert migration["status"]["phase"] == "Succeeded", migration["status"]
+    wait_for("the source to be gone", lambda: not [
+        p for p in cp.admin.request("GET", PODS)["items"] if p["metadata"]["name"] == name], 60)
+    gone = time.time()
+    seen_before = max(line.value for line in before)
+
+    def answers_after() -> list[int] | None:
+        values = [line.value for line in read_logs(cp, "client", "count") if line.time.timestamp() > gone]
+        return values if len(values) >= 3 else None
+    after = wait_for("answers through the Service once only the restored pod serves", answers_after, 30)
+    assert after[0] > seen_before and after == sorted(after), (seen_before, after)
