@@ -84,7 +84,7 @@ def test_a_deployments_replica_moves_and_its_replica_set_counts_the_restored_pod
 
     annotate(cp, name, TARGET)
     migration = outcome(cp, name, explain=lambda: _explain(cluster, agents))
-    assert migration["status"]["phase"] == "Succeeded", migration["status"]
+    assert migration["status"]["phase"] == "Succeeded", f"{migration['status']}\n{_explain(cluster, agents)}"
     restored_name = migration["status"]["restoredPodName"]
 
     # Exactly spec.replicas pods, the source gone, the restored one the ReplicaSet's own and carrying the state.
@@ -142,7 +142,7 @@ def test_a_disruption_budget_holds_the_source_until_it_allows(
 
     _patch(cp, f"/apis/policy/v1/namespaces/{NAMESPACE}/poddisruptionbudgets/guarded", {"spec": {"minAvailable": 0}})
     migration = outcome(cp, name, explain=lambda: _explain(cluster, agents))
-    assert migration["status"]["phase"] == "Succeeded", migration["status"]
+    assert migration["status"]["phase"] == "Succeeded", f"{migration['status']}\n{_explain(cluster, agents)}"
     [only] = wait_for("one replica", lambda: (lambda found: found if len(found) == 1 else None)(
         pods(cp, "app%3Dguarded")), 60)
     assert only["metadata"]["name"] == restored_name and only["spec"]["nodeName"] == TARGET
@@ -347,7 +347,7 @@ def test_a_read_write_many_claim_moves_with_the_pod_and_the_restored_pod_writes_
 
     annotate(cp, name, TARGET)
     migration = outcome(cp, name, explain=lambda: _explain(cluster, agents))
-    assert migration["status"]["phase"] == "Succeeded", migration["status"]
+    assert migration["status"]["phase"] == "Succeeded", f"{migration['status']}\n{_explain(cluster, agents)}"
     restored = cp.admin.request("GET", f"{PODS}/{migration['status']['restoredPodName']}")
     assert {"name": "data", "persistentVolumeClaim": {"claimName": "shared"}} in restored["spec"]["volumes"]
     wait_for("the source to be gone", lambda: not [
@@ -427,7 +427,7 @@ def test_a_services_clients_reach_the_restored_pod_through_the_service_address(
 
     annotate(cp, name, TARGET)
     migration = outcome(cp, name, explain=lambda: _explain(cluster, agents))
-    assert migration["status"]["phase"] == "Succeeded", migration["status"]
+    assert migration["status"]["phase"] == "Succeeded", f"{migration['status']}\n{_explain(cluster, agents)}"
     wait_for("the source to be gone", lambda: not [
         p for p in cp.admin.request("GET", PODS)["items"] if p["metadata"]["name"] == name], 60)
     gone = time.time()
