@@ -256,8 +256,8 @@ def test_a_read_write_once_claim_is_refused_before_any_checkpoint(
 
 def _schedulers_verdict(cp: ControlPlane, name: str, spec: dict[str, Any]) -> str:
     """What the real scheduler says of a pod with ``spec`` aimed at the target node."""
-    probe = {**{k: v for k, v in spec.items() if k not in ("nodeName", "nodeSelector")},
-             "nodeSelector": {"kubernetes.io/hostname": TARGET}}
+    probe = {**{k: v for k, v in spec.items() if k != "nodeName"},
+             "nodeSelector": {**(spec.get("nodeSelector") or {}), "kubernetes.io/hostname": TARGET}}
     _post(cp, PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": probe})
 
     def verdict() -> str | None:
@@ -438,3 +438,18 @@ def test_a_services_clients_reach_the_restored_pod_through_the_service_address(
         return values if len(values) >= 3 else None
     after = wait_for("answers through the Service once only the restored pod serves", answers_after, 30)
     assert after[0] > seen_before and after == sorted(after), (seen_before, after)
+
+
+def test_a_target_outside_the_pods_node_selector_is_refused_as_the_scheduler_refuses_it(
+        cluster: RealCluster, agents: dict[str, AgentProcess]) -> None:
+    """Only the pins to the source node by name are dropped; a selector on any other label stays the pod's."""
+    cp = cluster.control_plane
+    _patch(cp, f"/api/v1/nodes/{SOURCE}", {"metadata": {"labels": {"lpm-test/zone": "z1"}}})
+    try:
+        _post(cp, f"{APPS}/deployments", deployment("zoned", 1, nodeSelector={"lpm-test/zone": "z1"}))
+        [pod] = _ready_replicas(cp, "zoned", 1)
+        scheduler = _schedulers_verdict(cp, "probe-zone", pod["spec"])
+        _assert_refused(cluster, agents, pod["metadata"]["name"], "didn't match Pod's node affinity/selector",
+                        also_in=scheduler, naming="nodeSelector lpm-test/zone=z1")
+    finally:
+        _patch(cp, f"/api/v1/nodes/{SOURCE}", {"metadata": {"labels": {"lpm-test/zone": None}}})
