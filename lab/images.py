@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ BUSYBOX_IMAGE = "localhost/lpm-busybox:1"
 _APPLETS = ("sh", "sleep", "echo", "cat", "date", "seq", "head", "ls", "true")
 
 
-def _layer(busybox: bytes) -> bytes:
+def _layer(busybox: bytes, extra: dict[str, bytes] | None = None) -> bytes:
+    """busybox and its applets in bin/, and ``extra`` executables (bin/NAME -> bytes)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         directory = tarfile.TarInfo("bin")
@@ -37,6 +40,10 @@ def _layer(busybox: bytes) -> bytes:
             link = tarfile.TarInfo(f"bin/{applet}")
             link.type, link.linkname, link.mode = tarfile.SYMTYPE, "busybox", 0o777
             tar.addfile(link)
+        for name, data in sorted((extra or {}).items()):
+            executable = tarfile.TarInfo(f"bin/{name}")
+            executable.size, executable.mode = len(data), 0o755
+            tar.addfile(executable, io.BytesIO(data))
     return out.getvalue()
 
 
@@ -49,9 +56,11 @@ def _descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
             **extra}
 
 
-def write_oci_archive(path: Path, name: str, busybox: bytes, entrypoint: list[str]) -> Path:
-    """An OCI archive of the image ``name`` (``host/repo:tag``) running ``entrypoint`` by default."""
-    layer = _layer(busybox)
+def write_oci_archive(path: Path, name: str, busybox: bytes, entrypoint: list[str],
+                      extra: dict[str, bytes] | None = None) -> Path:
+    """An OCI archive of the image ``name`` (``host/repo:tag``) running ``entrypoint`` by default, with
+    ``extra`` executables in bin/ beside busybox."""
+    layer = _layer(busybox, extra)
     config = _json({
         "architecture": "amd64", "os": "linux",
         "config": {"Entrypoint": entrypoint, "Env": ["PATH=/bin"], "WorkingDir": "/"},
@@ -82,3 +91,24 @@ def node_images(rootfs: Path, directory: Path) -> dict[str, Path]:
     busybox = (rootfs / "usr" / "bin" / "busybox").read_bytes()
     return {PAUSE_IMAGE: write_oci_archive(directory / "pause.tar", PAUSE_IMAGE, busybox, ["/bin/sleep", "2147483647"]),
             BUSYBOX_IMAGE: write_oci_archive(directory / "busybox.tar", BUSYBOX_IMAGE, busybox, ["/bin/sh"])}
+
+
+MEMHOLD_IMAGE = "localhost/lpm-memhold:1"
+_MEMHOLD_SOURCE = Path(__file__).resolve().parents[1] / "bench" / "memhold"
+
+
+def memhold_image(rootfs: Path, directory: Path) -> Path:
+    """The image bench/freeze.py migrates: busybox and ``memhold`` (bench/memhold), built with the machine's
+    Go as a static binary, cached under .cache/ by a digest of its source."""
+    source = b"".join(p.read_bytes() for p in sorted(_MEMHOLD_SOURCE.glob("*.go")) + [_MEMHOLD_SOURCE / "go.mod"])
+    cache = Path(os.environ.get("LPM_CACHE_DIR", _MEMHOLD_SOURCE.parents[1] / ".cache")) / "memhold"
+    binary = cache / hashlib.sha256(source).hexdigest()[:16]
+    if not binary.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = binary.with_suffix(".partial")
+        subprocess.run(["go", "build", "-trimpath", "-o", str(partial), "."], cwd=_MEMHOLD_SOURCE, check=True,
+                       env={**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local"})
+        partial.rename(binary)
+    busybox = (rootfs / "usr" / "bin" / "busybox").read_bytes()
+    return write_oci_archive(directory / "memhold.tar", MEMHOLD_IMAGE, busybox, ["/bin/memhold"],
+                             {"memhold": binary.read_bytes()})

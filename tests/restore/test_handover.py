@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from watcher.restore.handover import HELD, HELD_ANNOTATION, Step, decide, is_held, release_patch
+from watcher.restore.handover import HELD, HELD_ANNOTATION, Step, decide, is_held, release_patch, stuck
 
 RS = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d4", "uid": "rs-uid", "controller": True,
       "blockOwnerDeletion": True}
@@ -44,6 +44,16 @@ def _source(owned: bool = True, terminating: bool = False) -> dict[str, Any]:
 ])
 def test_decide(restored: dict[str, Any], source: dict[str, Any] | None, retain: bool, step: Step) -> None:
     assert decide(restored, source, retain) is step
+
+
+def test_a_restored_container_the_kubelet_cannot_create_fails_the_handover() -> None:
+    restored = _restored(phase="Pending", ready=False)
+    restored["status"]["containerStatuses"] = [{"name": "hold", "state": {"waiting": {
+        "reason": "CreateContainerError", "message": "parent snapshot sha256:58 does not exist: not found"}}}]
+    assert decide(restored, _source(), False) is Step.RESTORED_FAILED
+    assert stuck(restored) == "container hold: CreateContainerError: parent snapshot sha256:58 does not exist: not found"
+    restored["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    assert decide(restored, _source(), False) is Step.WAIT and stuck(restored) is None
 
 
 def test_release_gives_the_sources_labels_and_controller_and_lifts_the_hold() -> None:

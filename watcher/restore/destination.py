@@ -179,8 +179,10 @@ class Destination:
         if step is Step.WAIT:
             return  # the pod watch brings us back when it changes
         if step is Step.RESTORED_FAILED:
-            raise RestoreRefused(f"restored pod {restored_name} failed: "
-                                 f"{restored.get('status', {}).get('message', 'no reason given')}")
+            if handover.is_held(restored):  # never part of the workload: the source runs on, alone
+                await self._delete_pod(namespace, restored_name)
+            raise RestoreRefused(f"restored pod {restored_name} failed: " + (
+                handover.stuck(restored) or restored.get("status", {}).get("message", "no reason given")))
         if step is Step.DISCARD:
             await self._delete_pod(namespace, restored_name)
             raise RestoreRefused(f"source pod {namespace}/{source_name} was removed while the migration ran (a "

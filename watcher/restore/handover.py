@@ -62,8 +62,23 @@ def controller_of(pod: Mapping[str, Any]) -> dict[str, Any] | None:
                  if ref.get("controller")), None)
 
 
+# Container states in which the kubelet keeps retrying a restored container that will not come: its
+# checkpoint image cannot be created from, is still not pulled after retries, or what it restored keeps dying.
+STUCK = frozenset({"CreateContainerError", "CreateContainerConfigError", "RunContainerError",
+                   "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff"})
+
+
+def stuck(pod: Mapping[str, Any]) -> str | None:
+    """Why a restored pod's container will not run, from its waiting state; None when none is stuck."""
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK:
+            return f"container {status.get('name')}: {waiting['reason']}: {waiting.get('message', '')}".strip()
+    return None
+
+
 def decide(restored: Mapping[str, Any], source: Mapping[str, Any] | None, retain: bool) -> Step:
-    if restored.get("status", {}).get("phase") == "Failed":
+    if restored.get("status", {}).get("phase") == "Failed" or stuck(restored):
         return Step.RESTORED_FAILED
     if not _ready(restored):
         return Step.WAIT

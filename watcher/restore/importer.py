@@ -23,7 +23,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import BinaryIO, Callable, Protocol, Sequence
 
 from watcher.errors import LpmError
 
@@ -44,25 +44,44 @@ class Importer(Protocol):
         """Import the OCI layout; return the image reference a pod spec uses to restore it."""
 
 
-async def _run(prefix: Sequence[str], argv: Sequence[str], what: str, timeout: float) -> None:
+async def _run(prefix: Sequence[str], argv: Sequence[str], what: str, timeout: float,
+               feed: Callable[[BinaryIO], None] | None = None) -> None:
     """Run one import tool under ``prefix``; its failure, or its hanging past ``timeout``, is an
-    ImportFailed naming ``what`` and the tool."""
+    ImportFailed naming ``what`` and the tool. ``feed`` writes the tool's stdin, from a thread."""
     tool = os.path.basename(argv[0])
+    read_end, write_end = os.pipe() if feed else (None, None)
     try:
-        process = await asyncio.create_subprocess_exec(*prefix, *argv, stdin=asyncio.subprocess.DEVNULL,
-                                                       stdout=asyncio.subprocess.DEVNULL,
-                                                       stderr=asyncio.subprocess.PIPE)
+        process = await asyncio.create_subprocess_exec(
+            *prefix, *argv, stdin=read_end if read_end is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     except FileNotFoundError:
+        if write_end is not None:
+            os.close(write_end)
         raise ImportFailed(f"import of {what}: {(prefix or argv)[0]} is not installed") from None
+    finally:
+        if read_end is not None:
+            os.close(read_end)
+    feeding = asyncio.create_task(asyncio.to_thread(_feed, feed, write_end)) if feed and write_end else None
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=timeout)
     except asyncio.TimeoutError:
         process.kill()
         await process.wait()
         raise ImportFailed(f"import of {what}: {tool} took longer than {timeout:.0f} s") from None
+    finally:
+        if feeding is not None:
+            try:
+                await feeding
+            except OSError:
+                pass  # the tool stopped reading (it failed or was killed): its own error says why
     if process.returncode != 0:
         said = stderr.decode(errors="replace").strip()[-_STDERR_TAIL:]
         raise ImportFailed(f"import of {what}: {tool} failed: {said}")
+
+
+def _feed(feed: Callable[[BinaryIO], None], fd: int) -> None:
+    with os.fdopen(fd, "wb") as stream:
+        feed(stream)
 
 
 @dataclass(frozen=True)
@@ -92,17 +111,18 @@ class ContainerdImporter:
         # ctr names the image <base-name>:<the index's ref.name>, which is the tag the layout was written with.
         base = f"localhost/{repository}"
         reference = f"{base}:{tag}"
-        with tempfile.TemporaryDirectory(prefix="lpm-ctr-", dir=layout.parent) as scratch:
-            archive = Path(scratch) / "image.tar"
-            await asyncio.to_thread(_oci_archive, layout, archive)
-            await _run(self.prefix, [self.ctr, "--address", self.address, "--namespace", self.namespace,
-                        "images", "import", "--base-name", base, str(archive)], reference, self.timeout)
+        # Streamed, never written out: the layout's blobs are the checkpoint's size. Unpacked, as ctr does
+        # by default: containerd's restore copies the checkpoint out of the image's snapshot, and without
+        # one it fails ("parent snapshot ... does not exist"), bench/freeze.py found.
+        await _run(self.prefix, [self.ctr, "--address", self.address, "--namespace", self.namespace,
+                    "images", "import", "--local", "--base-name", base, "-"], reference, self.timeout,
+                   feed=lambda stream: _oci_archive(layout, stream))
         return reference
 
 
-def _oci_archive(layout: Path, archive: Path) -> None:
+def _oci_archive(layout: Path, stream: BinaryIO) -> None:
     """The layout as the tar ``ctr images import`` reads (oci-layout and index.json at the top)."""
-    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(layout.rglob("*")):
             tar.add(path, arcname=str(path.relative_to(layout)), recursive=False)
 

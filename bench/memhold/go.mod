@@ -1,0 +1,3 @@
+module lpm.local/memhold
+
+go 1.22
