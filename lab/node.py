@@ -238,7 +238,7 @@ class RealNode:
 
     def _write_state(self) -> None:
         for sub in ("kubelet/checkpoints", "containerd", "cni-state", "cni-conf", "log", "etc", "images", "lpm",
-                    "manifests"):
+                    "manifests", "criu"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         etc = self.directory / "etc"
         # The node sees the lab's directory, not the control plane's: its credentials are copied into its
@@ -253,6 +253,11 @@ class RealNode:
         else:
             (etc / "containerd.toml").write_text(self._containerd_config())
         (etc / "kubelet.yaml").write_text(yaml.safe_dump(self._kubelet_config(), sort_keys=False))
+        # runc hands CRIU this file on every dump and restore. Without tcp-close a process with an established
+        # TCP connection (a server mid-request) cannot be dumped ("Connected TCP socket, consider using
+        # --tcp-established"), and an established connection could not be restored anyway: the restored pod
+        # has another address. Its peers see the connection closed and reconnect through the Service.
+        (self.directory / "criu" / "runc.conf").write_text("tcp-close\n")
         # kube-proxy as kubeadm runs it: the system:kube-proxy user, bound by default to system:node-proxier.
         proxy = self.access.ca.issue_client(f"kube-proxy-{self.name}", "system:kube-proxy")
         for source in (proxy.cert, proxy.key):
@@ -342,6 +347,7 @@ state = "/run/containerd"
                  (self.directory / "log", "/var/log"),
                  # lpm's DaemonSet keeps its node-local store under /var/lib/lpm (a hostPath).
                  (self.directory / "lpm", "/var/lib/lpm"),
+                 (self.directory / "criu", "/etc/criu"),
                  (self.store_view, STORE_PATH),
                  (self.lab_dir, str(self.lab_dir))]
         # The cached builds, one directory each. Directories, not files: runc re-executes itself through an
