@@ -257,7 +257,8 @@ def _agent(args: argparse.Namespace) -> int:
                        "(lpm never skips TLS verification)")
     cluster = ClusterConfig(config, args.kubeconfig,
                             KubeletSettings(ca_file=args.kubelet_ca, token_file=args.kubelet_token_file,
-                                            checkpoint_timeout=args.kubelet_timeout),
+                                            checkpoint_timeout=args.kubelet_timeout,
+                                            checkpoint_dir=args.checkpoint_dir),
                             RestoreSettings(args.restore_work_dir, make_importer(args), marker_poll=args.marker_poll),
                             namespace=args.namespace or _in_cluster_namespace() or AGENT_NAMESPACE,
                             runtime_endpoint=runtime_endpoint(args.runtime_endpoint, args.importer,
