@@ -7,19 +7,27 @@ for it; after ``grace`` (time for a person to look at it) it is removed. An arch
 ``<name>.keep`` beside it is pinned, as checkpoint-restore-operator pins archives. Anything
 else — no record, an unverified one, a file that changed, a record that does not read — is
 kept: unknown is not absent.
+
+The ledger's "verified" is a word from the past: since then the collector (or a person, or a
+bad node) may have removed or damaged the stored copy. So right before removing the kubelet's
+copy the stored one is read back again — complete, both SHA-256 sums and its size checked,
+and its manifest naming this very archive — and the archive is kept if any of it fails.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from lpm_gc.scanner import KEEP_FILE
 from watcher.errors import LpmError
+from watcher.store import retrieve
 from watcher.store.ledger import ArchiveStamp, Ledger, LedgerRecord
+from watcher.zstream import CompressionSettings
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,12 @@ def sweep(root_fd: int, settings: KubeletSettings, now: float, dry_run: bool,
             if name + KEEP_FILE in present:
                 result.kept_pinned += 1
                 continue
+            assert record is not None  # collectable() said so
+            doubt = stored_copy_doubt(root_fd, record, stamp)
+            if doubt is not None:
+                result.kept_unknown += 1
+                warn(path, doubt)
+                continue
             if not dry_run:
                 try:
                     # Re-check right before: the kubelet may have rewritten the file since.
@@ -91,6 +105,22 @@ def sweep(root_fd: int, settings: KubeletSettings, now: float, dry_run: bool,
     finally:
         os.close(dir_fd)
     return result
+
+
+def stored_copy_doubt(root_fd: int, record: LedgerRecord, stamp: ArchiveStamp) -> str | None:
+    """Why the stored copy cannot stand for the kubelet archive now, or None when it can.
+
+    Reads the whole dump back (both SHA-256 sums, the zstd frame, the sizes): the collector
+    runs rarely and removes each archive once, so the read is worth the certainty.
+    """
+    try:
+        manifest = retrieve.verify(root_fd, record.ref, CompressionSettings(), threading.Event())
+    except LpmError as err:
+        return f"stored copy {record.ref.uri} is not sound now, so it cannot stand for the archive: {err}"
+    if manifest.kubelet_archive != stamp.name or manifest.uncompressed_size != stamp.size:
+        return (f"stored copy {record.ref.uri} holds {manifest.kubelet_archive!r} "
+                f"({manifest.uncompressed_size} bytes), not this archive ({stamp.size} bytes)")
+    return None
 
 
 def _stamp(dir_fd: int, name: str) -> ArchiveStamp | None:

@@ -4,8 +4,10 @@ import json
 import os
 import signal
 import threading
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, make_archive, write_in_place
 from lab.agent import AgentProcess
@@ -169,3 +171,33 @@ def test_sigterm_stops_the_agent_within_5_seconds_with_a_fifo_planted(kube_dir, 
             assert ingested["storageType"] == "local", ingested
         code, seconds = proc.stop()
     assert code == 0 and seconds < 5, (code, seconds, "".join(proc.raw))
+
+
+def _metrics(proc):
+    [served] = proc.wait_logged("health endpoints served")
+    with urllib.request.urlopen(f"http://127.0.0.1:{served['port']}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_an_archive_that_never_finishes_is_given_up_on_with_a_warning_and_a_metric_then_read_again_when_rewritten(
+        kube_dir, store):
+    pod = Pod(container="stuck")
+    whole = archive_bytes(ArchiveSpec(pod=pod, memory=1 << 20))
+    path = kube_dir / archive_name(pod)
+    path.write_bytes(whole[: len(whole) // 2])  # its writer died half-way: it will never end
+    with agent(kube_dir, store, "--give-up-after", "2", "--health-port", "0") as proc:
+        [gave_up] = proc.wait_logged("archive never finished; refused", timeout=20)
+        assert gave_up["level"] == "warning" and gave_up["archive"] == path.name
+        assert "no end-of-archive blocks after" in gave_up["reason"] and gave_up["unchangedSeconds"] >= 2
+        seen = _metrics(proc)
+        assert seen[("lpm_archives_given_up_total", ())] == 1
+        assert seen[("lpm_failures_total", (("operation", "ingest"), ("reason", "archive")))] == 1
+        # Rewritten whole (the kubelet checkpointed the container again under the same second's name).
+        path.write_bytes(whole)
+        [ingested] = proc.wait_logged("archive ingested", timeout=30)
+        assert ingested["archive"] == path.name
+        assert proc.stop()[0] == 0
+    assert len(proc.logs("archive never finished; refused")) == 1  # once, not in a loop
+    assert [e["containers"] for e in listed(store)] == [["stuck"]]

@@ -44,12 +44,14 @@ def _check_listed_checkpoints(store, archives, tmp_path, seen):
         out.unlink()
 
 
-def test_sigkill_during_ingest_never_exposes_a_partial_checkpoint_nor_duplicates(kube_dir, store, tmp_path):
-    rng = random.Random(20261125)
+def crash_trials(trials, kube_dir, store, tmp_path, seed=20261125):
+    """``trials`` SIGKILLs of the agent mid-ingest, checking the store after each; returns the kills that
+    landed with a dump half-written. bench/crash.py runs 200 of them; CI runs ``TRIALS``."""
+    rng = random.Random(seed)
     archives = {}
     killed_mid_ingest = 0
     seen = set()
-    for trial in range(TRIALS):
+    for trial in range(trials):
         for index in range(NEW_PER_TRIAL):
             pod = Pod(uid=f"uid-{trial}-{index}", container=f"c{trial}-{index}")
             archives[pod.container] = make_archive(kube_dir, ArchiveSpec(pod=pod, memory=MEMORY),
@@ -72,7 +74,7 @@ def test_sigkill_during_ingest_never_exposes_a_partial_checkpoint_nor_duplicates
         _check_listed_checkpoints(store, archives, tmp_path, seen)
     with AgentProcess("--node", "node-a", "--checkpoint-dir", str(kube_dir), "--store", str(store),
                       "--debounce", "0") as proc:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 120 + trials
         while len(_listed(store)) < len(archives) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert proc.stop()[0] == 0
@@ -80,5 +82,10 @@ def test_sigkill_during_ingest_never_exposes_a_partial_checkpoint_nor_duplicates
     assert sorted(e["containers"][0] for e in entries) == sorted(archives)  # each exactly once
     _check_listed_checkpoints(store, archives, tmp_path, seen)
     assert len(seen) == len(archives)
+    return killed_mid_ingest
+
+
+def test_sigkill_during_ingest_never_exposes_a_partial_checkpoint_nor_duplicates(kube_dir, store, tmp_path):
+    killed_mid_ingest = crash_trials(TRIALS, kube_dir, store, tmp_path)
     print(f"crash trials: {TRIALS}, killed with an ingest in flight: {killed_mid_ingest}")
     assert killed_mid_ingest >= TRIALS // 4, "kills should land mid-ingest often enough to mean something"

@@ -85,7 +85,8 @@ class StandaloneAgent:
             "store": str(cfg.store), "localStore": str(cfg.local_store), "deleteIngested": cfg.delete_ingested,
             "forcePolling": cfg.watch.force_polling}})
         supervisor = Supervisor(self._metrics.tasks)
-        supervisor.start("checkpoint-directory watch", lambda: watch_directory(cfg.watch, self._ingest, stop))
+        supervisor.start("checkpoint-directory watch",
+                         lambda: watch_directory(cfg.watch, self._ingest, stop, self._given_up))
         supervisor.start("staging sweeper", lambda: self._sweep_staging(stop))
         supervisor.start("local-store mover", lambda: run_mover(
             self.stores, cfg.node, self.cancel, self._metrics, self._hooks.moved if self._hooks is not None else None,
@@ -115,6 +116,15 @@ class StandaloneAgent:
                 await asyncio.wait_for(stop.wait(), timeout=STAGING_SWEEP_INTERVAL)
             except asyncio.TimeoutError:
                 pass
+
+    def _given_up(self, path: Path, seconds: float) -> None:
+        err = ArchiveIncomplete(
+            f"archive {path.name!r}: still has no end-of-archive blocks after {seconds:.0f} s without a change "
+            f"(truncated, or its writer died); refused until it is written again")
+        log.warning("archive never finished; refused", extra={"fields": {
+            "archive": path.name, "unchangedSeconds": round(seconds, 1), "reason": str(err)}})
+        self._metrics.failed(Operation.INGEST, err)
+        self._metrics.given_up.inc()
 
     async def _ingest(self, path: Path, stamp: ArchiveStamp) -> Outcome:
         fields = {"archive": path.name, "bytes": stamp.size}

@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(0: any free port, logged; env LPM_HEALTH_PORT, default 8080)")
     agent.add_argument("--debounce", type=float, default=2.0,
                        help="seconds an archive must be unchanged before it is read (default 2)")
+    agent.add_argument("--give-up-after", type=float, default=600.0, metavar="S",
+                       help="seconds an unfinished archive (no end-of-archive blocks) may stay unchanged before "
+                            "it is refused with a warning and lpm_archives_given_up; a rewrite is read afresh "
+                            "(default 600)")
     _compression_flags(agent)
 
     ingest = commands.add_parser("ingest", help="ingest one kubelet archive and print its artifact URI")
@@ -230,7 +234,7 @@ def _agent(args: argparse.Namespace) -> int:
         node=_node(args),
         store=args.store.resolve(),
         watch=WatchSettings(directory=args.checkpoint_dir, debounce=args.debounce,
-                            force_polling=args.force_polling),
+                            force_polling=args.force_polling, give_up_after=args.give_up_after),
         compression=_compression(args),
         delete_ingested=args.delete_ingested,
         local_store=args.local_store.resolve(),
@@ -253,7 +257,8 @@ def _agent(args: argparse.Namespace) -> int:
                        "(lpm never skips TLS verification)")
     cluster = ClusterConfig(config, args.kubeconfig,
                             KubeletSettings(ca_file=args.kubelet_ca, token_file=args.kubelet_token_file,
-                                            checkpoint_timeout=args.kubelet_timeout),
+                                            checkpoint_timeout=args.kubelet_timeout,
+                                            checkpoint_dir=args.checkpoint_dir),
                             RestoreSettings(args.restore_work_dir, make_importer(args), marker_poll=args.marker_poll),
                             namespace=args.namespace or _in_cluster_namespace() or AGENT_NAMESPACE,
                             runtime_endpoint=runtime_endpoint(args.runtime_endpoint, args.importer,

@@ -6,8 +6,20 @@
 Authorised as ``create`` on ``nodes/checkpoint``. The kubelet's serving certificate is
 verified against a configured CA, always (the Go agent this replaces skipped verification).
 The bearer token is re-read from its file on every call: projected service-account tokens
-rotate. Connection errors and 5xx are retried a bounded number of times; 4xx are final.
-The reply's ``items[0]`` is the completion signal: the archive is finished when it returns.
+rotate. The reply's ``items[0]`` is the completion signal: the archive is finished when it
+returns.
+
+The POST is not idempotent: each one freezes the workload for a CRIU dump and leaves an
+archive. So it is re-sent only when it surely never reached the kubelet (no connection
+could be made: refused, unreachable, TLS handshake failed, connect timed out) or when the
+kubelet answered 5xx and no archive from that request is in its checkpoint directory; 4xx
+are final. A request that may have reached the kubelet without an answer coming back — the
+reply timed out after the request went out, the connection was reset or closed — is never
+sent again: the agent looks in the kubelet's checkpoint directory (this node's) for the
+archive that request produced, named for this pod and container and timed no earlier than
+the request, waits for it to stop growing, and uses it; if none appears, it fails with the
+reason. Every request goes out on a fresh connection (no keep-alive), so a pooled
+connection the kubelet closed while idle cannot turn an ordinary call into an uncertain one.
 """
 
 from __future__ import annotations
@@ -15,14 +27,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import ssl
+import stat
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
 
-from watcher.errors import LpmError
+from watcher.archive import names
+from watcher.errors import ArchiveError, LpmError
 from watcher.kube.informer import Backoff
 
 log = logging.getLogger(__name__)
@@ -43,6 +60,12 @@ class KubeletSettings:
     """Seconds the kubelet may take to checkpoint one container (its ``?timeout=``)."""
     attempts: int = 4
     backoff: Backoff = Backoff(0.5, 8.0)
+    checkpoint_dir: Path = Path("/var/lib/kubelet/checkpoints")
+    """This node's kubelet checkpoint directory, where an unanswered request's archive is looked for."""
+    settle: float = 2.0
+    """Seconds such an archive must hold still (and end in two zero blocks) before it is taken."""
+    connect_timeout: float = 10.0
+    """Seconds to connect (TCP and TLS); a request that could not connect was never sent."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +87,7 @@ class KubeletClient:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl))
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl, force_close=True))
         return self._session
 
     async def checkpoint(self, endpoint: Endpoint, namespace: str, pod: str, container: str) -> Path:
@@ -75,10 +98,12 @@ class KubeletClient:
         # The kubelet answers once the runtime is done; allow it its own timeout plus as much again
         # (at most 30 s) for the archive write and the reply, then count the call as failed.
         grace = min(30, self._settings.checkpoint_timeout)
-        timeout = aiohttp.ClientTimeout(total=self._settings.checkpoint_timeout + grace)
+        timeout = aiohttp.ClientTimeout(total=self._settings.checkpoint_timeout + grace,
+                                        sock_connect=self._settings.connect_timeout)
         last = ""
         for attempt in range(1, self._settings.attempts + 1):
             token = self._settings.token_file.read_text().strip()
+            sent_at = time.time()
             try:
                 async with self._client().post(url, params={"timeout": str(self._settings.checkpoint_timeout)},
                                                headers={"Authorization": f"Bearer {token}"},
@@ -89,10 +114,18 @@ class KubeletClient:
                     last = f"HTTP {response.status}: {body.strip()[:300]}"
                     if response.status < 500:
                         raise KubeletError(f"{what} refused: {last}")
+                # The kubelet answered that it failed. If the runtime left an archive all the same (the
+                # kubelet's own deadline passed while CRIU was still writing), that is this request's.
+                if self._produced(namespace, pod, container, sent_at):
+                    return await self._look_for_archive(what, namespace, pod, container, sent_at, last, grace)
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
+                last = f"cannot connect: {type(err).__name__}: {err}"  # never sent: safe to send again
             except asyncio.TimeoutError:
-                last = f"no answer within {timeout.total:.0f} s"
+                reason = f"no answer within {timeout.total:.0f} s"
+                return await self._look_for_archive(what, namespace, pod, container, sent_at, reason, grace)
             except (aiohttp.ClientError, OSError) as err:
-                last = f"{type(err).__name__}: {err}"
+                reason = f"{type(err).__name__}: {err}"
+                return await self._look_for_archive(what, namespace, pod, container, sent_at, reason, grace)
             if attempt < self._settings.attempts:
                 delay = self._settings.backoff.delay(attempt)
                 log.warning("kubelet call failed; retrying", extra={"fields": {
@@ -100,6 +133,78 @@ class KubeletClient:
                     "reason": last, "retryInSeconds": round(delay, 2)}})
                 await asyncio.sleep(delay)
         raise KubeletError(f"{what} failed after {self._settings.attempts} attempts: {last}")
+
+    def _produced(self, namespace: str, pod: str, container: str, sent_at: float) -> Path | None:
+        """The newest archive in the checkpoint directory for this container, timed no earlier than ``sent_at``.
+
+        The kubelet names an archive with the time it took the checkpoint, to the second, on this
+        node's clock (the agent runs on the same node): one from before the request is not its.
+        """
+        directory = self._settings.checkpoint_dir
+        floor = datetime.fromtimestamp(int(sent_at), timezone.utc)
+        found: list[tuple[datetime, str]] = []
+        try:
+            listing = os.listdir(directory)
+        except OSError as err:
+            log.warning("cannot list the kubelet checkpoint directory", extra={"fields": {
+                "directory": str(directory), "reason": err.strerror}})
+            return None
+        for name in listing:
+            if not names.is_candidate(name):
+                continue
+            try:
+                archive = names.parse(name)
+            except ArchiveError:
+                continue
+            if archive.pod_name == pod and archive.matches(namespace, container) and archive.taken_at >= floor:
+                found.append((archive.taken_at, name))
+        return directory / max(found)[1] if found else None
+
+    async def _look_for_archive(self, what: str, namespace: str, pod: str, container: str, sent_at: float,
+                                reason: str, grace: float) -> Path:
+        """Wait for the archive an unanswered request produced; never send the request again."""
+        settings = self._settings
+        # The kubelet gives the runtime ``checkpoint_timeout`` from the request; allow the write after it.
+        deadline = max(sent_at + settings.checkpoint_timeout + grace, time.time()) + grace
+        log.warning("kubelet call may have reached the kubelet; not re-sending it, looking for its archive",
+                    extra={"fields": {"pod": f"{namespace}/{pod}", "container": container, "reason": reason,
+                                      "directory": str(settings.checkpoint_dir),
+                                      "waitSeconds": round(deadline - time.time(), 1)}})
+        seen: tuple[int, int] | None = None
+        since = time.monotonic()
+        while True:
+            path = self._produced(namespace, pod, container, sent_at)
+            shape = _finished_shape(path) if path is not None else None
+            if shape is None or shape != seen:
+                seen, since = shape, time.monotonic()
+            elif time.monotonic() - since >= settings.settle:
+                log.info("found the archive of the unanswered kubelet call", extra={"fields": {
+                    "pod": f"{namespace}/{pod}", "container": container, "archive": str(path)}})
+                assert path is not None
+                return path
+            if time.time() >= deadline:
+                break
+            await asyncio.sleep(min(0.25, settings.settle / 4))
+        raise KubeletError(
+            f"{what}: {reason}; the request may have reached the kubelet, so it is not sent again (a second "
+            f"checkpoint would freeze the container again and leave an orphan archive), and no finished archive "
+            f"from it appeared in {settings.checkpoint_dir} within {deadline - sent_at:.0f} s of sending it")
+
+
+def _finished_shape(path: Path) -> tuple[int, int] | None:
+    """(size, mtime) of a regular file that ends in a tar's two zero blocks, else None (not there yet, or growing)."""
+    try:
+        info = os.stat(path, follow_symlinks=False)
+        if not stat.S_ISREG(info.st_mode) or info.st_size < 1024 or info.st_size % 512:
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            tail = os.pread(fd, 1024, info.st_size - 1024)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    return (info.st_size, info.st_mtime_ns) if tail == bytes(1024) else None
 
 
 def _archive_path(what: str, body: str) -> Path:

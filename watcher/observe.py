@@ -193,6 +193,9 @@ class AgentMetrics:
         self.ingest_duration = Histogram(
             "lpm_ingest_duration_seconds", "Ingest of one archive found in the kubelet's checkpoint directory",
             buckets=_DURATION_BUCKETS, registry=r)
+        self.given_up = Counter(
+            "lpm_archives_given_up", "Kubelet archives refused because they stayed unfinished (no end-of-archive "
+            "blocks) and unchanged for --give-up-after seconds", registry=r)
         self.ingested_bytes = Counter(
             "lpm_ingested_bytes", "Bytes of kubelet archives read into the store (uncompressed)", registry=r)
         self.stored_bytes = Counter(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -100,3 +101,29 @@ def test_hygiene_needs_the_node_whose_ledger_vouches(kube_dir, store):
     store.mkdir()
     result = lpm("gc", "--store", str(store), "--standalone", "--once", "--checkpoint-dir", str(kube_dir))
     assert result.returncode == 1 and "--node" in result.stderr
+
+
+@pytest.mark.parametrize("since", ["store-entry-removed", "marker-removed", "dump-damaged", "manifest-swapped"])
+def test_a_verified_word_that_went_stale_keeps_the_archive(kube_dir, store, since):
+    """The ledger says verified, but the stored copy is gone or unsound now: the kubelet's copy stays."""
+    stored = _archive(store, kube_dir, hours_old=2, uid="d001")
+    entry = store / stored.uid / stored.cid
+    if since == "store-entry-removed":  # retention (or a person) removed it after the agent verified it
+        shutil.rmtree(store / stored.uid)
+    elif since == "marker-removed":
+        (entry / ".checkpoint-complete").unlink()
+    elif since == "dump-damaged":
+        dump = entry / "cart-api" / "dump.tar.zst"
+        data = bytearray(dump.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        dump.write_bytes(bytes(data))
+    else:  # another archive's checkpoint put where this one's was: sound, but not this archive
+        other = _archive(store, kube_dir, hours_old=2, uid="d002")
+        shutil.rmtree(entry / "cart-api")
+        shutil.copytree(store / other.uid / other.cid / "cart-api", entry / "cart-api")
+        other.archive.rename(kube_dir.parent / other.archive.name)  # out of the sweep's way
+    removed, result = hygiene(store, kube_dir)
+    assert stored.archive.exists()
+    assert removed == {}
+    # A swapped manifest also makes the store entry itself unreadable to the collector: one more unknown.
+    assert result["deleted"] == 0 and result["keptUnknown"] == (2 if since == "manifest-swapped" else 1)

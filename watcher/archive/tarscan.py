@@ -10,6 +10,20 @@ data is all there, and two zero blocks close the archive.
 Formats: ustar / POSIX pax (``x`` and ``g`` headers, as Go's archive/tar writes for CRI-O,
 containerd and podman) and GNU long names (``L``/``K``). Untrusted input, so every size is
 capped before anything is buffered.
+
+One identity, whatever reads the tar. The runtimes unpack with Go's ``archive/tar`` and the
+restore's layer writer with Python's ``tarfile``; the two resolve a member's name differently
+when its name sources disagree (Go: a GNU long name beats a pax ``path``, an empty pax value
+keeps the header's; ``tarfile``: the first extended header wins, and the ustar ``prefix``
+field is read whatever the magic says), and they frame the data differently when a directory
+or link claims a size. A hostile archive could then show lpm one ``spec.dump`` and the
+runtime another. So a member is refused unless every reader must see the same name and the
+same data: at most one pax header, one long name and one long link per member, never both a
+long name and a pax ``path`` (nor a long link and a pax ``linkpath``), no empty name from an
+extended header, no global header carrying what a reader would take as a member's name or
+size, no header fields that ``tarfile`` and Go read as different names, no size on a
+member that has no data, no trailing ``/`` on anything but a directory, no sparse files.
+``tests/test_tar_identity.py`` checks these against Go's own reader.
 """
 
 from __future__ import annotations
@@ -27,10 +41,33 @@ METADATA_CAP = 1 << 20
 EXTENDED_HEADER_CAP = 1 << 20
 
 _REGULAR = (b"0", b"\0", b"7")
+_DIRECTORY = b"5"
 _PAX_LOCAL = b"x"
 _PAX_GLOBAL = b"g"
 _GNU_LONGNAME = b"L"
 _GNU_LONGLINK = b"K"
+_EXTENDED = (_PAX_LOCAL, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK)
+# Members that have no data whatever their size field says (Go's isHeaderOnlyType; tarfile
+# agrees): hard link, symlink, character and block device, directory, FIFO.
+_HEADER_ONLY = (b"1", b"2", b"3", b"4", b"5", b"6")
+# Types the readers disagree on: tarfile takes Solaris ``X`` as a pax header, Go as a member;
+# old GNU sparse ``S`` members may be followed by extension blocks lpm does not frame.
+_REFUSED_TYPES = {b"X": "a Solaris extended header", b"S": "an old GNU sparse file"}
+# pax records that change a member's name or framing in some reader: refused in a global
+# header (Go ignores them there, tarfile applies them), and GNU.sparse.* anywhere.
+_NAMING_KEYS = ("path", "linkpath", "size")
+_MAGIC_USTAR = b"ustar\x00"
+_TRAILER_STAR = b"tar\x00"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member as every reader sees it: its normalised name, type, data offset and size."""
+
+    name: str
+    kind: bytes
+    offset: int
+    size: int
 
 
 @dataclass
@@ -39,14 +76,17 @@ class ScanResult:
     entries: int = 0
     # Top-level names seen, for telling runtimes apart (containerd adds ``status``).
     top_level: set[str] = field(default_factory=set)
+    # Every member, in order, when the scanner was asked to keep them (the layer writer's cross-check).
+    members: list[Member] = field(default_factory=list)
 
 
 class TarScanner:
     """Feed bytes with ``feed``; call ``finish`` at end of input."""
 
-    def __init__(self, capture: frozenset[str], where: str) -> None:
+    def __init__(self, capture: frozenset[str], where: str, keep_members: bool = False) -> None:
         self._capture_names = capture
         self._where = where
+        self._keep_members = keep_members
         self._offset = 0  # archive offset of the block being assembled or the data consumed
         self._block = bytearray()
         self._zero_blocks = 0
@@ -56,8 +96,10 @@ class TarScanner:
         self._sink: bytearray | None = None
         self._sink_kind: bytes | None = None
         self._entry_name = ""
-        self._pax: dict[str, str] = {}
+        # The extended headers waiting for their member (None: none seen for it yet).
+        self._pax: dict[str, str] | None = None
         self._long_name: str | None = None
+        self._long_link: str | None = None
         self.result = ScanResult()
 
     @property
@@ -140,18 +182,28 @@ class TarScanner:
                 raise ArchiveError(f"archive {self._where}: not a tar archive (bad header checksum)")
             raise self._fail("bad tar header checksum")
         kind = block[156:157]
+        if kind in _REFUSED_TYPES:
+            raise self._fail(f"{_REFUSED_TYPES[kind]} (type {kind!r}), which tar readers frame or name differently")
         size = _number(block[124:136])
         if size is None:
             raise self._fail("unreadable size field in tar header")
-        if "size" in self._pax and kind not in (_PAX_LOCAL, _PAX_GLOBAL):
-            size = _pax_int(self._pax["size"], self._fail)
-        name = self._member_name(block, kind)
+        pax = self._pax or {}
+        if kind in _EXTENDED:
+            self._check_extended_order(kind)
+            name = f"<{kind.decode()} header>"
+        else:
+            if "size" in pax:
+                size = _pax_int(pax["size"], self._fail)
+            name = self._member_name(block, kind, pax)
+            if kind in _HEADER_ONLY and size:
+                raise self._fail(f"{name!r} is a {_TYPE_NAMES[kind]} that claims {size} bytes of data; tar readers "
+                                 "disagree on where the next header starts")
         self._content_left = size
         self._pad_left = -size % BLOCK
         self._sink = None
         self._sink_kind = kind
         self._entry_name = name
-        if kind in (_PAX_LOCAL, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK):
+        if kind in _EXTENDED:
             if size > EXTENDED_HEADER_CAP:
                 raise self._fail(f"extended header of {size} bytes exceeds the {EXTENDED_HEADER_CAP} cap")
             self._sink = bytearray()
@@ -162,6 +214,8 @@ class TarScanner:
                 raise self._fail(f"unsafe member name {name!r} (absolute, '..' or NUL)")
             if normal:
                 self.result.top_level.add(normal.split("/", 1)[0])
+            if self._keep_members:
+                self.result.members.append(Member(normal, kind, self._offset + BLOCK, size))
             if normal in self._capture_names:
                 if normal in self.result.captured:
                     raise self._fail(f"{normal} appears twice")
@@ -171,25 +225,52 @@ class TarScanner:
                     raise self._fail(f"{normal} is {size} bytes, over the {METADATA_CAP} cap")
                 self._sink = bytearray()
                 self._entry_name = normal
-            self._pax = {}
+            self._pax = None
             self._long_name = None
+            self._long_link = None
         if not self._content_left and not self._pad_left:
             self._end_member()
 
-    def _member_name(self, block: bytes, kind: bytes) -> str:
-        if kind in (_PAX_LOCAL, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK):
-            return f"<{kind.decode(errors='replace')} header>"
-        if "path" in self._pax:
-            return self._pax["path"]
-        if self._long_name is not None:
-            return self._long_name
-        name = _cstring(block[0:100])
-        if block[257:263] == b"ustar\x00":  # POSIX ustar: a prefix field extends the name
-            prefix = _cstring(block[345:500])
-            if prefix:
-                name = f"{prefix}/{name}"
-        return name
+    def _check_extended_order(self, kind: bytes) -> None:
+        """At most one of each extended header per member, and no global one in between.
 
+        Go keeps the last of two pax headers or long names, tarfile the first; Go drops the
+        pending ones at a global header, lpm and tarfile would not.
+        """
+        if kind == _PAX_LOCAL and self._pax is not None:
+            raise self._fail("two pax headers for one member (tar readers keep different ones)")
+        if kind == _GNU_LONGNAME and self._long_name is not None:
+            raise self._fail("two GNU long names for one member (tar readers keep different ones)")
+        if kind == _GNU_LONGLINK and self._long_link is not None:
+            raise self._fail("two GNU long link names for one member (tar readers keep different ones)")
+        if kind == _PAX_GLOBAL and (self._pax is not None or self._long_name is not None
+                                    or self._long_link is not None):
+            raise self._fail("a pax global header between a member's extended headers and the member "
+                             "(Go drops them there, other readers do not)")
+
+    def _member_name(self, block: bytes, kind: bytes, pax: dict[str, str]) -> str:
+        """The member's name, once every source of it is known to agree for every reader."""
+        if "path" in pax and self._long_name is not None:
+            raise self._fail(f"member carries both a GNU long name {self._long_name!r} and a pax path "
+                             f"{pax['path']!r} (Go takes the long name, tarfile whichever header comes first)")
+        if "linkpath" in pax and self._long_link is not None:
+            raise self._fail(f"member carries both a GNU long link name {self._long_link!r} and a pax linkpath "
+                             f"{pax['linkpath']!r}")
+        for key in ("path", "linkpath"):
+            if pax.get(key) == "":
+                raise self._fail(f"empty pax {key} (Go keeps the header's name, other readers take it as empty)")
+        if self._long_name == "" or self._long_link == "":
+            raise self._fail("empty GNU long name (Go keeps the header's name, other readers take it as empty)")
+        if "path" in pax:
+            name = pax["path"]
+        elif self._long_name is not None:
+            name = self._long_name
+        else:
+            name = _header_name(block, self._fail)
+        if name.endswith("/") and kind != _DIRECTORY:
+            raise self._fail(f"{name!r} ends in '/' but is a {_TYPE_NAMES.get(kind, f'type {kind!r} member')} "
+                             "(Go and tarfile may take it for a directory)")
+        return name
     def _end_member(self) -> None:
         kind, sink = self._sink_kind, self._sink
         self._sink = None
@@ -198,12 +279,43 @@ class TarScanner:
             return
         if kind == _PAX_LOCAL:
             self._pax = _parse_pax(bytes(sink), self._fail)
+            sparse = sorted(key for key in self._pax if key.startswith("GNU.sparse."))
+            if sparse:
+                raise self._fail(f"pax records {', '.join(sparse)}: a GNU sparse file, which readers name and "
+                                 "frame differently")
+        elif kind == _PAX_GLOBAL:
+            records = _parse_pax(bytes(sink), self._fail)
+            naming = sorted(key for key in records if key in _NAMING_KEYS or key.startswith("GNU.sparse."))
+            if naming:
+                raise self._fail(f"pax global header sets {', '.join(naming)}, which Go ignores and tarfile "
+                                 "applies to members")
         elif kind == _GNU_LONGNAME:
-            self._long_name = bytes(sink).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        elif kind in (_PAX_GLOBAL, _GNU_LONGLINK):
-            pass  # global defaults and link targets do not change what lpm reads
+            self._long_name = _cstring(bytes(sink))
+        elif kind == _GNU_LONGLINK:
+            self._long_link = _cstring(bytes(sink))
         else:
             self.result.captured[self._entry_name] = bytes(sink)
+
+
+_TYPE_NAMES = {b"0": "regular file", b"\0": "regular file", b"7": "regular file", b"1": "hard link",
+               b"2": "symlink", b"3": "character device", b"4": "block device", b"5": "directory", b"6": "FIFO"}
+
+
+def _header_name(block: bytes, fail: Callable[[str], ArchiveError]) -> str:
+    """The name from the header's own fields, as Go's archive/tar reads it; refused when tarfile reads another.
+
+    Go takes the ``prefix`` field only under the POSIX magic (131 bytes of it when the star
+    trailer is there, else 155); tarfile takes all 155 bytes whatever the magic (a GNU header
+    keeps times there).
+    """
+    name = _cstring(block[0:100])
+    go_prefix = ""
+    if block[257:263] == _MAGIC_USTAR:
+        go_prefix = _cstring(block[345:476] if block[508:512] == _TRAILER_STAR else block[345:500])
+    python_prefix = _cstring(block[345:500])
+    if go_prefix != python_prefix:
+        raise fail(f"header prefix field reads as {python_prefix!r} to tarfile but {go_prefix!r} to Go")
+    return f"{go_prefix}/{name}" if go_prefix else name
 
 
 def _cstring(field_bytes: bytes) -> str:
@@ -239,22 +351,27 @@ def _parse_pax(data: bytes, fail: Callable[[str], ArchiveError]) -> dict[str, st
         space = data.find(b" ", pos)
         if space < 0:
             raise fail("malformed pax header")
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            raise fail("malformed pax record length") from None
+        digits = data[pos:space]
+        # Decimal digits only: int() would also take "+12", " 12" or "1_2", which tarfile does not.
+        if not digits or len(digits) > 20 or not all(0x30 <= byte <= 0x39 for byte in digits):
+            raise fail("malformed pax record length")
+        length = int(digits)
         record = data[space + 1 : pos + length]
         if length <= 0 or pos + length > len(data) or not record.endswith(b"\n") or b"=" not in record:
             raise fail("malformed pax record")
         key, _, value = record[:-1].partition(b"=")
+        if not key:
+            raise fail("pax record with an empty keyword")
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         pos += length
     return records
 
 
 def _pax_int(text: str, fail: Callable[[str], ArchiveError]) -> int:
-    if not text.isdigit():
-        raise fail(f"pax size {text!r} is not a number")
+    # ASCII digits of an int64, as Go parses it: str.isdigit() also takes "²" (which int() refuses)
+    # and Arabic-Indic digits (which Go refuses).
+    if not text or len(text) > 18 or not all("0" <= char <= "9" for char in text):
+        raise fail(f"pax size {text[:40]!r} is not a decimal number of at most 18 digits")
     return int(text)
 
 

@@ -10,7 +10,12 @@ Two steps over one open file: ``index_archive`` reads only the headers (``tarfil
 over the data) and checks every name; ``write_layer`` then copies each member's data by
 offset into one reused buffer while hashing, so memory does not grow with the archive.
 The archive comes verified from the store, but this reads it as untrusted all the same:
-it is what a runtime will unpack as root on the destination node.
+it is what a runtime will unpack as root on the destination node. And ``tarfile`` is not
+what the runtime unpacks with (Go's ``archive/tar`` is), so the index is also read a second
+way, by lpm's tar scanner, which refuses whatever Go and ``tarfile`` could name or frame
+differently; the two readings must then agree member for member (name, kind, data offset and
+size), or the archive is refused. A forged dump from another node's write never went
+through the ingest's scan: this is where it meets one.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import BinaryIO
 
-from watcher.archive.tarscan import EXTENDED_HEADER_CAP
+from watcher.archive.tarscan import EXTENDED_HEADER_CAP, Member, TarScanner
 from watcher.errors import ArchiveError
 
 BLOCK = tarfile.BLOCKSIZE
@@ -31,6 +36,7 @@ BLOCK = tarfile.BLOCKSIZE
 # bounds the index (about 1 KiB of Python objects per entry) for a hostile one.
 MEMBER_CAP = 1 << 16
 COPY_CHUNK = 1 << 20
+_SCAN_CHUNK = 1 << 18
 _END_OF_ARCHIVE = bytes(2 * BLOCK)
 
 
@@ -98,14 +104,43 @@ def index_archive(file: BinaryIO, where: str) -> list[Entry]:
                     raise ArchiveError(f"{where}: {entry.name!r} appears twice")
                 entries[entry.name] = entry
             end = tar.offset
-    except tarfile.TarError as err:
-        raise ArchiveError(f"{where}: not a readable tar archive ({err})") from None
+    except (tarfile.TarError, ValueError, EOFError) as err:
+        # tarfile lets a malformed pax record out as a bare ValueError ("+19 path=..." for one).
+        raise ArchiveError(f"{where}: not a readable tar archive ({err or type(err).__name__})") from None
     # tarfile ends quietly at a corrupt header or at a truncated end; an archive that the
     # runtime finished has its two zero blocks right after the last member.
     if os.pread(file.fileno(), len(_END_OF_ARCHIVE), end) != _END_OF_ARCHIVE:
         raise ArchiveError(f"{where}: no end-of-archive blocks at byte {end} (truncated or corrupt)")
     _check_links(entries, where)
+    _same_as_scanner(file.fileno(), list(entries.values()), where)
     return [entries[name] for name in sorted(entries)]
+
+
+def _same_as_scanner(fd: int, indexed: list[Entry], where: str) -> None:
+    """Read the archive again with lpm's scanner; both readings must name and place every member alike."""
+    scanner = TarScanner(frozenset(), where, keep_members=True)
+    buffer = memoryview(bytearray(_SCAN_CHUNK))  # one reused buffer: memory must not grow with the archive
+    offset = 0
+    while count := os.preadv(fd, [buffer], offset):
+        scanner.feed(buffer[:count])
+        offset += count
+    scanned = scanner.finish().members
+    if len(scanned) != len(indexed):
+        raise ArchiveError(f"{where}: tarfile reads {len(indexed)} members, lpm's tar scanner {len(scanned)}")
+    for number, (entry, member) in enumerate(zip(indexed, scanned), 1):
+        if (entry.name, entry.kind, entry.offset) != (member.name, _KINDS.get(member.kind), member.offset) or (
+                entry.kind is Kind.FILE and entry.size != member.size):
+            raise ArchiveError(f"{where}: member {number} reads as {entry.name!r} ({entry.kind.value}, "
+                               f"{entry.size} bytes at {entry.offset}) to tarfile but as {_show(member)} to "
+                               "lpm's tar scanner")
+
+
+_KINDS = {b"0": Kind.FILE, b"\0": Kind.FILE, b"7": Kind.FILE, b"5": Kind.DIR, b"2": Kind.SYMLINK}
+
+
+def _show(member: Member) -> str:
+    kind = _KINDS.get(member.kind)
+    return f"{member.name!r} ({kind.value if kind else f'type {member.kind!r}'}, {member.size} bytes at {member.offset})"
 
 
 def _entry(member: tarfile.TarInfo, where: str) -> Entry:

@@ -26,6 +26,13 @@ from watcher.watch.stability import Outcome, Stability
 log = logging.getLogger(__name__)
 
 IngestFn = Callable[[Path, ArchiveStamp], Awaitable[Outcome]]
+GiveUpFn = Callable[[Path, float], None]
+"""Told of an archive given up on: its path and the seconds it stayed unfinished and unchanged."""
+
+
+def _log_given_up(path: Path, seconds: float) -> None:
+    log.warning("archive never finished; refused", extra={"fields": {
+        "archive": path.name, "unchangedSeconds": round(seconds, 1)}})
 
 
 @dataclass(frozen=True)
@@ -42,18 +49,22 @@ class WatchSettings:
     """Seconds between full directory listings, whatever the events said."""
     max_parallel: int = 1
     """Archives ingested at once; compression already uses the node's cores."""
+    give_up_after: float = 600.0
+    """Seconds an archive may stay unfinished (no end-of-archive blocks) without changing before it is
+    refused; a rewrite of it is looked at afresh."""
 
 
 _FIRST_RESCAN = 2.0
 """Seconds after start to list the directory again (see ``watch_directory``)."""
 
 
-async def watch_directory(settings: WatchSettings, ingest: IngestFn, stop: asyncio.Event) -> None:
+async def watch_directory(settings: WatchSettings, ingest: IngestFn, stop: asyncio.Event,
+                          given_up: GiveUpFn = _log_given_up) -> None:
     """Ingest every finished archive in the directory, present at start or arriving later."""
     await _wait_for_directory(settings, stop)
     if stop.is_set():
         return
-    plan = Stability(window=settings.debounce)
+    plan = Stability(window=settings.debounce, give_up_after=settings.give_up_after)
     hints: asyncio.Queue[set[str]] = asyncio.Queue()
     watcher = asyncio.create_task(_pump_events(settings, hints, stop), name="checkpoint-dir-events")
     slots = asyncio.Semaphore(settings.max_parallel)
@@ -95,6 +106,8 @@ async def watch_directory(settings: WatchSettings, ingest: IngestFn, stop: async
                 task = asyncio.create_task(attempt(name), name=f"ingest {name}")
                 running.add(task)
                 task.add_done_callback(running.discard)
+            for name, seconds in plan.given_up(now):
+                given_up(settings.directory / name, seconds)
             timeout = min(plan.next_wakeup(time.monotonic()) or settings.rescan_interval,
                           next_rescan - time.monotonic())
             await _wait_any(hints, wake, stop, max(0.05, timeout), look)

@@ -7,9 +7,15 @@ proves completeness itself (the tar must reach its end-of-archive blocks, and th
 not change while it is read). What happens next depends on how that attempt ended:
 
 - done: never again for this version of the file (a restart consults the ledger instead);
-- incomplete / changed: the writer is not finished; wait until the file changes again;
+- incomplete / changed: the writer is not finished; wait until the file changes again, but
+  not forever: an archive that stays unfinished for ``give_up_after`` seconds without changing
+  (truncated for good, its writer dead) is given up on — refused, and reported by the caller
+  with a warning and a metric rather than waited on in silence;
 - refused (malformed, hostile, unidentifiable): reported once; retried only if the file changes;
 - store trouble (full disk, store unreachable): retried with a bounded backoff.
+
+Any change of the file's (size, mtime) — a rewritten archive — starts it afresh, whatever
+was decided about the version before.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class _Track:
 class Stability:
     window: float
     """Seconds (size, mtime) must hold still before an ingest is attempted."""
+    give_up_after: float = 600.0
+    """Seconds an archive may stay unfinished without changing before it is given up on."""
     retry_base: float = 5.0
     retry_max: float = 300.0
     _tracks: dict[str, _Track] = field(default_factory=dict)
@@ -88,13 +96,25 @@ class Stability:
         track.settled = outcome
         return None
 
+    def given_up(self, now: float) -> list[tuple[str, float]]:
+        """Archives unfinished and unchanged for ``give_up_after``: now refused; (name, seconds waited) each."""
+        out = []
+        for name, track in self._tracks.items():
+            if track.settled is Outcome.INCOMPLETE and now - track.stable_since >= self.give_up_after:
+                track.settled = Outcome.REFUSED
+                out.append((name, now - track.stable_since))
+        return sorted(out)
+
     def next_wakeup(self, now: float) -> float | None:
-        """Seconds until some tracked file could become ready (None: nothing pending)."""
+        """Seconds until some tracked file could become ready or be given up on (None: nothing pending)."""
         times = []
         for track in self._tracks.values():
-            if track.in_flight or track.settled is not None:
+            if track.in_flight:
                 continue
-            times.append(max(track.stable_since + self.window, track.retry_at or 0.0))
+            if track.settled is Outcome.INCOMPLETE:
+                times.append(track.stable_since + self.give_up_after)
+            elif track.settled is None:
+                times.append(max(track.stable_since + self.window, track.retry_at or 0.0))
         return max(0.0, min(times) - now) if times else None
 
     def pending(self) -> list[str]:
