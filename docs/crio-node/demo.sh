@@ -16,7 +16,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 export LPM_CACHE_DIR=${LPM_CACHE_DIR:-$repo/.cache}
 python=${LPM_PYTHON:-$repo/.venv/bin/python}
-rootfs=$LPM_CACHE_DIR/rootfs/trixie-v4
+rootfs=$LPM_CACHE_DIR/rootfs/trixie-v5
 now() { date +%s.%N; }
 took() { printf '%.3f' "$(echo "$(now) - $1" | bc)"; }
 say() { echo "demo: $*" >&2; }

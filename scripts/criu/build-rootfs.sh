@@ -9,7 +9,7 @@
 # Prints the rootfs path as its last line. Needs root.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-version=trixie-v4   # bump when the package list changes
+version=trixie-v5   # bump when the package list changes
 cache=${LPM_CACHE_DIR:-$repo/.cache}/rootfs
 root=$cache/$version
 # shellcheck source=../lib/debootstrap.sh
@@ -43,14 +43,14 @@ ln -sfn ../proc/self/mounts "$root.partial/etc/mtab"
 # Signatures are checked; freshness is not: a mirror that is a snapshot of the archive serves a forky
 # Release whose Valid-Until has passed, and that date is all check-valid-until=no lets through.
 echo "deb [check-valid-until=no] $(debian_mirror) forky main" >"$root.partial/etc/apt/sources.list.d/forky.list"
-cp /etc/resolv.conf "$root.partial/etc/resolv.conf"
 { chroot "$root.partial" apt-get update -q &&
 	chroot "$root.partial" apt-get install -y -q --no-install-recommends -t forky criu libcriu2; } \
 	>"$work/criu-forky.log" 2>&1 || {
 	tail -n 30 "$work/criu-forky.log" >&2
 	exit 1
 }
-rm -f "$root.partial/etc/apt/sources.list.d/forky.list" "$root.partial/etc/resolv.conf"
+# The resolv.conf debootstrap copied from the host stays: the sandboxes that build images resolve with it.
+rm -f "$root.partial/etc/apt/sources.list.d/forky.list"
 rm -rf "$root.partial"/var/lib/apt/lists/* "$root.partial"/var/cache/apt/*.bin
 # podman inside the private mount namespace: cgroupfs (no systemd), file events, crun, no netns
 # (the restored process keeps its original network namespace view; lpm tests need no network).
