@@ -231,8 +231,17 @@ class RealNode:
         remove_cgroup_root(self.cgroup_root)
 
     def logs_tail(self, lines: int = 30) -> str:
-        """The end of the kubelet's and containerd's logs, for a failure message."""
-        return "\n".join(f"--- {d.name}:\n{d.log_tail(lines)}" for d in self._daemons)
+        """The end of the kubelet's and containerd's logs, and of CRIU's logs of failed dumps and restores
+        (inside the node, under the runtime's state), for a failure message."""
+        daemons = "\n".join(f"--- {d.name}:\n{d.log_tail(lines)}" for d in self._daemons)
+        if not self._init:
+            return daemons
+        # CRIU writes "Error (...)" lines before it gives up; a log without one is a success's.
+        found = subprocess.run([*self.prefix(), "sh", "-c", "for f in $(find /run /var/lib/containerd /var/lib/containers "
+                                "-name 'criu-*.log' -o -name 'dump.log' -o -name 'restore.log' 2>/dev/null); do "
+                                "grep -q 'Error (' $f && { echo \"--- $f\"; grep -B3 'Error (' $f | tail -20; }; done"],
+                               capture_output=True, text=True, timeout=30)
+        return daemons + (f"\n--- CRIU logs with errors:\n{found.stdout}" if found.stdout.strip() else "")
 
     # -- set-up steps ------------------------------------------------------------------------------------------
 
