@@ -265,8 +265,10 @@ class RealNode:
         # runc hands CRIU this file on every dump and restore. Without tcp-close a process with an established
         # TCP connection (a server mid-request) cannot be dumped ("Connected TCP socket, consider using
         # --tcp-established"), and an established connection could not be restored anyway: the restored pod
-        # has another address. Its peers see the connection closed and reconnect through the Service.
-        (self.directory / "criu" / "runc.conf").write_text("tcp-close\n")
+        # has another address. Its peers see the connection closed and reconnect through the Service. Without
+        # skip-in-flight, a connection still in a listening socket's queue fails the dump ("In-flight
+        # connection"); skipped, its client retries.
+        (self.directory / "criu" / "runc.conf").write_text("tcp-close\nskip-in-flight\n")
         # kube-proxy as kubeadm runs it: the system:kube-proxy user, bound by default to system:node-proxier.
         proxy = self.access.ca.issue_client(f"kube-proxy-{self.name}", "system:kube-proxy")
         for source in (proxy.cert, proxy.key):

@@ -134,6 +134,14 @@ def _wait_enforced(cp: ControlPlane, token: str) -> None:
             time.sleep(0.2)
 
 
+def _wait_lifted(cp: ControlPlane, token: str) -> None:
+    """Until a token bound to no node may create a pod again (dry run): no policy is enforced any more."""
+    deadline = time.monotonic() + 30
+    while _status(cp, token, "POST", f"/api/v1/namespaces/{NAMESPACE}/pods?dryRun=All", _pod("probe", "node-b")) == 403:
+        assert time.monotonic() < deadline, "the admission policies are still enforced 30 s after their removal"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def kubeconfigs(control_plane: ControlPlane) -> Iterator[dict[str, Path]]:
     cp = control_plane
@@ -160,6 +168,9 @@ def kubeconfigs(control_plane: ControlPlane) -> Iterator[dict[str, Path]]:
         yield configs
     finally:
         remove(cp.admin, policies)
+        # The API server drops a deleted policy within a few seconds, not at once: the next module's agents
+        # (unbound tokens, which the policies refuse) must not meet it.
+        _wait_lifted(cp, cp.service_account_token(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT))
         paths = [f"/api/v1/namespaces/{AGENT_NAMESPACE}/pods/{pod['metadata']['name']}" for pod in pods]
         for path in [*paths, f"/apis/coordination.k8s.io/v1/namespaces/{AGENT_NAMESPACE}/leases/lpm-node-node-a"]:
             try:

@@ -214,8 +214,16 @@ class Destination:
         if not retain and not await self._evict(migration, meta(source)["name"], dry_run=True):
             return False
         if handover.controller_of(source) is not None and not retain:
-            await self.kube.merge_patch(pod_path(namespace, meta(source)["name"]), {"metadata": {"annotations": {
-                handover.DELETION_COST_ANNOTATION: handover.LOWEST_DELETION_COST}}})
+            # With the resourceVersion read before the dry run: had a scale-down or a rollout deleted the source
+            # meanwhile (the Eviction API says yes to a pod already being deleted), the patch conflicts and
+            # the next look discards the copy instead of handing the ReplicaSet one pod too many.
+            try:
+                await self.kube.merge_patch(pod_path(namespace, meta(source)["name"]), {"metadata": {
+                    "resourceVersion": meta(source)["resourceVersion"],
+                    "annotations": {handover.DELETION_COST_ANNOTATION: handover.LOWEST_DELETION_COST}}})
+            except (Conflict, NotFound):
+                self.retry_later(0.0, migration)
+                return False
         await self.kube.merge_patch(pod_path(namespace, restored_name), handover.release_patch(source, name))
         log.info("restored pod released to its workload", extra={"fields": {
             "migration": f"{namespace}/{name}", "pod": f"{namespace}/{restored_name}",
