@@ -42,7 +42,7 @@ from lab.images import MEMHOLD_IMAGE, memhold_image  # noqa: E402
 from lab.live import NAMESPACE, SOURCE, TARGET, Outcome, host_agents, migrate  # noqa: E402
 from lab.sandbox import rootfs  # noqa: E402
 
-_RUNTIME = ("kubelet checkpoint", "pod sandbox", "restore prepare", "CRIU restore")
+_RUNTIME = ("checkpoint", "pod sandbox", "restore prepare", "CRIU restore")
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30}
 
 

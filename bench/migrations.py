@@ -27,7 +27,7 @@ from pathlib import Path
 from lab.agent import AgentProcess
 from lab.controlplane import ControlPlane, locate_binaries
 from lab.kubelet import KubeletStandIn, pod_body
-from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, install_lpm
+from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, grant_kubelet_checkpoints, install_lpm
 from watcher.cluster.presence import lease_body
 from watcher.runtime.capability import Capability, Verdict
 
@@ -51,6 +51,7 @@ async def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="lpm-bench-cluster-"))
     with ControlPlane(locate_binaries()) as cp:
         install_lpm(cp.admin)
+        grant_kubelet_checkpoints(cp.admin)  # the stand-in kubelet takes the checkpoints
         cp.create_namespace(NAMESPACE)
         kubelets = {}
         for node in ("node-a", "node-b"):
@@ -68,7 +69,7 @@ async def run(args: argparse.Namespace) -> None:
         agent = AgentProcess.cluster(
             "--node", "node-a", "--kubeconfig", str(cp.service_account_kubeconfig(AGENT_NAMESPACE,
                                                                                   AGENT_SERVICE_ACCOUNT)),
-            "--kubelet-ca", str(cp.ca_file), "--kubelet-token-file", str(token),
+            "--checkpoint-via", "kubelet", "--kubelet-ca", str(cp.ca_file), "--kubelet-token-file", str(token),
             "--checkpoint-dir", str(work / "node-a"), "--store", str(work / "store"))
         try:
             agent.wait_logged("cluster mode watching")

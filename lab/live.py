@@ -80,22 +80,31 @@ class Outcome:
     phases: dict[str, float]
 
 
-def start_agent(cp: ControlPlane, node: RealNode, store: Path, *extra: str) -> AgentProcess:
+def start_agent(cp: ControlPlane, node: RealNode, store: Path, *extra: str, via: str = "runtime") -> AgentProcess:
     """``lpm agent`` for ``node``, on the host: it reads the node's checkpoint directory through the host's
-    view of it, calls the kubelet at the node's address, asks the node's containerd over its CRI socket
-    whether it restores, and imports with the node's own ``ctr`` inside it."""
-    token = node.lab_dir / f"{node.name}.token"
-    token.write_text(cp.service_account_token(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT))
-    os.chmod(token, 0o600)
+    view of it, has the node's runtime checkpoint over its CRI socket (``via="kubelet"``: calls the kubelet
+    at the node's address, which needs ``grant_kubelet_checkpoints``), asks the same socket whether the
+    runtime restores, and imports with the node's own ``ctr`` inside it."""
+    if via == "kubelet":
+        token = node.lab_dir / f"{node.name}.token"
+        token.write_text(cp.service_account_token(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT))
+        os.chmod(token, 0o600)
+        checkpoints = ["--checkpoint-via", "kubelet", "--kubelet-ca", str(cp.ca_file),
+                       "--kubelet-token-file", str(token)]
+    else:
+        # The runtime writes where it sees the kubelet's directory, inside the node.
+        checkpoints = ["--checkpoint-via", "runtime", "--runtime-checkpoint-dir", KUBELET_CHECKPOINT_DIR]
     return AgentProcess.cluster(
         "--node", node.name,
         "--kubeconfig", str(cp.service_account_kubeconfig(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT)),
-        "--kubelet-ca", str(cp.ca_file), "--kubelet-token-file", str(token),
-        "--checkpoint-dir", str(node.checkpoint_dir), "--store", str(store),
+        *checkpoints, "--checkpoint-dir", str(node.checkpoint_dir), "--store", str(store),
         # Under the lab directory, which the node sees at the same path: ctr reads the image archive there.
         "--restore-work-dir", str(node.lab_dir / f"{node.name}-work"),
         *_importer(node), "--runtime-endpoint", node.runtime_endpoint,
         "--debounce", "0.3", *extra)
+
+
+KUBELET_CHECKPOINT_DIR = "/var/lib/kubelet/checkpoints"
 
 
 @contextmanager
@@ -304,7 +313,7 @@ def _phases(cluster: RealCluster, agents: Mapping[str, Agent], pod: str, restore
     restore_began = _time(created) - created["seconds"]
     running = max(line.time.timestamp() for line in first.values())
     phases = {
-        "kubelet checkpoint": sum(line["kubeletSeconds"] for line in of_pod(source, "container checkpointed")),
+        "checkpoint": sum(line["checkpointSeconds"] for line in of_pod(source, "container checkpointed")),
         "ingest": sum(line["ingestSeconds"] for line in of_pod(source, "container ingested"))
         + committed["commitSeconds"],
         "marker to destination": restore_began - _time(committed),

@@ -18,6 +18,10 @@ RBAC_DIR = REPO / "deploy" / "base" / "rbac"
 # What cuts the agent's RBAC down by node in the API server. Not part of install_lpm: its policies refuse
 # tokens bound to no node, which the tests' and the lab's host agents use; install_admission applies them.
 ADMISSION_DIR = REPO / "deploy" / "base" / "admission"
+# Checkpoints through the kubelet's API: a ClusterRole with nodes/checkpoint and its binding to the agent.
+# Not in the base (agents ask their own node's runtime); install_lpm applies the role, bound to nobody, and
+# grant_kubelet_checkpoints binds it where a test runs agents with --checkpoint-via kubelet.
+KUBELET_CHECKPOINT_DIR = REPO / "deploy" / "components" / "checkpoint-kubelet"
 AGENT_NAMESPACE = "live-pod-migration-controller-system"
 AGENT_SERVICE_ACCOUNT = "lpm-agent"
 
@@ -95,7 +99,7 @@ def wait_established(client: ApiClient, crd_names: list[str], timeout: float = 3
 def install_lpm(client: ApiClient) -> None:
     """lpm's CRDs and the agent's RBAC from deploy/base, applied and served (CRDs Established)."""
     manifests = load_manifests(CRD_DIR, RBAC_DIR)
-    apply(client, manifests)
+    apply(client, [*manifests, _component("clusterrole.yaml")])
     wait_established(client, [m["metadata"]["name"] for m in manifests if m["kind"] == "CustomResourceDefinition"])
 
 
@@ -107,6 +111,45 @@ def install_admission(client: ApiClient) -> list[dict[str, Any]]:
     manifests = load_manifests(ADMISSION_DIR)
     apply(client, manifests)
     return manifests
+
+
+def _component(name: str) -> dict[str, Any]:
+    manifest: dict[str, Any] = yaml.safe_load((KUBELET_CHECKPOINT_DIR / name).read_text())
+    return manifest
+
+
+def grant_kubelet_checkpoints(client: ApiClient, account: str = AGENT_SERVICE_ACCOUNT) -> dict[str, Any]:
+    """deploy/components/checkpoint-kubelet's binding, for ``account`` of lpm's namespace; returns it for
+    ``revoke_kubelet_checkpoints``. Returns once the API server authorises the account's checkpoints (RBAC
+    reaches the authorizer through a watch: a kubelet asking right after the apply could still be refused)."""
+    binding = _component("clusterrolebinding.yaml")
+    if account != AGENT_SERVICE_ACCOUNT:
+        binding["metadata"]["name"] += f"-{account}"
+        binding["subjects"][0]["name"] = account
+    apply(client, [binding])
+    _wait_checkpoint_allowed(client, account, True)
+    return binding
+
+
+def revoke_kubelet_checkpoints(client: ApiClient, binding: dict[str, Any]) -> None:
+    """Undo ``grant_kubelet_checkpoints``; returns once the API server no longer authorises them."""
+    remove(client, [binding])
+    _wait_checkpoint_allowed(client, binding["subjects"][0]["name"], False)
+
+
+def _wait_checkpoint_allowed(client: ApiClient, account: str, allowed: bool, timeout: float = 30.0) -> None:
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+              "spec": {"user": f"system:serviceaccount:{AGENT_NAMESPACE}:{account}",
+                       "groups": ["system:serviceaccounts", f"system:serviceaccounts:{AGENT_NAMESPACE}",
+                                  "system:authenticated"],
+                       "resourceAttributes": {"verb": "create", "resource": "nodes", "subresource": "checkpoint"}}}
+    deadline = time.monotonic() + timeout
+    path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+    while client.request("POST", path, review)["status"].get("allowed", False) != allowed:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nodes/checkpoint for {account} still {'denied' if allowed else 'allowed'} "
+                               f"{timeout:.0f} s after the binding changed")
+        time.sleep(0.1)
 
 
 def remove(client: ApiClient, manifests: list[dict[str, Any]]) -> None:

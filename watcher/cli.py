@@ -1,8 +1,10 @@
 """``lpm``: the command line. Tests outside this repository rely on these flags exactly.
 
     lpm agent --standalone --node NAME --checkpoint-dir DIR --store DIR [--delete-ingested] [--force-polling]
-    lpm agent --node NAME [--kubeconfig FILE] --kubelet-ca FILE [--kubelet-token-file FILE] ...  (cluster mode)
-              [--runtime-endpoint unix:///run/containerd/containerd.sock] [--namespace NS]
+    lpm agent --node NAME [--kubeconfig FILE] [--namespace NS] ...  (cluster mode)
+              [--checkpoint-via runtime] [--runtime-endpoint unix:///run/containerd/containerd.sock]
+              [--runtime-checkpoint-dir DIR]   (checkpoints from the node's runtime, the default)
+              --checkpoint-via kubelet --kubelet-ca FILE [--kubelet-token-file FILE]  (from the kubelet's API)
               both modes: [--health-port 8080]  (/metrics, /healthz, /readyz; 0: any free port)
                           [--local-store DIR] [--move-interval 30]  (while the shared store is unavailable)
     lpm ingest ARCHIVE --store DIR --node NAME [--target-node NAME]
@@ -39,6 +41,7 @@ from watcher.kubelet import KubeletSettings
 from watcher.observe import AgentMetrics, Readiness, serving
 from watcher.restore.importer import ContainerdImporter, ContainersStorageImporter, Importer, RegistryImporter
 from watcher.restore.standalone import RestorerSettings, StandaloneRestorer
+from watcher.runtime.checkpoint import Settings as RuntimeCheckpointSettings
 from watcher.ingest import service
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.store.catalog import Checkpoint, Skipped
@@ -60,6 +63,7 @@ IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 AGENT_NAMESPACE = "live-pod-migration-controller-system"
 CRIO_ENDPOINT = "unix:///var/run/crio/crio.sock"
+CHECKPOINT_VIA = ("runtime", "kubelet")
 LOCAL_STORE = "/var/lib/lpm/local-store"
 
 
@@ -119,8 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--kubelet-token-file", type=Path,
                        default=Path(_env("LPM_KUBELET_TOKEN_FILE", IN_CLUSTER_TOKEN) or IN_CLUSTER_TOKEN),
                        help="cluster mode: bearer token for the kubelet (env LPM_KUBELET_TOKEN_FILE)")
-    agent.add_argument("--kubelet-timeout", type=int, default=120,
-                       help="cluster mode: seconds the kubelet may take per container checkpoint (default 120)")
+    agent.add_argument("--checkpoint-via", choices=CHECKPOINT_VIA, default=_env("LPM_CHECKPOINT_VIA", "runtime"),
+                       help="cluster mode: who takes checkpoints: runtime (the node's runtime over its CRI socket, "
+                            "--runtime-endpoint; no API permission needed, so an agent can dump only its own "
+                            "node's pods) or kubelet (the kubelet's checkpoint API; needs create on "
+                            "nodes/checkpoint, for every node) (default runtime; env LPM_CHECKPOINT_VIA)")
+    agent.add_argument("--runtime-checkpoint-dir", type=Path, default=_path_env("LPM_RUNTIME_CHECKPOINT_DIR"),
+                       help="--checkpoint-via runtime: the checkpoint directory as the runtime sees it, where it "
+                            "is told to write archives (default: --checkpoint-dir; env LPM_RUNTIME_CHECKPOINT_DIR)")
+    agent.add_argument("--checkpoint-timeout", "--kubelet-timeout", type=int, default=120,
+                       help="cluster mode: seconds the runtime may take per container checkpoint (default 120)")
     agent.add_argument("--restore", action="store_true",
                        help="standalone: also import every checkpoint whose completion marker names this node "
                             "as its target into the node's runtime, ready to restore (cluster mode always "
@@ -252,19 +264,28 @@ def _agent(args: argparse.Namespace) -> int:
                                                           config.compression, args.marker_poll),
                                   stores.shared.fd, metrics)
         return asyncio.run(_run_until_signal(agent, args.health_port, metrics, readiness))
-    if args.kubelet_ca is None:
-        raise LpmError("cluster mode needs the kubelets' CA: pass --kubelet-ca or set LPM_KUBELET_CA "
-                       "(lpm never skips TLS verification)")
-    cluster = ClusterConfig(config, args.kubeconfig,
-                            KubeletSettings(ca_file=args.kubelet_ca, token_file=args.kubelet_token_file,
-                                            checkpoint_timeout=args.kubelet_timeout,
-                                            checkpoint_dir=args.checkpoint_dir),
+    endpoint = runtime_endpoint(args.runtime_endpoint, args.importer, args.containerd_address)
+    cluster = ClusterConfig(config, args.kubeconfig, _checkpoints(args, endpoint),
                             RestoreSettings(args.restore_work_dir, make_importer(args), marker_poll=args.marker_poll),
                             namespace=args.namespace or _in_cluster_namespace() or AGENT_NAMESPACE,
-                            runtime_endpoint=runtime_endpoint(args.runtime_endpoint, args.importer,
-                                                              args.containerd_address))
+                            runtime_endpoint=endpoint)
     return asyncio.run(_run_until_signal(ClusterAgent(cluster, metrics, readiness, stores), args.health_port,
                                          metrics, readiness))
+
+
+def _checkpoints(args: argparse.Namespace, endpoint: str | None) -> KubeletSettings | RuntimeCheckpointSettings:
+    if args.checkpoint_via == "kubelet":
+        if args.kubelet_ca is None:
+            raise LpmError("--checkpoint-via kubelet needs the kubelets' CA: pass --kubelet-ca or set LPM_KUBELET_CA "
+                           "(lpm never skips TLS verification)")
+        return KubeletSettings(ca_file=args.kubelet_ca, token_file=args.kubelet_token_file,
+                               checkpoint_timeout=args.checkpoint_timeout, checkpoint_dir=args.checkpoint_dir)
+    if endpoint is None:
+        raise LpmError("--checkpoint-via runtime needs this node's CRI socket (--runtime-endpoint, or an --importer "
+                       "that reaches the runtime); where the agent has no access to the node (--importer registry), "
+                       "use --checkpoint-via kubelet")
+    return RuntimeCheckpointSettings(endpoint, args.runtime_checkpoint_dir or args.checkpoint_dir, args.checkpoint_dir,
+                                     timeout=args.checkpoint_timeout)
 
 
 def runtime_endpoint(given: str | None, importer: str, containerd_address: str) -> str | None:

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import ssl
-import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +38,7 @@ from urllib.parse import quote
 import aiohttp
 
 from watcher.archive import names
+from watcher.archive.finished import finished_shape
 from watcher.errors import ArchiveError, LpmError
 from watcher.kube.informer import Backoff
 
@@ -174,7 +174,7 @@ class KubeletClient:
         since = time.monotonic()
         while True:
             path = self._produced(namespace, pod, container, sent_at)
-            shape = _finished_shape(path) if path is not None else None
+            shape = finished_shape(path) if path is not None else None
             if shape is None or shape != seen:
                 seen, since = shape, time.monotonic()
             elif time.monotonic() - since >= settings.settle:
@@ -189,22 +189,6 @@ class KubeletClient:
             f"{what}: {reason}; the request may have reached the kubelet, so it is not sent again (a second "
             f"checkpoint would freeze the container again and leave an orphan archive), and no finished archive "
             f"from it appeared in {settings.checkpoint_dir} within {deadline - sent_at:.0f} s of sending it")
-
-
-def _finished_shape(path: Path) -> tuple[int, int] | None:
-    """(size, mtime) of a regular file that ends in a tar's two zero blocks, else None (not there yet, or growing)."""
-    try:
-        info = os.stat(path, follow_symlinks=False)
-        if not stat.S_ISREG(info.st_mode) or info.st_size < 1024 or info.st_size % 512:
-            return None
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            tail = os.pread(fd, 1024, info.st_size - 1024)
-        finally:
-            os.close(fd)
-    except OSError:
-        return None
-    return (info.st_size, info.st_mtime_ns) if tail == bytes(1024) else None
 
 
 def _archive_path(what: str, body: str) -> Path:

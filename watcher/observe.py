@@ -44,6 +44,7 @@ from prometheus_client.registry import Collector
 from watcher.errors import ApiError, ArchiveError, IdentityError, LpmError, StoreError, UnsafeNameError
 from watcher.ingest.service import IngestResult
 from watcher.kubelet import KubeletError
+from watcher.runtime.checkpoint import RuntimeCheckpointError
 from watcher.runtime.capability import Capability, Verdict
 from watcher.store import fsio, transfer
 from watcher.store.usage import StoreUsage, store_usage
@@ -59,7 +60,7 @@ _DURATION_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 class Operation(StrEnum):
     CHECKPOINT = "checkpoint"
-    """A checkpoint the agent asked the kubelet for (a ContainerCheckpoint or PodCheckpoint)."""
+    """A checkpoint the agent asked the runtime or the kubelet for (a ContainerCheckpoint or PodCheckpoint)."""
     INGEST = "ingest"
     """An archive found in the kubelet's checkpoint directory."""
     RESTORE = "restore"
@@ -68,6 +69,8 @@ class Operation(StrEnum):
 
 class Reason(StrEnum):
     KUBELET = "kubelet"
+    RUNTIME = "runtime"
+    """The node's runtime refused or failed a checkpoint asked over its CRI socket."""
     IDENTITY = "identity"
     ARCHIVE = "archive"
     UNSAFE_NAME = "unsafe_name"
@@ -79,6 +82,7 @@ class Reason(StrEnum):
 # First match wins: subclasses before their bases.
 _REASONS: tuple[tuple[type[LpmError], Reason], ...] = (
     (KubeletError, Reason.KUBELET),
+    (RuntimeCheckpointError, Reason.RUNTIME),
     (IdentityError, Reason.IDENTITY),
     (ArchiveError, Reason.ARCHIVE),
     (UnsafeNameError, Reason.UNSAFE_NAME),

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
 from lab.apiclient import ApiError
 from lab.controlplane import ControlPlane
-from lab.manifests import AGENT_NAMESPACE
+from lab.manifests import AGENT_NAMESPACE, grant_kubelet_checkpoints, revoke_kubelet_checkpoints
 from lab.kubelet import KubeletStandIn, pod_body
 from lab.agent import AgentProcess
 
@@ -178,7 +178,8 @@ async def test_cluster_agent_is_ready_once_its_watches_are_established(
     await kubelet.start()
     binding = f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{account}"
     agent = AgentProcess.cluster(
-        "--node", node, "--kubeconfig", str(kubeconfig), "--kubelet-ca", str(control_plane.ca_file),
+        "--node", node, "--kubeconfig", str(kubeconfig), "--checkpoint-via", "kubelet",
+        "--kubelet-ca", str(control_plane.ca_file),
         "--kubelet-token-file", str(token), "--checkpoint-dir", str(kube_dir), "--store", str(tmp_path / "store"),
         "--debounce", "0.5")
 
@@ -197,6 +198,7 @@ async def test_cluster_agent_is_ready_once_its_watches_are_established(
             assert time.monotonic() < deadline, f"ContainerCheckpoint {name} never finished"
             await asyncio.sleep(0.2)
 
+    kubelet_binding: dict[str, Any] | None = None
     try:
         port = await asyncio.to_thread(_port, agent)
         assert await get("/healthz") == (200, "ok\n")
@@ -210,6 +212,8 @@ async def test_cluster_agent_is_ready_once_its_watches_are_established(
             "metadata": {"name": account},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "lpm-agent"},
             "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": AGENT_NAMESPACE}]})
+        # Checkpoints come from the (stand-in) kubelet here, which needs what components/checkpoint-kubelet grants.
+        kubelet_binding = await asyncio.to_thread(grant_kubelet_checkpoints, control_plane.admin, account)
         deadline = time.monotonic() + 60  # the watches retry with a backoff capped at 30 s
         while (answer := await get("/readyz"))[0] != 200:
             assert time.monotonic() < deadline, f"never ready: {answer}"
@@ -244,6 +248,8 @@ async def test_cluster_agent_is_ready_once_its_watches_are_established(
         if agent.proc.poll() is None:
             agent.kill()
         await kubelet.stop()
+        if kubelet_binding is not None:
+            await asyncio.to_thread(revoke_kubelet_checkpoints, control_plane.admin, kubelet_binding)
         try:
             await api("DELETE", binding)
         except ApiError as err:

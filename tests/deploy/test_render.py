@@ -5,6 +5,7 @@ What the apiserver thinks of the same objects is tests/deploy/test_apply.py's bu
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -255,3 +256,34 @@ def test_alerts_use_only_metrics_that_lpm_exports(rendered: dict[str, list[dict[
     ports = {p["name"] for c in _containers(ds).values() for p in c.get("ports", [])}
     assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} == ports
     assert monitor["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+
+
+def _checkpoint_rules(objects: list[dict[str, Any]]) -> list[str]:
+    """The ClusterRoles that grant nodes/checkpoint, by name."""
+    return [o["metadata"]["name"] for o in objects if o["kind"] == "ClusterRole"
+            and any("nodes/checkpoint" in rule.get("resources", []) for rule in o["rules"])]
+
+
+@pytest.mark.parametrize(("overlay", "via", "granted"), [
+    # The agent reaches the node's runtime socket: checkpoints from it, and no nodes/checkpoint at all.
+    ("containerd", "runtime", []),
+    ("cri-o", "runtime", []),
+    # No access to the node: the kubelet's API, and the ClusterRole that lets every agent call every kubelet.
+    ("registry", "kubelet", ["lpm-agent-kubelet-checkpoint"]),
+])
+def test_checkpoints_come_from_the_runtime_unless_the_agent_cannot_reach_it(
+        rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch, overlay: str, via: str,
+        granted: list[str]) -> None:
+    objects = rendered[overlay]
+    assert _checkpoint_rules(objects) == granted
+    agent = _containers(find(objects, "DaemonSet", "lpm-agent"))["agent"]
+    for key in [k for k in os.environ if k.startswith("LPM_")]:
+        monkeypatch.delenv(key)
+    for key, value in _env(agent).items():
+        monkeypatch.setenv(key, value if isinstance(value, str) else "node-a")
+    assert build_parser().parse_args(agent["args"]).checkpoint_via == via
+    if via == "kubelet":
+        [binding] = [o for o in objects if o["kind"] == "ClusterRoleBinding"
+                     and o["roleRef"]["name"] == "lpm-agent-kubelet-checkpoint"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_SERVICE_ACCOUNT,
+                                        "namespace": AGENT_NAMESPACE}]

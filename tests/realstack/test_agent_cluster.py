@@ -2,7 +2,9 @@
 
 The agent is the real ``lpm agent`` process, authenticated with the lpm-agent ServiceAccount's
 real token (so RBAC is enforced), calling the stand-in kubelet over TLS verified against the
-test CA. Each test gets its own namespace, checkpoint directory and store.
+test CA: checkpoints through the kubelet's API (``--checkpoint-via kubelet``), with
+deploy/components/checkpoint-kubelet's binding granted for this module only. Each test gets its own
+namespace, checkpoint directory and store.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import pytest
 import pytest_asyncio
@@ -27,7 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
 from lab.controlplane import ControlPlane
-from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, grant_leases
+from lab.manifests import (
+    AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, grant_kubelet_checkpoints, grant_leases, revoke_kubelet_checkpoints,
+)
 from lab.kubelet import KubeletStandIn, pod_body
 from lab.agent import AgentProcess
 from tests.support import lpm
@@ -86,7 +90,8 @@ class Cluster:
         kubeconfig = self.cp.service_account_kubeconfig(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT)
         n = self.nodes[node]
         n.agent = AgentProcess.cluster(
-            "--node", node, "--kubeconfig", str(kubeconfig), "--kubelet-ca", str(self.cp.ca_file),
+            "--node", node, "--kubeconfig", str(kubeconfig), "--checkpoint-via", "kubelet",
+            "--kubelet-ca", str(self.cp.ca_file),
             "--kubelet-token-file", str(token), "--checkpoint-dir", str(n.checkpoint_dir),
             "--store", str(n.store), "--debounce", "0.5", "--namespace", self.namespace, *extra)
         n.agent.wait_logged("cluster mode watching")  # its node Lease is written by then
@@ -113,6 +118,14 @@ async def eventually(check: Callable[[], Any], timeout: float = 60, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kubelet_checkpoints(control_plane: ControlPlane) -> Iterator[None]:
+    """The agents here checkpoint through the kubelet (stand-in), so they need nodes/checkpoint."""
+    binding = grant_kubelet_checkpoints(control_plane.admin)
+    yield
+    revoke_kubelet_checkpoints(control_plane.admin, binding)
 
 
 @pytest_asyncio.fixture

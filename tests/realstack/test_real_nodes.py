@@ -7,11 +7,19 @@ anything is checkpointed. The scenario is
 lab/live.py's, the code the README's run command shows: it raises ``MigrationFailed`` (with the
 migration's status, the agents' and the nodes' logs) unless every counter goes on on node-b from the value
 it was checkpointed at and the source pod is gone. Progress lines are printed (pytest -s shows them).
+
+The agents take checkpoints from their node's containerd over its CRI socket (the default), which needs no
+API permission; one test switches node-a's agent to the kubelet's API (deploy/components/checkpoint-kubelet)
+to show that path still works where a user chooses it, and one shows what the default buys: the agent's
+token, bound to its pod on node-a as the DaemonSet's is, cannot have any kubelet dump any pod, directly or
+through the API server (docs/threat-model.md, rule 8).
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,8 +28,10 @@ import pytest
 
 from lab.agent import AgentProcess
 from lab.cluster import RealCluster
-from lab.manifests import AGENT_NAMESPACE
-from lab.live import MIGRATE_TO, NAMESPACE, SOURCE, TARGET, host_agents, migrate, read_logs, run_pod
+from lab.manifests import (
+    AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, grant_kubelet_checkpoints, revoke_kubelet_checkpoints,
+)
+from lab.live import MIGRATE_TO, NAMESPACE, SOURCE, TARGET, host_agents, migrate, read_logs, run_pod, start_agent
 
 NO_RESTORE = "node-c"
 
@@ -45,6 +55,10 @@ async def test_counter_moves_to_node_b_on_real_kubelets(cluster: RealCluster,
     await run_pod(cluster, "counter", ("count",), SOURCE)
     outcome = await migrate(cluster, agents, "counter", ("count",), print)
     assert outcome.restored_pod.startswith("counter-restored-")
+    # Taken by node-a's containerd over its CRI socket: lpm named the archive (to the microsecond).
+    [archive] = [line["archive"] for line in agents[SOURCE].logs("container checkpointed")
+                 if line.get("pod") == f"{NAMESPACE}/counter"]
+    assert "." in archive.rsplit("-", 1)[-1].removesuffix(".tar"), archive
 
 
 @pytest.mark.asyncio
@@ -88,6 +102,84 @@ async def test_a_node_that_cannot_restore_is_refused_before_the_checkpoint(
     events = cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/events?fieldSelector=involvedObject.name%3Dstay")
     refused = [e for e in events["items"] if e["reason"] == "MigrationRefused"]
     assert refused and refused[0]["type"] == "Warning", [e["reason"] for e in events["items"]]
+
+
+@pytest.mark.asyncio
+async def test_the_kubelet_path_still_migrates_where_it_is_chosen(cluster: RealCluster,
+                                                                 agents: dict[str, AgentProcess]) -> None:
+    cp = cluster.control_plane
+    runtime_agent = agents[SOURCE]
+    runtime_agent.stop()
+    binding = grant_kubelet_checkpoints(cp.admin)  # what components/checkpoint-kubelet adds
+    agents[SOURCE] = start_agent(cp, cluster.nodes[SOURCE], cluster.store_views[SOURCE], via="kubelet")
+    try:
+        agents[SOURCE].wait_logged("cluster mode watching")
+        await run_pod(cluster, "via-kubelet", ("count",), SOURCE)
+        outcome = await migrate(cluster, agents, "via-kubelet", ("count",), print)
+        assert outcome.restored_pod.startswith("via-kubelet-restored-")
+        # The kubelet named the archive (to the second; lpm's own names carry microseconds).
+        [archive] = [line["archive"] for line in agents[SOURCE].logs("container checkpointed")
+                     if line.get("pod") == f"{NAMESPACE}/via-kubelet"]
+        assert "." not in archive.rsplit("-", 1)[-1].removesuffix(".tar"), archive
+    finally:
+        agents[SOURCE].stop()
+        revoke_kubelet_checkpoints(cp.admin, binding)
+        agents[SOURCE] = start_agent(cp, cluster.nodes[SOURCE], cluster.store_views[SOURCE])
+        agents[SOURCE].wait_logged("cluster mode watching")
+
+
+@pytest.mark.asyncio
+async def test_an_agents_token_has_no_kubelet_dump_any_pod(cluster: RealCluster,
+                                                           agents: dict[str, AgentProcess]) -> None:
+    cp = cluster.control_plane
+    # The token the DaemonSet's pod on node-a gets: the agent's ServiceAccount, bound to a pod on node-a.
+    holder = "lpm-agent-token-holder"
+    cp.admin.request("POST", f"/api/v1/namespaces/{AGENT_NAMESPACE}/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": holder, "namespace": AGENT_NAMESPACE},
+        "spec": {"nodeName": SOURCE, "serviceAccountName": AGENT_SERVICE_ACCOUNT, "terminationGracePeriodSeconds": 0,
+                 "containers": [{"name": "agent", "image": "lpm-not-pulled:never", "imagePullPolicy": "Never"}]}})
+    try:
+        token = cp.service_account_token(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, pod=holder)
+        await run_pod(cluster, "elsewhere", ("count",), TARGET)
+        await run_pod(cluster, "here", ("count",), SOURCE)
+        user = f"system:serviceaccount:{AGENT_NAMESPACE}:{AGENT_SERVICE_ACCOUNT}"
+        for node, pod in ((TARGET, "elsewhere"), (SOURCE, "here")):
+            # Straight to the node's kubelet, as the kubelet path would call it.
+            status, body = _post(cluster, _kubelet_address(cluster, node), 10250,
+                                 f"/checkpoint/{NAMESPACE}/{pod}/count", token)
+            assert status == 403, (node, status, body)
+            assert f"user={user}, verb=create, resource=nodes, subresource(s)=[checkpoint]" in body, body
+            # Through the API server's proxy to the kubelet.
+            status, body = _post(cluster, None, None, f"/api/v1/nodes/{node}/proxy/checkpoint/{NAMESPACE}/{pod}/count",
+                                 token)
+            assert status == 403 and "nodes/proxy" in body, (node, status, body)
+        # Nothing was dumped: no archive of either pod on either node, and both still count.
+        for node in (SOURCE, TARGET):
+            archives = sorted(p.name for p in cluster.nodes[node].checkpoint_dir.glob("checkpoint-*"))
+            assert not [a for a in archives if a.startswith(("checkpoint-elsewhere_", "checkpoint-here_"))], archives
+    finally:
+        cp.admin.request("DELETE", f"/api/v1/namespaces/{AGENT_NAMESPACE}/pods/{holder}")
+
+
+def _kubelet_address(cluster: RealCluster, node: str) -> str:
+    addresses = cluster.control_plane.admin.request("GET", f"/api/v1/nodes/{node}")["status"]["addresses"]
+    return next(a["address"] for a in addresses if a["type"] == "InternalIP")
+
+
+def _post(cluster: RealCluster, host: str | None, port: int | None, path: str, token: str) -> tuple[int, str]:
+    """POST ``path`` with ``token`` to a kubelet, or (``host`` None) to the API server; TLS verified."""
+    cp = cluster.control_plane
+    if host is None:
+        host, _, server_port = cp.server.removeprefix("https://").partition(":")
+        port = int(server_port)
+    connection = http.client.HTTPSConnection(host, port, timeout=30,
+                                             context=ssl.create_default_context(cafile=str(cp.ca_file)))
+    try:
+        connection.request("POST", path, headers={"Authorization": f"Bearer {token}"})
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
 
 
 def _migration_of(cluster: RealCluster, pod: str) -> dict[str, Any] | None:

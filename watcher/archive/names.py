@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from watcher.errors import ArchiveError
 
@@ -52,3 +52,17 @@ def parse(file_name: str) -> ArchiveName:
     except ValueError:
         raise ArchiveError(f"archive {file_name!r}: time {text!r} is not a valid RFC 3339 time") from None
     return ArchiveName(file_name, match.group("pod"), match.group("rest"), taken_at)
+
+
+def format_name(pod: str, namespace: str, container: str, taken_at: datetime) -> str:
+    """The name the kubelet would give an archive of ``container`` taken at ``taken_at``.
+
+    lpm names the archives it asks the runtime for itself (``watcher.runtime.checkpoint``) the same way, so
+    everything downstream (claims, the directory watcher, the collector's kubelet hygiene) treats them
+    alike. In UTC, to the microsecond (RFC 3339 allows the fraction; the kubelet's names stop at the
+    second): two checkpoints of one container in one second get two names, never one overwritten file.
+    """
+    when = taken_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    name = f"checkpoint-{pod}_{namespace}-{container}-{when}.tar"
+    parse(name)  # the same rules as every other name: a pod, namespace or container that breaks them is refused
+    return name

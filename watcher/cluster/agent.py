@@ -22,6 +22,7 @@ from watcher.agent import SHUTDOWN_GRACE, StandaloneAgent, StandaloneConfig
 from watcher.cluster.checkpointing import (
     Source, announce_container, create_idempotent, reconcile_container_checkpoint, reconcile_pod_checkpoint,
 )
+from watcher.cluster.checkpointers import Checkpointer, KubeletCheckpointer, RuntimeCheckpointer
 from watcher.cluster.claims import Claim, Claims
 from watcher.cluster.migration import reconcile_annotated_pod, reconcile_migration
 from watcher.cluster.presence import Announcer
@@ -34,11 +35,12 @@ from watcher.cluster.status import now, update_status
 from watcher.ingest.service import IngestResult
 from watcher.kube.client import Kube, connect
 from watcher.kube.informer import Resource, Workers, informer
-from watcher.kubelet import KubeletClient, KubeletSettings
+from watcher.kubelet import KubeletSettings
 from watcher.observe import AgentMetrics, Readiness
 from watcher.restore.destination import Destination
 from watcher.restore.importer import ContainersStorageImporter, Importer
 from watcher.restore.markers import poll_markers
+from watcher.runtime import checkpoint as runtime_checkpoint
 from watcher.runtime.capability import Capability
 from watcher.store.catalog import Checkpoint
 from watcher.stores import Store, Stores
@@ -53,7 +55,8 @@ class ClusterConfig:
     base: StandaloneConfig
     kubeconfig: Path | None
     """None: the pod's in-cluster service account."""
-    kubelet: KubeletSettings
+    checkpoints: KubeletSettings | runtime_checkpoint.Settings
+    """Who takes checkpoints: the kubelet's API, or (default) the node's runtime over its CRI socket."""
     restore: RestoreSettings
     namespace: str
     """The agent's own namespace: where every node's agent keeps its Lease (``watcher.cluster.presence``)."""
@@ -124,12 +127,14 @@ class ClusterAgent:
     async def run(self, stop: asyncio.Event) -> None:
         cfg, node = self._config, self._config.base.node
         kube = Kube(await connect(cfg.kubeconfig))
-        kubelet = KubeletClient(cfg.kubelet)
+        checkpointer: Checkpointer = (KubeletCheckpointer(kube, node, cfg.checkpoints)
+                                      if isinstance(cfg.checkpoints, KubeletSettings)
+                                      else RuntimeCheckpointer(cfg.checkpoints))
         claims = Claims()
         stores = self._stores
         directory = StandaloneAgent(cfg.base, self._metrics, stores,
                                     _DirectoryHooks(kube, claims, node, stores.local.path))
-        source = Source(kube, kubelet, node, cfg.base.watch.directory, stores, cfg.base.compression,
+        source = Source(kube, checkpointer, node, cfg.base.watch.directory, stores, cfg.base.compression,
                         directory.cancel, claims, self._metrics)
         # The shared store's fd keeps its number even when the store is replaced (see watcher.stores).
         destination = Destination(kube, node, stores.shared.fd, cfg.restore.work_dir,
@@ -194,6 +199,6 @@ class ClusterAgent:
             await supervisor.close(SHUTDOWN_GRACE)
             for workers in (migrations, pod_checkpoints, container_checkpoints, annotated):
                 await workers.close()
-            await kubelet.close()
+            await checkpointer.close()
             await kube.client.close()
 

@@ -28,18 +28,18 @@ from watcher.archive import names
 from watcher.archive.identity import Identity
 from watcher.cluster import events
 from watcher.cluster.claims import Claims
-from watcher.cluster.nodes import endpoint_of
+from watcher.cluster.checkpointers import Checkpointer
 from watcher.cluster.objects import (
-    API_VERSION, ORIGIN_ANNOTATION, TARGET_NODE_ANNOTATION, Phase, content_name, lpm_path, meta, node_path,
-    pod_path,
+    API_VERSION, ORIGIN_ANNOTATION, TARGET_NODE_ANNOTATION, Phase, content_name, lpm_path, meta, pod_path,
 )
 from watcher.cluster.status import now, update_status
 from watcher.errors import ArchiveError, Conflict, LpmError, NotFound, StoreError, UnsafeNameError
 from watcher.ingest import service
 from watcher.ingest.service import IngestResult, StagedArchive
 from watcher.kube.client import Kube
-from watcher.kubelet import KubeletClient, KubeletError
+from watcher.kubelet import KubeletError
 from watcher.observe import AgentMetrics, Operation
+from watcher.runtime.checkpoint import RuntimeCheckpointError
 from watcher.store.manifest import Manifest
 from watcher.stores import Store, Stores
 from watcher.zstream import CompressionSettings
@@ -47,7 +47,7 @@ from watcher.zstream import CompressionSettings
 log = logging.getLogger(__name__)
 
 # What ends a request as Failed (the reason is in the message); anything else is retried.
-FINAL_ERRORS = (KubeletError, ArchiveError, StoreError, UnsafeNameError)
+FINAL_ERRORS = (KubeletError, RuntimeCheckpointError, ArchiveError, StoreError, UnsafeNameError)
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class KeyedLock:
 @dataclass
 class Source:
     kube: Kube
-    kubelet: KubeletClient
+    checkpointer: Checkpointer
     node: str
     checkpoint_dir: Path
     stores: Stores
@@ -98,7 +98,7 @@ class Source:
     _pods_busy: KeyedLock = field(default_factory=KeyedLock)
 
     async def checkpoint(self, pod: Mapping[str, Any], containers: list[str], target_node: str | None) -> Stored:
-        """Checkpoint ``containers`` of ``pod`` through the kubelet and commit them as one checkpoint.
+        """Checkpoint ``containers`` of ``pod`` (runtime or kubelet: ``checkpointers``) and commit them as one.
 
         One at a time per pod: two requests for one pod (a ContainerCheckpoint and a migration, say) would
         otherwise run two dumps of one container at once, and the kubelet names archives to the second, so
@@ -108,7 +108,6 @@ class Source:
 
     async def _checkpoint(self, pod: Mapping[str, Any], containers: list[str], target_node: str | None) -> Stored:
         began = time.monotonic()
-        endpoint = endpoint_of(await self.kube.get(node_path(self.node)), 10250)
         namespace, name = meta(pod)["namespace"], meta(pod)["name"]
         # Claimed until committed: the directory watcher must not ingest these archives on its
         # own (as one-container checkpoints) while this request is between the kubelet and the ledger.
@@ -117,13 +116,13 @@ class Source:
         try:
             for container in containers:
                 started = time.monotonic()
-                archive = (await self.kubelet.checkpoint(endpoint, namespace, name, container)).name
+                archive = await self.checkpointer.checkpoint(pod, container)
                 if not names.is_candidate(archive):
                     raise KubeletError(f"kubelet on {self.node} named {archive!r}, which is not a checkpoint archive")
                 archives[container] = archive
                 log.info("container checkpointed", extra={"fields": {
                     "pod": f"{namespace}/{name}", "container": container, "archive": archive,
-                    "kubeletSeconds": round(time.monotonic() - started, 4)}})
+                    "checkpointSeconds": round(time.monotonic() - started, 4)}})
             why_local = await self.stores.probe()
             if why_local is None:
                 try:

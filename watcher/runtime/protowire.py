@@ -40,6 +40,11 @@ def encode_bool(field: int, value: bool) -> bytes:
     return encode_varint(field << 3 | VARINT) + b"\x01" if value else b""
 
 
+def encode_uint(field: int, value: int) -> bytes:
+    """Field ``field`` set to the non-negative ``value`` (int64 and uint64 alike); proto3 leaves 0 out."""
+    return encode_varint(field << 3 | VARINT) + encode_varint(value) if value else b""
+
+
 def encode_string(field: int, value: str) -> bytes:
     data = value.encode()
     return encode_varint(field << 3 | LENGTH) + encode_varint(len(data)) + data if data else b""

@@ -1,0 +1,79 @@
+"""Who takes a container's checkpoint for the source: the node's runtime (default) or its kubelet.
+
+- ``RuntimeCheckpointer``: CRI ``CheckpointContainer`` on this node's runtime socket. Needs the socket
+  (the restore-containerd and restore-containers-storage components mount it) and no API permission:
+  an agent can dump only its own node's pods (docs/threat-model.md, rule 8).
+- ``KubeletCheckpointer``: the kubelet's ``POST /checkpoint``, for nodes where the agent may not reach the
+  runtime (restore-registry). Needs ``create nodes/checkpoint``, which RBAC cannot limit to one node: every
+  agent's token can then dump any pod on any node (deploy/components/checkpoint-kubelet says so).
+
+Both leave the archive in the kubelet's checkpoint directory under the kubelet's naming, so the rest of
+the source's path (claims, ingest, the collector's hygiene) is one path.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Mapping, Protocol
+
+from watcher.archive import names
+from watcher.cluster.nodes import endpoint_of
+from watcher.cluster.objects import meta, node_path
+from watcher.kube.client import Kube
+from watcher.kubelet import KubeletClient, KubeletSettings
+from watcher.runtime import checkpoint as runtime_checkpoint
+from watcher.runtime.checkpoint import RuntimeCheckpointError
+
+
+class Checkpointer(Protocol):
+    async def checkpoint(self, pod: Mapping[str, Any], container: str) -> str:
+        """Checkpoint ``container`` of ``pod``; the file name of its archive in the checkpoint directory."""
+
+    async def close(self) -> None: ...
+
+
+class KubeletCheckpointer:
+    def __init__(self, kube: Kube, node: str, settings: KubeletSettings) -> None:
+        self._kube = kube
+        self._node = node
+        self._settings = settings
+        self._client = KubeletClient(settings)
+
+    async def checkpoint(self, pod: Mapping[str, Any], container: str) -> str:
+        endpoint = endpoint_of(await self._kube.get(node_path(self._node)), self._settings.port)
+        path = await self._client.checkpoint(endpoint, meta(pod)["namespace"], meta(pod)["name"], container)
+        return path.name
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class RuntimeCheckpointer:
+    def __init__(self, settings: runtime_checkpoint.Settings) -> None:
+        self._settings = settings
+
+    async def checkpoint(self, pod: Mapping[str, Any], container: str) -> str:
+        namespace, name = meta(pod)["namespace"], meta(pod)["name"]
+        archive = names.format_name(name, namespace, container, datetime.now(timezone.utc))
+        path = await runtime_checkpoint.checkpoint(self._settings, container_id(pod, container), archive)
+        return path.name
+
+    async def close(self) -> None:
+        pass  # one channel per call: nothing held between checkpoints
+
+
+def container_id(pod: Mapping[str, Any], container: str) -> str:
+    """The runtime's ID of a running ``container`` of ``pod``, from the pod's status (``containerd://<id>``)."""
+    what = f"pod {meta(pod)['namespace']}/{meta(pod)['name']} container {container}"
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        if status.get("name") != container:
+            continue
+        if "running" not in (status.get("state") or {}):
+            raise RuntimeCheckpointError(f"{what} is not running ({sorted(status.get('state') or {})}): "
+                                         "nothing to checkpoint")
+        scheme, sep, found = str(status.get("containerID", "")).partition("://")
+        if not sep or not found:
+            raise RuntimeCheckpointError(f"{what}: the pod's status names no runtime container ID "
+                                         f"({status.get('containerID')!r})")
+        return found
+    raise RuntimeCheckpointError(f"{what}: not in the pod's status yet (not started)")

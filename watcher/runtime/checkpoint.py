@@ -1,0 +1,111 @@
+"""Checkpointing a container through this node's own runtime, over its CRI socket.
+
+    runtime.v1.RuntimeService/CheckpointContainer{container_id, location, timeout} -> {}
+
+The call the kubelet itself makes for ``POST /checkpoint``: containerd and CRI-O write the archive to
+``location`` and answer once it is complete. Asked here, on the node's local socket, a checkpoint needs no
+``nodes/checkpoint`` permission in the API: the agent can dump only the pods of the node it runs on, and a
+token stolen from it dumps nothing anywhere (docs/threat-model.md, rule 8).
+
+``location`` is a path the runtime sees; the agent reads the archive through its own view of the same
+directory (``Settings.runtime_dir`` and ``Settings.agent_dir``: the same path in the DaemonSet, different
+in the lab, where the runtime lives in the node's mount namespace).
+
+Like the kubelet call (``watcher.kubelet``), the request is not idempotent: each one freezes the workload.
+It goes out only over a connection known to be up, so a failure to connect means it was never sent and is
+reported as such. A request that may have reached the runtime without an answer coming back (our deadline
+passed, the connection broke) is never sent again: the archive it asked for has a name only this request
+uses, so the agent waits for that file to be finished and takes it, or fails saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from watcher.archive.finished import finished_shape
+from watcher.errors import LpmError
+from watcher.runtime import protowire
+from watcher.runtime.cri import target
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT = "/runtime.v1.RuntimeService/CheckpointContainer"
+# Codes a runtime does not answer with, but the transport or our own deadline produce: the request may
+# have been carried out. Every other code is the runtime's own answer, and final.
+_UNCERTAIN = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+
+
+class RuntimeCheckpointError(LpmError):
+    """The runtime refused or failed a checkpoint, or could not be reached."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    endpoint: str
+    """The node's CRI socket, ``unix:///path``."""
+    runtime_dir: Path
+    """The checkpoint directory as the runtime sees it: where ``location`` points."""
+    agent_dir: Path
+    """The same directory as the agent sees it: where the archive is read."""
+    timeout: int = 120
+    """Seconds the runtime may take for one container (the request's ``timeout``)."""
+    connect_timeout: float = 10.0
+    settle: float = 2.0
+    """Seconds an archive left by an unanswered request must hold still before it is taken."""
+
+
+async def checkpoint(settings: Settings, container_id: str, archive_name: str) -> Path:
+    """Have the runtime checkpoint ``container_id`` into ``archive_name``; the archive's path as the agent sees it."""
+    location = settings.runtime_dir / archive_name
+    local = settings.agent_dir / archive_name
+    what = f"runtime at {settings.endpoint}: checkpoint of container {container_id} to {location}"
+    request = (protowire.encode_string(1, container_id) + protowire.encode_string(2, str(location))
+               + protowire.encode_uint(3, settings.timeout))
+    # As the kubelet does: the runtime's own timeout, then up to as much again (at most 30 s) for the reply.
+    grace = min(30, settings.timeout)
+    async with grpc.aio.insecure_channel(target(settings.endpoint)) as channel:  # a local unix socket: no TLS
+        try:
+            await asyncio.wait_for(channel.channel_ready(), settings.connect_timeout)
+        except asyncio.TimeoutError:
+            raise RuntimeCheckpointError(f"{what}: cannot connect within {settings.connect_timeout:.0f} s; "
+                                         "nothing was sent") from None
+        sent_at = time.monotonic()
+        try:
+            await channel.unary_unary(_CHECKPOINT)(request, timeout=settings.timeout + grace)
+        except grpc.aio.AioRpcError as err:
+            reason = f"{err.code().name}: {err.details()}"
+            if err.code() not in _UNCERTAIN:
+                raise RuntimeCheckpointError(f"{what} failed: {reason}") from None
+            return await _look_for_archive(settings, what, local, reason, sent_at + settings.timeout + 2 * grace)
+    if finished_shape(local) is None:
+        raise RuntimeCheckpointError(
+            f"{what}: the runtime answered that it is written, but {local} is not a finished archive; the "
+            "checkpoint directory as the runtime sees it and as the agent sees it must be one directory "
+            "(--runtime-checkpoint-dir, --checkpoint-dir)")
+    return local
+
+
+async def _look_for_archive(settings: Settings, what: str, local: Path, reason: str, deadline: float) -> Path:
+    """Wait for the archive an unanswered request asked for; never send the request again."""
+    log.warning("checkpoint call may have reached the runtime; not re-sending it, waiting for its archive",
+                extra={"fields": {"archive": str(local), "reason": reason,
+                                  "waitSeconds": round(deadline - time.monotonic(), 1)}})
+    seen: tuple[int, int] | None = None
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        shape = finished_shape(local)
+        if shape is None or shape != seen:
+            seen, since = shape, time.monotonic()
+        elif time.monotonic() - since >= settings.settle:
+            log.info("found the archive of the unanswered checkpoint call", extra={"fields": {"archive": str(local)}})
+            return local
+        await asyncio.sleep(min(0.25, settings.settle / 4))
+    raise RuntimeCheckpointError(
+        f"{what}: {reason}; the request may have reached the runtime, so it is not sent again (a second "
+        f"checkpoint would freeze the container again), and no finished archive appeared at {local}")
