@@ -60,6 +60,10 @@ class AgentProcess:
             return None
         return f"exited ({self.proc.returncode}); its log:\n" + "".join(self.raw[-20:])
 
+    def tail(self, lines: int = 15) -> str:
+        """The end of its log."""
+        return "".join(self.raw[-lines:])
+
     def logs(self, msg: str) -> list[dict]:
         with self._changed:
             return [line for line in self.lines if line.get("msg") == msg]

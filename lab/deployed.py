@@ -53,6 +53,10 @@ class PodAgent:
                 lines.append(line)
         return lines
 
+    def tail(self, lines: int = 15) -> str:
+        """The end of its log."""
+        return "\n".join(self._log().splitlines()[-lines:])
+
     def died(self) -> str | None:
         pod = self._cluster.control_plane.admin.request(
             "GET", f"/api/v1/namespaces/{AGENT_NAMESPACE}/pods/{self.pod}")

@@ -60,6 +60,9 @@ class Agent(Protocol):
     def died(self) -> str | None:
         """Why it stopped, with the end of its log; None while it runs."""
 
+    def tail(self, lines: int = 15) -> str:
+        """The end of its log."""
+
 
 class MigrationFailed(Exception):
     """A counter did not arrive on node-b intact, or the migration did not finish as it should."""
@@ -205,8 +208,11 @@ async def migrate(cluster: RealCluster, agents: Mapping[str, Agent], pod: str, c
     phase = None
     while phase not in ("Succeeded", "Failed"):
         if time.monotonic() - started > _PHASE_TIMEOUT:
+            logs = ""
+            for node, agent in agents.items():
+                logs += f"\n=== lpm agent on {node}, last lines:\n{await asyncio.to_thread(agent.tail)}"
             raise MigrationFailed(f"no outcome {_PHASE_TIMEOUT:.0f} s after the annotation; phases seen: {seen}; "
-                                  f"last status: {status}\n{cluster.node_failure()}")
+                                  f"last status: {status}{logs}\n{cluster.node_failure()}")
         for node, agent in agents.items():
             if (why := await asyncio.to_thread(agent.died)) is not None:  # nothing would move the migration on
                 raise MigrationFailed(f"the agent on {node} stopped: {why}")

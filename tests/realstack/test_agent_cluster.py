@@ -602,7 +602,7 @@ async def test_destination_restarted_mid_restore_restores_exactly_once(cluster: 
     assert len(imports.read_text().splitlines()) == 2
     assert [e["reason"] for e in cluster.events(restored_name)] == ["Restored"]
     [migrated] = [e for e in cluster.events("moving-0") if e["reason"] == "Migrated"]
-    assert migrated["message"].endswith("; this pod is evicted")
+    assert migrated["message"].endswith("; this pod is removed")
 
 
 def _report_running(cluster: Cluster, pod_name: str) -> None:

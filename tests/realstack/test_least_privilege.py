@@ -314,16 +314,35 @@ async def test_leases_are_the_collectors_and_its_own_nodes(agents: dict[str, Api
 
 
 @pytest.mark.asyncio
-async def test_pods_elsewhere_may_still_be_patched_and_evicted(agents: dict[str, ApiClient],
-                                                               control_plane: ControlPlane) -> None:
-    """Not yet node-scoped (docs/threat-model.md, rule 7): the destination still finishes the source pod."""
-    source = _pod("source-on-b", "node-b", label=False, annotation=False)
-    control_plane.admin.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", source)
+async def test_pods_are_changed_and_deleted_on_the_own_node_only_and_evicted_only_as_a_dry_run(
+        agents: dict[str, ApiClient], control_plane: ControlPlane) -> None:
+    """Rule 7: what the handover's turns need (watcher/cluster/handover.py), and not a pod more."""
+    for name, node in (("source-on-a", "node-a"), ("source-on-b", "node-b")):
+        control_plane.admin.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods",
+                                    _pod(name, node, label=False, annotation=False))
     core = CoreV1Api(agents["node-a"])
-    await core.patch_namespaced_pod("source-on-b", NAMESPACE, {"metadata": {"labels": {"lpm.my.domain/x": "y"}}})
-    await core.create_namespaced_pod_eviction(
-        "source-on-b", NAMESPACE, V1Eviction(metadata=V1ObjectMeta(name="source-on-b", namespace=NAMESPACE)),
-        dry_run="All")
+    cost = {"metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": "-2147483648"}}}
+
+    def evict(name: str, dry_run: str | None) -> Any:
+        return core.create_namespaced_pod_eviction(
+            name, NAMESPACE, V1Eviction(metadata=V1ObjectMeta(name=name, namespace=NAMESPACE)), dry_run=dry_run)
+
+    # Another node's pod: not patched, not deleted, not evicted for real (a dry run asks only its budget).
+    await _refused(core.patch_namespaced_pod("source-on-b", NAMESPACE, cost),
+                   "lpm-agent of node node-a may change pods on its own node only")
+    await _refused(core.delete_namespaced_pod("source-on-b", NAMESPACE),
+                   "lpm-agent of node node-a may delete pods on its own node only")
+    await _refused(evict("source-on-b", None), "lpm-agent of node node-a may evict pods as a dry run only")
+    await evict("source-on-b", "All")
+    # Its own node's pod: what the source's agent does in the handover.
+    await evict("source-on-a", "All")
+    await _refused(evict("source-on-a", None), "may evict pods as a dry run only")
+    await core.patch_namespaced_pod("source-on-a", NAMESPACE, cost)
+    # A token bound to no node touches no pod.
+    await _refused(CoreV1Api(agents[UNBOUND]).delete_namespaced_pod("source-on-a", NAMESPACE), "names no node")
+    await core.delete_namespaced_pod("source-on-a", NAMESPACE, grace_period_seconds=0)
+    # node-b's agent may do to its pod what node-a's may not.
+    await CoreV1Api(agents["node-b"]).delete_namespaced_pod("source-on-b", NAMESPACE, grace_period_seconds=0)
 
 
 def _expand(rules: list[Any]) -> set[tuple[str, str, str, tuple[str, ...]]]:

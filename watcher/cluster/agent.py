@@ -16,7 +16,7 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from watcher.agent import SHUTDOWN_GRACE, StandaloneAgent, StandaloneConfig
 from watcher.cluster.checkpointing import (
@@ -137,11 +137,16 @@ class ClusterAgent:
         source = Source(kube, checkpointer, node, cfg.base.watch.directory, stores, cfg.base.compression,
                         directory.cancel, claims, self._metrics)
         # The shared store's fd keeps its number even when the store is replaced (see watcher.stores).
+
+        def look_again(delay: float, obj: Mapping[str, Any]) -> None:
+            """Reconcile this PodMigration again in ``delay`` s: what it waits for (the other node's pod, a
+            disruption budget) brings no event to this agent."""
+            migrations.submit_later(delay, "MODIFIED", {
+                "metadata": {"namespace": meta(obj)["namespace"], "name": meta(obj)["name"]}})
+
         destination = Destination(kube, node, stores.shared.fd, cfg.restore.work_dir,
                                   cfg.restore.importer, cfg.base.compression,
-                                  directory.cancel, self._metrics,
-                                  lambda delay, obj: migrations.submit_later(delay, "MODIFIED", {
-                                      "metadata": {"namespace": meta(obj)["namespace"], "name": meta(obj)["name"]}}))
+                                  directory.cancel, self._metrics, look_again)
 
         def on_capability(capability: Capability) -> None:
             self._metrics.restore_capability(capability)
@@ -152,7 +157,7 @@ class ClusterAgent:
         await announcer.renew()
 
         async def on_migration(event: str, obj: dict[str, Any]) -> None:
-            await reconcile_migration(kube, node, cfg.namespace, event, obj)  # the source node's half
+            await reconcile_migration(kube, node, cfg.namespace, event, obj, look_again)  # the source node's half
             await destination.reconcile(event, obj)  # the target node's half
 
         migrations = Workers("podmigration", on_migration)

@@ -4,7 +4,7 @@ A migration hands the pod's running state to a new pod on another node and then 
 is sound only when nothing else owns the pod's identity or keeps state the checkpoint does not carry:
 
 - Bare pods and a ReplicaSet's (a Deployment's) pods migrate: the restored pod is handed to the ReplicaSet
-  (``watcher.restore.handover``), so the set never holds a fresh, empty replica nor one too many.
+  (``watcher.cluster.handover``), so the set never holds a fresh, empty replica nor one too many.
 - A StatefulSet's pod is refused: its identity is its name (and hostname, stable network ID and claims),
   which the restored pod could only take once the source is gone — the moment the StatefulSet controller
   creates a fresh pod under that name. Both would race for it; the controller usually wins.

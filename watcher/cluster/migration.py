@@ -1,4 +1,5 @@
-"""PodMigration on the source node: from the annotation to ``CheckpointComplete``.
+"""PodMigration on the source node: from the annotation to ``CheckpointComplete``, and the source's turns
+in the handover once the destination restores (``watcher.cluster.release``).
 
 The annotation ``lpm.my.domain/migrate-to: NODE`` on a pod makes this node's agent create one
 PodMigration for that pod instance (the name is derived from the pod's UID, so seeing the
@@ -29,6 +30,7 @@ from watcher.cluster.objects import (
     migration_name, owner_reference, pod_path,
 )
 from watcher.cluster.pins import unpinned
+from watcher.cluster.release import RetryLater, release_source
 from watcher.cluster.status import now, update_status
 from watcher.errors import NotFound, UnsafeNameError
 from watcher.kube.client import Kube
@@ -66,7 +68,7 @@ def _phase(phase: MigrationPhase, message: str, **extra: Any) -> Any:
 
 
 async def reconcile_migration(kube: Kube, node: str, lease_namespace: str, event: str,
-                              obj: Mapping[str, Any]) -> None:
+                              obj: Mapping[str, Any], retry_later: RetryLater) -> None:
     """``lease_namespace``: where the agents' node Leases are (the agent's own namespace)."""
     if event == "DELETED":
         return
@@ -74,6 +76,9 @@ async def reconcile_migration(kube: Kube, node: str, lease_namespace: str, event
     try:
         migration = await kube.get(lpm_path("PodMigration", namespace, name))
     except NotFound:
+        return
+    if migration.get("status", {}).get("phase") == MigrationPhase.RESTORING.value:
+        await _handover(kube, node, migration, retry_later)
         return
     if migration.get("status", {}).get("phase") in _DONE_HERE:
         return
@@ -127,6 +132,20 @@ async def reconcile_migration(kube: Kube, node: str, lease_namespace: str, event
     elif state.get("phase") == Phase.FAILED.value:
         await update_status(kube, "PodMigration", namespace, name, _phase(
             MigrationPhase.FAILED, f"checkpoint failed: {state.get('message', '')}"))
+
+
+async def _handover(kube: Kube, node: str, migration: Mapping[str, Any], retry_later: RetryLater) -> None:
+    """The source's turns while the destination restores, on the agent of the node the pod ran on."""
+    if migration.get("status", {}).get("sourceNode") != node:
+        return
+    namespace = meta(migration)["namespace"]
+    try:
+        source: dict[str, Any] | None = await kube.get(pod_path(namespace, migration["spec"]["podName"]))
+    except NotFound:
+        source = None
+    if source is not None and source.get("spec", {}).get("nodeName") != node:
+        source = None  # another pod by that name, elsewhere: this node's source is gone
+    await release_source(kube, node, migration, source, retry_later)
 
 
 async def _refusal(kube: Kube, pod: Mapping[str, Any], target: Mapping[str, Any]) -> str | None:

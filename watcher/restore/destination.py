@@ -5,9 +5,10 @@ taken to ``Restoring``: every container's dump is read from the store with its S
 against both the manifest and the PodCheckpointContent, turned into a checkpoint image and
 imported into the node's runtime; then the restored pod is created, pinned here, with the same
 spec and each container's image set to its checkpoint image — created held, outside its workload.
-Once that pod runs and is Ready it takes the source's place (``watcher.restore.handover``): the
-source's disruption budget is asked, the pod gets the source's labels and controller, the source is
-evicted (unless ``retainOriginalPod``), and the migration is ``Succeeded``.
+Once that pod runs and is Ready it takes the source's place (``watcher.cluster.handover``), in turns with
+the source's agent, each acting only on its own node's pods: the source's disruption budget is asked there,
+the pod here gets the source's labels and controller, the source is deleted there (unless
+``retainOriginalPod``), and the migration is ``Succeeded``.
 
 Restarts never restore twice: the restored pod's name is derived from the migration, so an
 agent that died between creating it and recording it finds it and carries on from there.
@@ -22,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from watcher.cluster import events
+from watcher.cluster import events, handover
+from watcher.cluster.handover import Handover, Step
 from watcher.cluster.objects import MigrationPhase, dns_name, lpm_path, meta, pod_path
 from watcher.cluster.status import now, update_status
 from watcher.errors import ApiError, Conflict, LpmError, NotFound
@@ -30,8 +32,6 @@ from watcher.kube.client import Kube
 from watcher.observe import AgentMetrics, Operation
 from watcher.restore.importer import Importer
 from watcher.restore.pipeline import RestoreRefused, import_checkpoint
-from watcher.restore import handover
-from watcher.restore.handover import Step
 from watcher.restore.podspec import restored_spec
 from watcher.store import layout
 from watcher.zstream import CompressionSettings
@@ -39,10 +39,11 @@ from watcher.zstream import CompressionSettings
 log = logging.getLogger(__name__)
 
 RESTORED_FROM_ANNOTATION = "lpm.my.domain/restored-from"
-EVICTION_RETRY = 5.0  # seconds between two eviction requests a disruption budget refused
+SOURCE_LOOK = 5.0  # seconds between looks while it is the source's agent's turn
 
 RetryLater = Callable[[float, Mapping[str, Any]], None]
-"""Reconcile this PodMigration again after so many seconds (the PDB's change brings no event here)."""
+"""Reconcile this PodMigration again after so many seconds (a change to the source pod brings no event here:
+this agent watches its own node's pods)."""
 
 
 @dataclass
@@ -170,12 +171,12 @@ class Destination:
             return await self.kube.get(pod_path(namespace, self._restored_name(migration)))
 
     async def _finish_when_running(self, migration: Mapping[str, Any], restored: Mapping[str, Any]) -> None:
-        """Carry out ``handover.decide`` until the migration is done (see ``watcher.restore.handover``)."""
+        """Carry out ``handover.decide`` until the migration is done (see ``watcher.cluster.handover``)."""
         namespace, name = meta(migration)["namespace"], meta(migration)["name"]
         source_name, restored_name = migration["spec"]["podName"], meta(restored)["name"]
         retain = migration["spec"].get("retainOriginalPod", False)
         source = await self._get_pod(namespace, source_name)
-        step = handover.decide(restored, source, retain)
+        step = handover.decide(restored, source, retain, handover.handover_of(migration))
         if step is Step.WAIT:
             return  # the pod watch brings us back when it changes
         if step is Step.RESTORED_FAILED:
@@ -188,12 +189,23 @@ class Destination:
             raise RestoreRefused(f"source pod {namespace}/{source_name} was removed while the migration ran (a "
                                  f"scale-down, a rollout or a person): the restored copy {restored_name} is "
                                  "deleted rather than left as a pod its workload did not ask for")
-        if step is Step.RELEASE:
-            assert source is not None
-            if not await self._release(migration, source, restored_name, retain):
-                return
-            step = Step.DONE if retain else Step.REMOVE_SOURCE
-        if step is Step.REMOVE_SOURCE and not await self._evict(migration, source_name, dry_run=False):
+        source_node = (source or {}).get("spec", {}).get("nodeName") or migration.get("status", {}).get("sourceNode")
+        if step is Step.ASK_SOURCE:
+            await self._handover(migration, Handover.RESTORED_READY, f"restored pod {restored_name} running on "
+                                 f"{self.node}; node {source_node}'s agent releases source pod {namespace}/{source_name}")
+        if step in (Step.ASK_SOURCE, Step.WAIT_FOR_SOURCE):
+            self.retry_later(SOURCE_LOOK, migration)  # a source gone meanwhile discards the copy
+            return
+        if step is Step.ADOPT:
+            await self.kube.merge_patch(pod_path(namespace, restored_name), handover.release_patch(source or {}, name))
+            log.info("restored pod released to its workload", extra={"fields": {
+                "migration": f"{namespace}/{name}", "pod": f"{namespace}/{restored_name}",
+                "controller": (handover.controller_of(source or {}) or {}).get("name")}})
+            step = Step.DONE if retain else Step.MARK_ADOPTED
+        if step is Step.MARK_ADOPTED:
+            await self._handover(migration, Handover.ADOPTED, f"restored pod {restored_name} took the source's place "
+                                 f"on {self.node}; node {source_node}'s agent removes source pod {namespace}/{source_name}")
+            self.retry_later(SOURCE_LOOK, migration)
             return
         held = handover.is_held(await self._get_pod(namespace, restored_name) or {})
         await update_status(self.kube, "PodMigration", namespace, name, _phase(
@@ -204,49 +216,12 @@ class Destination:
                             node=self.node)
         if source is not None:  # the Event outlives the pod: `kubectl get events` still tells where it went
             await events.record(self.kube, source, "Migrated", f"running on {self.node} as {restored_name} "
-                                f"({name}); " + ("this pod was kept: retainOriginalPod" if retain else "this pod is evicted"),
+                                f"({name}); " + ("this pod was kept: retainOriginalPod" if retain else "this pod is removed"),
                                 node=self.node)
 
-    async def _release(self, migration: Mapping[str, Any], source: Mapping[str, Any], restored_name: str,
-                       retain: bool) -> bool:
-        """Hand the restored pod the source's place; False while a disruption budget holds the source."""
-        namespace, name = meta(migration)["namespace"], meta(migration)["name"]
-        if not retain and not await self._evict(migration, meta(source)["name"], dry_run=True):
-            return False
-        if handover.controller_of(source) is not None and not retain:
-            # With the resourceVersion read before the dry run: had a scale-down or a rollout deleted the source
-            # meanwhile (the Eviction API says yes to a pod already being deleted), the patch conflicts and
-            # the next look discards the copy instead of handing the ReplicaSet one pod too many.
-            try:
-                await self.kube.merge_patch(pod_path(namespace, meta(source)["name"]), {"metadata": {
-                    "resourceVersion": meta(source)["resourceVersion"],
-                    "annotations": {handover.DELETION_COST_ANNOTATION: handover.LOWEST_DELETION_COST}}})
-            except (Conflict, NotFound):
-                self.retry_later(0.0, migration)
-                return False
-        await self.kube.merge_patch(pod_path(namespace, restored_name), handover.release_patch(source, name))
-        log.info("restored pod released to its workload", extra={"fields": {
-            "migration": f"{namespace}/{name}", "pod": f"{namespace}/{restored_name}",
-            "controller": (handover.controller_of(source) or {}).get("name")}})
-        return True
-
-    async def _evict(self, migration: Mapping[str, Any], pod: str, dry_run: bool) -> bool:
-        """Ask the Eviction API to remove ``pod``; False (and a retry scheduled) when a disruption budget
-        refuses. A pod already gone counts as removed."""
-        namespace, name = meta(migration)["namespace"], meta(migration)["name"]
-        try:
-            await self.kube.create(pod_path(namespace, pod) + "/eviction", handover.eviction(namespace, pod, dry_run))
-        except NotFound:
-            return True
-        except ApiError as err:
-            if err.status != 429:
-                raise
-            message = (f"restored pod running on {self.node}; waiting to remove source pod {namespace}/{pod}: "
-                       f"eviction refused ({err}); asking again every {EVICTION_RETRY:.0f} s")
-            await update_status(self.kube, "PodMigration", namespace, name, _phase(MigrationPhase.RESTORING, message))
-            self.retry_later(EVICTION_RETRY, migration)
-            return False
-        return True
+    async def _handover(self, migration: Mapping[str, Any], state: Handover, message: str) -> None:
+        await update_status(self.kube, "PodMigration", meta(migration)["namespace"], meta(migration)["name"],
+                            lambda status: handover.advance(status, state, message))
 
     async def _get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
