@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Callable
 
 from lpm_gc.scanner import KEEP_FILE
+from watcher.archive.stamp import ArchiveStamp
 from watcher.errors import LpmError
 from watcher.store import retrieve
-from watcher.store.ledger import ArchiveStamp, Ledger, LedgerRecord
+from watcher.store.ledger import Ledger, LedgerRecord
 from watcher.zstream import CompressionSettings
 
 

@@ -39,7 +39,8 @@ from watcher.errors import LpmError
 from watcher.ingest import service
 from watcher.restore.image import Platform, write_image
 from watcher.store import catalog, fsio, layout, retrieve
-from watcher.store.ledger import ArchiveStamp, Ledger, LedgerRecord, _file_name
+from watcher.archive.stamp import ArchiveStamp
+from watcher.store.ledger import Ledger, LedgerRecord, _file_name
 from watcher.store.manifest import Manifest, Marker, Runtime, encode
 from watcher.zstream import CompressionSettings
 

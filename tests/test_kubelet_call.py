@@ -20,7 +20,7 @@ from aiohttp import web
 from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, make_archive, write_in_place
 from lab.pki import CertificateAuthority
 from watcher.archive.tarscan import TarScanner
-from watcher.kube.informer import Backoff
+from watcher.backoff import Backoff
 from watcher.kubelet import Endpoint, KubeletClient, KubeletError, KubeletSettings
 
 POD = Pod(uid="7c0ffee0-1111-4222-8333-944445555666", namespace="shop", name="cart-0", container="app")

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
+from watcher.archive.stamp import ArchiveStamp
 from watcher.errors import ArchiveChanged, ArchiveError, ArchiveIncomplete, Cancelled, LpmError, StoreError
 from watcher.ingest import service
 from watcher.ingest.service import IngestResult
@@ -26,7 +27,6 @@ from watcher.observe import AgentMetrics, Operation
 from watcher.store import commit
 from watcher.store.catalog import Checkpoint
 from watcher.store.layout import StorageType
-from watcher.store.ledger import ArchiveStamp
 from watcher.stores import Store, Stores
 from watcher.supervise import Supervisor
 from watcher.watch.dirwatch import WatchSettings, watch_directory

@@ -35,7 +35,7 @@ from typing import Protocol, Sequence
 from lpm_gc import cli as gc_cli
 from watcher import logs
 from watcher.agent import StandaloneAgent, StandaloneConfig
-from watcher.cluster.agent import ClusterAgent, ClusterConfig, RestoreSettings
+from watcher.cluster_agent import ClusterAgent, ClusterConfig, RestoreSettings
 from watcher.errors import LpmError
 from watcher.kubelet import KubeletSettings
 from watcher.observe import AgentMetrics, Readiness, serving

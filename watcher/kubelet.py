@@ -40,7 +40,7 @@ import aiohttp
 from watcher.archive import names
 from watcher.archive.finished import finished_shape
 from watcher.errors import ArchiveError, LpmError
-from watcher.kube.informer import Backoff
+from watcher.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from enum import Enum
 from typing import Any, Mapping
 from urllib.parse import quote
+
+from watcher.kube.names import dns_name
 
 GROUP = "lpm.my.domain"
 VERSION = "v1"
@@ -77,18 +78,6 @@ def node_path(name: str) -> str:
 
 def meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return obj.get("metadata", {})
-
-
-def short_hash(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
-
-
-def dns_name(*parts: str, limit: int = 253) -> str:
-    """A DNS-1123 subdomain made of ``parts``; long ones keep a hash so they stay unique."""
-    name = "-".join(part.lower() for part in parts)
-    if len(name) <= limit:
-        return name
-    return f"{name[: limit - 9]}-{short_hash(name)}"
 
 
 def migration_name(pod: str, uid: str) -> str:

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from watcher.cluster import events
-from watcher.cluster.objects import MigrationPhase, dns_name, lpm_path, meta, pod_path
+from watcher.cluster.objects import MigrationPhase, lpm_path, meta, pod_path
 from watcher.cluster.status import now, update_status
 from watcher.errors import ApiError, Conflict, LpmError, NotFound
 from watcher.kube.client import Kube
+from watcher.kube.names import dns_name
 from watcher.observe import AgentMetrics, Operation
 from watcher.restore.importer import Importer
 from watcher.restore.pipeline import RestoreRefused, import_checkpoint

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from watcher.archive.stamp import ArchiveStamp
 from watcher.errors import StoreError, UnknownCheckpoint, UnsafeNameError
 from watcher.store import fsio, layout
 from watcher.store.commit import node_state_dir
@@ -21,15 +22,6 @@ from watcher.store.manifest import decode, encode, field_error, size_field, text
 
 _LEDGER = "ledger"
 _RECORD_CAP = 1 << 16
-
-
-@dataclass(frozen=True)
-class ArchiveStamp:
-    """What identifies one version of a kubelet archive file on its node."""
-
-    name: str
-    size: int
-    mtime_ns: int
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,7 @@ from typing import Awaitable, Callable
 import watchfiles
 
 from watcher.archive import names
-from watcher.ingest.service import stamp_of
-from watcher.store.ledger import ArchiveStamp
+from watcher.archive.stamp import ArchiveStamp, stamp_of
 from watcher.watch.stability import Outcome, Stability
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from watcher.store.ledger import ArchiveStamp
+from watcher.archive.stamp import ArchiveStamp
 
 
 class Outcome(Enum):

@@ -7,6 +7,10 @@ watcher's mover switches contents to ``shared`` when it moves a locally held che
 (``relocation``); the PodMigration status that move writes is what brings the destination back. Every background
 task is named and supervised: if one ends unexpectedly the agent logs it and stops, and the
 DaemonSet restarts it, rather than running on half-blind.
+
+It composes both sides of a migration, the source's reconcilers (``cluster``) and the
+destination (``restore``), so it sits above both packages rather than inside either: the
+restorer builds on ``cluster``'s objects and status helpers, and nothing below imports back.
 """
 
 from __future__ import annotations
