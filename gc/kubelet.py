@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from lpm_gc.scanner import KEEP_FILE
 from watcher.archive.stamp import ArchiveStamp

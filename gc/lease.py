@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -33,7 +33,7 @@ _TIMEOUT = 10  # seconds per request
 
 def _micro_time(moment: datetime) -> str:
     # MicroTime wants exactly six fractional digits; isoformat() drops them when they are 0.
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaseLock:
@@ -52,7 +52,7 @@ class LeaseLock:
         started = time.monotonic()
         try:
             taken = await self._take()
-        except Exception as err:  # unknown is not "free": no lock, no deletions
+        except Exception as err:  # unknown is not "free": no lock, no deletions  # noqa: BLE001
             log.warning("collector lease unavailable; skipping this pass",
                         extra={"fields": {"lease": self._where, "error": _describe(err)}})
             return False
@@ -75,7 +75,7 @@ class LeaseLock:
                 lease = await self._api.read_namespaced_lease(self._name, self._namespace, _request_timeout=_TIMEOUT)
                 if lease.spec.holder_identity == self._identity:
                     await self._write(lease, holder=None, acquired=None)
-            except Exception as err:  # it expires on its own; say so and go on
+            except Exception as err:  # it expires on its own; say so and go on  # noqa: BLE001
                 log.info("collector lease not released; it expires by itself",
                          extra={"fields": {"lease": self._where, "error": _describe(err)}})
 
@@ -91,7 +91,7 @@ class LeaseLock:
                 raise
             return await self._create()
         spec = lease.spec
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         holder = spec.holder_identity
         if holder and holder != self._identity and not self._expired(spec, now):
             log.info("another collector holds the lease; skipping this pass",
@@ -114,7 +114,7 @@ class LeaseLock:
         return renewed + duration + _SKEW < now
 
     async def _create(self) -> bool:
-        now = _micro_time(datetime.now(timezone.utc))
+        now = _micro_time(datetime.now(UTC))
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": self._name, "namespace": self._namespace},
                 "spec": {"holderIdentity": self._identity, "leaseDurationSeconds": self._duration,
@@ -130,7 +130,7 @@ class LeaseLock:
     async def _write(self, lease: Any, holder: str | None, acquired: datetime | None,
                      transitions: int | None = None) -> Any:
         spec = lease.spec
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         acquire_time = acquired or spec.acquire_time
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": self._name, "namespace": self._namespace,
@@ -153,7 +153,7 @@ class LeaseLock:
                     self._valid_until = 0.0
                     return
                 await self._write(lease, holder=self._identity, acquired=None)
-            except Exception as err:  # retried until the lease runs out; held() says when
+            except Exception as err:  # retried until the lease runs out; held() says when  # noqa: BLE001
                 log.warning("collector lease renewal failed",
                             extra={"fields": {"lease": self._where, "error": _describe(err)}})
                 continue

@@ -23,18 +23,29 @@ from pathlib import Path
 from typing import Any
 
 from watcher.agent import SHUTDOWN_GRACE, StandaloneAgent, StandaloneConfig
-from watcher.cluster.checkpointing import (
-    Source, announce_container, create_idempotent, reconcile_container_checkpoint, reconcile_pod_checkpoint,
-)
 from watcher.cluster.checkpointers import Checkpointer, KubeletCheckpointer, RuntimeCheckpointer
+from watcher.cluster.checkpointing import (
+    Source,
+    announce_container,
+    create_idempotent,
+    reconcile_container_checkpoint,
+    reconcile_pod_checkpoint,
+)
 from watcher.cluster.claims import Claim, Claims
 from watcher.cluster.migration import reconcile_annotated_pod, reconcile_migration
-from watcher.cluster.presence import Announcer
-from watcher.cluster.relocation import announce_moved
 from watcher.cluster.objects import (
-    API_VERSION, MIGRATION_LABEL, ORIGIN_ANNOTATION, ORIGIN_KUBELET_DIRECTORY, Phase, content_name, lpm_path, meta,
+    API_VERSION,
+    MIGRATION_LABEL,
+    ORIGIN_ANNOTATION,
+    ORIGIN_KUBELET_DIRECTORY,
+    Phase,
+    content_name,
+    lpm_path,
+    meta,
     pod_path,
 )
+from watcher.cluster.presence import Announcer
+from watcher.cluster.relocation import announce_moved
 from watcher.cluster.status import now, update_status
 from watcher.ingest.service import IngestResult
 from watcher.kube.client import Kube, connect

@@ -15,8 +15,8 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import zstandard
 
@@ -90,7 +90,7 @@ def compress_stream(
     return StreamDigest(raw_size, raw_hash.hexdigest(), out_size, out_hash.hexdigest())
 
 
-def _emit(fd: int, data: bytes, digest: "hashlib._Hash") -> int:
+def _emit(fd: int, data: bytes, digest: hashlib._Hash) -> int:
     if data:
         digest.update(data)
         _write_all(fd, data)
@@ -180,7 +180,7 @@ class _Offload:
         self._thread = threading.Thread(target=self._run, name="zstream-consumer", daemon=True)
         self._error: BaseException | None = None
 
-    def __enter__(self) -> "_Offload":
+    def __enter__(self) -> _Offload:
         self._thread.start()
         return self
 
@@ -200,7 +200,7 @@ class _Offload:
             if self._error is None:
                 try:
                     self._consume(piece)
-                except BaseException as err:  # re-raised in the producer's thread
+                except BaseException as err:  # re-raised in the producer's thread  # noqa: BLE001
                     self._error = err
 
 

@@ -51,7 +51,8 @@ def test_a_restored_container_the_kubelet_cannot_create_fails_the_handover() -> 
     restored["status"]["containerStatuses"] = [{"name": "hold", "state": {"waiting": {
         "reason": "CreateContainerError", "message": "parent snapshot sha256:58 does not exist: not found"}}}]
     assert decide(restored, _source(), False) is Step.RESTORED_FAILED
-    assert stuck(restored) == "container hold: CreateContainerError: parent snapshot sha256:58 does not exist: not found"
+    assert stuck(restored) == ("container hold: CreateContainerError: "
+                               "parent snapshot sha256:58 does not exist: not found")
     restored["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating"}}
     assert decide(restored, _source(), False) is Step.WAIT and stuck(restored) is None
 

@@ -17,20 +17,27 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from watcher.archive import names
 from watcher.archive.identity import Identity
 from watcher.cluster import events
-from watcher.cluster.claims import Claims
 from watcher.cluster.checkpointers import Checkpointer
+from watcher.cluster.claims import Claims
 from watcher.cluster.objects import (
-    API_VERSION, ORIGIN_ANNOTATION, TARGET_NODE_ANNOTATION, Phase, content_name, lpm_path, meta, pod_path,
+    API_VERSION,
+    ORIGIN_ANNOTATION,
+    TARGET_NODE_ANNOTATION,
+    Phase,
+    content_name,
+    lpm_path,
+    meta,
+    pod_path,
 )
 from watcher.cluster.status import now, update_status
 from watcher.errors import ArchiveError, Conflict, LpmError, NotFound, StoreError, UnsafeNameError
@@ -159,7 +166,7 @@ class Source:
                     "ingestSeconds": round(time.monotonic() - started, 4)}})
             started = time.monotonic()
             results = await asyncio.to_thread(service.commit_staged, store.fd, self.node, staged, target_node,
-                                              datetime.now(timezone.utc))
+                                              datetime.now(UTC))
         except BaseException:
             await asyncio.to_thread(service.discard_staged, store.fd, self.node, staged)
             raise

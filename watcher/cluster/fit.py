@@ -6,15 +6,16 @@ and the kubelet's own admission would be the first to say no — after the sourc
 filter plugins would of the spec the restored pod will have (``watcher.cluster.pins``: identity pins to
 the source node dropped): NodeUnschedulable, TaintToleration, NodeAffinity (nodeSelector and required
 affinity), NodeResourcesFit (requests against allocatable minus what the node's pods request, and the pod
-count), NodePorts and VolumeBinding (a bound volume's node affinity). Each reason names the node and what does not fit, in the scheduler's words where it
-has them.
+count), NodePorts and VolumeBinding (a bound volume's node affinity). Each reason names the node and
+what does not fit, in the scheduler's words where it has them.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from watcher.errors import LpmError
 

@@ -15,8 +15,9 @@ scheduler's rules (``watcher.cluster.fit``): the source pod is never touched.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from watcher.cluster import events
 from watcher.cluster.admission import check_target
@@ -25,8 +26,19 @@ from watcher.cluster.eligibility import claim_names, owner_refusal, volume_refus
 from watcher.cluster.fit import unfit
 from watcher.cluster.nodes import NodeUnusable, usable_target
 from watcher.cluster.objects import (
-    API_VERSION, MIGRATE_ANNOTATION, claim_path, volume_path, MIGRATION_LABEL, TARGET_NODE_ANNOTATION, MigrationPhase, Phase, lpm_path, meta,
-    migration_name, owner_reference, pod_path,
+    API_VERSION,
+    MIGRATE_ANNOTATION,
+    MIGRATION_LABEL,
+    TARGET_NODE_ANNOTATION,
+    MigrationPhase,
+    Phase,
+    claim_path,
+    lpm_path,
+    meta,
+    migration_name,
+    owner_reference,
+    pod_path,
+    volume_path,
 )
 from watcher.cluster.pins import unpinned
 from watcher.cluster.status import now, update_status
@@ -100,7 +112,7 @@ async def reconcile_migration(kube: Kube, node: str, lease_namespace: str, event
         if refusal:
             await _refuse(kube, node, pod, namespace, name, refusal)
             return
-        admission = await check_target(kube, lease_namespace, target, datetime.now(timezone.utc))
+        admission = await check_target(kube, lease_namespace, target, datetime.now(UTC))
         if not admission.allowed:
             await _refuse(kube, node, pod, namespace, name, admission.reason)
             return

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 from watcher.cluster.objects import GROUP, node_path
@@ -44,7 +45,7 @@ def lease_path(namespace: str, node: str | None = None) -> str:
 
 def micro_time(moment: datetime) -> str:
     # MicroTime wants exactly six fractional digits.
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def lease_body(namespace: str, node: str, capability: Capability, now: datetime) -> dict[str, Any]:
@@ -114,11 +115,11 @@ class Announcer:
             try:
                 await asyncio.wait_for(stop.wait(), timeout=RENEW)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self.renew()
 
     async def _write(self, capability: Capability) -> None:
-        body = lease_body(self._namespace, self._node, capability, datetime.now(timezone.utc))
+        body = lease_body(self._namespace, self._node, capability, datetime.now(UTC))
         try:
             existing = await self._kube.get(lease_path(self._namespace, self._node))
         except NotFound:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
 
 from watcher.archive import names
 from watcher.archive.identity import ArchiveIdentity, Identity, identify

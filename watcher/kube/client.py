@@ -9,10 +9,10 @@ resources and would hide the ``resourceVersion`` bookkeeping the watch loop must
 
 from __future__ import annotations
 
-import asyncio
 import json
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import config as kube_config
@@ -65,7 +65,7 @@ class Kube:
             return await self.client.call_api(
                 path, method, query_params=list((query or {}).items()), header_params=headers, body=body,
                 auth_settings=["BearerToken"], _preload_content=False, _request_timeout=timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
             raise ApiUnavailable(f"{method} {path}: API server unreachable ({err or type(err).__name__})", 0) from err
 
     async def request(self, method: str, path: str, query: Mapping[str, Any] | None = None, body: Any = None,
@@ -73,7 +73,7 @@ class Kube:
         response = await self._send(method, path, query, body, content_type, REQUEST_TIMEOUT)
         try:
             text = await response.text()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+        except (TimeoutError, aiohttp.ClientError) as err:
             raise ApiUnavailable(f"{method} {path}: reply lost ({err or type(err).__name__})", 0) from err
         finally:
             response.release()
@@ -103,7 +103,7 @@ class Kube:
             async for line in response.content:
                 if line.strip():
                     yield json.loads(line)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+        except (TimeoutError, aiohttp.ClientError) as err:
             raise ApiUnavailable(f"WATCH {path}: stream broke ({err or type(err).__name__})", 0) from err
         finally:
             response.release()

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from watcher.backoff import Backoff
 from watcher.errors import ApiError, Gone, LpmError
@@ -149,7 +150,7 @@ async def informer(
                 "resource": resource.path, "reason": str(err), "retryInSeconds": round(delay, 2)}})
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 

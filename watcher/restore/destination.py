@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from watcher.cluster import events
 from watcher.cluster.objects import MigrationPhase, lpm_path, meta, pod_path
@@ -29,10 +30,10 @@ from watcher.errors import ApiError, Conflict, LpmError, NotFound
 from watcher.kube.client import Kube
 from watcher.kube.names import dns_name
 from watcher.observe import AgentMetrics, Operation
-from watcher.restore.importer import Importer
-from watcher.restore.pipeline import RestoreRefused, import_checkpoint
 from watcher.restore import handover
 from watcher.restore.handover import Step
+from watcher.restore.importer import Importer
+from watcher.restore.pipeline import RestoreRefused, import_checkpoint
 from watcher.restore.podspec import restored_spec
 from watcher.store import layout
 from watcher.zstream import CompressionSettings
@@ -204,9 +205,9 @@ class Destination:
         await events.record(self.kube, restored, "Restored", f"restored from {namespace}/{source_name} by {name}",
                             node=self.node)
         if source is not None:  # the Event outlives the pod: `kubectl get events` still tells where it went
+            fate = "this pod was kept: retainOriginalPod" if retain else "this pod is evicted"
             await events.record(self.kube, source, "Migrated", f"running on {self.node} as {restored_name} "
-                                f"({name}); " + ("this pod was kept: retainOriginalPod" if retain else "this pod is evicted"),
-                                node=self.node)
+                                f"({name}); " + fate, node=self.node)
 
     async def _release(self, migration: Mapping[str, Any], source: Mapping[str, Any], restored_name: str,
                        retain: bool) -> bool:

@@ -24,8 +24,9 @@ the ReplicaSet would remove one of the two), a bare pod's is released beside it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 from watcher.cluster.objects import GROUP, MIGRATION_LABEL
 

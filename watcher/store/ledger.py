@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from watcher.archive.stamp import ArchiveStamp
 from watcher.errors import StoreError, UnknownCheckpoint, UnsafeNameError

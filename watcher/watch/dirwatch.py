@@ -12,9 +12,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import watchfiles
 
@@ -171,5 +171,5 @@ async def _wait_for_directory(settings: WatchSettings, stop: asyncio.Event) -> N
         try:
             await asyncio.wait_for(stop.wait(), timeout=settings.poll_interval)
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
