@@ -111,7 +111,7 @@ class LeaseLock:
         if renewed is None:
             return True
         duration = timedelta(seconds=spec.lease_duration_seconds or self._duration)
-        return renewed + duration + _SKEW < now
+        return bool(renewed + duration + _SKEW < now)  # bool(): the client's objects are untyped
 
     async def _create(self) -> bool:
         now = _micro_time(datetime.now(UTC))

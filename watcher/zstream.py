@@ -150,7 +150,8 @@ def decompress_stream(
     with _Offload(in_hash.update) as hash_input, _Offload(consume) as output:
         source = _Reader(src_fd, cancel, hash_input, bounds)
         for piece in zstandard.ZstdDecompressor().read_to_iter(
-            source, read_size=settings.chunk_size, write_size=settings.chunk_size
+            source,  # type: ignore[arg-type]  # zstandard needs only read(); its stubs ask for IO[bytes]
+            read_size=settings.chunk_size, write_size=settings.chunk_size
         ):
             if size + len(piece) > bounds.raw_size:
                 raise ChecksumMismatch(f"{bounds.where}: stored dump decompresses to more than the manifest's "

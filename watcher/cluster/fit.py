@@ -76,18 +76,19 @@ def _tolerates(tolerations: Iterable[Mapping[str, Any]], taint: Mapping[str, Any
 
 def _matches(requirement: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     key, operator, values = requirement.get("key"), requirement.get("operator"), requirement.get("values") or []
-    present = key in labels
+    label = labels.get(key) if isinstance(key, str) else None  # label values are strings, never None
+    present = label is not None
     if operator == "In":
-        return present and labels[key] in values
+        return present and label in values
     if operator == "NotIn":
-        return not present or labels[key] not in values
+        return not present or label not in values
     if operator == "Exists":
         return present
     if operator == "DoesNotExist":
         return not present
-    if operator in ("Gt", "Lt") and present and len(values) == 1:
+    if operator in ("Gt", "Lt") and label is not None and len(values) == 1:
         try:
-            have, bound = int(labels[key]), int(values[0])
+            have, bound = int(label), int(values[0])
         except ValueError:
             return False
         return have > bound if operator == "Gt" else have < bound

@@ -78,7 +78,8 @@ def node_path(name: str) -> str:
 
 
 def meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return obj.get("metadata", {})
+    metadata: Mapping[str, Any] = obj.get("metadata", {})
+    return metadata
 
 
 def migration_name(pod: str, uid: str) -> str:

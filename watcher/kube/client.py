@@ -40,7 +40,7 @@ def _error(method: str, path: str, status: int, body: str) -> ApiError:
         decoded = json.loads(body)
         message = decoded.get("message") or body
         # An eviction's refusal names the disruption budget only in its causes.
-        causes = [c.get("message") for c in (decoded.get("details") or {}).get("causes") or []
+        causes: list[Any] = [c.get("message") for c in (decoded.get("details") or {}).get("causes") or []
                   if isinstance(c, dict) and c.get("message")]
         if causes:
             message = f"{message} ({'; '.join(causes)})"
@@ -62,11 +62,12 @@ class Kube:
         if body is not None:
             headers["Content-Type"] = content_type
         try:
-            return await self.client.call_api(
+            response: aiohttp.ClientResponse = await self.client.call_api(
                 path, method, query_params=list((query or {}).items()), header_params=headers, body=body,
                 auth_settings=["BearerToken"], _preload_content=False, _request_timeout=timeout)
         except (TimeoutError, aiohttp.ClientError, OSError) as err:
             raise ApiUnavailable(f"{method} {path}: API server unreachable ({err or type(err).__name__})", 0) from err
+        return response
 
     async def request(self, method: str, path: str, query: Mapping[str, Any] | None = None, body: Any = None,
                       content_type: str = JSON) -> dict[str, Any]:

@@ -122,16 +122,16 @@ async def _wait_any(
     timeout: float,
     look: Callable[[set[str]], None],
 ) -> None:
-    waiters = [asyncio.ensure_future(hints.get()), asyncio.ensure_future(wake.wait()),
-               asyncio.ensure_future(stop.wait())]
+    hint = asyncio.ensure_future(hints.get())
+    waiters = [hint, asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
     try:
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
     wake.clear()
-    if waiters[0].done() and not waiters[0].cancelled():
-        look(waiters[0].result())
+    if hint.done() and not hint.cancelled():
+        look(hint.result())
     while not hints.empty():
         look(hints.get_nowait())
 
