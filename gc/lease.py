@@ -22,6 +22,8 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from watcher.kube.bodies import Lease
+
 log = logging.getLogger("lpm.gc.lease")
 
 LEASE_NAME = "lpm-gc"
@@ -115,10 +117,10 @@ class LeaseLock:
 
     async def _create(self) -> bool:
         now = _micro_time(datetime.now(UTC))
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self._name, "namespace": self._namespace},
-                "spec": {"holderIdentity": self._identity, "leaseDurationSeconds": self._duration,
-                         "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
+        body: Lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                       "metadata": {"name": self._name, "namespace": self._namespace},
+                       "spec": {"holderIdentity": self._identity, "leaseDurationSeconds": self._duration,
+                                "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
         try:
             await self._api.create_namespaced_lease(self._namespace, body, _request_timeout=_TIMEOUT)
         except ApiException as err:
@@ -132,13 +134,13 @@ class LeaseLock:
         spec = lease.spec
         now = datetime.now(UTC)
         acquire_time = acquired or spec.acquire_time
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self._name, "namespace": self._namespace,
-                             "resourceVersion": lease.metadata.resource_version},
-                "spec": {"holderIdentity": holder, "leaseDurationSeconds": self._duration,
-                         "acquireTime": _micro_time(acquire_time) if acquire_time else None,
-                         "renewTime": _micro_time(now),
-                         "leaseTransitions": transitions if transitions is not None else spec.lease_transitions}}
+        body: Lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                       "metadata": {"name": self._name, "namespace": self._namespace,
+                                    "resourceVersion": lease.metadata.resource_version},
+                       "spec": {"holderIdentity": holder, "leaseDurationSeconds": self._duration,
+                                "acquireTime": _micro_time(acquire_time) if acquire_time else None,
+                                "renewTime": _micro_time(now),
+                                "leaseTransitions": transitions if transitions is not None else spec.lease_transitions}}
         return await self._api.replace_namespaced_lease(self._name, self._namespace, body, _request_timeout=_TIMEOUT)
 
     async def _renew(self) -> None:

@@ -38,6 +38,7 @@ from watcher.cluster.objects import (
     MIGRATION_LABEL,
     ORIGIN_ANNOTATION,
     ORIGIN_KUBELET_DIRECTORY,
+    ContainerCheckpoint,
     Phase,
     content_name,
     lpm_path,
@@ -111,7 +112,7 @@ class _DirectoryHooks:
             return  # announced by the request that asked for it
         manifest = result.manifest
         request_name = content_name("kubelet", manifest.pod_name, manifest.checkpoint_id, manifest.container_name)
-        request = {
+        request: ContainerCheckpoint = {
             "apiVersion": API_VERSION, "kind": "ContainerCheckpoint",
             "metadata": {"name": request_name, "namespace": manifest.pod_namespace,
                          "annotations": {ORIGIN_ANNOTATION: ORIGIN_KUBELET_DIRECTORY}},

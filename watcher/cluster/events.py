@@ -9,6 +9,7 @@ from typing import Any
 
 from watcher.cluster.objects import meta
 from watcher.errors import ApiError
+from watcher.kube.bodies import Event
 from watcher.kube.client import Kube
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ async def record(kube: Kube, obj: Mapping[str, Any], reason: str, message: str, 
     """Post a core/v1 Event about ``obj``. Best effort: an Event lost is logged, never fatal."""
     namespace = meta(obj).get("namespace") or "default"
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    body = {
+    body: Event = {
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"generateName": f"{meta(obj)['name'][:200]}-", "namespace": namespace},
         "involvedObject": {"apiVersion": obj.get("apiVersion", "v1"), "kind": obj.get("kind", "Pod"),

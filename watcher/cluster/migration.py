@@ -32,6 +32,8 @@ from watcher.cluster.objects import (
     TARGET_NODE_ANNOTATION,
     MigrationPhase,
     Phase,
+    PodCheckpoint,
+    PodMigration,
     claim_path,
     lpm_path,
     meta,
@@ -59,11 +61,12 @@ async def reconcile_annotated_pod(kube: Kube, node: str, event: str, pod: dict[s
         return
     namespace, name, uid = meta(pod)["namespace"], meta(pod)["name"], meta(pod)["uid"]
     migration = migration_name(name, uid)
-    await create_idempotent(kube, lpm_path("PodMigration", namespace), {
+    body: PodMigration = {
         "apiVersion": API_VERSION, "kind": "PodMigration",
         "metadata": {"name": migration, "namespace": namespace, "labels": {f"{MIGRATION_LABEL}-pod-uid": uid}},
         "spec": {"podName": name, "targetNode": target},
-    })
+    }
+    await create_idempotent(kube, lpm_path("PodMigration", namespace), body)
 
 
 def _phase(phase: MigrationPhase, message: str, **extra: Any) -> Any:
@@ -121,13 +124,14 @@ async def reconcile_migration(kube: Kube, node: str, lease_namespace: str, event
                         extra={"fields": {"migration": f"{namespace}/{name}", "reason": admission.reason}})
     await update_status(kube, "PodMigration", namespace, name, _phase(
         MigrationPhase.CHECKPOINTING, f"checkpointing on {node}", sourceNode=node, startTime=now()))
-    await create_idempotent(kube, lpm_path("PodCheckpoint", namespace), {
+    request: PodCheckpoint = {
         "apiVersion": API_VERSION, "kind": "PodCheckpoint",
         "metadata": {"name": name, "namespace": namespace, "labels": {MIGRATION_LABEL: name},
                      "annotations": {TARGET_NODE_ANNOTATION: target},
                      "ownerReferences": [owner_reference(migration)]},
         "spec": {"podName": pod_name},
-    })
+    }
+    await create_idempotent(kube, lpm_path("PodCheckpoint", namespace), request)
     checkpoint = await kube.get(lpm_path("PodCheckpoint", namespace, name))
     state = checkpoint.get("status", {})
     if state.get("phase") == Phase.SUCCEEDED.value:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import Enum
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 from urllib.parse import quote
 
+from watcher.kube.bodies import ObjectMeta, OwnerReference
 from watcher.kube.names import dns_name
 
 GROUP = "lpm.my.domain"
@@ -35,6 +36,54 @@ class MigrationPhase(str, Enum):
     RESTORING = "Restoring"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+
+
+class ObjectRef(TypedDict):
+    name: str
+    namespace: str
+
+
+class ContainerCheckpointSpec(TypedDict):
+    podName: str
+    containerName: str
+
+
+class ContainerCheckpoint(TypedDict):
+    """A request to checkpoint one container (namespaced). Its status is read, changed and written
+    back whole (``watcher.cluster.status``), so it stays the server's dict."""
+
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: ContainerCheckpointSpec
+
+
+class PodCheckpointSpec(TypedDict):
+    podName: str
+
+
+class PodCheckpoint(TypedDict):
+    """A request to checkpoint every container of a pod under one checkpoint ID (namespaced)."""
+
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: PodCheckpointSpec
+
+
+class PodMigrationSpec(TypedDict):
+    podName: str
+    targetNode: str
+    retainOriginalPod: NotRequired[bool]
+
+
+class PodMigration(TypedDict):
+    """A request to move a pod to ``targetNode`` (namespaced)."""
+
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: PodMigrationSpec
 
 
 PLURALS = {
@@ -92,6 +141,6 @@ def content_name(namespace: str, owner: str, checkpoint_id: str, container: str 
     return dns_name(*parts)
 
 
-def owner_reference(obj: Mapping[str, Any]) -> dict[str, Any]:
+def owner_reference(obj: Mapping[str, Any]) -> OwnerReference:
     return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta(obj)["name"],
             "uid": meta(obj)["uid"], "controller": True}

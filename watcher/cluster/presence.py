@@ -17,11 +17,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import quote
 
 from watcher.cluster.objects import GROUP, node_path
 from watcher.errors import ApiError, Conflict, LpmError, NotFound
+from watcher.kube.bodies import Lease
 from watcher.kube.client import Kube
 from watcher.runtime import cri
 from watcher.runtime.capability import Capability, RuntimeFacts, Verdict, decide, from_node_info, parse_config
@@ -48,7 +48,7 @@ def micro_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def lease_body(namespace: str, node: str, capability: Capability, now: datetime) -> dict[str, Any]:
+def lease_body(namespace: str, node: str, capability: Capability, now: datetime) -> Lease:
     """The whole Lease as this node's agent writes it (created, or replacing the last one)."""
     return {
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
