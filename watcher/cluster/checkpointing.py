@@ -34,6 +34,8 @@ from watcher.cluster.objects import (
     ORIGIN_ANNOTATION,
     TARGET_NODE_ANNOTATION,
     Phase,
+    PodCheckpointContentSpec,
+    StoredArtifact,
     content_name,
     lpm_path,
     meta,
@@ -176,7 +178,7 @@ class Source:
         return results
 
 
-def _content_spec(manifest: Manifest, store: Store) -> dict[str, Any]:
+def _content_spec(manifest: Manifest, store: Store) -> StoredArtifact:
     return {"artifactURI": store.uri(manifest.ref), "storageType": store.kind.value,
             "checksumSHA256": manifest.checksum_sha256, "compressedSize": manifest.compressed_size}
 
@@ -203,7 +205,7 @@ async def announce_container(kube: Kube, request: Mapping[str, Any], manifest: M
 async def announce_pod(kube: Kube, request: Mapping[str, Any], manifests: list[Manifest], store: Store) -> str:
     first = manifests[0]
     name = content_name(first.pod_namespace, meta(request)["name"], first.checkpoint_id)
-    spec: dict[str, Any] = {
+    spec: PodCheckpointContentSpec = {
         "podCheckpointRef": {"name": meta(request)["name"], "namespace": meta(request)["namespace"]},
         "podNamespace": first.pod_namespace, "podName": first.pod_name, "podUID": first.pod_uid,
         "checkpointID": first.checkpoint_id, "sourceNode": first.source_node,

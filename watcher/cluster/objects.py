@@ -86,6 +86,31 @@ class PodMigration(TypedDict):
     spec: PodMigrationSpec
 
 
+class StoredArtifact(TypedDict):
+    """Where one container's checkpoint is stored, and what it must read back as."""
+
+    artifactURI: str
+    storageType: str
+    """shared or local (``watcher.store.layout.StorageType``)."""
+    checksumSHA256: str
+    compressedSize: int
+
+
+class ContainerArtifact(StoredArtifact):
+    containerName: str
+
+
+class PodCheckpointContentSpec(TypedDict):
+    podCheckpointRef: ObjectRef
+    podNamespace: str
+    podName: str
+    podUID: str
+    checkpointID: str
+    sourceNode: str
+    containers: list[ContainerArtifact]
+    targetNode: NotRequired[str]
+
+
 PLURALS = {
     "ContainerCheckpoint": "containercheckpoints",
     "ContainerCheckpointContent": "containercheckpointcontents",

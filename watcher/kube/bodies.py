@@ -63,6 +63,19 @@ class Event(TypedDict):
     count: int
 
 
+class DeleteOptions(TypedDict, total=False):
+    dryRun: list[str]
+
+
+class Eviction(TypedDict):
+    """policy/v1 Eviction: a pod removed only as its disruption budgets allow."""
+
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    deleteOptions: NotRequired[DeleteOptions]
+
+
 class LeaseSpec(TypedDict):
     holderIdentity: str | None
     """None: released."""

@@ -29,6 +29,7 @@ from enum import Enum
 from typing import Any
 
 from watcher.cluster.objects import GROUP, MIGRATION_LABEL
+from watcher.kube.bodies import Eviction
 
 HELD_ANNOTATION = f"{GROUP}/handover"
 HELD = "held"
@@ -112,9 +113,9 @@ def release_patch(source: Mapping[str, Any], migration: str) -> dict[str, Any]:
     return patch
 
 
-def eviction(namespace: str, name: str, dry_run: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"apiVersion": "policy/v1", "kind": "Eviction",
-                            "metadata": {"name": name, "namespace": namespace}}
+def eviction(namespace: str, name: str, dry_run: bool) -> Eviction:
+    body: Eviction = {"apiVersion": "policy/v1", "kind": "Eviction",
+                      "metadata": {"name": name, "namespace": namespace}}
     if dry_run:
         body["deleteOptions"] = {"dryRun": ["All"]}
     return body
