@@ -53,7 +53,7 @@ def main() -> int:
                                        suppress_health_check=list(HealthCheck))(given(strategy)(counted)))
         try:
             run()
-        except Exception as err:  # the violation, already printed with its input by hypothesis
+        except Exception as err:  # the violation, already printed with its input by hypothesis  # noqa: BLE001
             print(f"{name}: VIOLATION after {calls['cases']} cases: {type(err).__name__}: {err}", flush=True)
             failed = True
             continue

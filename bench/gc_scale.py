@@ -105,7 +105,8 @@ def main() -> int:
             print(json.dumps(results[-1]), flush=True)
         if len(results) == 2:
             small, large = results
-            growth = (large["peakRssMiB"] - small["peakRssMiB"]) * 1048576 / (large["checkpoints"] - small["checkpoints"])
+            growth = ((large["peakRssMiB"] - small["peakRssMiB"]) * 1048576
+                      / (large["checkpoints"] - small["checkpoints"]))
             print(json.dumps({"rssBytesPerCheckpoint": round(growth)}), flush=True)
     finally:
         if not args.keep and made:

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
@@ -56,7 +56,7 @@ def lpm_ingest(archive: Path, store: Path, settings: CompressionSettings) -> tup
         probe = asyncio.create_task(ticker())
         started = time.perf_counter()
         result = await asyncio.to_thread(service.ingest_archive, root, archive, "bench-node", settings,
-                                         threading.Event(), datetime.now(timezone.utc))
+                                         threading.Event(), datetime.now(UTC))
         seconds = time.perf_counter() - started
         done.set()
         await probe
@@ -100,7 +100,7 @@ def rss_child(archive: Path, store: Path) -> None:
     root = fsio.open_root(store, create=True)
     before = rss_now()
     service.ingest_archive(root, archive, "bench-node", CompressionSettings(), threading.Event(),
-                           datetime.now(timezone.utc))
+                           datetime.now(UTC))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"before": before, "peak": peak}))
 

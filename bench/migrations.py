@@ -21,7 +21,7 @@ import os
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from lab.agent import AgentProcess
@@ -63,7 +63,7 @@ async def run(args: argparse.Namespace) -> None:
         # no live agent: write the Lease node-b's agent would (live 90 s, longer than the migrations take).
         cp.admin.request("POST", f"/apis/coordination.k8s.io/v1/namespaces/{AGENT_NAMESPACE}/leases", lease_body(
             AGENT_NAMESPACE, "node-b", Capability(Verdict.UNKNOWN, "", "", "benchmark: no agent runs on node-b"),
-            datetime.now(timezone.utc)))
+            datetime.now(UTC)))
         token = work / "token"
         token.write_text(cp.service_account_token(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT))
         agent = AgentProcess.cluster(
@@ -92,7 +92,8 @@ async def run(args: argparse.Namespace) -> None:
                               if line["pod"] == f"{NAMESPACE}/{name}")
                 totals.append(total)
                 overheads.append(total - kubelet - ingest)
-            print(f"migrations: {args.migrations}; annotation -> CheckpointComplete: median {statistics.median(totals):.3f} s; "
+            print(f"migrations: {args.migrations}; "
+                  f"annotation -> CheckpointComplete: median {statistics.median(totals):.3f} s; "
                   f"control-plane overhead (minus kubelet and ingest): median {statistics.median(overheads):.3f} s, "
                   f"max {max(overheads):.3f} s")
 

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lpm_gc.collector import Collector, ReferenceSource, Settings, run as run_passes
+from lpm_gc.collector import Collector, ReferenceSource, Settings
+from lpm_gc.collector import run as run_passes
 from lpm_gc.kubelet import KubeletSettings
 from lpm_gc.lock import FileLock, Lock
 from lpm_gc.metrics import Metrics
@@ -83,10 +84,12 @@ def count(text: str) -> int:
 def add_parser(commands: Any) -> None:
     gc = commands.add_parser("gc", help="collect garbage in the checkpoint store",
                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    gc.add_argument("--store", type=Path, metavar="DIR", default=Path(os.environ.get("LPM_STORE") or "/mnt/checkpoints"),
+    gc.add_argument("--store", type=Path, metavar="DIR",
+                    default=Path(os.environ.get("LPM_STORE") or "/mnt/checkpoints"),
                     help="shared checkpoint store (env LPM_STORE)")
     gc.add_argument("--once", action="store_true", help="one pass, then exit (the CronJob)")
-    gc.add_argument("--interval", type=duration, metavar="DURATION", default=duration("10m"), help="time between passes (default 10m)")
+    gc.add_argument("--interval", type=duration, metavar="DURATION", default=duration("10m"),
+                    help="time between passes (default 10m)")
     gc.add_argument("--retention", type=duration, metavar="DURATION", default=None,
                     help="delete complete checkpoints older than this (default: env RETENTION_HOURS, else 24h)")
     gc.add_argument("--stale-after", type=duration, metavar="DURATION", default=duration("1h"),
@@ -99,10 +102,12 @@ def add_parser(commands: Any) -> None:
     gc.add_argument("--lease-namespace", metavar="NS", default=os.environ.get("POD_NAMESPACE") or LEASE_NAMESPACE,
                     help=f"namespace of the collectors' Lease (env POD_NAMESPACE, default {LEASE_NAMESPACE})")
     limits = gc.add_argument_group("limits (checkpoint-restore-operator parity; oldest deleted first)")
-    limits.add_argument("--max-per-container", type=count, metavar="N", help="checkpoints kept per namespace/pod/container")
+    limits.add_argument("--max-per-container", type=count, metavar="N",
+                        help="checkpoints kept per namespace/pod/container")
     limits.add_argument("--max-per-pod", type=count, metavar="N", help="checkpoints kept per namespace/pod name")
     limits.add_argument("--max-per-namespace", type=count, metavar="N", help="checkpoints kept per namespace")
-    limits.add_argument("--max-size-per-namespace", type=size, metavar="SIZE", help="bytes kept per namespace, e.g. 50Gi")
+    limits.add_argument("--max-size-per-namespace", type=size, metavar="SIZE",
+                        help="bytes kept per namespace, e.g. 50Gi")
     limits.add_argument("--max-total-size", type=size, metavar="SIZE", help="bytes kept in the whole store, e.g. 500Gi")
     hygiene = gc.add_argument_group("kubelet directory hygiene (on a node)")
     hygiene.add_argument("--checkpoint-dir", type=Path, metavar="DIR", default=None,

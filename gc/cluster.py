@@ -6,8 +6,8 @@ Kept apart so that standalone collectors never import the Kubernetes client.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config.config_exception import ConfigException

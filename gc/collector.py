@@ -13,9 +13,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TextIO
+from typing import Any, TextIO
 
 from lpm_gc import kubelet, runner
 from lpm_gc.entries import Entry, Kind
@@ -253,7 +254,7 @@ async def run(collector: Collector, interval: float, once: bool, stop: asyncio.E
             return 0
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         else:
             return 0

@@ -19,14 +19,15 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from lpm_gc.scanner import KEEP_FILE
+from watcher.archive.stamp import ArchiveStamp
 from watcher.errors import LpmError
 from watcher.store import retrieve
-from watcher.store.ledger import ArchiveStamp, Ledger, LedgerRecord
+from watcher.store.ledger import Ledger, LedgerRecord
 from watcher.zstream import CompressionSettings
 
 

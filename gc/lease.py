@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from watcher.kube.bodies import Lease
 
 log = logging.getLogger("lpm.gc.lease")
 
@@ -33,7 +35,7 @@ _TIMEOUT = 10  # seconds per request
 
 def _micro_time(moment: datetime) -> str:
     # MicroTime wants exactly six fractional digits; isoformat() drops them when they are 0.
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaseLock:
@@ -52,7 +54,7 @@ class LeaseLock:
         started = time.monotonic()
         try:
             taken = await self._take()
-        except Exception as err:  # unknown is not "free": no lock, no deletions
+        except Exception as err:  # unknown is not "free": no lock, no deletions  # noqa: BLE001
             log.warning("collector lease unavailable; skipping this pass",
                         extra={"fields": {"lease": self._where, "error": _describe(err)}})
             return False
@@ -75,7 +77,7 @@ class LeaseLock:
                 lease = await self._api.read_namespaced_lease(self._name, self._namespace, _request_timeout=_TIMEOUT)
                 if lease.spec.holder_identity == self._identity:
                     await self._write(lease, holder=None, acquired=None)
-            except Exception as err:  # it expires on its own; say so and go on
+            except Exception as err:  # it expires on its own; say so and go on  # noqa: BLE001
                 log.info("collector lease not released; it expires by itself",
                          extra={"fields": {"lease": self._where, "error": _describe(err)}})
 
@@ -91,7 +93,7 @@ class LeaseLock:
                 raise
             return await self._create()
         spec = lease.spec
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         holder = spec.holder_identity
         if holder and holder != self._identity and not self._expired(spec, now):
             log.info("another collector holds the lease; skipping this pass",
@@ -111,14 +113,14 @@ class LeaseLock:
         if renewed is None:
             return True
         duration = timedelta(seconds=spec.lease_duration_seconds or self._duration)
-        return renewed + duration + _SKEW < now
+        return bool(renewed + duration + _SKEW < now)  # bool(): the client's objects are untyped
 
     async def _create(self) -> bool:
-        now = _micro_time(datetime.now(timezone.utc))
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self._name, "namespace": self._namespace},
-                "spec": {"holderIdentity": self._identity, "leaseDurationSeconds": self._duration,
-                         "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
+        now = _micro_time(datetime.now(UTC))
+        body: Lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                       "metadata": {"name": self._name, "namespace": self._namespace},
+                       "spec": {"holderIdentity": self._identity, "leaseDurationSeconds": self._duration,
+                                "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
         try:
             await self._api.create_namespaced_lease(self._namespace, body, _request_timeout=_TIMEOUT)
         except ApiException as err:
@@ -130,15 +132,15 @@ class LeaseLock:
     async def _write(self, lease: Any, holder: str | None, acquired: datetime | None,
                      transitions: int | None = None) -> Any:
         spec = lease.spec
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         acquire_time = acquired or spec.acquire_time
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self._name, "namespace": self._namespace,
-                             "resourceVersion": lease.metadata.resource_version},
-                "spec": {"holderIdentity": holder, "leaseDurationSeconds": self._duration,
-                         "acquireTime": _micro_time(acquire_time) if acquire_time else None,
-                         "renewTime": _micro_time(now),
-                         "leaseTransitions": transitions if transitions is not None else spec.lease_transitions}}
+        body: Lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                       "metadata": {"name": self._name, "namespace": self._namespace,
+                                    "resourceVersion": lease.metadata.resource_version},
+                       "spec": {"holderIdentity": holder, "leaseDurationSeconds": self._duration,
+                                "acquireTime": _micro_time(acquire_time) if acquire_time else None,
+                                "renewTime": _micro_time(now),
+                                "leaseTransitions": transitions if transitions is not None else spec.lease_transitions}}
         return await self._api.replace_namespaced_lease(self._name, self._namespace, body, _request_timeout=_TIMEOUT)
 
     async def _renew(self) -> None:
@@ -153,7 +155,7 @@ class LeaseLock:
                     self._valid_until = 0.0
                     return
                 await self._write(lease, holder=self._identity, acquired=None)
-            except Exception as err:  # retried until the lease runs out; held() says when
+            except Exception as err:  # retried until the lease runs out; held() says when  # noqa: BLE001
                 log.warning("collector lease renewal failed",
                             extra={"fields": {"lease": self._where, "error": _describe(err)}})
                 continue

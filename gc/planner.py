@@ -18,9 +18,9 @@ the collector asks for the checkpoints this plan names, and keeps those it canno
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterable
 
 from lpm_gc.entries import Entry, Kind
 

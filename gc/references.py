@@ -15,9 +15,10 @@ operator deletes everything when its lookup errors; this is the opposite, on pur
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 from lpm_gc.entries import Entry
 from watcher.errors import UnsafeNameError
@@ -118,7 +119,7 @@ async def lookup(api: Any) -> Snapshot | Unknown:
         return snapshot_of(await _list_all(api, "containercheckpointcontents"),
                            await _list_all(api, "podcheckpointcontents"),
                            await _list_all(api, "podmigrations"))
-    except Exception as err:  # see the docstring: any failure means "unknown"
+    except Exception as err:  # see the docstring: any failure means "unknown"  # noqa: BLE001
         status = getattr(err, "status", None)
         reason = getattr(err, "reason", None) or err.__class__.__name__
         return Unknown(f"listing lpm objects failed: {status} {reason}" if status else

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, TypeVar, cast
+from typing import TypeVar, cast
 
 from lpm_gc.entries import Entry, Kind
-from watcher.jsonobj import json_object
 from watcher.errors import UnsafeNameError
+from watcher.jsonobj import json_object
 from watcher.store import fsio, layout
 from watcher.store.commit import MANIFEST_CAP
 from watcher.store.manifest import parse_rfc3339

@@ -11,8 +11,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from lab.controlplane import REPO
 
@@ -51,7 +51,7 @@ class AgentProcess:
                 self._changed.notify_all()
 
     @classmethod
-    def cluster(cls, *args: str) -> "AgentProcess":
+    def cluster(cls, *args: str) -> AgentProcess:
         return cls(*args, standalone=False)
 
     def died(self) -> str | None:
@@ -101,7 +101,7 @@ class AgentProcess:
         if self._own_local is not None:
             shutil.rmtree(self._own_local, ignore_errors=True)
 
-    def __enter__(self) -> "AgentProcess":
+    def __enter__(self) -> AgentProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 

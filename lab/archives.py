@@ -15,9 +15,9 @@ import random
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 PAGE = 4096
 

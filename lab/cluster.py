@@ -19,17 +19,17 @@ from __future__ import annotations
 import base64
 import fcntl
 import shutil
-import subprocess
 import socket
 import ssl
+import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Mapping
+from typing import IO, Any
 
 from cryptography import x509
 

@@ -48,7 +48,8 @@ exec {RUNC} "$@"
 
 
 def storage_conf(directory: Path) -> str:
-    return f'[storage]\ndriver = "overlay"\ngraphroot = "{directory / "storage"}"\nrunroot = "/run/containers/storage"\n'
+    return (f'[storage]\ndriver = "overlay"\ngraphroot = "{directory / "storage"}"\n'
+            'runroot = "/run/containers/storage"\n')
 
 
 def crio_conf(directory: Path, wrapper: Path) -> str:

@@ -26,8 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
-from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, write_in_place
 from lab.apiclient import ApiError
+from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, write_in_place
 from lab.controlplane import ControlPlane
 
 

@@ -29,10 +29,9 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
-
 from urllib.parse import urlsplit
 
 import yaml
@@ -139,8 +138,9 @@ class RealNode:
                  access: ClusterAccess, store_view: Path, restore_via_create: bool = True,
                  runtime: str = "containerd", peers: Sequence[NodeAddress] = ()) -> None:
         """``store_view``: this node's view of the shared store (a bindfs mount: one NFS client), seen inside
-        at ``STORE_PATH``. ``peers``: the other nodes, whose pod subnets are routed to them. ``restore_via_create``: containerd's CRI opt-in to restore from checkpoint
-        images (2.2.7+/2.3). ``runtime``: ``containerd`` or ``crio`` (lab/crio.py)."""
+        at ``STORE_PATH``. ``peers``: the other nodes, whose pod subnets are routed to them.
+        ``restore_via_create``: containerd's CRI opt-in to restore from checkpoint images (2.2.7+/2.3).
+        ``runtime``: ``containerd`` or ``crio`` (lab/crio.py)."""
         if runtime not in ("containerd", "crio"):
             raise ValueError(f"runtime {runtime!r}: expected containerd or crio")
         self.name = name
@@ -237,7 +237,8 @@ class RealNode:
         if not self._init:
             return daemons
         # CRIU writes "Error (...)" lines before it gives up; a log without one is a success's.
-        found = subprocess.run([*self.prefix(), "sh", "-c", "for f in $(find /run /var/lib/containerd /var/lib/containers "
+        found = subprocess.run([*self.prefix(), "sh", "-c",
+                                "for f in $(find /run /var/lib/containerd /var/lib/containers "
                                 "-name 'criu-*.log' -o -name 'dump.log' -o -name 'restore.log' 2>/dev/null); do "
                                 "grep -q 'Error (' $f && { echo \"--- $f\"; grep -B3 'Error (' $f | tail -20; }; done"],
                                capture_output=True, text=True, timeout=30)
@@ -463,8 +464,9 @@ state = "/run/containerd"
     def _start_kubelet(self) -> None:
         etc = self.directory / "etc"
         daemon = self._daemon("kubelet", [
-            f"{_OPT}/kubernetes/kubelet", f"--config={etc / 'kubelet.yaml'}", f"--kubeconfig={etc / 'kubelet.kubeconfig'}",
-            f"--hostname-override={self.name}", f"--node-ip={self.address.ip}", "--v=1"])
+            f"{_OPT}/kubernetes/kubelet", f"--config={etc / 'kubelet.yaml'}",
+            f"--kubeconfig={etc / 'kubelet.kubeconfig'}", f"--hostname-override={self.name}",
+            f"--node-ip={self.address.ip}", "--v=1"])
         self._wait(daemon, ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:10248/healthz')"])
 
     def _start_kube_proxy(self) -> None:

@@ -16,8 +16,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lab.controlplane import REPO
 
@@ -58,7 +58,7 @@ class Sandbox:
         self.share = share
         self._holder: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         prune_cgroups()
         self.share.mkdir(parents=True, exist_ok=True)
         script = f"""
@@ -107,7 +107,8 @@ class Sandbox:
                 raise SandboxError(f"namespace setup failed ({self._holder.returncode}): "
                                    f"{self._holder.stderr.read().decode(errors='replace')[-1500:]}")
             # /run is the namespace's own tmpfs: the marker exists only once pivot_root is done.
-            if subprocess.run(self._enter(["test", "-e", "/run/lpm-sandbox-ready"]), capture_output=True).returncode == 0:
+            ready = subprocess.run(self._enter(["test", "-e", "/run/lpm-sandbox-ready"]), capture_output=True)
+            if ready.returncode == 0:
                 return
             if time.monotonic() > deadline:
                 raise SandboxError("the sandbox namespace never became ready")

@@ -129,7 +129,7 @@ class PodHistory:
                     self._version = obj["metadata"]["resourceVersion"]
                     if event["type"] == "ADDED" and obj["metadata"]["name"] not in self.before:
                         self.created.setdefault(obj["metadata"]["name"], obj)
-        except BaseException as err:  # reported by stop(): a history with a hole in it proves nothing
+        except BaseException as err:  # reported by stop(): a history with a hole in it proves nothing  # noqa: BLE001
             self._error = err
 
     def stop(self) -> dict[str, dict[str, Any]]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+
 @pytest.fixture
 def kube_dir(tmp_path: Path) -> Path:
     """A kubelet checkpoint directory as the kubelet makes it (0700)."""

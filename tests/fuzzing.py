@@ -22,10 +22,11 @@ import tarfile
 import tempfile
 import threading
 from collections import Counter
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path, PurePath
-from typing import Any, Callable
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -34,13 +35,14 @@ from tests.restore.support import BASE, write_tar
 from tests.tarcraft import END, GNU, header, long_name, member, pax
 from watcher.archive import names
 from watcher.archive.identity import Identity, identify
+from watcher.archive.stamp import ArchiveStamp
 from watcher.archive.tarscan import TarScanner
 from watcher.errors import LpmError
 from watcher.ingest import service
 from watcher.restore.image import Platform, write_image
 from watcher.store import catalog, fsio, layout, retrieve
-from watcher.store.ledger import ArchiveStamp, Ledger, LedgerRecord, _file_name
-from watcher.store.manifest import Manifest, Marker, Runtime, encode
+from watcher.store.ledger import Ledger, LedgerRecord, _file_name
+from watcher.store.manifest import Manifest, Marker, Runtime
 from watcher.zstream import CompressionSettings
 
 POD = Pod(uid="6f1c2a4e-1b7d-4c1e-9a51-3e2d9c0b7a10")
@@ -145,7 +147,8 @@ def _crafted(rng: random.Random) -> bytes:
             else:
                 out += long_name(rng.choice(pool).encode(), kind=rng.choice([b"L", b"K"]))
         size = rng.choice([0, 3, 600])
-        out += member((rng.choice(pool) or "n").encode(), bytes(size), kind=rng.choice([b"0", b"\x00", b"5", b"2", b"7"]),
+        out += member((rng.choice(pool) or "n").encode(), bytes(size),
+                      kind=rng.choice([b"0", b"\x00", b"5", b"2", b"7"]),
                       prefix=rng.choice([b"", b"checkpoint", b"q" * 140]), magic=rng.choice([b"ustar\x0000", GNU, b""]),
                       size=rng.choice([size, size, 0, 512]))
     return out + END
@@ -236,9 +239,9 @@ def check_identity(case: tuple[bytes | None, str, Identity | None, set[str]]) ->
         assert Identity.checked(who.pod_uid, who.namespace, who.pod_name, who.container) == who
 
 
-_MANIFEST = Manifest(UID, POD.namespace, POD.name, CONTAINER, CID, datetime(2026, 11, 25, 10, 11, 12, tzinfo=timezone.utc),
+_MANIFEST = Manifest(UID, POD.namespace, POD.name, CONTAINER, CID, datetime(2026, 11, 25, 10, 11, 12, tzinfo=UTC),
                      "node-a", None, Runtime.CRIO, archive_name(POD), "a" * 64, 10, "b" * 64, 20).to_json()
-_MARKER = Marker(CID, UID, (CONTAINER,), datetime(2026, 11, 25, 10, 11, 13, tzinfo=timezone.utc), None).to_json()
+_MARKER = Marker(CID, UID, (CONTAINER,), datetime(2026, 11, 25, 10, 11, 13, tzinfo=UTC), None).to_json()
 _LEDGER = LedgerRecord(ArchiveStamp(archive_name(POD), 20, 1), UID, CID, CONTAINER, True).to_json()
 store_input = st.tuples(_mutated(_MANIFEST), _mutated(_MARKER), _mutated(_LEDGER))
 
@@ -357,7 +360,7 @@ def check_ingest(data: bytes) -> None:
     try:
         result = _ended("ingest", lambda: service.ingest_archive(
             root_fd, path, "node-a", CompressionSettings(level=1, threads=0), threading.Event(),
-            datetime.now(timezone.utc)))
+            datetime.now(UTC)))
         listed = [c for c in catalog.scan(root_fd)]
         staging = store / ".ingest" / "node-a" / "staging"
         assert not staging.exists() or not os.listdir(staging), os.listdir(staging)

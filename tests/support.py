@@ -69,7 +69,7 @@ def within(seconds: float, call: Callable[[], object]) -> object:
     def run() -> None:
         try:
             outcome["value"] = call()
-        except BaseException as err:  # handed to the test thread to judge
+        except BaseException as err:  # handed to the test thread to judge  # noqa: BLE001
             outcome["error"] = err
 
     thread = threading.Thread(target=run, daemon=True)

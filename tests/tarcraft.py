@@ -14,8 +14,8 @@ import os
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from watcher.archive.tarscan import TarScanner, _normalise
 from watcher.errors import ArchiveError

@@ -9,8 +9,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, make_archive, write_in_place
 from lab.agent import AgentProcess
+from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, make_archive, write_in_place
 from tests.support import lpm
 from watcher.store.ledger import _file_name as ledger_file_name
 
@@ -83,8 +83,8 @@ def _bad_archives(kube_dir):
 def test_bad_archives_are_reported_once_each_and_the_next_good_one_is_ingested(kube_dir, store):
     expected = _bad_archives(kube_dir)
     with agent(kube_dir, store) as proc:
-        proc.wait_for(lambda lines: len({l.get("archive") for l in lines
-                                         if l.get("msg") in ("archive refused", "archive not finished yet; "
+        proc.wait_for(lambda lines: len({r.get("archive") for r in lines
+                                         if r.get("msg") in ("archive refused", "archive not finished yet; "
                                                              "waiting for its writer")}) >= len(expected))
         good = make_archive(kube_dir, ArchiveSpec(pod=Pod(container="good"), memory=1 << 20))
         [ingested] = proc.wait_logged("archive ingested")
@@ -139,7 +139,7 @@ def test_force_polling(kube_dir, store):
 def test_signal_stops_the_agent_within_5_seconds_even_mid_ingest(kube_dir, store, sig):
     make_archive(kube_dir, ArchiveSpec(memory=768 << 20))
     with agent(kube_dir, store) as proc:
-        proc.wait_for(lambda lines: any(l.get("msg") == "agent starting" for l in lines))
+        proc.wait_for(lambda lines: any(r.get("msg") == "agent starting" for r in lines))
         threading.Event().wait(1.2)  # debounce, then the big ingest is under way
         code, seconds = proc.stop(sig)
     assert code == 0 and seconds < 5, (code, seconds, proc.raw)

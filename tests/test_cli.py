@@ -84,8 +84,8 @@ def test_ls_on_a_missing_store_is_an_error_not_a_new_directory(tmp_path):
 def test_a_registry_importer_without_a_usable_registry_stops_before_starting(tmp_path):
     ca = tmp_path / "ca.crt"
     ca.write_text("")  # never read: the importer's settings are checked first
-    base = ("agent", "--node", "node-a", "--checkpoint-via", "kubelet", "--kubelet-ca", str(ca), "--store", str(tmp_path),
-            "--importer", "registry")
+    base = ("agent", "--node", "node-a", "--checkpoint-via", "kubelet", "--kubelet-ca", str(ca),
+            "--store", str(tmp_path), "--importer", "registry")
     for extra, reason in (((), "lpm: --importer registry needs --registry"),
                           (("--registry", "https://10.0.0.5:5000"), "lpm: registry 'https://10.0.0.5:5000': expected")):
         result = lpm(*base, *extra, timeout=30)
@@ -98,7 +98,8 @@ def test_a_registry_importer_without_a_usable_registry_stops_before_starting(tmp
     # The default: checkpoints from the node's runtime, which a registry importer gives no way to reach.
     (("--importer", "registry", "--registry", "10.0.0.5:5000"),
      "lpm: --checkpoint-via runtime needs this node's CRI socket"),
-    (("--importer", "containerd", "--runtime-endpoint", "none"), "lpm: --checkpoint-via runtime needs this node's CRI socket"),
+    (("--importer", "containerd", "--runtime-endpoint", "none"),
+     "lpm: --checkpoint-via runtime needs this node's CRI socket"),
     # The kubelet's API is always called over verified TLS, so it needs the kubelets' CA.
     (("--checkpoint-via", "kubelet"), "lpm: --checkpoint-via kubelet needs the kubelets' CA"),
 ])

@@ -9,8 +9,8 @@ import json
 import random
 import time
 
-from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
 from lab.agent import AgentProcess
+from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
 from tests.support import lpm
 
 TRIALS = 24

@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from lab.archives import ArchiveSpec, Pod, make_archive
 from lab.agent import AgentProcess
+from lab.archives import ArchiveSpec, Pod, make_archive
 from tests.support import lpm
 
 
@@ -28,7 +28,8 @@ def test_full_disk_holds_the_checkpoint_locally_nothing_half_written_and_the_age
                       "--local-store", str(local), "--debounce", "0.3") as proc:
         [fallback] = proc.wait_logged("shared store failed during the ingest; holding the checkpoint locally")
         assert fallback["archive"] == big.name
-        assert "into the store: no space left on its filesystem" in fallback["reason"] and big.name in fallback["reason"]
+        assert "into the store: no space left on its filesystem" in fallback["reason"]
+        assert big.name in fallback["reason"]
         [held] = proc.wait_logged("archive ingested")
         assert held["archive"] == big.name and held["storageType"] == "local"
         assert held["artifactURI"] == f"file://{local}/{held['podUID']}/{held['checkpointID']}/big/dump.tar.zst"

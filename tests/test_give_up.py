@@ -1,6 +1,6 @@
 """Stability's bounded wait: an archive that never finishes is given up on once; a rewrite starts it afresh."""
 
-from watcher.store.ledger import ArchiveStamp
+from watcher.archive.stamp import ArchiveStamp
 from watcher.watch.stability import Outcome, Stability
 
 NAME = "checkpoint-web_default-app-2026-11-25T10:11:12Z.tar"

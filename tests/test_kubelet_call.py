@@ -11,8 +11,8 @@ import asyncio
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -20,7 +20,7 @@ from aiohttp import web
 from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, make_archive, write_in_place
 from lab.pki import CertificateAuthority
 from watcher.archive.tarscan import TarScanner
-from watcher.kube.informer import Backoff
+from watcher.backoff import Backoff
 from watcher.kubelet import Endpoint, KubeletClient, KubeletError, KubeletSettings
 
 POD = Pod(uid="7c0ffee0-1111-4222-8333-944445555666", namespace="shop", name="cart-0", container="app")
@@ -80,7 +80,7 @@ class Kubelet:
         self.requests.append(request.path)
         return await self.behaviour(request, self.directory)
 
-    async def __aenter__(self) -> "Kubelet":
+    async def __aenter__(self) -> Kubelet:
         serving = self.ca.issue_serving("kubelet", ["127.0.0.1"])
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(str(serving.cert), str(serving.key))
@@ -130,7 +130,8 @@ async def test_a_request_that_may_have_reached_the_kubelet_is_not_sent_again_its
 
 
 @pytest.mark.asyncio
-async def test_no_archive_from_an_unanswered_request_fails_with_the_reason_and_is_not_sent_again(tmp_path: Path) -> None:
+async def test_no_archive_from_an_unanswered_request_fails_with_the_reason_and_is_not_sent_again(
+        tmp_path: Path) -> None:
     async with Kubelet(tmp_path, resets_and_writes_nothing) as kubelet:
         make_archive(kubelet.directory, ArchiveSpec(pod=POD, memory=4096), archive_name(POD, "2026-01-02T03:04:05Z"))
         with pytest.raises(KubeletError) as caught:

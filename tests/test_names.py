@@ -1,6 +1,6 @@
 """Kubelet archive file names: RFC 3339 times with colons, names full of dashes."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,11 +10,11 @@ from watcher.errors import ArchiveError
 
 @pytest.mark.parametrize("file_name, pod, rest, when", [
     ("checkpoint-cart-7d9f8-x2x4z_shop-prod-cart-api-2026-11-25T10:11:12Z.tar",
-     "cart-7d9f8-x2x4z", "shop-prod-cart-api", datetime(2026, 11, 25, 10, 11, 12, tzinfo=timezone.utc)),
+     "cart-7d9f8-x2x4z", "shop-prod-cart-api", datetime(2026, 11, 25, 10, 11, 12, tzinfo=UTC)),
     ("checkpoint-web.v2-0_default-nginx-2024-01-26T09:10:22+01:00.tar",
-     "web.v2-0", "default-nginx", datetime(2024, 1, 26, 8, 10, 22, tzinfo=timezone.utc)),
+     "web.v2-0", "default-nginx", datetime(2024, 1, 26, 8, 10, 22, tzinfo=UTC)),
     ("checkpoint-a_b-c-2024-01-26T09:10:22.123456789-05:30.tar",
-     "a", "b-c", datetime(2024, 1, 26, 14, 40, 22, 123456, tzinfo=timezone.utc)),
+     "a", "b-c", datetime(2024, 1, 26, 14, 40, 22, 123456, tzinfo=UTC)),
 ])
 def test_kubelet_names_parse(file_name, pod, rest, when):
     parsed = names.parse(file_name)

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,7 @@ from watcher.store.catalog import Checkpoint, Skipped
 from watcher.store.ledger import Ledger
 from watcher.zstream import CompressionSettings
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 # (case, bytes, what the reason must say)
 HOSTILE = [
@@ -108,8 +108,8 @@ def _plant_three(store: Path, tmp_path: Path) -> tuple[list[str], str]:
     planted = []
     for name, change in [
         ("deep", lambda body: b"[" * 100_000 + b"]" * 100_000),
-        ("bigint", lambda body: json.dumps({**body, "compressedSize": 0}).replace('"compressedSize": 0',
-                                                                              '"compressedSize": ' + "9" * 5000).encode()),
+        ("bigint", lambda body: json.dumps({**body, "compressedSize": 0})
+         .replace('"compressedSize": 0', '"compressedSize": ' + "9" * 5000).encode()),
         ("longtext", lambda body: json.dumps({**body, "podName": "x" * 900_000}).encode()),
     ]:
         uid, cid, _ = _ingest(store, tmp_path, name)

@@ -11,7 +11,7 @@ import os
 import stat
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -63,7 +63,7 @@ def test_a_planted_kubelet_archive_is_refused_not_read(tmp_path, store, kind):
         try:
             with pytest.raises(ArchiveError, match=f"kubelet archive: {path} {WORDS[kind]}, refused"):
                 within(5, lambda: service.ingest_archive(root, path, "node-a", CompressionSettings(),
-                                                         threading.Event(), datetime.now(timezone.utc)))
+                                                         threading.Event(), datetime.now(UTC)))
         finally:
             os.close(root)
 

@@ -5,20 +5,27 @@ import json
 import os
 import stat
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import zstandard
 
 from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, make_archive
-from watcher.errors import ArchiveChanged, ChecksumMismatch, IdentityError, IncompleteCheckpoint, UnknownCheckpoint, UnsafeNameError
+from watcher.errors import (
+    ArchiveChanged,
+    ChecksumMismatch,
+    IdentityError,
+    IncompleteCheckpoint,
+    UnknownCheckpoint,
+    UnsafeNameError,
+)
 from watcher.ingest import service
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.store.catalog import Checkpoint, Skipped
 from watcher.zstream import Bounds, CompressionSettings, decompress_stream
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SETTINGS = CompressionSettings()
 
 

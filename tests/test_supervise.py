@@ -8,7 +8,7 @@ import time
 
 import aiohttp
 
-from watcher.kube.informer import Backoff
+from watcher.backoff import Backoff
 from watcher.observe import AgentMetrics, Readiness, serving
 from watcher.stores import Stores
 from watcher.supervise import Supervisor, TaskHealth

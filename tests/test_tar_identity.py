@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from lab.archives import ArchiveSpec, archive_bytes
-from tests.tarcraft import (GNU, V7, END, go_lister, go_views, header, long_name, lpm_view, member, pax,
-                            tarfile_view)
+from tests.tarcraft import END, GNU, V7, go_lister, go_views, header, long_name, lpm_view, member, pax, tarfile_view
 from watcher.errors import ArchiveError
 from watcher.restore.layer import index_archive
 
@@ -55,17 +54,19 @@ REFUSED = {
     "star prefix": (member(b"dump", EVIL, prefix=b"p" * 140, trailer=b"tar\x00"), "prefix field reads as"),
     # Go and tarfile skip no data for a directory; lpm skipped its size, so lpm saw one spec.dump and
     # the runtime the one hidden in the directory's "data".
-    "directory with a size": (member(b"checkpoint/", member(b"spec.dump", EVIL), kind=b"5") + member(b"spec.dump", SPEC),
+    "directory with a size": (member(b"checkpoint/", member(b"spec.dump", EVIL), kind=b"5")
+                              + member(b"spec.dump", SPEC),
                               "is a directory that claims 1024 bytes"),
     "symlink with a size": (member(b"link", member(b"spec.dump", EVIL), kind=b"2") + member(b"config.dump", SPEC),
                             "is a symlink that claims"),
-    "directory with a pax size": (pax([("size", "1024")]) + member(b"checkpoint/", member(b"spec.dump", EVIL), kind=b"5",
-                                                                   size=0) + END,
+    "directory with a pax size": (pax([("size", "1024")])
+                                  + member(b"checkpoint/", member(b"spec.dump", EVIL), kind=b"5", size=0) + END,
                                   "is a directory that claims 1024 bytes"),
     # An old-style regular file named with a slash is a directory to Go and tarfile.
     "file named like a directory": (member(b"spec.dump/", EVIL, kind=b"\x00"), "ends in '/' but is a regular file"),
     # tarfile takes Solaris X as a pax header, Go as a member of its own.
-    "Solaris extended header": (pax([("path", "spec.dump")], kind=b"X") + member(b"x", EVIL), "Solaris extended header"),
+    "Solaris extended header": (pax([("path", "spec.dump")], kind=b"X") + member(b"x", EVIL),
+                                "Solaris extended header"),
     "GNU sparse name": (pax([("GNU.sparse.name", "spec.dump"), ("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0")])
                         + member(b"x", EVIL), "GNU.sparse.major, GNU.sparse.minor, GNU.sparse.name"),
     "pax length with a plus sign": (header(b"PaxHeaders/x", b"x", 20) + b"+19 path=spec.dump\n".ljust(512, b"\0")
@@ -85,8 +86,10 @@ def _tar(**members: bytes) -> bytes:
 
 # Archives every reader must read alike, and lpm accept: not everything unusual is refused.
 ACCEPTED = {
-    "ustar": member(b"spec.dump", SPEC) + member(b"checkpoint/", kind=b"5") + member(b"checkpoint/pages-1.img", b"p" * 900),
-    "pax path": pax([("path", "checkpoint/" + "d" * 150 + "/pages-1.img")]) + member(b"x", b"p" * 10) + member(b"spec.dump", SPEC),
+    "ustar": (member(b"spec.dump", SPEC) + member(b"checkpoint/", kind=b"5")
+              + member(b"checkpoint/pages-1.img", b"p" * 900)),
+    "pax path": (pax([("path", "checkpoint/" + "d" * 150 + "/pages-1.img")]) + member(b"x", b"p" * 10)
+                 + member(b"spec.dump", SPEC)),
     "GNU long name": long_name(b"checkpoint/" + b"d" * 150 + b"/core-1.img") + member(b"x", b"core", magic=GNU),
     "ustar prefix": member(b"pages-1.img", b"p", prefix=b"checkpoint/" + b"d" * 120),
     "pax without a path, then a long name": pax([("mtime", "1.5")]) + long_name(b"spec.dump") + member(b"x", SPEC),

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from lab.archives import ArchiveSpec, archive_bytes, crio_spec, Pod
+from lab.archives import ArchiveSpec, Pod, archive_bytes, crio_spec
 from watcher.archive.tarscan import METADATA_CAP, TarScanner
 from watcher.errors import ArchiveError, ArchiveIncomplete
 

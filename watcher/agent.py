@@ -14,10 +14,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from watcher.archive.stamp import ArchiveStamp
 from watcher.errors import ArchiveChanged, ArchiveError, ArchiveIncomplete, Cancelled, LpmError, StoreError
 from watcher.ingest import service
 from watcher.ingest.service import IngestResult
@@ -26,7 +27,6 @@ from watcher.observe import AgentMetrics, Operation
 from watcher.store import commit
 from watcher.store.catalog import Checkpoint
 from watcher.store.layout import StorageType
-from watcher.store.ledger import ArchiveStamp
 from watcher.stores import Store, Stores
 from watcher.supervise import Supervisor
 from watcher.watch.dirwatch import WatchSettings, watch_directory
@@ -81,9 +81,9 @@ class StandaloneAgent:
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self._config
         log.info("agent starting", extra={"fields": {
-            "mode": "standalone" if self._hooks is None else "cluster", "node": cfg.node, "checkpointDir": str(cfg.watch.directory),
-            "store": str(cfg.store), "localStore": str(cfg.local_store), "deleteIngested": cfg.delete_ingested,
-            "forcePolling": cfg.watch.force_polling}})
+            "mode": "standalone" if self._hooks is None else "cluster", "node": cfg.node,
+            "checkpointDir": str(cfg.watch.directory), "store": str(cfg.store), "localStore": str(cfg.local_store),
+            "deleteIngested": cfg.delete_ingested, "forcePolling": cfg.watch.force_polling}})
         supervisor = Supervisor(self._metrics.tasks)
         supervisor.start("checkpoint-directory watch",
                          lambda: watch_directory(cfg.watch, self._ingest, stop, self._given_up))
@@ -114,7 +114,7 @@ class StandaloneAgent:
                             "store": str(store.path), "count": removed}})
             try:
                 await asyncio.wait_for(stop.wait(), timeout=STAGING_SWEEP_INTERVAL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _given_up(self, path: Path, seconds: float) -> None:
@@ -187,7 +187,7 @@ class StandaloneAgent:
     async def _ingest_into(self, store: Store, path: Path) -> IngestResult:
         cfg = self._config
         return await asyncio.to_thread(service.ingest_archive, store.fd, path, cfg.node, cfg.compression,
-                                       self.cancel, datetime.now(timezone.utc))
+                                       self.cancel, datetime.now(UTC))
 
     async def _verify_and_clean(self, path: Path, store: Store, fields: dict[str, object]) -> None:
         """Read the stored copy back (the ledger then says verified), then remove the kubelet's if asked."""

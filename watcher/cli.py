@@ -28,21 +28,22 @@ import shlex
 import signal
 import sys
 import threading
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from lpm_gc import cli as gc_cli
 from watcher import logs
 from watcher.agent import StandaloneAgent, StandaloneConfig
-from watcher.cluster.agent import ClusterAgent, ClusterConfig, RestoreSettings
+from watcher.cluster_agent import ClusterAgent, ClusterConfig, RestoreSettings
 from watcher.errors import LpmError
+from watcher.ingest import service
 from watcher.kubelet import KubeletSettings
 from watcher.observe import AgentMetrics, Readiness, serving
 from watcher.restore.importer import ContainerdImporter, ContainersStorageImporter, Importer, RegistryImporter
 from watcher.restore.standalone import RestorerSettings, StandaloneRestorer
 from watcher.runtime.checkpoint import Settings as RuntimeCheckpointSettings
-from watcher.ingest import service
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.store.catalog import Checkpoint, Skipped
 from watcher.store.layout import StorageType
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--import-prefix", default=_env("LPM_IMPORT_PREFIX", "") or "",
                        help="restores: command prefix under which skopeo or ctr reaches the node, "
                             "e.g. 'nsenter -t 1 -m --' (env LPM_IMPORT_PREFIX)")
-    agent.add_argument("--containerd-address", default=_env("LPM_CONTAINERD_ADDRESS", "/run/containerd/containerd.sock"),
+    agent.add_argument("--containerd-address",
+                       default=_env("LPM_CONTAINERD_ADDRESS", "/run/containerd/containerd.sock"),
                        help="--importer containerd: the daemon's socket (env LPM_CONTAINERD_ADDRESS)")
     agent.add_argument("--ctr", default=_env("LPM_CTR", "ctr"),
                        help="--importer containerd: the ctr binary (default: ctr on PATH; env LPM_CTR)")
@@ -362,7 +364,7 @@ async def _until_stopped(agent: Agent, stop: asyncio.Event) -> int:
         return 1
     try:
         await asyncio.wait_for(task, timeout=SHUTDOWN_GRACE)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         logging.getLogger("lpm.agent").error("shutdown took too long; exiting anyway")
     return 0
 
@@ -372,7 +374,7 @@ def _ingest(args: argparse.Namespace) -> int:
     target = layout.node_name(args.target_node) if args.target_node else None
     root_fd = fsio.open_root(args.store.resolve(), create=True)
     result = service.ingest_archive(root_fd, args.archive, node, _compression(args), threading.Event(),
-                                    datetime.now(timezone.utc), target_node=target)
+                                    datetime.now(UTC), target_node=target)
     print(result.manifest.ref.uri)
     return 0
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 MAX_DEPTH = 64
 """Nesting allowed; an OCI spec.dump nests about 7 deep, a manifest 1."""

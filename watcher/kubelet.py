@@ -31,7 +31,7 @@ import os
 import ssl
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -39,8 +39,8 @@ import aiohttp
 
 from watcher.archive import names
 from watcher.archive.finished import finished_shape
+from watcher.backoff import Backoff
 from watcher.errors import ArchiveError, LpmError
-from watcher.kube.informer import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class KubeletClient:
                     return await self._look_for_archive(what, namespace, pod, container, sent_at, last, grace)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
                 last = f"cannot connect: {type(err).__name__}: {err}"  # never sent: safe to send again
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 reason = f"no answer within {timeout.total:.0f} s"
                 return await self._look_for_archive(what, namespace, pod, container, sent_at, reason, grace)
             except (aiohttp.ClientError, OSError) as err:
@@ -141,7 +141,7 @@ class KubeletClient:
         node's clock (the agent runs on the same node): one from before the request is not its.
         """
         directory = self._settings.checkpoint_dir
-        floor = datetime.fromtimestamp(int(sent_at), timezone.utc)
+        floor = datetime.fromtimestamp(int(sent_at), UTC)
         found: list[tuple[datetime, str]] = []
         try:
             listing = os.listdir(directory)

@@ -4,7 +4,8 @@ Every ``interval`` seconds: finish removing local copies a crash interrupted, li
 store's complete checkpoints, and if there are any and the shared store takes a write, move
 each one (``watcher.store.transfer``): copy and commit into the shared store (pinned against the
 collector), let the API say ``shared`` (cluster mode's ``moved`` hook), check the shared copy is
-still complete, unpin it, and only then remove the local copy. A failure leaves the local copy and is retried next round.
+still complete, unpin it, and only then remove the local copy. A failure leaves the local copy and is
+retried next round.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from watcher.errors import Cancelled, ChecksumMismatch, LpmError, StoreError
 from watcher.observe import AgentMetrics
@@ -37,7 +38,7 @@ async def run_mover(stores: Stores, node: str, cancel: threading.Event, metrics:
             log.warning("local store not moved this round", extra={"fields": {"reason": str(err)}})
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 

@@ -28,15 +28,21 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from enum import StrEnum
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest,
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -44,8 +50,8 @@ from prometheus_client.registry import Collector
 from watcher.errors import ApiError, ArchiveError, IdentityError, LpmError, StoreError, UnsafeNameError
 from watcher.ingest.service import IngestResult
 from watcher.kubelet import KubeletError
-from watcher.runtime.checkpoint import RuntimeCheckpointError
 from watcher.runtime.capability import Capability, Verdict
+from watcher.runtime.checkpoint import RuntimeCheckpointError
 from watcher.store import fsio, transfer
 from watcher.store.usage import StoreUsage, store_usage
 from watcher.stores import Stores

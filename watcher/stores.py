@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from watcher.errors import LpmError, StoreError
 from watcher.store import fsio, layout
@@ -74,7 +74,7 @@ class Stores:
             self._probe = asyncio.ensure_future(asyncio.to_thread(self._probe_shared))
         try:
             await asyncio.wait_for(asyncio.shield(self._probe), PROBE_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             problem: str | None = f"shared store {self.shared.path}: a write got no answer within {PROBE_TIMEOUT:g} s"
         except OSError as err:
             problem = f"shared store {self.shared.path}: not writable ({err.strerror or err})"

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from watcher.kube.informer import Backoff
+from watcher.backoff import Backoff
 
 log = logging.getLogger("lpm.agent")
 

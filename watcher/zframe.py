@@ -11,7 +11,7 @@ is cheap beside decompressing. Pure: the caller supplies ``read_at(offset, lengt
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 _MAGIC = b"\x28\xb5\x2f\xfd"
 _DICT_ID_SIZES = (0, 1, 2, 4)

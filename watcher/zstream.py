@@ -15,8 +15,8 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import zstandard
 
@@ -90,7 +90,7 @@ def compress_stream(
     return StreamDigest(raw_size, raw_hash.hexdigest(), out_size, out_hash.hexdigest())
 
 
-def _emit(fd: int, data: bytes, digest: "hashlib._Hash") -> int:
+def _emit(fd: int, data: bytes, digest: hashlib._Hash) -> int:
     if data:
         digest.update(data)
         _write_all(fd, data)
@@ -150,7 +150,8 @@ def decompress_stream(
     with _Offload(in_hash.update) as hash_input, _Offload(consume) as output:
         source = _Reader(src_fd, cancel, hash_input, bounds)
         for piece in zstandard.ZstdDecompressor().read_to_iter(
-            source, read_size=settings.chunk_size, write_size=settings.chunk_size
+            source,  # type: ignore[arg-type]  # zstandard needs only read(); its stubs ask for IO[bytes]
+            read_size=settings.chunk_size, write_size=settings.chunk_size
         ):
             if size + len(piece) > bounds.raw_size:
                 raise ChecksumMismatch(f"{bounds.where}: stored dump decompresses to more than the manifest's "
@@ -180,7 +181,7 @@ class _Offload:
         self._thread = threading.Thread(target=self._run, name="zstream-consumer", daemon=True)
         self._error: BaseException | None = None
 
-    def __enter__(self) -> "_Offload":
+    def __enter__(self) -> _Offload:
         self._thread.start()
         return self
 
@@ -200,7 +201,7 @@ class _Offload:
             if self._error is None:
                 try:
                     self._consume(piece)
-                except BaseException as err:  # re-raised in the producer's thread
+                except BaseException as err:  # re-raised in the producer's thread  # noqa: BLE001
                     self._error = err
 
 

@@ -5,7 +5,11 @@ Usage (in the node's network namespace): python3 kubelet-checkpoint.py CA_FILE N
   PATH:    /checkpoint/<namespace>/<pod>/<container>?timeout=60
 The kubelet listens on 127.0.0.1:10250 here; the TLS name checked is NODE_NAME.
 """
-import http.client, socket, ssl, sys
+import http.client
+import socket
+import ssl
+import sys
+
 ca, host, path = sys.argv[1:4]
 ctx = ssl.create_default_context(cafile=ca)  # verifies the kubelet's self-signed serving cert and its name
 class Conn(http.client.HTTPSConnection):

@@ -1,6 +1,6 @@
 """Whether a migration may checkpoint, from the target's Lease: the table."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -8,7 +8,7 @@ from watcher.cluster.admission import admit
 from watcher.cluster.presence import lease_body
 from watcher.runtime.capability import Capability, Verdict
 
-NOW = datetime(2026, 12, 1, 18, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 18, 0, 0, tzinfo=UTC)
 NS = "lpm-system"
 
 

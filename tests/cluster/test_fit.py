@@ -60,7 +60,8 @@ def test_a_pod_that_fits_is_let_through() -> None:
     (_spec(), _node(taints=[{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]), [],
      "node(s) had untolerated taint {dedicated=db: NoSchedule}"),
     (_spec(), _node(unschedulable=True), [], "untolerated taint {node.kubernetes.io/unschedulable: NoSchedule}"),
-    (_spec(nodeSelector={"disk": "ssd"}), _node(), [], "didn't match Pod's node affinity/selector: nodeSelector disk=ssd"),
+    (_spec(nodeSelector={"disk": "ssd"}), _node(), [],
+     "didn't match Pod's node affinity/selector: nodeSelector disk=ssd"),
     (_spec(affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
         {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["z1"]}]}]}}}),
      _node(labels={"zone": "z2"}), [], "no required nodeSelectorTerm matches"),

@@ -8,7 +8,17 @@ from typing import Any
 import pytest
 
 from watcher.cluster.handover import (
-    HELD, HELD_ANNOTATION, Handover, SourceStep, Step, advance, decide, decide_source, is_held, release_patch, stuck,
+    HELD,
+    HELD_ANNOTATION,
+    Handover,
+    SourceStep,
+    Step,
+    advance,
+    decide,
+    decide_source,
+    is_held,
+    release_patch,
+    stuck,
 )
 
 RS = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d4", "uid": "rs-uid", "controller": True,
@@ -87,7 +97,8 @@ def test_a_restored_container_the_kubelet_cannot_create_fails_the_handover() -> 
     restored["status"]["containerStatuses"] = [{"name": "hold", "state": {"waiting": {
         "reason": "CreateContainerError", "message": "parent snapshot sha256:58 does not exist: not found"}}}]
     assert decide(restored, _source(), False, None) is Step.RESTORED_FAILED
-    assert stuck(restored) == "container hold: CreateContainerError: parent snapshot sha256:58 does not exist: not found"
+    assert stuck(restored) == ("container hold: CreateContainerError: "
+                               "parent snapshot sha256:58 does not exist: not found")
     restored["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating"}}
     assert decide(restored, _source(), False, None) is Step.WAIT and stuck(restored) is None
 

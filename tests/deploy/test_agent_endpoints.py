@@ -17,19 +17,19 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
-from lab.apiclient import ApiError
-from lab.controlplane import ControlPlane
-from lab.manifests import AGENT_NAMESPACE, grant_kubelet_checkpoints, revoke_kubelet_checkpoints
-from lab.kubelet import KubeletStandIn, pod_body
 from lab.agent import AgentProcess
+from lab.apiclient import ApiError
+from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
+from lab.controlplane import ControlPlane
+from lab.kubelet import KubeletStandIn, pod_body
+from lab.manifests import AGENT_NAMESPACE, grant_kubelet_checkpoints, revoke_kubelet_checkpoints
 
 pytestmark = pytest.mark.realstack
 

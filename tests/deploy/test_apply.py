@@ -17,13 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
-from lab.apply import Applier, in_apply_order
-from lab.kustomize import render
-from tests.deploy.kustomize import OVERLAYS, find
 from lab.apiclient import ApiError
+from lab.apply import Applier, in_apply_order
 from lab.controlplane import ControlPlane
-from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT
-from lab.manifests import wait_established
+from lab.kustomize import render
+from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, wait_established
+from tests.deploy.kustomize import OVERLAYS, find
 
 pytestmark = pytest.mark.realstack
 

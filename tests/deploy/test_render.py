@@ -15,10 +15,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from lpm_gc.metrics import Metrics
 from lab.kustomize import render
-from tests.deploy.kustomize import DEPLOY, OVERLAYS, find
 from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, CRD_DIR, RBAC_DIR
+from lpm_gc.metrics import Metrics
+from tests.deploy.kustomize import DEPLOY, OVERLAYS, find
 from watcher.cli import build_parser
 from watcher.observe import AgentMetrics, Operation
 

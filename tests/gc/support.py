@@ -6,7 +6,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
@@ -29,7 +29,7 @@ class Stored:
 
 def stamp(hours_ago: float) -> str:
     """An archive-name timestamp ``hours_ago`` before now (archive names carry creationTime)."""
-    moment = datetime.now(timezone.utc) - timedelta(hours=hours_ago)
+    moment = datetime.now(UTC) - timedelta(hours=hours_ago)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -40,7 +40,7 @@ def ingest(store: Path, kube_dir: Path, hours_ago: float, pod: Pod | None = None
     root = fsio.open_root(store, create=True)
     try:
         result = service.ingest_archive(root, archive, node, CompressionSettings(), threading.Event(),
-                                        datetime.now(timezone.utc))
+                                        datetime.now(UTC))
     finally:
         os.close(root)
     return Stored(result.manifest.pod_uid, result.manifest.checkpoint_id, archive)

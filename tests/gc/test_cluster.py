@@ -14,17 +14,17 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.gc import synthetic
-from tests.realstack import samples
 from lab.apiclient import ApiError
 from lab.controlplane import ControlPlane
 from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT
+from tests.gc import synthetic
+from tests.realstack import samples
 from tests.support import REPO, lpm
 
 pytestmark = pytest.mark.realstack
@@ -98,7 +98,8 @@ def test_an_api_that_refuses_to_answer_keeps_every_checkpoint(control_plane, sto
     rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/" + AGENT_NAMESPACE
     control_plane.admin.request("POST", f"{rbac}/roles", {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name},
-        "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]})
+        "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                   "verbs": ["get", "create", "update"]}]})
     control_plane.admin.request("POST", f"{rbac}/rolebindings", {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": name},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
@@ -155,7 +156,7 @@ def test_a_lease_left_by_a_dead_collector_is_taken_once_expired(control_plane, a
                                                                  renewed_ago, expected):
     expired_store(store, 1)
     leases = f"/apis/coordination.k8s.io/v1/namespaces/{AGENT_NAMESPACE}/leases"
-    renewed = datetime.now(timezone.utc) - timedelta(seconds=renewed_ago)
+    renewed = datetime.now(UTC) - timedelta(seconds=renewed_ago)
     stamp = renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     with contextlib.suppress(ApiError):
         control_plane.admin.request("DELETE", f"{leases}/lpm-gc")

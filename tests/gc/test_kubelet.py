@@ -6,7 +6,7 @@ import dataclasses
 import os
 import shutil
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -40,7 +40,7 @@ def _archive(store: Path, kube_dir: Path, hours_old: float, uid: str, verified: 
     root = fsio.open_root(store, create=True)
     try:
         result = service.ingest_archive(root, path, "node-a", CompressionSettings(), threading.Event(),
-                                        datetime.now(timezone.utc))
+                                        datetime.now(UTC))
         if verified:
             ledger = Ledger(root, "node-a")
             record = ledger.lookup(path.name)

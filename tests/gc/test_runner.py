@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.archives import Pod
 from lpm_gc.collector import Collector, Settings
 from lpm_gc.entries import Entry, Kind
 from lpm_gc.lock import FileLock
@@ -20,7 +21,6 @@ from lpm_gc.metrics import Metrics
 from lpm_gc.planner import Policy
 from lpm_gc.runner import Outcome, delete
 from lpm_gc.scanner import scan
-from lab.archives import Pod
 from tests.gc.support import Stored, age, ingest, listed
 from watcher.errors import StoreError
 from watcher.store import fsio

@@ -12,14 +12,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
+from lab import lpmimage
 from lab.archives import ArchiveSpec, make_archive
 from lab.controlplane import REPO
-from lab import lpmimage
 from lab.sandbox import Sandbox, rootfs
 from tests.deploy.kustomize import component_agent
 from tests.restore.containerd import run_containerd

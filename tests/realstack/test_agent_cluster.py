@@ -18,22 +18,27 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from lab.agent import AgentProcess
 from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
 from lab.controlplane import ControlPlane
-from lab.manifests import (
-    AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, grant_kubelet_checkpoints, grant_leases, revoke_kubelet_checkpoints,
-)
 from lab.kubelet import KubeletStandIn, pod_body
-from lab.agent import AgentProcess
+from lab.manifests import (
+    AGENT_NAMESPACE,
+    AGENT_SERVICE_ACCOUNT,
+    grant_kubelet_checkpoints,
+    grant_leases,
+    revoke_kubelet_checkpoints,
+)
 from tests.support import lpm
 from watcher.cluster.presence import lease_body
 from watcher.runtime.capability import Capability, Verdict
@@ -105,7 +110,7 @@ class Cluster:
         The body is the agent's own (``lease_body``); the agent, once started, renews it.
         """
         capability = Capability(Verdict.UNKNOWN, "", "", f"{node}'s agent not started yet (test)")
-        body = lease_body(self.namespace, node, capability, datetime.now(timezone.utc))
+        body = lease_body(self.namespace, node, capability, datetime.now(UTC))
         self.api("POST", f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases", body)
 
 
@@ -171,8 +176,8 @@ async def test_container_checkpoint_is_taken_stored_and_announced(cluster: Clust
     lpm("store", "get", spec["artifactURI"], "--store", str(cluster.nodes["node-a"].store), "-o", str(out), check=True)
     [archive] = cluster.nodes["node-a"].checkpoint_dir.glob("checkpoint-web-0_*.tar")
     assert out.read_bytes() == archive.read_bytes()
-    [listed] = [json.loads(l) for l in lpm("store", "ls", "--store", str(cluster.nodes["node-a"].store), "--json",
-                                           check=True).stdout.splitlines()]
+    [listed] = [json.loads(row) for row in lpm("store", "ls", "--store", str(cluster.nodes["node-a"].store),
+                                               "--json", check=True).stdout.splitlines()]
     assert listed["checkpointID"] in spec["artifactURI"] and listed["podName"] == "web-0"
     manifest_sha = spec["checksumSHA256"]
     assert len(manifest_sha) == 64 and spec["compressedSize"] > 0
@@ -207,7 +212,7 @@ async def test_annotation_migrates_the_checkpoint_phase_to_checkpoint_complete(c
     assert set(uris) == {"app", "sidecar"}
     assert len({uri.split("/")[3] for uri in uris.values()}) == 1  # ONE checkpoint ID for the pod
     store = cluster.nodes["node-a"].store
-    [listed] = [json.loads(l) for l in lpm("store", "ls", "--store", str(store), "--json", check=True)
+    [listed] = [json.loads(row) for row in lpm("store", "ls", "--store", str(store), "--json", check=True)
                 .stdout.splitlines()]
     assert listed["targetNode"] == "node-b" and sorted(listed["containers"]) == ["app", "sidecar"]
     manifest = json.loads((store / pod["metadata"]["uid"] / listed["checkpointID"] / "app" / "manifest.json")
@@ -242,7 +247,8 @@ async def test_kubelet_failures_are_retried_then_fail_with_the_reason(cluster: C
     cluster.create_pod("flaky-0", "node-a")
     cluster.nodes["node-a"].kubelet.fail_next(10, 500)
     cluster.start_agent("node-a")
-    cluster.create("containercheckpoints", "flaky", "ContainerCheckpoint", {"podName": "flaky-0", "containerName": "app"})
+    cluster.create("containercheckpoints", "flaky", "ContainerCheckpoint",
+                   {"podName": "flaky-0", "containerName": "app"})
     done = await eventually(lambda: _phase(c := cluster.get("containercheckpoints", "flaky")) == "Failed" and c,
                             what="ContainerCheckpoint to fail")
     message = done["status"]["message"]
@@ -419,7 +425,8 @@ async def test_kubelet_that_never_answers_is_timed_out_not_asked_again_then_fail
     kubelet = cluster.nodes["node-a"].kubelet
     kubelet.hang_next(10, 6.0)
     cluster.start_agent("node-a", "--kubelet-timeout", "1")
-    cluster.create("containercheckpoints", "stuck", "ContainerCheckpoint", {"podName": "stuck-0", "containerName": "app"})
+    cluster.create("containercheckpoints", "stuck", "ContainerCheckpoint",
+                   {"podName": "stuck-0", "containerName": "app"})
     done = await eventually(lambda: _phase(c := cluster.get("containercheckpoints", "stuck")) == "Failed" and c,
                             timeout=90, what="ContainerCheckpoint to fail on the timeout")
     message = done["status"]["message"]
@@ -552,7 +559,8 @@ async def test_restore_refuses_a_checkpoint_missing_a_listed_container(cluster: 
     # The marker lists app and sidecar; sidecar's directory is gone (a partial copy, an operator's rm).
     [sidecar] = cluster.nodes["node-a"].store.glob("*/*/sidecar")
     shutil.rmtree(sidecar)
-    cluster.start_agent("node-b", "--restore-work-dir", str(cluster.tmp / "work-b"), "--import-prefix", str(SLOW_IMPORT))
+    cluster.start_agent("node-b", "--restore-work-dir", str(cluster.tmp / "work-b"),
+                        "--import-prefix", str(SLOW_IMPORT))
     name = migration["metadata"]["name"]
     done = await eventually(lambda: _phase(m := cluster.get("podmigrations", name)) == "Failed" and m,
                             what="the restore to fail")
@@ -621,7 +629,8 @@ async def test_retain_original_pod_keeps_the_source_and_both_pods_say_what_happe
                    {"podName": "kept-0", "targetNode": "node-b", "retainOriginalPod": True})
     cluster.announce("node-b")
     cluster.start_agent("node-a")
-    cluster.start_agent("node-b", "--restore-work-dir", str(cluster.tmp / "work-b"), "--import-prefix", str(SLOW_IMPORT))
+    cluster.start_agent("node-b", "--restore-work-dir", str(cluster.tmp / "work-b"),
+                        "--import-prefix", str(SLOW_IMPORT))
     restored_name = await eventually(lambda: cluster.get("podmigrations", "keep-it")["status"].get("restoredPodName"),
                                      what="the restored pod")
     _report_running(cluster, restored_name)
@@ -633,7 +642,8 @@ async def test_retain_original_pod_keeps_the_source_and_both_pods_say_what_happe
     assert source["spec"]["nodeName"] == "node-a"
     [migrated] = [e for e in cluster.events("kept-0") if e["reason"] == "Migrated"]
     assert migrated["type"] == "Normal"
-    assert migrated["message"] == f"running on node-b as {restored_name} (keep-it); this pod was kept: retainOriginalPod"
+    assert migrated["message"] == (f"running on node-b as {restored_name} (keep-it); "
+                                   "this pod was kept: retainOriginalPod")
     assert [e["reason"] for e in cluster.events(restored_name)] == ["Restored"]
 
 

@@ -13,9 +13,9 @@ import pytest_asyncio
 from kubernetes_asyncio.client import ApiClient, ApiextensionsV1Api, CustomObjectsApi
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from lab.controlplane import ControlPlane
 from tests.realstack import samples
 from tests.realstack.clients import GROUP, RESOURCES, VERSION, create_object, kube_client, merge_patch
-from lab.controlplane import ControlPlane
 
 pytestmark = pytest.mark.realstack
 

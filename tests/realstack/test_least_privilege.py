@@ -128,7 +128,7 @@ def _wait_enforced(cp: ControlPlane, token: str) -> None:
         f"/apis/coordination.k8s.io/v1/namespaces/{AGENT_NAMESPACE}/leases", _lease("lpm-node-node-b", "node-a"),
     ]
     deadline = time.monotonic() + 30
-    for path, body in zip(probes[::2], probes[1::2]):
+    for path, body in zip(probes[::2], probes[1::2], strict=False):
         while _status(cp, token, "POST", f"{path}?dryRun=All", body) != 403:
             assert time.monotonic() < deadline, f"{path}: the admission policy is not enforced after 30 s"
             time.sleep(0.2)
@@ -158,7 +158,7 @@ def kubeconfigs(control_plane: ControlPlane) -> Iterator[dict[str, Path]]:
                 raise
     configs = {node: cp.service_account_kubeconfig(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT,
                                                    pod=pod["metadata"]["name"])
-               for node, pod in zip(NODES, pods)}
+               for node, pod in zip(NODES, pods, strict=False)}
     configs[UNBOUND] = cp.service_account_kubeconfig(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT)
     configs["nobody"] = cp.service_account_kubeconfig(NAMESPACE, "nobody")
     policies = install_admission(cp.admin)

@@ -39,10 +39,10 @@ from kubernetes_asyncio.client import (
 )
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from tests.realstack import samples
-from tests.realstack.clients import GROUP, RESOURCES, VERSION, create_object, kube_client, merge_patch
 from lab.controlplane import ControlPlane
 from lab.manifests import AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, RBAC_DIR
+from tests.realstack import samples
+from tests.realstack.clients import GROUP, RESOURCES, VERSION, create_object, kube_client, merge_patch
 from tests.realstack.threat_model import CLUSTER, LPM, permissions
 
 pytestmark = pytest.mark.realstack

@@ -28,10 +28,13 @@ import pytest
 
 from lab.agent import AgentProcess
 from lab.cluster import RealCluster
-from lab.manifests import (
-    AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, grant_kubelet_checkpoints, revoke_kubelet_checkpoints,
-)
 from lab.live import MIGRATE_TO, NAMESPACE, SOURCE, TARGET, host_agents, migrate, read_logs, run_pod, start_agent
+from lab.manifests import (
+    AGENT_NAMESPACE,
+    AGENT_SERVICE_ACCOUNT,
+    grant_kubelet_checkpoints,
+    revoke_kubelet_checkpoints,
+)
 
 NO_RESTORE = "node-c"
 
@@ -93,7 +96,8 @@ async def test_a_node_that_cannot_restore_is_refused_before_the_checkpoint(
     # Nothing was checkpointed: no request to node-a's kubelet, no archive, the pod counting on where it was.
     assert not list(cluster.nodes[SOURCE].checkpoint_dir.glob("checkpoint-stay_*")), \
         sorted(p.name for p in cluster.nodes[SOURCE].checkpoint_dir.iterdir())
-    assert not [line for line in agents[SOURCE].logs("container checkpointed") if line.get("pod") == f"{NAMESPACE}/stay"]
+    assert not [line for line in agents[SOURCE].logs("container checkpointed")
+                if line.get("pod") == f"{NAMESPACE}/stay"]
     before = len(read_logs(cp, "stay", "count"))
     await asyncio.sleep(1)
     pod = cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/stay")

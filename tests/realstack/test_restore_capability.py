@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -111,7 +111,7 @@ async def test_a_target_without_a_live_agent_is_refused(cluster: Cluster) -> Non
     assert done["status"]["message"] == f"no lpm agent on node-b: no Lease {cluster.namespace}/lpm-node-node-b"
 
     # A Lease its agent stopped renewing an hour ago: that agent is gone, whatever it said then.
-    last = datetime.now(timezone.utc) - timedelta(hours=1)
+    last = datetime.now(UTC) - timedelta(hours=1)
     cluster.api("POST", f"/apis/coordination.k8s.io/v1/namespaces/{cluster.namespace}/leases",
                 lease_body(cluster.namespace, "node-b", Capability(Verdict.CAPABLE, "containerd", "2.3.7", "x"), last))
     cluster.create_pod("alone-1", "node-a", annotations={MIGRATE_TO: "node-b"})

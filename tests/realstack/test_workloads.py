@@ -24,8 +24,20 @@ from lab.cluster import RealCluster
 from lab.controlplane import ControlPlane
 from lab.live import NAMESPACE, SOURCE, TARGET, Line, host_agents, read_logs
 from lab.workloads import (
-    APPS, PODS, PodHistory, annotate, counted_on, deployment, disruption_budget, first_count_after_start,
-    migration_of, outcome, pod_template, pods, running, wait_for,
+    APPS,
+    PODS,
+    PodHistory,
+    annotate,
+    counted_on,
+    deployment,
+    disruption_budget,
+    first_count_after_start,
+    migration_of,
+    outcome,
+    pod_template,
+    pods,
+    running,
+    wait_for,
 )
 
 PIN = {"nodeSelector": {"kubernetes.io/hostname": SOURCE}}
@@ -120,7 +132,8 @@ def test_a_disruption_budget_holds_the_source_until_it_allows(
         cluster: RealCluster, agents: dict[str, AgentProcess]) -> None:
     cp = cluster.control_plane
     _post(cp, f"{APPS}/deployments", deployment("guarded", 1, **PIN))
-    _post(cp, f"/apis/policy/v1/namespaces/{NAMESPACE}/poddisruptionbudgets", disruption_budget("guarded", "guarded", 1))
+    _post(cp, f"/apis/policy/v1/namespaces/{NAMESPACE}/poddisruptionbudgets",
+          disruption_budget("guarded", "guarded", 1))
     [source] = _ready_replicas(cp, "guarded", 1)
     name = source["metadata"]["name"]
     history = PodHistory(cp)
@@ -318,7 +331,8 @@ def _assert_refused(cluster: RealCluster, agents: dict[str, AgentProcess], name:
         assert says in also_in, f"the scheduler says {also_in!r}; lpm says {status['message']!r}"
     # Nothing was checkpointed: no archive, no kubelet call; the pod counts on where it was.
     assert not list(cluster.nodes[SOURCE].checkpoint_dir.glob(f"checkpoint-{name}_*"))
-    assert not [line for line in agents[SOURCE].logs("container checkpointed") if line.get("pod") == f"{NAMESPACE}/{name}"]
+    assert not [line for line in agents[SOURCE].logs("container checkpointed")
+                if line.get("pod") == f"{NAMESPACE}/{name}"]
     pod = cp.admin.request("GET", f"{PODS}/{name}")
     assert pod["spec"]["nodeName"] == SOURCE and running(pod)
 
@@ -344,12 +358,14 @@ def test_a_read_write_many_claim_moves_with_the_pod_and_the_restored_pod_writes_
         "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "shared"},
         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual", "volumeName": "lpm-rwx",
                  "resources": {"requests": {"storage": "1Mi"}}}})
-    writer = deployment("writer", 1, **PIN, volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}])
+    writer = deployment("writer", 1, **PIN,
+                        volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}])
     container = writer["spec"]["template"]["spec"]["containers"][0]
     # A new file for each value: the source goes on after the checkpoint until the handover, and a file the
     # dump caught open (mid-echo) that the source then changed would make CRIU refuse the restore ("bad
     # size": see the README's table). A file the source never writes again stays as the dump saw it.
-    container["command"] = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i; echo $i > /data/n.$i; sleep 0.1; done"]
+    container["command"] = ["sh", "-c",
+                            "i=0; while true; do i=$((i+1)); echo $i; echo $i > /data/n.$i; sleep 0.1; done"]
     container["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
     _post(cp, f"{APPS}/deployments", writer)
     [source] = _ready_replicas(cp, "writer", 1)

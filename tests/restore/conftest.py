@@ -34,7 +34,8 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 @pytest.fixture
 def two_views(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     if os.geteuid() != 0 or shutil.which("bindfs") is None:
-        pytest.fail("needs root and bindfs (FUSE) for a second view of the store: run scripts/setup --for-tests", pytrace=False)
+        pytest.fail("needs root and bindfs (FUSE) for a second view of the store: run scripts/setup --for-tests",
+                    pytrace=False)
     store, view = tmp_path / "store-a", tmp_path / "view-b"
     store.mkdir(mode=0o700)
     view.mkdir(mode=0o700)

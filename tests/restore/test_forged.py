@@ -8,7 +8,7 @@ import json
 import os
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import zstandard
@@ -28,7 +28,7 @@ def _ingest(store: Path, kube_dir: Path, name: str) -> tuple[str, str, Path]:
     root = fsio.open_root(store, create=True)
     try:
         result = service.ingest_archive(root, archive, "node-a", CompressionSettings(), threading.Event(),
-                                        datetime.now(timezone.utc), target_node="node-b")
+                                        datetime.now(UTC), target_node="node-b")
     finally:
         os.close(root)
     ref = result.manifest.ref
@@ -67,7 +67,7 @@ def test_forged_checkpoints_are_refused_without_filling_the_work_directory(store
     huge_record = records.pop(f"{huge_uid}_{huge_cid}.json")
     assert records == {}
     assert bomb_record["outcome"] == "refused" and bomb_record["reason"].endswith(
-        "stored dump decompresses to more than the manifest's uncompressedSize (%d bytes); stopped there"
-        % json.loads((bomb / "manifest.json").read_text())["uncompressedSize"]), bomb_record
+        "stored dump decompresses to more than the manifest's uncompressedSize ({} bytes); stopped there"
+        .format(json.loads((bomb / "manifest.json").read_text())["uncompressedSize"])), bomb_record
     assert huge_record["outcome"] == "refused" and f"need {2 << 62} bytes" in huge_record["reason"], huge_record
     assert sorted(os.listdir(work)) == ["imported"]  # every scratch directory removed

@@ -7,7 +7,7 @@ import stat
 import tarfile
 import threading
 import tracemalloc
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -104,7 +104,7 @@ def test_from_the_store_dump_to_the_same_image(tmp_path, kube_dir, store):
     settings, cancel = CompressionSettings(), threading.Event()
     root = fsio.open_root(store, create=True)
     try:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         manifest = service.ingest_archive(root, archive, "node-a", settings, cancel, now).manifest
         retrieve.get(root, manifest.ref, tmp_path / "retrieved.tar", settings, cancel)
     finally:

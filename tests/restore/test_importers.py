@@ -1,6 +1,7 @@
 """The importers that are not podman's: a real containerd, and a real registry behind TLS.
 
-(Both restore for real on the lab's real nodes: tests/realstack/test_real_nodes.py over containerd, tests/realstack/test_crio_nodes.py over CRI-O from containers-storage.)
+(Both restore for real on the lab's real nodes: tests/realstack/test_real_nodes.py over containerd,
+tests/realstack/test_crio_nodes.py over CRI-O from containers-storage.)
 """
 
 import asyncio

@@ -67,7 +67,8 @@ def test_checkpoints_addressed_to_this_node_become_images_once(two_views, contai
     work = tmp_path / "work-b"
     flags = ("--node", "node-b", "--checkpoint-dir", str(tmp_path / "kubelet-b"), "--store", str(view),
              "--restore", "--restore-work-dir", str(work), "--marker-poll", "0.3",
-             "--importer", "containerd", "--containerd-address", containerd.address, "--ctr", str(containerd.ctr_binary))
+             "--importer", "containerd", "--containerd-address", containerd.address,
+             "--ctr", str(containerd.ctr_binary))
     (tmp_path / "kubelet-b").mkdir()
     # Written through node-a's view before node-b's agent starts, and while it runs.
     first = _ingest(tmp_path, store, "cart-0", "node-b")
@@ -80,7 +81,8 @@ def test_checkpoints_addressed_to_this_node_become_images_once(two_views, contai
         assert ready["checkpoint"] == "/".join(second) and ready["pod"] == "shop/cart-3"
         assert agent.stop(signal.SIGTERM)[0] == 0
 
-    expected = {f"localhost/lpm-checkpoint-shop-cart-{i}-app:{cid.lower()}" for i, (_, cid) in ((0, first), (3, second))}
+    expected = {f"localhost/lpm-checkpoint-shop-cart-{i}-app:{cid.lower()}"
+                for i, (_, cid) in ((0, first), (3, second))}
     assert set(_images(containerd)) == expected  # nothing for node-c, nothing untargeted
     for uid, cid in (first, second):
         record = _record(work, uid, cid)
@@ -115,7 +117,8 @@ def test_a_tampered_checkpoint_is_refused_once_and_the_next_one_still_comes(two_
     dump.write_bytes(bytes(data))
     flags = ("--node", "node-b", "--checkpoint-dir", str(tmp_path / "kubelet-b"), "--store", str(view),
              "--restore", "--restore-work-dir", str(work), "--marker-poll", "0.3",
-             "--importer", "containerd", "--containerd-address", containerd.address, "--ctr", str(containerd.ctr_binary))
+             "--importer", "containerd", "--containerd-address", containerd.address,
+             "--ctr", str(containerd.ctr_binary))
     with AgentProcess(*flags) as agent:
         [refused] = agent.wait_logged("checkpoint refused; it will not be restored here")
         assert refused["checkpoint"] == "/".join(bad)

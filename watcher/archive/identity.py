@@ -16,12 +16,13 @@ archive. Storing a dump under the wrong pod would hand one workload's memory to 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from watcher.jsonobj import json_object
 from watcher.archive.names import ArchiveName
 from watcher.errors import IdentityError, UnsafeNameError
+from watcher.jsonobj import json_object
 from watcher.store import layout
 from watcher.store.manifest import Runtime
 
@@ -48,7 +49,7 @@ class Identity:
     container: str
 
     @classmethod
-    def checked(cls, uid: object, ns: object, pod: object, container: object) -> "Identity":
+    def checked(cls, uid: object, ns: object, pod: object, container: object) -> Identity:
         """Validate every field as the path segment or name it will become."""
         return cls(
             layout.pod_uid(uid), layout.namespace(ns), layout.pod_name(pod), layout.container_name(container)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from watcher.errors import ArchiveError
 
@@ -62,7 +62,7 @@ def format_name(pod: str, namespace: str, container: str, taken_at: datetime) ->
     alike. In UTC, to the microsecond (RFC 3339 allows the fraction; the kubelet's names stop at the
     second): two checkpoints of one container in one second get two names, never one overwritten file.
     """
-    when = taken_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    when = taken_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     name = f"checkpoint-{pod}_{namespace}-{container}-{when}.tar"
     parse(name)  # the same rules as every other name: a pod, namespace or container that breaks them is refused
     return name

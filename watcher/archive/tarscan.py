@@ -28,8 +28,8 @@ member that has no data, no trailing ``/`` on anything but a directory, no spars
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from watcher.errors import ArchiveError, ArchiveIncomplete
 

@@ -9,9 +9,10 @@ every runtime lpm does not know and every node whose runtime socket the agent ca
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from typing import Any
 
 from watcher.cluster.presence import CAPABILITY_ANNOTATION, CAPABLE_ANNOTATION, DURATION, lease_name, lease_path
 from watcher.errors import NotFound

@@ -13,8 +13,9 @@ the source's path (claims, ingest, the collector's hygiene) is one path.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from watcher.archive import names
 from watcher.cluster.nodes import endpoint_of
@@ -54,7 +55,7 @@ class RuntimeCheckpointer:
 
     async def checkpoint(self, pod: Mapping[str, Any], container: str) -> str:
         namespace, name = meta(pod)["namespace"], meta(pod)["name"]
-        archive = names.format_name(name, namespace, container, datetime.now(timezone.utc))
+        archive = names.format_name(name, namespace, container, datetime.now(UTC))
         path = await runtime_checkpoint.checkpoint(self._settings, container_id(pod, container), archive)
         return path.name
 

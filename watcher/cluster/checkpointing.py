@@ -17,20 +17,29 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from watcher.archive import names
 from watcher.archive.identity import Identity
 from watcher.cluster import events
-from watcher.cluster.claims import Claims
 from watcher.cluster.checkpointers import Checkpointer
+from watcher.cluster.claims import Claims
 from watcher.cluster.objects import (
-    API_VERSION, ORIGIN_ANNOTATION, TARGET_NODE_ANNOTATION, Phase, content_name, lpm_path, meta, pod_path,
+    API_VERSION,
+    ORIGIN_ANNOTATION,
+    TARGET_NODE_ANNOTATION,
+    Phase,
+    PodCheckpointContentSpec,
+    StoredArtifact,
+    content_name,
+    lpm_path,
+    meta,
+    pod_path,
 )
 from watcher.cluster.status import now, update_status
 from watcher.errors import ArchiveError, Conflict, LpmError, NotFound, StoreError, UnsafeNameError
@@ -159,7 +168,7 @@ class Source:
                     "ingestSeconds": round(time.monotonic() - started, 4)}})
             started = time.monotonic()
             results = await asyncio.to_thread(service.commit_staged, store.fd, self.node, staged, target_node,
-                                              datetime.now(timezone.utc))
+                                              datetime.now(UTC))
         except BaseException:
             await asyncio.to_thread(service.discard_staged, store.fd, self.node, staged)
             raise
@@ -169,7 +178,7 @@ class Source:
         return results
 
 
-def _content_spec(manifest: Manifest, store: Store) -> dict[str, Any]:
+def _content_spec(manifest: Manifest, store: Store) -> StoredArtifact:
     return {"artifactURI": store.uri(manifest.ref), "storageType": store.kind.value,
             "checksumSHA256": manifest.checksum_sha256, "compressedSize": manifest.compressed_size}
 
@@ -196,7 +205,7 @@ async def announce_container(kube: Kube, request: Mapping[str, Any], manifest: M
 async def announce_pod(kube: Kube, request: Mapping[str, Any], manifests: list[Manifest], store: Store) -> str:
     first = manifests[0]
     name = content_name(first.pod_namespace, meta(request)["name"], first.checkpoint_id)
-    spec: dict[str, Any] = {
+    spec: PodCheckpointContentSpec = {
         "podCheckpointRef": {"name": meta(request)["name"], "namespace": meta(request)["namespace"]},
         "podNamespace": first.pod_namespace, "podName": first.pod_name, "podUID": first.pod_uid,
         "checkpointID": first.checkpoint_id, "sourceNode": first.source_node,

@@ -20,7 +20,8 @@ is sound only when nothing else owns the pod's identity or keeps state the check
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 

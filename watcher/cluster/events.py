@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
-from watcher.errors import ApiError
-from watcher.kube.client import Kube
 from watcher.cluster.objects import meta
+from watcher.errors import ApiError
+from watcher.kube.bodies import Event
+from watcher.kube.client import Kube
 
 log = logging.getLogger(__name__)
 COMPONENT = "lpm-agent"
@@ -18,8 +20,8 @@ async def record(kube: Kube, obj: Mapping[str, Any], reason: str, message: str, 
                  node: str) -> None:
     """Post a core/v1 Event about ``obj``. Best effort: an Event lost is logged, never fatal."""
     namespace = meta(obj).get("namespace") or "default"
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    body = {
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body: Event = {
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"generateName": f"{meta(obj)['name'][:200]}-", "namespace": namespace},
         "involvedObject": {"apiVersion": obj.get("apiVersion", "v1"), "kind": obj.get("kind", "Pod"),

@@ -6,15 +6,16 @@ and the kubelet's own admission would be the first to say no — after the sourc
 filter plugins would of the spec the restored pod will have (``watcher.cluster.pins``: identity pins to
 the source node dropped): NodeUnschedulable, TaintToleration, NodeAffinity (nodeSelector and required
 affinity), NodeResourcesFit (requests against allocatable minus what the node's pods request, and the pod
-count), NodePorts and VolumeBinding (a bound volume's node affinity). Each reason names the node and what does not fit, in the scheduler's words where it
-has them.
+count), NodePorts and VolumeBinding (a bound volume's node affinity). Each reason names the node and
+what does not fit, in the scheduler's words where it has them.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from watcher.errors import LpmError
 
@@ -75,18 +76,19 @@ def _tolerates(tolerations: Iterable[Mapping[str, Any]], taint: Mapping[str, Any
 
 def _matches(requirement: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     key, operator, values = requirement.get("key"), requirement.get("operator"), requirement.get("values") or []
-    present = key in labels
+    label = labels.get(key) if isinstance(key, str) else None  # label values are strings, never None
+    present = label is not None
     if operator == "In":
-        return present and labels[key] in values
+        return present and label in values
     if operator == "NotIn":
-        return not present or labels[key] not in values
+        return not present or label not in values
     if operator == "Exists":
         return present
     if operator == "DoesNotExist":
         return not present
-    if operator in ("Gt", "Lt") and present and len(values) == 1:
+    if operator in ("Gt", "Lt") and label is not None and len(values) == 1:
         try:
-            have, bound = int(labels[key]), int(values[0])
+            have, bound = int(label), int(values[0])
         except ValueError:
             return False
         return have > bound if operator == "Gt" else have < bound

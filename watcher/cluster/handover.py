@@ -32,8 +32,9 @@ stays held (released, the ReplicaSet would remove one of the two), a bare pod's 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 from watcher.cluster.objects import GROUP, MIGRATION_LABEL
 

@@ -16,8 +16,9 @@ scheduler's rules (``watcher.cluster.fit``): the source pod is never touched.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from watcher.cluster import events
 from watcher.cluster.admission import check_target
@@ -26,8 +27,21 @@ from watcher.cluster.eligibility import claim_names, owner_refusal, volume_refus
 from watcher.cluster.fit import unfit
 from watcher.cluster.nodes import NodeUnusable, usable_target
 from watcher.cluster.objects import (
-    API_VERSION, MIGRATE_ANNOTATION, claim_path, volume_path, MIGRATION_LABEL, TARGET_NODE_ANNOTATION, MigrationPhase, Phase, lpm_path, meta,
-    migration_name, owner_reference, pod_path,
+    API_VERSION,
+    MIGRATE_ANNOTATION,
+    MIGRATION_LABEL,
+    TARGET_NODE_ANNOTATION,
+    MigrationPhase,
+    Phase,
+    PodCheckpoint,
+    PodMigration,
+    claim_path,
+    lpm_path,
+    meta,
+    migration_name,
+    owner_reference,
+    pod_path,
+    volume_path,
 )
 from watcher.cluster.pins import unpinned
 from watcher.cluster.release import RetryLater, release_source
@@ -49,11 +63,12 @@ async def reconcile_annotated_pod(kube: Kube, node: str, event: str, pod: dict[s
         return
     namespace, name, uid = meta(pod)["namespace"], meta(pod)["name"], meta(pod)["uid"]
     migration = migration_name(name, uid)
-    await create_idempotent(kube, lpm_path("PodMigration", namespace), {
+    body: PodMigration = {
         "apiVersion": API_VERSION, "kind": "PodMigration",
         "metadata": {"name": migration, "namespace": namespace, "labels": {f"{MIGRATION_LABEL}-pod-uid": uid}},
         "spec": {"podName": name, "targetNode": target},
-    })
+    }
+    await create_idempotent(kube, lpm_path("PodMigration", namespace), body)
 
 
 def _phase(phase: MigrationPhase, message: str, **extra: Any) -> Any:
@@ -105,7 +120,7 @@ async def reconcile_migration(kube: Kube, node: str, lease_namespace: str, event
         if refusal:
             await _refuse(kube, node, pod, namespace, name, refusal)
             return
-        admission = await check_target(kube, lease_namespace, target, datetime.now(timezone.utc))
+        admission = await check_target(kube, lease_namespace, target, datetime.now(UTC))
         if not admission.allowed:
             await _refuse(kube, node, pod, namespace, name, admission.reason)
             return
@@ -114,13 +129,14 @@ async def reconcile_migration(kube: Kube, node: str, lease_namespace: str, event
                         extra={"fields": {"migration": f"{namespace}/{name}", "reason": admission.reason}})
     await update_status(kube, "PodMigration", namespace, name, _phase(
         MigrationPhase.CHECKPOINTING, f"checkpointing on {node}", sourceNode=node, startTime=now()))
-    await create_idempotent(kube, lpm_path("PodCheckpoint", namespace), {
+    request: PodCheckpoint = {
         "apiVersion": API_VERSION, "kind": "PodCheckpoint",
         "metadata": {"name": name, "namespace": namespace, "labels": {MIGRATION_LABEL: name},
                      "annotations": {TARGET_NODE_ANNOTATION: target},
                      "ownerReferences": [owner_reference(migration)]},
         "spec": {"podName": pod_name},
-    })
+    }
+    await create_idempotent(kube, lpm_path("PodCheckpoint", namespace), request)
     checkpoint = await kube.get(lpm_path("PodCheckpoint", namespace, name))
     state = checkpoint.get("status", {})
     if state.get("phase") == Phase.SUCCEEDED.value:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Mapping
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any, NotRequired, TypedDict
 from urllib.parse import quote
+
+from watcher.kube.bodies import ObjectMeta, OwnerReference
+from watcher.kube.names import dns_name
 
 GROUP = "lpm.my.domain"
 VERSION = "v1"
@@ -33,6 +36,79 @@ class MigrationPhase(str, Enum):
     RESTORING = "Restoring"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+
+
+class ObjectRef(TypedDict):
+    name: str
+    namespace: str
+
+
+class ContainerCheckpointSpec(TypedDict):
+    podName: str
+    containerName: str
+
+
+class ContainerCheckpoint(TypedDict):
+    """A request to checkpoint one container (namespaced). Its status is read, changed and written
+    back whole (``watcher.cluster.status``), so it stays the server's dict."""
+
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: ContainerCheckpointSpec
+
+
+class PodCheckpointSpec(TypedDict):
+    podName: str
+
+
+class PodCheckpoint(TypedDict):
+    """A request to checkpoint every container of a pod under one checkpoint ID (namespaced)."""
+
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: PodCheckpointSpec
+
+
+class PodMigrationSpec(TypedDict):
+    podName: str
+    targetNode: str
+    retainOriginalPod: NotRequired[bool]
+
+
+class PodMigration(TypedDict):
+    """A request to move a pod to ``targetNode`` (namespaced)."""
+
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: PodMigrationSpec
+
+
+class StoredArtifact(TypedDict):
+    """Where one container's checkpoint is stored, and what it must read back as."""
+
+    artifactURI: str
+    storageType: str
+    """shared or local (``watcher.store.layout.StorageType``)."""
+    checksumSHA256: str
+    compressedSize: int
+
+
+class ContainerArtifact(StoredArtifact):
+    containerName: str
+
+
+class PodCheckpointContentSpec(TypedDict):
+    podCheckpointRef: ObjectRef
+    podNamespace: str
+    podName: str
+    podUID: str
+    checkpointID: str
+    sourceNode: str
+    containers: list[ContainerArtifact]
+    targetNode: NotRequired[str]
 
 
 PLURALS = {
@@ -76,19 +152,8 @@ def node_path(name: str) -> str:
 
 
 def meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return obj.get("metadata", {})
-
-
-def short_hash(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
-
-
-def dns_name(*parts: str, limit: int = 253) -> str:
-    """A DNS-1123 subdomain made of ``parts``; long ones keep a hash so they stay unique."""
-    name = "-".join(part.lower() for part in parts)
-    if len(name) <= limit:
-        return name
-    return f"{name[: limit - 9]}-{short_hash(name)}"
+    metadata: Mapping[str, Any] = obj.get("metadata", {})
+    return metadata
 
 
 def migration_name(pod: str, uid: str) -> str:
@@ -101,6 +166,6 @@ def content_name(namespace: str, owner: str, checkpoint_id: str, container: str 
     return dns_name(*parts)
 
 
-def owner_reference(obj: Mapping[str, Any]) -> dict[str, Any]:
+def owner_reference(obj: Mapping[str, Any]) -> OwnerReference:
     return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta(obj)["name"],
             "uid": meta(obj)["uid"], "controller": True}

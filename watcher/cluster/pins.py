@@ -12,7 +12,8 @@ go too: the API refuses them on a pod created already bound.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 _NAME_FIELD = "metadata.name"
@@ -37,7 +38,7 @@ def _drop_identity_affinity(spec: dict[str, Any]) -> None:
         return
     original = required.get("nodeSelectorTerms") or []
     terms = [_without_identity(term) for term in original]
-    if any(before and not after for before, after in zip(original, terms)):
+    if any(before and not after for before, after in zip(original, terms, strict=True)):
         # The terms are alternatives: one that only named nodes now allows any node, and so does the whole
         # requirement (left empty, the term would instead match no node at all).
         del node_affinity["requiredDuringSchedulingIgnoredDuringExecution"]

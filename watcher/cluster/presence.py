@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from watcher.cluster.objects import GROUP, node_path
 from watcher.errors import ApiError, Conflict, LpmError, NotFound
+from watcher.kube.bodies import Lease
 from watcher.kube.client import Kube
 from watcher.runtime import cri
 from watcher.runtime.capability import Capability, RuntimeFacts, Verdict, decide, from_node_info, parse_config
@@ -44,10 +45,10 @@ def lease_path(namespace: str, node: str | None = None) -> str:
 
 def micro_time(moment: datetime) -> str:
     # MicroTime wants exactly six fractional digits.
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def lease_body(namespace: str, node: str, capability: Capability, now: datetime) -> dict[str, Any]:
+def lease_body(namespace: str, node: str, capability: Capability, now: datetime) -> Lease:
     """The whole Lease as this node's agent writes it (created, or replacing the last one)."""
     return {
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -114,11 +115,11 @@ class Announcer:
             try:
                 await asyncio.wait_for(stop.wait(), timeout=RENEW)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self.renew()
 
     async def _write(self, capability: Capability) -> None:
-        body = lease_body(self._namespace, self._node, capability, datetime.now(timezone.utc))
+        body = lease_body(self._namespace, self._node, capability, datetime.now(UTC))
         try:
             existing = await self._kube.get(lease_path(self._namespace, self._node))
         except NotFound:

@@ -11,7 +11,8 @@ records ``SourceReleased``; when the destination records ``Adopted``, it deletes
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from watcher.cluster import handover
 from watcher.cluster.handover import Handover, SourceStep
@@ -51,7 +52,8 @@ async def release_source(kube: Kube, node: str, migration: Mapping[str, Any], so
                 return
         await _record(kube, migration, Handover.SOURCE_RELEASED,
                       f"source pod {namespace}/{pod} released on {node}; the restored pod takes its place")
-        log.info("source pod released", extra={"fields": {"migration": f"{namespace}/{name}", "pod": f"{namespace}/{pod}"}})
+        log.info("source pod released", extra={"fields": {"migration": f"{namespace}/{name}",
+                                                     "pod": f"{namespace}/{pod}"}})
     elif step is SourceStep.REMOVE:
         if source is not None and not meta(source).get("deletionTimestamp"):
             try:  # this pod instance only: never a new pod of the same name
@@ -60,7 +62,8 @@ async def release_source(kube: Kube, node: str, migration: Mapping[str, Any], so
             except (NotFound, Conflict):
                 pass  # gone already, or another pod by that name now: not ours to delete
         await _record(kube, migration, Handover.SOURCE_REMOVED, f"source pod {namespace}/{pod} removed from {node}")
-        log.info("source pod removed", extra={"fields": {"migration": f"{namespace}/{name}", "pod": f"{namespace}/{pod}"}})
+        log.info("source pod removed", extra={"fields": {"migration": f"{namespace}/{name}",
+                                                     "pod": f"{namespace}/{pod}"}})
 
 
 async def _budget_allows(kube: Kube, migration: Mapping[str, Any], pod: str, retry_later: RetryLater) -> bool:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from watcher.cluster import events
 from watcher.cluster.objects import MIGRATION_LABEL, MigrationPhase, lpm_path, meta

@@ -6,8 +6,9 @@ A 409 means someone else wrote in between; re-read and apply the change again (b
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from watcher.cluster.objects import lpm_path
 from watcher.errors import Conflict
@@ -20,7 +21,7 @@ Mutation = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def update_status(kube: Kube, kind: str, namespace: str | None, name: str, mutate: Mutation) -> dict[str, Any]:

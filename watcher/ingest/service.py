@@ -10,17 +10,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
 
 from watcher.archive import names
 from watcher.archive.identity import ArchiveIdentity, Identity, identify
+from watcher.archive.stamp import ArchiveStamp, stamp_of
 from watcher.archive.tarscan import TarScanner
 from watcher.errors import ArchiveChanged, ArchiveError, StoreError, UnsafeNameError
 from watcher.store import catalog, commit, fsio, layout, retrieve
-from watcher.store.ledger import ArchiveStamp, Ledger, LedgerRecord
+from watcher.store.ledger import Ledger, LedgerRecord
 from watcher.store.manifest import Manifest
 from watcher.zstream import CompressionSettings, StreamDigest, compress_stream
 
@@ -54,14 +55,6 @@ def open_archive(path: Path) -> tuple[int, ArchiveStamp]:
         raise ArchiveError(f"archive {str(path)!r}: cannot open ({err.strerror})") from None
     info = os.fstat(fd)
     return fd, ArchiveStamp(path.name, info.st_size, info.st_mtime_ns)
-
-
-def stamp_of(path: Path) -> ArchiveStamp | None:
-    try:
-        info = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    return ArchiveStamp(path.name, info.st_size, info.st_mtime_ns)
 
 
 def stage_archive(

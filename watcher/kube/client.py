@@ -9,10 +9,10 @@ resources and would hide the ``resourceVersion`` bookkeeping the watch loop must
 
 from __future__ import annotations
 
-import asyncio
 import json
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import config as kube_config
@@ -40,7 +40,7 @@ def _error(method: str, path: str, status: int, body: str) -> ApiError:
         decoded = json.loads(body)
         message = decoded.get("message") or body
         # An eviction's refusal names the disruption budget only in its causes.
-        causes = [c.get("message") for c in (decoded.get("details") or {}).get("causes") or []
+        causes: list[Any] = [c.get("message") for c in (decoded.get("details") or {}).get("causes") or []
                   if isinstance(c, dict) and c.get("message")]
         if causes:
             message = f"{message} ({'; '.join(causes)})"
@@ -62,18 +62,19 @@ class Kube:
         if body is not None:
             headers["Content-Type"] = content_type
         try:
-            return await self.client.call_api(
+            response: aiohttp.ClientResponse = await self.client.call_api(
                 path, method, query_params=list((query or {}).items()), header_params=headers, body=body,
                 auth_settings=["BearerToken"], _preload_content=False, _request_timeout=timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
             raise ApiUnavailable(f"{method} {path}: API server unreachable ({err or type(err).__name__})", 0) from err
+        return response
 
     async def request(self, method: str, path: str, query: Mapping[str, Any] | None = None, body: Any = None,
                       content_type: str = JSON) -> dict[str, Any]:
         response = await self._send(method, path, query, body, content_type, REQUEST_TIMEOUT)
         try:
             text = await response.text()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+        except (TimeoutError, aiohttp.ClientError) as err:
             raise ApiUnavailable(f"{method} {path}: reply lost ({err or type(err).__name__})", 0) from err
         finally:
             response.release()
@@ -103,7 +104,7 @@ class Kube:
             async for line in response.content:
                 if line.strip():
                     yield json.loads(line)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+        except (TimeoutError, aiohttp.ClientError) as err:
             raise ApiUnavailable(f"WATCH {path}: stream broke ({err or type(err).__name__})", 0) from err
         finally:
             response.release()

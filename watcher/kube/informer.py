@@ -14,28 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
+from watcher.backoff import Backoff
 from watcher.errors import ApiError, Gone, LpmError
 from watcher.kube.client import Kube
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter; pure, so it is tested without sleeping."""
-
-    base: float = 0.5
-    cap: float = 30.0
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        ceiling = min(self.cap, self.base * 2 ** max(0, attempt - 1))
-        return (rng or random).uniform(ceiling / 2, ceiling)
 
 
 @dataclass(frozen=True)
@@ -161,7 +150,7 @@ async def informer(
                 "resource": resource.path, "reason": str(err), "retryInSeconds": round(delay, 2)}})
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 

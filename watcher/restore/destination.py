@@ -19,16 +19,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from watcher.cluster import events, handover
 from watcher.cluster.handover import Handover, Step
-from watcher.cluster.objects import MigrationPhase, dns_name, lpm_path, meta, pod_path
+from watcher.cluster.objects import MigrationPhase, lpm_path, meta, pod_path
 from watcher.cluster.status import now, update_status
 from watcher.errors import ApiError, Conflict, LpmError, NotFound
 from watcher.kube.client import Kube
+from watcher.kube.names import dns_name
 from watcher.observe import AgentMetrics, Operation
 from watcher.restore.importer import Importer
 from watcher.restore.pipeline import RestoreRefused, import_checkpoint
@@ -191,8 +193,9 @@ class Destination:
                                  "deleted rather than left as a pod its workload did not ask for")
         source_node = (source or {}).get("spec", {}).get("nodeName") or migration.get("status", {}).get("sourceNode")
         if step is Step.ASK_SOURCE:
-            await self._handover(migration, Handover.RESTORED_READY, f"restored pod {restored_name} running on "
-                                 f"{self.node}; node {source_node}'s agent releases source pod {namespace}/{source_name}")
+            await self._handover(migration, Handover.RESTORED_READY,
+                                 f"restored pod {restored_name} running on {self.node}; node {source_node}'s agent "
+                                 f"releases source pod {namespace}/{source_name}")
         if step in (Step.ASK_SOURCE, Step.WAIT_FOR_SOURCE):
             self.retry_later(SOURCE_LOOK, migration)  # a source gone meanwhile discards the copy
             return
@@ -203,8 +206,9 @@ class Destination:
                 "controller": (handover.controller_of(source or {}) or {}).get("name")}})
             step = Step.DONE if retain else Step.MARK_ADOPTED
         if step is Step.MARK_ADOPTED:
-            await self._handover(migration, Handover.ADOPTED, f"restored pod {restored_name} took the source's place "
-                                 f"on {self.node}; node {source_node}'s agent removes source pod {namespace}/{source_name}")
+            await self._handover(migration, Handover.ADOPTED,
+                                 f"restored pod {restored_name} took the source's place on {self.node}; node "
+                                 f"{source_node}'s agent removes source pod {namespace}/{source_name}")
             self.retry_later(SOURCE_LOOK, migration)
             return
         held = handover.is_held(await self._get_pod(namespace, restored_name) or {})
@@ -215,9 +219,9 @@ class Destination:
         await events.record(self.kube, restored, "Restored", f"restored from {namespace}/{source_name} by {name}",
                             node=self.node)
         if source is not None:  # the Event outlives the pod: `kubectl get events` still tells where it went
+            fate = "this pod was kept: retainOriginalPod" if retain else "this pod is removed"
             await events.record(self.kube, source, "Migrated", f"running on {self.node} as {restored_name} "
-                                f"({name}); " + ("this pod was kept: retainOriginalPod" if retain else "this pod is removed"),
-                                node=self.node)
+                                f"({name}); " + fate, node=self.node)
 
     async def _handover(self, migration: Mapping[str, Any], state: Handover, message: str) -> None:
         await update_status(self.kube, "PodMigration", meta(migration)["namespace"], meta(migration)["name"],

@@ -34,9 +34,9 @@ from pathlib import Path
 from platform import machine
 from typing import Any
 
-from watcher.jsonobj import json_object
 from watcher.archive.tarscan import METADATA_CAP
 from watcher.errors import ArchiveError, ImageError
+from watcher.jsonobj import json_object
 from watcher.restore import layer
 from watcher.store import layout
 from watcher.store.manifest import MAX_TEXT

@@ -21,9 +21,10 @@ import os
 import re
 import tarfile
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Protocol, Sequence
+from typing import BinaryIO, Protocol
 
 from watcher.errors import LpmError
 
@@ -64,7 +65,7 @@ async def _run(prefix: Sequence[str], argv: Sequence[str], what: str, timeout: f
     feeding = asyncio.create_task(asyncio.to_thread(_feed, feed, write_end)) if feed and write_end else None
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         process.kill()
         await process.wait()
         raise ImportFailed(f"import of {what}: {tool} took longer than {timeout:.0f} s") from None

@@ -127,7 +127,7 @@ def _same_as_scanner(fd: int, indexed: list[Entry], where: str) -> None:
     scanned = scanner.finish().members
     if len(scanned) != len(indexed):
         raise ArchiveError(f"{where}: tarfile reads {len(indexed)} members, lpm's tar scanner {len(scanned)}")
-    for number, (entry, member) in enumerate(zip(indexed, scanned), 1):
+    for number, (entry, member) in enumerate(zip(indexed, scanned, strict=True), 1):
         if (entry.name, entry.kind, entry.offset) != (member.name, _KINDS.get(member.kind), member.offset) or (
                 entry.kind is Kind.FILE and entry.size != member.size):
             raise ArchiveError(f"{where}: member {number} reads as {entry.name!r} ({entry.kind.value}, "
@@ -140,7 +140,8 @@ _KINDS = {b"0": Kind.FILE, b"\0": Kind.FILE, b"7": Kind.FILE, b"5": Kind.DIR, b"
 
 def _show(member: Member) -> str:
     kind = _KINDS.get(member.kind)
-    return f"{member.name!r} ({kind.value if kind else f'type {member.kind!r}'}, {member.size} bytes at {member.offset})"
+    what = kind.value if kind else f"type {member.kind!r}"
+    return f"{member.name!r} ({what}, {member.size} bytes at {member.offset})"
 
 
 def _entry(member: tarfile.TarInfo, where: str) -> Entry:

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from watcher.cluster.objects import dns_name
 from watcher.errors import LpmError
+from watcher.kube.names import dns_name
 from watcher.restore.image import write_image
 from watcher.restore.importer import Importer
 from watcher.store import catalog, layout, retrieve

@@ -4,7 +4,8 @@ node, each container on its checkpoint image. Pure: table-tested.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from watcher.cluster.pins import unpinned
 from watcher.restore.pipeline import RestoreRefused

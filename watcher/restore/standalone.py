@@ -22,12 +22,12 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from watcher.errors import Cancelled, LpmError
 from watcher.observe import AgentMetrics, Operation
-from watcher.restore.importer import ImportFailed, Importer
+from watcher.restore.importer import Importer, ImportFailed
 from watcher.restore.markers import read_markers
 from watcher.restore.pipeline import import_checkpoint
 from watcher.store import fsio, layout
@@ -132,7 +132,7 @@ class StandaloneRestorer:
 
     async def _record(self, marker: Marker, outcome: dict[str, object]) -> None:
         body = {"podUID": marker.pod_uid, "checkpointID": marker.checkpoint_id, "node": self._settings.node,
-                "at": rfc3339(datetime.now(timezone.utc)), **outcome}
+                "at": rfc3339(datetime.now(UTC)), **outcome}
         where = str(self._settings.work_dir / RECORDS_DIR)
         await asyncio.to_thread(fsio.write_atomic, self._records_fd, record_name(marker), encode(body), where)
 

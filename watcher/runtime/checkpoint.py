@@ -72,7 +72,7 @@ async def checkpoint(settings: Settings, container_id: str, archive_name: str) -
     async with grpc.aio.insecure_channel(target(settings.endpoint)) as channel:  # a local unix socket: no TLS
         try:
             await asyncio.wait_for(channel.channel_ready(), settings.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RuntimeCheckpointError(f"{what}: cannot connect within {settings.connect_timeout:.0f} s; "
                                          "nothing was sent") from None
         sent_at = time.monotonic()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, Iterator
+from typing import Any
 
 from watcher.errors import IncompleteCheckpoint, LpmError
 from watcher.store import fsio, layout

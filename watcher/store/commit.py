@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Iterator, Sequence
 
 from watcher.errors import StoreError
 from watcher.store import fsio, layout

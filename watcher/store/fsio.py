@@ -18,8 +18,8 @@ import errno
 import os
 import secrets
 import stat
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from watcher.errors import StoreError, UnknownCheckpoint, UnsafeNameError
 

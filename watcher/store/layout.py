@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import PurePath
-from typing import Iterable
 
 from watcher.errors import UnsafeNameError
 
@@ -92,7 +92,7 @@ def make_checkpoint_id(uid: str, archives: Iterable[tuple[str, str]], taken_at: 
     if not pairs:
         raise ValueError("a checkpoint needs at least one archive")
     digest = hashlib.sha256("\0".join([pod_uid(uid), *(f"{name}\0{sha}" for name, sha in pairs)]).encode())
-    stamp = taken_at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = taken_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{digest.hexdigest()[:8]}"
 
 

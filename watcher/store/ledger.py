@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
+from watcher.archive.stamp import ArchiveStamp
 from watcher.errors import StoreError, UnknownCheckpoint, UnsafeNameError
 from watcher.store import fsio, layout
 from watcher.store.commit import node_state_dir
@@ -21,15 +23,6 @@ from watcher.store.manifest import decode, encode, field_error, size_field, text
 
 _LEDGER = "ledger"
 _RECORD_CAP = 1 << 16
-
-
-@dataclass(frozen=True)
-class ArchiveStamp:
-    """What identifies one version of a kubelet archive file on its node."""
-
-    name: str
-    size: int
-    mtime_ns: int
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
-from watcher.jsonobj import json_object
 from watcher.errors import StoreError, UnsafeNameError
+from watcher.jsonobj import json_object
 from watcher.store import layout
 
 FORMAT_VERSION = 1
@@ -34,14 +35,14 @@ class Runtime(str, Enum):
 
 def rfc3339(moment: datetime) -> str:
     """RFC 3339 in UTC with a ``Z``, second precision, as Kubernetes prints times."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_rfc3339(text: str) -> datetime:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         raise ValueError(f"time {text!r} has no zone")
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class Manifest:
         return body
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any], where: str) -> "Manifest":
+    def from_json(cls, raw: Mapping[str, Any], where: str) -> Manifest:
         try:
             if raw.get("formatVersion") != FORMAT_VERSION:
                 raise ValueError(f"formatVersion {raw.get('formatVersion')!r} is not {FORMAT_VERSION}")
@@ -142,7 +143,7 @@ class Marker:
         return body
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any], where: str) -> "Marker":
+    def from_json(cls, raw: Mapping[str, Any], where: str) -> Marker:
         try:
             containers = raw["containers"]
             if not isinstance(containers, list) or not containers:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import zstandard
 
-from watcher.errors import ChecksumMismatch, UnsafeNameError
 from watcher import zframe
-from watcher.zstream import Bounds, CompressionSettings, StreamDigest, decompress_stream
+from watcher.errors import ChecksumMismatch, UnsafeNameError
 from watcher.store import catalog, fsio, layout
 from watcher.store.manifest import Manifest
+from watcher.zstream import Bounds, CompressionSettings, StreamDigest, decompress_stream
 
 
 def _check(manifest: Manifest, digest: StreamDigest) -> None:

@@ -12,15 +12,14 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import watchfiles
 
 from watcher.archive import names
-from watcher.ingest.service import stamp_of
-from watcher.store.ledger import ArchiveStamp
+from watcher.archive.stamp import ArchiveStamp, stamp_of
 from watcher.watch.stability import Outcome, Stability
 
 log = logging.getLogger(__name__)
@@ -123,16 +122,16 @@ async def _wait_any(
     timeout: float,
     look: Callable[[set[str]], None],
 ) -> None:
-    waiters = [asyncio.ensure_future(hints.get()), asyncio.ensure_future(wake.wait()),
-               asyncio.ensure_future(stop.wait())]
+    hint = asyncio.ensure_future(hints.get())
+    waiters = [hint, asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
     try:
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
     wake.clear()
-    if waiters[0].done() and not waiters[0].cancelled():
-        look(waiters[0].result())
+    if hint.done() and not hint.cancelled():
+        look(hint.result())
     while not hints.empty():
         look(hints.get_nowait())
 
@@ -172,5 +171,5 @@ async def _wait_for_directory(settings: WatchSettings, stop: asyncio.Event) -> N
         try:
             await asyncio.wait_for(stop.wait(), timeout=settings.poll_interval)
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue

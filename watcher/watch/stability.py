@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from watcher.store.ledger import ArchiveStamp
+from watcher.archive.stamp import ArchiveStamp
 
 
 class Outcome(Enum):
@@ -90,7 +90,7 @@ class Stability:
             return None  # the file changed meanwhile: its new version is judged afresh
         if outcome is Outcome.STORE_TROUBLE:
             track.failures += 1
-            delay = min(self.retry_max, self.retry_base * 2 ** (track.failures - 1))
+            delay: float = min(self.retry_max, self.retry_base * 2 ** (track.failures - 1))
             track.retry_at = now + delay
             return delay
         track.settled = outcome

@@ -7,6 +7,10 @@ watcher's mover switches contents to ``shared`` when it moves a locally held che
 (``relocation``); the PodMigration status that move writes is what brings the destination back. Every background
 task is named and supervised: if one ends unexpectedly the agent logs it and stops, and the
 DaemonSet restarts it, rather than running on half-blind.
+
+It composes both sides of a migration, the source's reconcilers (``cluster``) and the
+destination (``restore``), so it sits above both packages rather than inside either: the
+restorer builds on ``cluster``'s objects and status helpers, and nothing below imports back.
 """
 
 from __future__ import annotations
@@ -14,23 +18,36 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from watcher.agent import SHUTDOWN_GRACE, StandaloneAgent, StandaloneConfig
-from watcher.cluster.checkpointing import (
-    Source, announce_container, create_idempotent, reconcile_container_checkpoint, reconcile_pod_checkpoint,
-)
 from watcher.cluster.checkpointers import Checkpointer, KubeletCheckpointer, RuntimeCheckpointer
+from watcher.cluster.checkpointing import (
+    Source,
+    announce_container,
+    create_idempotent,
+    reconcile_container_checkpoint,
+    reconcile_pod_checkpoint,
+)
 from watcher.cluster.claims import Claim, Claims
 from watcher.cluster.migration import reconcile_annotated_pod, reconcile_migration
-from watcher.cluster.presence import Announcer
-from watcher.cluster.relocation import announce_moved
 from watcher.cluster.objects import (
-    API_VERSION, MIGRATION_LABEL, ORIGIN_ANNOTATION, ORIGIN_KUBELET_DIRECTORY, Phase, content_name, lpm_path, meta,
+    API_VERSION,
+    MIGRATION_LABEL,
+    ORIGIN_ANNOTATION,
+    ORIGIN_KUBELET_DIRECTORY,
+    ContainerCheckpoint,
+    Phase,
+    content_name,
+    lpm_path,
+    meta,
     pod_path,
 )
+from watcher.cluster.presence import Announcer
+from watcher.cluster.relocation import announce_moved
 from watcher.cluster.status import now, update_status
 from watcher.ingest.service import IngestResult
 from watcher.kube.client import Kube, connect
@@ -96,7 +113,7 @@ class _DirectoryHooks:
             return  # announced by the request that asked for it
         manifest = result.manifest
         request_name = content_name("kubelet", manifest.pod_name, manifest.checkpoint_id, manifest.container_name)
-        request = {
+        request: ContainerCheckpoint = {
             "apiVersion": API_VERSION, "kind": "ContainerCheckpoint",
             "metadata": {"name": request_name, "namespace": manifest.pod_namespace,
                          "annotations": {ORIGIN_ANNOTATION: ORIGIN_KUBELET_DIRECTORY}},

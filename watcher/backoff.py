@@ -1,0 +1,19 @@
+"""Exponential backoff with full jitter, shared by every retry loop (informers, workers, the
+kubelet call, the supervisor). A bottom-layer module: it imports nothing of lpm's."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter; pure, so it is tested without sleeping."""
+
+    base: float = 0.5
+    cap: float = 30.0
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        ceiling = min(self.cap, self.base * 2 ** max(0, attempt - 1))
+        return (rng or random).uniform(ceiling / 2, ceiling)
