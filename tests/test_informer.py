@@ -101,20 +101,20 @@ async def test_workers_handle_one_objects_events_in_order_one_at_a_time_and_coal
 @pytest.mark.asyncio
 async def test_workers_handle_different_objects_concurrently() -> None:
     inside: set[str] = set()
-    both = asyncio.Event()
+    all_in = asyncio.Event()
 
     async def handler(event: str, obj: dict[str, Any]) -> None:
-        inside.add(obj["metadata"]["name"])
-        if inside == {"a", "b"}:
-            both.set()
-        await asyncio.wait_for(both.wait(), 5)
+        inside.add(f"{obj['metadata']['namespace']}/{obj['metadata']['name']}")
+        if len(inside) == 3:
+            all_in.set()
+        await asyncio.wait_for(all_in.wait(), 5)  # each waits for the others: only concurrency gets past
 
     workers = Workers("test", handler)
     workers.submit("ADDED", _obj("a", 1))
     workers.submit("ADDED", _obj("b", 1))
     workers.submit("ADDED", _obj("a", 1, namespace="other"))  # another namespace: another object
     await _until(lambda: not _own_tasks())
-    assert inside == {"a", "b"} and both.is_set()
+    assert inside == {"ns/a", "ns/b", "other/a"} and all_in.is_set()
     await workers.close()
 
 
