@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -67,8 +68,11 @@ def _own_tasks() -> set[asyncio.Task[Any]]:
 
 
 async def _until(condition: Any, timeout: float = 5.0) -> None:
+    """Poll ``condition`` (state of the code under test, which has no event to wait on) until it holds."""
     async with asyncio.timeout(timeout):
-        while not condition():
+        while True:
+            if condition():
+                return
             await asyncio.sleep(0.005)
 
 
