@@ -66,15 +66,16 @@ def test_every_locked_requirement_is_one_version_with_sha256_hashes() -> None:
 
 
 def test_every_declared_dependency_is_locked_and_its_floor_is_the_tested_major_minor() -> None:
-    """A declared minimum is one the suite runs: the floor is the locked version's major.minor (or the
-    locked version itself). Raising a floor, or re-locking onto a newer minor, moves both together."""
+    """A declared minimum is one the suite runs: the floor (``>=`` or ``~=``) is the locked version's
+    major.minor (or the locked version itself). Raising a floor, or re-locking onto a newer minor, moves
+    both together."""
     for where, req in _declared():
         name = canonicalize_name(req.name)
         assert name in DEV, f"{where} needs {req}, missing from lock/dev.txt: run scripts/lock"
         locked = _version(DEV[name][0])
         assert req.specifier.contains(locked, prereleases=True), \
             f"{where} needs {req}, lock/dev.txt has {locked}: run scripts/lock"
-        [floor] = [Version(s.version) for s in req.specifier if s.operator == ">="]
+        [floor] = [Version(s.version) for s in req.specifier if s.operator in (">=", "~=")]
         assert floor.release[:2] == locked.release[:2] and floor <= locked, \
             f"{where} declares {req} but the suite tests {locked}: raise the floor to >={locked.major}.{locked.minor}"
 
