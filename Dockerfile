@@ -1,7 +1,9 @@
 # lpm node agent and collector image.
-# BASE_IMAGE is a build argument so the image can be built where no registry is reachable, on a
-# base made locally from a Debian rootfs (see issue 6); pin it by digest in production.
-ARG BASE_IMAGE=debian:trixie-slim
+# The base is pinned by digest: debian:trixie-slim as published on 2026-09-18 (its multi-platform
+# index; the dated tag names the same content). Bump both together. BASE_IMAGE stays a build
+# argument so the image can be built where no registry is reachable, on a base made locally from a
+# Debian rootfs (scripts/image/build-base.sh, lab/lpmimage.py; issue 6).
+ARG BASE_IMAGE=debian:trixie-20260918-slim@sha256:a99cfc517144bc59b1978475ec53b46ecabec7e43635402ee5b77cc54cd1b20a
 
 # DL3008 (pin apt versions) is ignored on purpose: the base is pinned, Debian stable only takes
 # security and point-release fixes, and exact versions would break the build at every point release.
@@ -12,12 +14,18 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# The dependencies first, each file checked against its hash in the lock (scripts/lock writes it,
+# the suite tests those very versions): a layer of its own, reused while only lpm's code changes.
+COPY lock/image.txt ./lock/image.txt
+RUN python3 -m venv /opt/lpm \
+ && /opt/lpm/bin/pip install --no-cache-dir --require-hashes -r lock/image.txt
 COPY pyproject.toml README.md ./
 COPY watcher ./watcher
 COPY gc ./gc
-RUN python3 -m venv /opt/lpm \
- && /opt/lpm/bin/pip install --no-cache-dir . \
- && /opt/lpm/bin/pip uninstall --yes pip
+# lpm itself, with nothing more fetched: no dependencies, the locked build backend. Then the build
+# tools leave the venv.
+RUN /opt/lpm/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
+ && /opt/lpm/bin/pip uninstall --yes setuptools pip
 
 FROM ${BASE_IMAGE}
 # python3: the runtime; skopeo: what the agent executes to import a checkpoint image into

@@ -23,7 +23,7 @@ from lab.controlplane import REPO
 from lab.sandbox import Sandbox, rootfs
 
 REFERENCE = "localhost/lpm:lab"  # the name lab/deploy/ gives the DaemonSet's and the CronJob's image
-CONTEXT = ("Dockerfile", "pyproject.toml", "README.md", "watcher", "gc")
+CONTEXT = ("Dockerfile", "pyproject.toml", "README.md", "lock/image.txt", "watcher", "gc")
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
@@ -78,6 +78,7 @@ def build(box: Sandbox) -> str:
         if source.is_dir():
             shutil.copytree(source, context / name, ignore=_SKIP)
         else:
+            (context / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, context / name)
     reference = REFERENCE
     # --network host: the sandbox shares the host's network (containers.conf says netns none);

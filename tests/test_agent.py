@@ -3,7 +3,7 @@
 import json
 import os
 import signal
-import threading
+import time
 import urllib.request
 
 import pytest
@@ -83,9 +83,9 @@ def _bad_archives(kube_dir):
 def test_bad_archives_are_reported_once_each_and_the_next_good_one_is_ingested(kube_dir, store):
     expected = _bad_archives(kube_dir)
     with agent(kube_dir, store) as proc:
-        proc.wait_for(lambda lines: len({r.get("archive") for r in lines
-                                         if r.get("msg") in ("archive refused", "archive not finished yet; "
-                                                             "waiting for its writer")}) >= len(expected))
+        proc.wait_for(lambda lines: len({line.get("archive") for line in lines
+                                         if line.get("msg") in ("archive refused", "archive not finished yet; "
+                                                                "waiting for its writer")}) >= len(expected))
         good = make_archive(kube_dir, ArchiveSpec(pod=Pod(container="good"), memory=1 << 20))
         [ingested] = proc.wait_logged("archive ingested")
         assert ingested["archive"] == good.name
@@ -135,14 +135,32 @@ def test_force_polling(kube_dir, store):
         assert proc.stop()[0] == 0
 
 
+def _staged_bytes(store):
+    """Bytes in node-a's staging files: the dump an ingest is writing, before its commit."""
+    staging = store / ".ingest" / "node-a" / "staging"
+    total = 0
+    for path in staging.glob("*") if staging.is_dir() else ():
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:  # committed (renamed away) between the listing and the stat
+            pass
+    return total
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_the_agent_within_5_seconds_even_mid_ingest(kube_dir, store, sig):
     make_archive(kube_dir, ArchiveSpec(memory=768 << 20))
     with agent(kube_dir, store) as proc:
-        proc.wait_for(lambda lines: any(r.get("msg") == "agent starting" for r in lines))
-        threading.Event().wait(1.2)  # debounce, then the big ingest is under way
+        # Mid-ingest for certain: its dump is being written into staging (not a guess at how long the
+        # debounce and the start of the read take).
+        deadline = time.monotonic() + 30
+        while _staged_bytes(store) == 0:
+            assert time.monotonic() < deadline and not proc.logs("archive ingested"), "no ingest under way"
+            time.sleep(0.02)
         code, seconds = proc.stop(sig)
     assert code == 0 and seconds < 5, (code, seconds, proc.raw)
+    # Stopped in the middle: nothing committed, nothing announced, no partial file anywhere.
+    assert proc.logs("archive ingested") == [] and listed(store) == []
     assert not [p for p in store.rglob("*") if ".tmp-" in p.name and not p.parent.name == "staging"]
 
 

