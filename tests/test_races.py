@@ -1,0 +1,69 @@
+"""Races between agents on one shared store are reported as what they are, not as store failures.
+
+"Two agents" are two real ``lpm agent`` processes on one store directory: the same node's old and new
+agent during a DaemonSet rollout (both watch the same kubelet directory, share the node's probe file and
+race for the same checkpoints' markers).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab.agent import AgentProcess
+from lab.archives import ArchiveSpec, Pod, make_archive
+from tests.support import REPO
+from watcher.store import fsio
+
+
+def _agent(kube_dir: Path, store: Path, local: Path, node: str = "node-a") -> AgentProcess:
+    return AgentProcess("--node", node, "--checkpoint-dir", str(kube_dir), "--store", str(store),
+                        "--local-store", str(local), "--debounce", "0.3", "--move-interval", "0.3")
+
+
+def _files(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")
+                  if p.is_file() and ".ingest" not in p.parts) if path.exists() else []
+
+
+@pytest.mark.parametrize("nodes", [("node-a", "node-b")], ids=["two nodes"])
+def test_two_agents_racing_for_the_same_markers_neither_holds_a_copy_locally(kube_dir, store, tmp_path, nodes):
+    """Both agents ingest the same archives at the same moment: one writes each marker, the other finds
+    it there (a duplicate). Two nodes have a probe file each; one node's two agents share theirs."""
+    pods = [Pod(uid=f"00000000-0000-4000-8000-{n:012d}", name=f"race-{n}") for n in range(12)]
+    local_a, local_b = tmp_path / "local-a", tmp_path / "local-b"
+    with _agent(kube_dir, store, local_a, nodes[0]) as a, _agent(kube_dir, store, local_b, nodes[1]) as b:
+        a.wait_logged("agent starting")
+        b.wait_logged("agent starting")
+        for pod in pods:  # both agents see each archive at once and ingest them in the same order
+            make_archive(kube_dir, ArchiveSpec(pod=pod, memory=1 << 20))
+        for agent in (a, b):
+            agent.wait_for(lambda lines: sum(line.get("msg") in ("archive ingested", "archive already in the store",
+                                                                  "ingest failed") for line in lines) >= len(pods))
+        for agent in (a, b):
+            reasons = [line["reason"] for line in agent.logs("shared store unavailable; checkpoints are held in the "
+                                                             "local store") + agent.logs("ingest failed")]
+            assert reasons == []
+            assert not agent.logs("shared store failed during the ingest; holding the checkpoint locally")
+            assert {line["storageType"] for line in agent.logs("archive ingested")
+                    + agent.logs("archive already in the store")} == {"shared"}
+        assert _files(local_a) == [] and _files(local_b) == []
+        # Each checkpoint once in the shared store, complete.
+        markers = sorted(store.glob("*/*/.checkpoint-complete"))
+        assert [m.parent.parent.name for m in markers] == [pod.uid for pod in pods]
+
+
+
+def test_write_once_never_replaces_what_another_writer_published(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert fsio.write_once(fd, ".checkpoint-complete", b"first", "checkpoint x")
+        assert not fsio.write_once(fd, ".checkpoint-complete", b"second", "checkpoint x")
+    finally:
+        os.close(fd)
+    assert [p.name for p in tmp_path.iterdir()] == [".checkpoint-complete"]  # no temp file left
+    assert (tmp_path / ".checkpoint-complete").read_bytes() == b"first"
