@@ -7,6 +7,7 @@ race for the same checkpoints' markers).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,7 +31,8 @@ def _files(path: Path) -> list[str]:
                   if p.is_file() and ".ingest" not in p.parts) if path.exists() else []
 
 
-@pytest.mark.parametrize("nodes", [("node-a", "node-b")], ids=["two nodes"])
+@pytest.mark.parametrize("nodes", [("node-a", "node-b"), ("node-a", "node-a")],
+                         ids=["two nodes", "one node's old and new agent"])
 def test_two_agents_racing_for_the_same_markers_neither_holds_a_copy_locally(kube_dir, store, tmp_path, nodes):
     """Both agents ingest the same archives at the same moment: one writes each marker, the other finds
     it there (a duplicate). Two nodes have a probe file each; one node's two agents share theirs."""
@@ -56,6 +58,31 @@ def test_two_agents_racing_for_the_same_markers_neither_holds_a_copy_locally(kub
         markers = sorted(store.glob("*/*/.checkpoint-complete"))
         assert [m.parent.parent.name for m in markers] == [pod.uid for pod in pods]
 
+
+
+_PROBER = """
+import asyncio, json, sys
+from pathlib import Path
+from watcher.stores import Stores
+stores = Stores(Path(sys.argv[1]), Path(sys.argv[2]), "node-a")
+async def probes():
+    return [p for _ in range(int(sys.argv[3])) for p in (await stores.probe(), stores.local_writable())]
+print(json.dumps([p for p in asyncio.run(probes()) if p is not None]))
+"""
+
+
+def test_one_nodes_two_agents_sharing_its_probe_file_both_find_the_store_available(tmp_path):
+    """The probe file is one per node, so the node's old and new agent (a rollout) write the same one, in the
+    shared store and in the node's local store: one removing it while the other is between its write and its
+    own removal is no failure of either store."""
+    shared, local = tmp_path / "shared", tmp_path / "local"
+    shared.mkdir(mode=0o700)
+    probers = [subprocess.Popen([sys.executable, "-c", _PROBER, str(shared), str(local), "1000"],
+                                stdout=subprocess.PIPE, text=True, cwd=REPO) for _ in range(2)]
+    problems = [json.loads(p.communicate(timeout=120)[0]) for p in probers]
+    assert [p.returncode for p in probers] == [0, 0]
+    assert problems == [[], []]
+    assert list(shared.iterdir()) == list(local.iterdir()) == []  # and no probe file is left behind
 
 
 def test_write_once_never_replaces_what_another_writer_published(tmp_path):
