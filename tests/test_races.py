@@ -94,3 +94,32 @@ def test_write_once_never_replaces_what_another_writer_published(tmp_path):
         os.close(fd)
     assert [p.name for p in tmp_path.iterdir()] == [".checkpoint-complete"]  # no temp file left
     assert (tmp_path / ".checkpoint-complete").read_bytes() == b"first"
+
+
+def test_a_symlink_planted_for_the_next_checkpoint_is_refused_and_that_checkpoint_held_locally(kube_dir, store,
+                                                                                               tmp_path):
+    """Another node (any node writes the shared store) plants a symlink where this pod's checkpoints go. The
+    store itself still takes writes: this checkpoint alone is held in the local store, once, not retried
+    against the link, and moves over once the link is gone."""
+    pod = Pod(container="app")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    store.mkdir(mode=0o700)
+    (store / pod.uid).symlink_to(elsewhere)
+    local = tmp_path / "local"
+    with _agent(kube_dir, store, local) as agent:
+        agent.wait_logged("agent starting")
+        make_archive(kube_dir, ArchiveSpec(pod=pod, memory=1 << 20))
+        [refused] = agent.wait_logged("shared store refused the checkpoint; holding it locally", timeout=15)
+        assert refused["reason"].endswith(f"{pod.uid} is a symlink, refused"), refused
+        [held] = agent.wait_logged("archive ingested")
+        assert held["storageType"] == "local" and held["podUID"] == pod.uid
+        agent.wait_logged("local checkpoint cannot be moved", count=2)  # tried each round, without copying first
+        assert list(elsewhere.iterdir()) == []  # nothing written through the link
+        assert not agent.logs("shared store unavailable; checkpoints are held in the local store")
+        assert not agent.logs("ingest failed")
+        assert len(agent.logs("archive ingested")) == 1
+        (store / pod.uid).unlink()
+        agent.wait_logged("checkpoint moved to the shared store")
+    assert (store / pod.uid / held["checkpointID"] / ".checkpoint-complete").is_file()
+    assert _files(local) == []
