@@ -194,7 +194,8 @@ async def test_a_symlink_planted_for_the_pods_checkpoints_holds_the_checkpoint_l
     content = cluster.get("containercheckpointcontents", done["status"]["boundContentName"], namespaced=False)
     assert content["spec"]["storageType"] == "local"
     assert content["spec"]["artifactURI"].startswith(f"file://{local}/{pod['metadata']['uid']}/")
-    [event] = [e for e in cluster.events("planted-0") if e["reason"] != "Checkpointed"]
+    # The Event is recorded right after the status: wait for it.
+    [event] = await eventually(lambda: cluster.events("planted-0"), what="the pod's Event")
     assert (event["reason"], event["type"]) == ("CheckpointHeldLocally", "Warning")
     assert "is a symlink, refused" in event["message"]
     assert list(elsewhere.iterdir()) == []
