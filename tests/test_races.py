@@ -7,10 +7,13 @@ race for the same checkpoints' markers).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
 import sys
+import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,9 @@ import pytest
 from lab.agent import AgentProcess
 from lab.archives import ArchiveSpec, Pod, make_archive
 from tests.support import REPO
-from watcher.store import fsio
+from watcher.ingest import service
+from watcher.store import fsio, transfer
+from watcher.zstream import CompressionSettings
 
 
 def _agent(kube_dir: Path, store: Path, local: Path, node: str = "node-a") -> AgentProcess:
@@ -123,3 +128,30 @@ def test_a_symlink_planted_for_the_next_checkpoint_is_refused_and_that_checkpoin
         agent.wait_logged("checkpoint moved to the shared store")
     assert (store / pod.uid / held["checkpointID"] / ".checkpoint-complete").is_file()
     assert _files(local) == []
+
+
+def test_two_movers_racing_to_move_the_same_held_checkpoints_both_succeed(kube_dir, tmp_path):
+    """One node's old and new agent (a rollout) share its local store, so both movers copy the same held
+    checkpoints into the shared store at once: one commits each, the other finds it there, the same."""
+    local, shared = tmp_path / "local", tmp_path / "shared"
+    local_fd, shared_fd = fsio.open_root(local, create=True), fsio.open_root(shared, create=True)
+    try:
+        for n in range(12):
+            pod = Pod(uid=f"00000000-0000-4000-8000-{n:012d}", name=f"race-{n}")
+            service.ingest_archive(local_fd, make_archive(kube_dir, ArchiveSpec(pod=pod, memory=1 << 20)), "node-a",
+                                   CompressionSettings(), threading.Event(), datetime.now(timezone.utc))
+        held = transfer.local_checkpoints(local_fd)
+        start = threading.Barrier(2)
+
+        def mover() -> list[bool]:
+            start.wait()
+            return [transfer.copy_to_shared(local_fd, shared_fd, "node-a", c, threading.Event()) for c in held]
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            copied = [f.result() for f in [pool.submit(mover), pool.submit(mover)]]
+        assert [a + b for a, b in zip(*copied)] == [1] * len(held)  # each copied by one mover only
+        for checkpoint in held:
+            transfer.shared_copy_complete(shared_fd, checkpoint)
+    finally:
+        os.close(local_fd)
+        os.close(shared_fd)
