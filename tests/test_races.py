@@ -8,18 +8,22 @@ race for the same checkpoints' markers).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from lab.agent import AgentProcess
 from lab.archives import ArchiveSpec, Pod, make_archive
+from lab.cluster import store_views
 from tests.support import REPO
 from watcher.ingest import service
 from watcher.store import fsio, transfer
@@ -36,14 +40,29 @@ def _files(path: Path) -> list[str]:
                   if p.is_file() and ".ingest" not in p.parts) if path.exists() else []
 
 
+@contextlib.contextmanager
+def _views(tmp_path: Path, nodes: tuple[str, str]) -> Iterator[tuple[Path, Path, Path]]:
+    """(the store, node 0's view of it, node 1's): one bindfs view per node as in the lab's clusters (two
+    NFS clients, in effect), or the directory itself for one node's two agents."""
+    if nodes[0] == nodes[1]:
+        yield tmp_path / "store", tmp_path / "store", tmp_path / "store"
+        return
+    if os.geteuid() != 0 or shutil.which("bindfs") is None:
+        raise AssertionError("this test needs root and bindfs (scripts/setup installs it; CI runs as root)")
+    with store_views(tmp_path, nodes) as views:
+        yield tmp_path / "store", views[nodes[0]], views[nodes[1]]
+
+
 @pytest.mark.parametrize("nodes", [("node-a", "node-b"), ("node-a", "node-a")],
                          ids=["two nodes", "one node's old and new agent"])
-def test_two_agents_racing_for_the_same_markers_neither_holds_a_copy_locally(kube_dir, store, tmp_path, nodes):
+def test_two_agents_racing_for_the_same_markers_neither_holds_a_copy_locally(kube_dir, tmp_path, nodes):
     """Both agents ingest the same archives at the same moment: one writes each marker, the other finds
-    it there (a duplicate). Two nodes have a probe file each; one node's two agents share theirs."""
-    pods = [Pod(uid=f"00000000-0000-4000-8000-{n:012d}", name=f"race-{n}") for n in range(12)]
+    it there (a duplicate). Two nodes each see the store through a view of their own and have a probe
+    file each; one node's two agents share the directory and their probe file."""
+    pods = [Pod(uid=f"00000000-0000-4000-8000-{n:012d}", name=f"race-{n}") for n in range(30)]
     local_a, local_b = tmp_path / "local-a", tmp_path / "local-b"
-    with _agent(kube_dir, store, local_a, nodes[0]) as a, _agent(kube_dir, store, local_b, nodes[1]) as b:
+    with _views(tmp_path, nodes) as (store, view_a, view_b), \
+            _agent(kube_dir, view_a, local_a, nodes[0]) as a, _agent(kube_dir, view_b, local_b, nodes[1]) as b:
         a.wait_logged("agent starting")
         b.wait_logged("agent starting")
         for pod in pods:  # both agents see each archive at once and ingest them in the same order
@@ -62,7 +81,6 @@ def test_two_agents_racing_for_the_same_markers_neither_holds_a_copy_locally(kub
         # Each checkpoint once in the shared store, complete.
         markers = sorted(store.glob("*/*/.checkpoint-complete"))
         assert [m.parent.parent.name for m in markers] == [pod.uid for pod in pods]
-
 
 
 _PROBER = """
