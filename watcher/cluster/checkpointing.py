@@ -129,7 +129,8 @@ class Source:
                 log.info("container checkpointed", extra={"fields": {
                     "pod": f"{namespace}/{name}", "container": container, "archive": archive,
                     "kubeletSeconds": round(time.monotonic() - started, 4)}})
-            why_local, refused = await self.stores.probe(), False
+            why_local = await self.stores.probe()
+            refused = False  # True: the store is available but refused this checkpoint's place in it
             if why_local is None:
                 try:
                     results = await self._commit(self.stores.shared, pod, archives, target_node)
