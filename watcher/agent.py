@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Protocol
 
 from watcher.archive.stamp import ArchiveStamp
-from watcher.errors import ArchiveChanged, ArchiveError, ArchiveIncomplete, Cancelled, LpmError, StoreError
+from watcher.errors import (
+    ArchiveChanged,
+    ArchiveError,
+    ArchiveIncomplete,
+    Cancelled,
+    LpmError,
+    StoreError,
+    UnsafeNameError,
+)
 from watcher.ingest import service
 from watcher.ingest.service import IngestResult
 from watcher.mover import run_mover
@@ -176,6 +184,12 @@ class StandaloneAgent:
         if await self.stores.probe() is None:
             try:
                 return await self._ingest_into(self.stores.shared, path), self.stores.shared
+            except UnsafeNameError as err:
+                # The store takes writes, but not where this checkpoint goes: something planted there
+                # (a symlink for its pod's directory, say), which every retry would meet again. Refused;
+                # this checkpoint alone is held locally, and the store stays available for the others.
+                log.warning("shared store refused the checkpoint; holding it locally",
+                            extra={"fields": {**fields, "reason": str(err)}})
             except StoreError as err:
                 # Nothing half-written is visible: a dump reaches its final name only fsynced, and
                 # the checkpoint only with its marker. The archive is still in the kubelet directory.

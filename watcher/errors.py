@@ -46,6 +46,10 @@ class IncompleteCheckpoint(StoreError):
     """The checkpoint has no completion marker, or the marker lists containers that are not there."""
 
 
+class AlreadyComplete(StoreError):
+    """The checkpoint's marker is there already: another writer (an agent, the mover) committed it first."""
+
+
 class ChecksumMismatch(StoreError):
     """Stored bytes do not hash to what the manifest recorded."""
 

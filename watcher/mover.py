@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 
-from watcher.errors import Cancelled, ChecksumMismatch, LpmError, StoreError
+from watcher.errors import Cancelled, ChecksumMismatch, LpmError, StoreError, UnsafeNameError
 from watcher.observe import AgentMetrics
 from watcher.store import transfer
 from watcher.store.catalog import Checkpoint
@@ -61,8 +61,9 @@ async def move_round(stores: Stores, node: str, cancel: threading.Event, metrics
             if moved is not None:
                 await moved(checkpoint)
             await asyncio.to_thread(transfer.shared_copy_complete, stores.shared.fd, checkpoint)
-        except ChecksumMismatch as err:
-            # Damaged local bytes, or another checkpoint under this ID: a person must look; keep it.
+        except (ChecksumMismatch, UnsafeNameError) as err:
+            # Damaged local bytes, another checkpoint under this ID, or something planted in the shared
+            # store where this one goes (a symlink): a person must look; keep it, and move the others.
             log.error("local checkpoint cannot be moved", extra={"fields": {"checkpoint": where,
                                                                            "reason": str(err)}})
             continue

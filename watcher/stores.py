@@ -133,4 +133,9 @@ def write_probe(root_fd: int, name: str) -> None:
         os.fsync(fd)  # on NFS the round trip to the server, which is what a dead server fails
     finally:
         os.close(fd)
-    os.unlink(name, dir_fd=root_fd)
+    try:
+        os.unlink(name, dir_fd=root_fd)
+    except FileNotFoundError:
+        # The name is the node's, not the process's: the node's other agent (old and new one during a
+        # rollout) removed it after its own probe. Our write and fsync went through, which is the answer.
+        pass

@@ -194,6 +194,42 @@ async def test_container_checkpoint_is_taken_stored_and_announced(cluster: Clust
 
 
 @pytest.mark.asyncio
+async def test_a_symlink_planted_for_the_pods_checkpoints_holds_the_checkpoint_locally_with_an_event(
+        cluster: Cluster) -> None:
+    """Any node writes the shared store, so another node can plant a symlink where this pod's checkpoints
+    go. The store still takes writes: the request succeeds held locally, the pod's Event says why (a
+    Warning), nothing goes through the link, and the kubelet is asked once."""
+    pod = cluster.create_pod("planted-0", "node-a")
+    store, local = cluster.nodes["node-a"].store, cluster.tmp / "node-a" / "local-store"
+    elsewhere = cluster.tmp / "elsewhere"
+    elsewhere.mkdir()
+    store.mkdir(mode=0o700)
+    (store / pod["metadata"]["uid"]).symlink_to(elsewhere)
+    source = cluster.start_agent("node-a", "--local-store", str(local), "--move-interval", "0.5")
+    cluster.create("containercheckpoints", "planted", "ContainerCheckpoint",
+                   {"podName": "planted-0", "containerName": "app"})
+    done = await eventually(lambda: _phase(c := cluster.get("containercheckpoints", "planted")) in
+                            ("Succeeded", "Failed") and c, what="ContainerCheckpoint to finish")
+    message = done["status"]["message"]
+    assert _phase(done) == "Succeeded", message
+    assert "held locally on node node-a" in message and "is a symlink, refused" in message, message
+    content = cluster.get("containercheckpointcontents", done["status"]["boundContentName"], namespaced=False)
+    assert content["spec"]["storageType"] == "local"
+    assert content["spec"]["artifactURI"].startswith(f"file://{local}/{pod['metadata']['uid']}/")
+    # The Event is recorded right after the status: wait for it.
+    [event] = await eventually(lambda: cluster.events("planted-0"), what="the pod's Event")
+    assert (event["reason"], event["type"]) == ("CheckpointHeldLocally", "Warning")
+    assert "is a symlink, refused" in event["message"]
+    assert list(elsewhere.iterdir()) == []
+    assert [status for _, status in cluster.nodes["node-a"].kubelet.requests] == [200]
+    assert not source.logs("shared store unavailable; checkpoints are held in the local store")
+    source.wait_logged("local checkpoint cannot be moved")  # the mover keeps it, and says why
+    assert _metric(source, "lpm_shared_store_available") == 1
+    assert not source.logs("ingest failed")  # the directory watcher does not retry it against the link
+    assert source.stop()[0] == 0
+
+
+@pytest.mark.asyncio
 async def test_annotation_migrates_the_checkpoint_phase_to_checkpoint_complete(cluster: Cluster) -> None:
     cluster.announce("node-b")
     cluster.start_agent("node-a")
@@ -329,8 +365,11 @@ async def test_read_only_store_holds_checkpoints_locally_until_it_is_back_then_t
         assert _phase(request) == "Succeeded" and "held locally on node node-a" in request["status"]["message"]
         single = cluster.get("containercheckpointcontents", request["status"]["boundContentName"], namespaced=False)
         assert single["spec"]["storageType"] == "local" and single["spec"]["artifactURI"].startswith(f"file://{local}/")
-        held = [e for e in cluster.events("ro-0") if e["reason"] == "CheckpointHeldLocally"]
-        assert len(held) == 2 and {e["type"] for e in held} == {"Warning"}
+        # The Event follows the status by a request: waited for, not read at once.
+        held = await eventually(lambda: len(h := [e for e in cluster.events("ro-0")
+                                                  if e["reason"] == "CheckpointHeldLocally"]) >= 2 and h,
+                                what="a CheckpointHeldLocally Event for each request")
+        assert len(held) == 2 and {e["type"] for e in held} == {"Warning"}, held
         # Both requests in one second of the stand-in kubelet can name the same archive, so the same checkpoint.
         ids = {cid, single["spec"]["artifactURI"].split("/")[-3]}
         assert _metric(source, "lpm_shared_store_available") == 0

@@ -66,8 +66,13 @@ class Stored:
     """Where they went: the shared store, or the local one while the shared one is unavailable."""
     why_local: str | None
     """Why the shared store was not used (None when it was)."""
+    refused: bool = False
+    """The shared store was available but refused this checkpoint's place in it (something planted there)."""
 
     def held_locally(self, node: str, what: str) -> str:
+        if self.refused:
+            return (f"{what} held locally on node {node}: the shared store refused it ({self.why_local}); "
+                    "it moves to the shared store once that is cleared")
         return (f"{what} held locally on node {node}: the shared store is unavailable ({self.why_local}); "
                 "it moves to the shared store once that is back")
 
@@ -133,9 +138,17 @@ class Source:
                     "pod": f"{namespace}/{name}", "container": container, "archive": archive,
                     "checkpointSeconds": round(time.monotonic() - started, 4)}})
             why_local = await self.stores.probe()
+            refused = False  # True: the store is available but refused this checkpoint's place in it
             if why_local is None:
                 try:
                     results = await self._commit(self.stores.shared, pod, archives, target_node)
+                except UnsafeNameError as err:
+                    # The store takes writes, but not where this checkpoint goes: something planted there (a
+                    # symlink for the pod's directory, say), which a retry would meet again. Refused; this
+                    # checkpoint alone is held locally, and the store stays available for the others.
+                    why_local, refused = str(err), True
+                    log.warning("shared store refused the checkpoint; holding it locally", extra={
+                        "fields": {"pod": f"{namespace}/{name}", "reason": why_local}})
                 except StoreError as err:
                     # Nothing half-written is visible there (no marker); the kubelet's archives are
                     # still in its directory, so the checkpoint is read again into the local store.
@@ -147,7 +160,8 @@ class Source:
                 results = await self._commit(self.stores.local, pod, archives, target_node)
                 self.metrics.held_locally.inc()
             self.metrics.checkpointed(results, time.monotonic() - began)
-            return Stored(results, self.stores.shared if why_local is None else self.stores.local, why_local)
+            return Stored(results, self.stores.shared if why_local is None else self.stores.local, why_local,
+                          refused)
         finally:
             for container, prefix in prefixes.items():
                 self.claims.end(prefix, archives.get(container))

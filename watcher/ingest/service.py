@@ -19,7 +19,7 @@ from watcher.archive import names
 from watcher.archive.identity import ArchiveIdentity, Identity, identify
 from watcher.archive.stamp import ArchiveStamp, stamp_of
 from watcher.archive.tarscan import TarScanner
-from watcher.errors import ArchiveChanged, ArchiveError, StoreError, UnsafeNameError
+from watcher.errors import AlreadyComplete, ArchiveChanged, ArchiveError, StoreError, UnsafeNameError
 from watcher.store import catalog, commit, fsio, layout, retrieve
 from watcher.store.ledger import Ledger, LedgerRecord
 from watcher.store.manifest import Manifest
@@ -126,12 +126,17 @@ def commit_staged(
             if commit.marker_exists(root_fd, uid, cid):
                 results = [IngestResult(_committed(root_fd, uid, cid, c), True) for c in containers]
             else:
-                results = []
-                for item in staged:
-                    manifest = _manifest(item, cid, node, target_node)
-                    commit.commit_container(root_fd, staging_fd, item.dump_name, manifest)
-                    results.append(IngestResult(manifest, False))
-                commit.complete(root_fd, uid, cid, containers, now, target_node)
+                try:
+                    results = []
+                    for item in staged:
+                        manifest = _manifest(item, cid, node, target_node)
+                        commit.commit_container(root_fd, staging_fd, item.dump_name, manifest)
+                        results.append(IngestResult(manifest, False))
+                    commit.complete(root_fd, uid, cid, containers, now, target_node)
+                except AlreadyComplete:
+                    # Another agent committed these very archives first (the same node's old and new
+                    # agent in a rollout both ingest them): a duplicate, not a store failure.
+                    results = [IngestResult(_committed(root_fd, uid, cid, c), True) for c in containers]
         finally:
             # Staged dumps not moved into place (a duplicate, or a failure part-way) must
             # not pile up. A partial checkpoint stays invisible without its marker, and a

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
-from watcher.errors import StoreError
+from watcher.errors import AlreadyComplete, StoreError
 from watcher.store import fsio, layout
 from watcher.store.manifest import Manifest, Marker, decode, encode
 
@@ -90,9 +90,20 @@ def read_manifest(container_fd: int, where: str) -> Manifest:
 
 
 def commit_container(root_fd: int, staging_fd: int, staged: str, manifest: Manifest) -> None:
-    """Move one container's staged dump (a name in staging) into place, then write its manifest."""
+    """Move one container's staged dump (a name in staging) into place, then write its manifest.
+
+    Raises AlreadyComplete, touching nothing, when the checkpoint got its marker meanwhile: another
+    writer committed the same checkpoint (same ID: same archives) first, and a complete checkpoint's
+    files are not replaced under its readers.
+    """
     where = f"checkpoint {manifest.pod_uid}/{manifest.checkpoint_id}/{manifest.container_name}"
-    fd = fsio.open_dir(root_fd, manifest.ref.segments, create=True, where=where)
+    checkpoint_fd = fsio.open_dir(root_fd, manifest.ref.segments[:2], create=True, where=where)
+    try:
+        if fsio.is_regular(checkpoint_fd, layout.MARKER_FILE):
+            raise AlreadyComplete(f"{where}: committed meanwhile by another writer")
+        fd = fsio.open_dir(checkpoint_fd, manifest.ref.segments[2:], create=True, where=where)
+    finally:
+        os.close(checkpoint_fd)
     try:
         with fsio.os_errors(f"{where}: move {layout.DUMP_FILE} into place"):
             os.rename(staged, layout.DUMP_FILE, src_dir_fd=staging_fd, dst_dir_fd=fd)
@@ -111,13 +122,17 @@ def complete(
     completed_at: datetime,
     target_node: str | None,
 ) -> Marker:
-    """Publish the checkpoint: check every container is in place, then write the marker once."""
+    """Publish the checkpoint: check every container is in place, then write the marker once.
+
+    Raises AlreadyComplete when the marker is there, or appears before ours: the marker is written
+    once, by whichever writer of this checkpoint comes first, and never replaced.
+    """
     where = f"checkpoint {uid}/{cid}"
     marker = Marker(cid, uid, tuple(containers), completed_at, target_node)
     fd = fsio.open_dir(root_fd, [uid, cid], create=False, where=where)
     try:
         if fsio.is_regular(fd, layout.MARKER_FILE):
-            raise StoreError(f"{where}: already complete; a marker is written once")
+            raise AlreadyComplete(f"{where}: already complete; a marker is written once")
         for name in containers:
             container_fd = fsio.open_dir(fd, [name], create=False, where=where)
             try:
@@ -126,7 +141,8 @@ def complete(
                     raise StoreError(f"{where}/{name}: dump or manifest missing, cannot complete")
             finally:
                 os.close(container_fd)
-        fsio.write_atomic(fd, layout.MARKER_FILE, encode(marker.to_json()), where)
+        if not fsio.write_once(fd, layout.MARKER_FILE, encode(marker.to_json()), where):
+            raise AlreadyComplete(f"{where}: completed meanwhile by another writer; a marker is written once")
     finally:
         os.close(fd)
     return marker

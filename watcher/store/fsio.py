@@ -133,7 +133,8 @@ def discard(dir_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
-def write_atomic(dir_fd: int, final: str, data: bytes, where: str) -> None:
+def _write_temp(dir_fd: int, final: str, data: bytes, where: str) -> str:
+    """``data`` in a fresh fsynced temp file beside ``final``; returns its name."""
     fd, temp = create_temp(dir_fd, final, where)
     try:
         with os_errors(f"{where}: write {final}"):
@@ -146,11 +147,52 @@ def write_atomic(dir_fd: int, final: str, data: bytes, where: str) -> None:
         discard(dir_fd, temp)
         raise
     os.close(fd)
+    return temp
+
+
+def write_atomic(dir_fd: int, final: str, data: bytes, where: str) -> None:
+    temp = _write_temp(dir_fd, final, data, where)
     try:
         publish(dir_fd, temp, final, where)
     except BaseException:
         discard(dir_fd, temp)
         raise
+
+
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+"""What ``link`` fails with on a filesystem that has no hard links (SMB shares, some FUSE ones)."""
+
+
+def write_once(dir_fd: int, final: str, data: bytes, where: str) -> bool:
+    """``write_atomic`` that never replaces ``final``: False (and nothing written) when it exists.
+
+    For what is written once by whichever writer comes first, such as a completion marker that
+    two agents race for: the fsynced temp file is hard-linked to ``final`` (``link`` fails if the
+    name exists, atomically, also on NFS), where a rename would silently replace the other writer's.
+    On a filesystem without hard links it falls back to a look, then a rename: two writers in the
+    very same instant can then both publish, each a complete file.
+    """
+    temp = _write_temp(dir_fd, final, data, where)
+    try:
+        with os_errors(f"{where}: publish {final}"):
+            try:
+                os.link(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except FileExistsError:
+                return False
+            except OSError as err:
+                if err.errno not in _NO_HARD_LINKS:
+                    raise
+                try:
+                    os.stat(final, dir_fd=dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    os.rename(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                else:
+                    return False
+    finally:
+        discard(dir_fd, temp)  # linked, renamed away or not wanted: the name goes either way
+    with os_errors(f"{where}: publish {final}"):
+        os.fsync(dir_fd)
+    return True
 
 
 _KINDS = {stat.S_IFREG: "a regular file", stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symlink",

@@ -23,7 +23,7 @@ import os
 import shutil
 import threading
 
-from watcher.errors import Cancelled, ChecksumMismatch, LpmError, StoreError
+from watcher.errors import AlreadyComplete, Cancelled, ChecksumMismatch, LpmError, StoreError
 from watcher.store import catalog, commit, fsio, layout
 from watcher.store.catalog import Checkpoint
 from watcher.store.ledger import Ledger
@@ -46,17 +46,24 @@ def copy_to_shared(local_fd: int, shared_fd: int, node: str, checkpoint: Checkpo
         _check_same(shared_fd, checkpoint)
         _copy_ledger(local_fd, shared_fd, node, uid, cid)
         return False
-    with commit.staging(shared_fd, node) as staging_fd:
-        for manifest in checkpoint.manifests:
-            staged = _copy_dump(local_fd, staging_fd, manifest.ref, manifest.checksum_sha256,
-                                manifest.compressed_size, cancel)
-            try:
-                commit.commit_container(shared_fd, staging_fd, staged, manifest)
-            finally:
-                fsio.discard(staging_fd, staged)  # already renamed away unless the commit failed
-    _pin(shared_fd, uid, cid, node)
-    commit.complete(shared_fd, uid, cid, checkpoint.marker.containers, checkpoint.marker.completed_at,
-                    checkpoint.marker.target_node)
+    try:
+        with commit.staging(shared_fd, node) as staging_fd:
+            for manifest in checkpoint.manifests:
+                staged = _copy_dump(local_fd, staging_fd, manifest.ref, manifest.checksum_sha256,
+                                    manifest.compressed_size, cancel)
+                try:
+                    commit.commit_container(shared_fd, staging_fd, staged, manifest)
+                finally:
+                    fsio.discard(staging_fd, staged)  # already renamed away unless the commit failed
+        _pin(shared_fd, uid, cid, node)
+        commit.complete(shared_fd, uid, cid, checkpoint.marker.containers, checkpoint.marker.completed_at,
+                        checkpoint.marker.target_node)
+    except AlreadyComplete:
+        # Committed meanwhile by another writer (the node's other agent's mover during a rollout: they
+        # share the local store): compared, as if it had been there before.
+        _check_same(shared_fd, checkpoint)
+        _copy_ledger(local_fd, shared_fd, node, uid, cid)
+        return False
     _copy_ledger(local_fd, shared_fd, node, uid, cid)
     return True
 
