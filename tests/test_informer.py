@@ -144,6 +144,30 @@ async def test_workers_retry_an_lpm_error_a_bounded_number_of_times_then_give_up
 
 
 @pytest.mark.asyncio
+async def test_a_handlers_unexpected_exception_is_logged_with_its_traceback_and_retried_not_silent(
+        caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[int] = []
+
+    async def handler(event: str, obj: dict[str, Any]) -> None:
+        calls.append(_version(obj))
+        if len(calls) == 1:
+            raise KeyError("status")  # a bug in one reconcile
+    workers = Workers("test", handler, retry=Backoff(0.001, 0.002), attempts=3)
+    with caplog.at_level(logging.WARNING, logger="watcher.kube.informer"):
+        workers.submit("ADDED", _obj("a", 7))
+        await _until(lambda: not _own_tasks())
+    assert calls == [7, 7]  # retried, and the worker lived on to succeed
+    unexpected = caplog.records[0]
+    assert unexpected.getMessage() == "object handler failed unexpectedly" and unexpected.exc_info is not None
+    assert unexpected.fields["reason"] == "KeyError: 'status'"  # type: ignore[attr-defined]
+    assert [r.getMessage() for r in caplog.records[1:]] == ["retrying object"]
+    workers.submit("MODIFIED", _obj("a", 8))  # and the object's next event is still handled
+    await _until(lambda: not _own_tasks())
+    assert calls == [7, 7, 8]
+    await workers.close()
+
+
+@pytest.mark.asyncio
 async def test_workers_drop_a_failing_version_for_a_newer_one_instead_of_retrying_it() -> None:
     calls: list[int] = []
     workers: Workers

@@ -84,7 +84,12 @@ class Workers:
             try:
                 await self._handler(event, obj)
                 return
-            except LpmError as err:
+            except Exception as err:  # noqa: BLE001 - a worker must outlive a bug in one reconcile
+                if not isinstance(err, LpmError):
+                    # Not an outcome lpm knows (a bug, a library error nobody mapped): said with its traceback,
+                    # then handled like any failure, so the object is not dropped without a word.
+                    log.exception("object handler failed unexpectedly", extra={"fields": {
+                        "worker": self._name, "object": "/".join(key), "reason": f"{type(err).__name__}: {err}"}})
                 if key in self._pending:
                     return  # a newer version of the object arrived: reconcile that instead
                 if attempt == self._attempts:
