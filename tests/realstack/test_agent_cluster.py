@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,27 +114,25 @@ class Cluster:
         self.api("POST", f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases", body)
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+async def eventually(check: Callable[[], Any], timeout: float = 60, what: str = "condition",
+                     state: Callable[[], Any] | None = None) -> Any:
+    """``check()`` once truthy; on timeout the failure says what was awaited and ``state()``: what explains it."""
     deadline = time.monotonic() + timeout
     while True:
         value = await asyncio.to_thread(check)
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            seen = f"; state: {await asyncio.to_thread(state)}" if state is not None else ""
+            raise AssertionError(f"timed out waiting for {what}{seen}")
         await asyncio.sleep(0.2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def kubelet_checkpoints(control_plane: ControlPlane) -> Iterator[None]:
-    """The agents here checkpoint through the kubelet (stand-in), so they need nodes/checkpoint."""
-    binding = grant_kubelet_checkpoints(control_plane.admin)
-    yield
-    revoke_kubelet_checkpoints(control_plane.admin, binding)
 
 
 @pytest_asyncio.fixture
 async def cluster(control_plane: ControlPlane, tmp_path: Path) -> AsyncIterator[Cluster]:
+    # The agents here checkpoint through the (stand-in) kubelet, so they need nodes/checkpoint: granted for
+    # each test that uses this fixture (other modules import it too), revoked after it.
+    binding = await asyncio.to_thread(grant_kubelet_checkpoints, control_plane.admin)
     namespace = f"lpm-e2e-{os.getpid()}-{next(_namespaces)}"
     control_plane.create_namespace(namespace)
     grant_leases(control_plane.admin, namespace)  # the agents keep their Leases here (--namespace)
@@ -151,6 +149,7 @@ async def cluster(control_plane: ControlPlane, tmp_path: Path) -> AsyncIterator[
         if node.agent is not None and node.agent.proc.poll() is None:
             node.agent.kill()
         await node.kubelet.stop()
+    await asyncio.to_thread(revoke_kubelet_checkpoints, control_plane.admin, binding)
 
 
 def _phase(obj: dict[str, Any]) -> str | None:
@@ -265,10 +264,14 @@ async def test_annotation_migrates_the_checkpoint_phase_to_checkpoint_complete(c
     # Seeing the annotation again (an update, a relist, a restart) creates no second migration: the
     # restarted agent replays the pod (waited for: it says so), finds its migration and leaves it.
     restarted = cluster.start_agent("node-a")
-    [again] = await asyncio.to_thread(restarted.wait_logged, "annotated pod's migration exists already")
+    # It replays every annotated pod on node-a, other tests' too (the watch is cluster-wide): this one's line.
+    ours = f"{cluster.namespace}/cart-0"
+    await asyncio.to_thread(restarted.wait_for, lambda lines: any(
+        line.get("msg") == "annotated pod's migration exists already" and line.get("pod") == ours for line in lines))
+    [again] = [line for line in restarted.logs("annotated pod's migration exists already") if line["pod"] == ours]
     assert again["migration"] == migration["metadata"]["name"]
     assert restarted.stop()[0] == 0
-    assert restarted.logs("annotated pod's migration created") == []
+    assert [line for line in restarted.logs("annotated pod's migration created") if line["pod"] == ours] == []
     assert [m["metadata"]["name"] for m in cluster.items("podmigrations")] == [migration["metadata"]["name"]]
     assert [s for _, s in cluster.nodes["node-a"].kubelet.requests] == [200, 200]  # one per container, once
     assert [e["reason"] for e in cluster.events("cart-0")].count("CheckpointComplete") == 1

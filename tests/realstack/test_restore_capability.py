@@ -94,7 +94,9 @@ async def test_a_target_whose_containerd_opted_in_gets_the_migration(cluster: Cl
         cluster.start_agent("node-a")
         restored = await eventually(lambda: [m["status"]["restoredPodName"] for m in cluster.items("podmigrations")
                                              if m.get("status", {}).get("restoredPodName")],
-                                    what="the restored pod on node-b")
+                                    what="the restored pod on node-b",
+                                    state=lambda: [(m["metadata"]["name"], m.get("status"))
+                                                   for m in cluster.items("podmigrations")])
         # The checkpoint image is in the daemon's CRI namespace, where its restore would read it.
         image = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/{restored[0]}")["spec"][
             "containers"][0]["image"]
