@@ -38,7 +38,7 @@ from urllib.parse import quote
 import aiohttp
 
 from watcher.archive import names
-from watcher.archive.finished import finished_shape
+from watcher.archive.finished import wait_settled
 from watcher.backoff import Backoff
 from watcher.errors import ArchiveError, LpmError
 
@@ -170,21 +170,12 @@ class KubeletClient:
                     extra={"fields": {"pod": f"{namespace}/{pod}", "container": container, "reason": reason,
                                       "directory": str(settings.checkpoint_dir),
                                       "waitSeconds": round(deadline - time.time(), 1)}})
-        seen: tuple[int, int] | None = None
-        since = time.monotonic()
-        while True:
-            path = self._produced(namespace, pod, container, sent_at)
-            shape = finished_shape(path) if path is not None else None
-            if shape is None or shape != seen:
-                seen, since = shape, time.monotonic()
-            elif time.monotonic() - since >= settings.settle:
-                log.info("found the archive of the unanswered kubelet call", extra={"fields": {
-                    "pod": f"{namespace}/{pod}", "container": container, "archive": str(path)}})
-                assert path is not None
-                return path
-            if time.time() >= deadline:
-                break
-            await asyncio.sleep(min(0.25, settings.settle / 4))
+        path = await wait_settled(lambda: self._produced(namespace, pod, container, sent_at), settings.settle,
+                                  deadline - time.time())
+        if path is not None:
+            log.info("found the archive of the unanswered kubelet call", extra={"fields": {
+                "pod": f"{namespace}/{pod}", "container": container, "archive": str(path)}})
+            return path
         raise KubeletError(
             f"{what}: {reason}; the request may have reached the kubelet, so it is not sent again (a second "
             f"checkpoint would freeze the container again and leave an orphan archive), and no finished archive "

@@ -4,8 +4,11 @@ a checkpoint call that may have reached the kubelet or the runtime, whose reply 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 _END = 1024  # two 512-byte zero blocks
@@ -27,3 +30,22 @@ def finished_shape(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (info.st_size, info.st_mtime_ns) if tail == bytes(_END) else None
+
+
+async def wait_settled(locate: Callable[[], Path | None], settle: float, timeout: float) -> Path | None:
+    """The archive ``locate()`` names, once it is finished and has held still (same size and mtime) for
+    ``settle`` seconds; None when none has within ``timeout`` seconds. ``locate`` is asked each round: the
+    archive may appear, or a newer one take its place, while this waits."""
+    deadline = time.monotonic() + timeout
+    seen: tuple[int, int] | None = None
+    since = time.monotonic()
+    while True:
+        path = locate()
+        shape = finished_shape(path) if path is not None else None
+        if shape is None or shape != seen:
+            seen, since = shape, time.monotonic()
+        elif time.monotonic() - since >= settle:
+            return path
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(min(0.25, settle / 4))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import grpc
 
-from watcher.archive.finished import finished_shape
+from watcher.archive.finished import finished_shape, wait_settled
 from watcher.errors import LpmError
 from watcher.runtime import protowire
 from watcher.runtime.cri import target
@@ -96,16 +96,9 @@ async def _look_for_archive(settings: Settings, what: str, local: Path, reason: 
     log.warning("checkpoint call may have reached the runtime; not re-sending it, waiting for its archive",
                 extra={"fields": {"archive": str(local), "reason": reason,
                                   "waitSeconds": round(deadline - time.monotonic(), 1)}})
-    seen: tuple[int, int] | None = None
-    since = time.monotonic()
-    while time.monotonic() < deadline:
-        shape = finished_shape(local)
-        if shape is None or shape != seen:
-            seen, since = shape, time.monotonic()
-        elif time.monotonic() - since >= settings.settle:
-            log.info("found the archive of the unanswered checkpoint call", extra={"fields": {"archive": str(local)}})
-            return local
-        await asyncio.sleep(min(0.25, settings.settle / 4))
+    if await wait_settled(lambda: local, settings.settle, deadline - time.monotonic()) is not None:
+        log.info("found the archive of the unanswered checkpoint call", extra={"fields": {"archive": str(local)}})
+        return local
     raise RuntimeCheckpointError(
         f"{what}: {reason}; the request may have reached the runtime, so it is not sent again (a second "
         f"checkpoint would freeze the container again), and no finished archive appeared at {local}")
