@@ -5,14 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from watcher.cluster.objects import node_path
-from watcher.errors import LpmError, NotFound
-from watcher.kube.client import Kube
 from watcher.kubelet import Endpoint
-
-
-class NodeUnusable(LpmError):
-    """The node does not exist or is not Ready."""
 
 
 def endpoint_of(node: Mapping[str, Any], default_port: int) -> Endpoint:
@@ -30,12 +23,10 @@ def is_ready(node: Mapping[str, Any]) -> bool:
                for c in node.get("status", {}).get("conditions", []))
 
 
-async def usable_target(kube: Kube, name: str) -> Mapping[str, Any]:
-    """The target node, if it exists and is Ready; otherwise NodeUnusable saying which."""
-    try:
-        node = await kube.get(node_path(name))
-    except NotFound:
-        raise NodeUnusable(f"target node {name} does not exist") from None
+def unusable(name: str, node: Mapping[str, Any] | None) -> str | None:
+    """Why the target node ``name`` (read: None when there is none) cannot take a pod; None when it can."""
+    if node is None:
+        return f"target node {name} does not exist"
     if not is_ready(node):
-        raise NodeUnusable(f"target node {name} is not Ready")
-    return node
+        return f"target node {name} is not Ready"
+    return None

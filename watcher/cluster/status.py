@@ -1,23 +1,42 @@
 """Status updates that survive concurrent writers: read, change, write with the resourceVersion.
 
-A 409 means someone else wrote in between; re-read and apply the change again (bounded).
+A 409 means someone else wrote in between; re-read and apply the change again (bounded). The change is
+a pure function of the fresh status; ``transition`` is the one that moves a phase.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
-from watcher.cluster.objects import lpm_path
+from watcher.cluster.objects import MigrationPhase, Phase, lpm_path
 from watcher.errors import Conflict
 from watcher.kube.client import Kube
 
 ATTEMPTS = 5
 
 Mutation = Callable[[dict[str, Any]], dict[str, Any] | None]
-"""Given the fresh object, return its new status, or None when nothing needs to change."""
+"""Given the fresh status (a copy), return the new one, or None when nothing needs to change."""
+
+FINISHED = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
+"""The phases every request and migration ends in (the two enums share their values)."""
+
+
+def transition(status: dict[str, Any], phase: Phase | MigrationPhase, message: str, *,
+               settled: Collection[str] = FINISHED, **fields: Any) -> dict[str, Any] | None:
+    """``status`` moved to ``phase`` with ``message`` and ``fields`` (a ``Mutation``, once bound).
+
+    None, so nothing is written, when the fresh status is in a ``settled`` phase — a writer that decided
+    on an older read must not flip a finished object, nor one another agent has taken on from there — or
+    when it says this already: a repeat would only move the fields' timestamps (``startTime``)."""
+    if status.get("phase") in settled:
+        return None
+    if status.get("phase") == phase.value and status.get("message") == message:
+        return None
+    status.update({"phase": phase.value, "message": message, **fields})
+    return status
 
 
 def now() -> str:
@@ -25,6 +44,7 @@ def now() -> str:
 
 
 async def update_status(kube: Kube, kind: str, namespace: str | None, name: str, mutate: Mutation) -> dict[str, Any]:
+    """Write ``mutate``'s status; the object as it stands after (unchanged when ``mutate`` said None)."""
     for _ in range(ATTEMPTS):
         obj = await kube.get(lpm_path(kind, namespace, name))
         status = mutate(copy.deepcopy(obj.get("status", {})))
