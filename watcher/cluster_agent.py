@@ -48,7 +48,7 @@ from watcher.cluster.objects import (
 )
 from watcher.cluster.presence import Announcer
 from watcher.cluster.relocation import announce_moved
-from watcher.cluster.status import now, update_status
+from watcher.cluster.status import now, transition, update_status
 from watcher.ingest.service import IngestResult
 from watcher.kube.client import Kube, connect
 from watcher.kube.informer import Resource, Workers, informer
@@ -122,13 +122,11 @@ class _DirectoryHooks:
         await create_idempotent(self._kube, lpm_path("ContainerCheckpoint", manifest.pod_namespace), request)
         content = await announce_container(self._kube, request, manifest, store)
 
-        def done(status: dict[str, Any]) -> dict[str, Any] | None:
-            if status.get("phase") == Phase.SUCCEEDED.value:
-                return None
-            return {**status, "phase": Phase.SUCCEEDED.value, "ready": True, "boundContentName": content,
-                    "completionTime": now(), "message": f"taken without a request; stored as {store.uri(manifest.ref)}"}
-
-        await update_status(self._kube, "ContainerCheckpoint", manifest.pod_namespace, request_name, done)
+        # Succeeded over anything but Succeeded: no reconciler fails a record made with the origin annotation.
+        message = f"taken without a request; stored as {store.uri(manifest.ref)}"
+        await update_status(self._kube, "ContainerCheckpoint", manifest.pod_namespace, request_name,
+                            lambda status: transition(status, Phase.SUCCEEDED, message, settled={Phase.SUCCEEDED.value},
+                                                      ready=True, boundContentName=content, completionTime=now()))
 
     async def moved(self, checkpoint: Checkpoint) -> None:
         await announce_moved(self._kube, self._node, self._local_store, checkpoint)

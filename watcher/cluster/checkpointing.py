@@ -2,7 +2,8 @@
 
 ContainerCheckpoint -> one container; PodCheckpoint -> every container of the pod under ONE
 checkpoint ID, the marker after the last. Each reconciler re-reads its object, acts only for
-pods on this node, and is idempotent by phase, so relists and restarts repeat no finished work.
+pods on this node, and is idempotent by phase, so relists and restarts repeat no finished work
+(``decide``, pure, says whether to checkpoint; the reconcilers carry it out).
 Failures a person can act on end the request as ``Failed`` with the reason, and an Event on the
 pod; API trouble is raised for the worker to retry. A checkpoint taken while the shared store is
 unavailable is held in the node's local store (``file://``, ``storageType: local``): the request
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,9 @@ from watcher.cluster.objects import (
     meta,
     pod_path,
 )
-from watcher.cluster.status import now, update_status
-from watcher.errors import ArchiveError, Conflict, LpmError, NotFound, StoreError, UnsafeNameError
+from watcher.cluster.reads import UNREAD, Unread, get_or_none
+from watcher.cluster.status import FINISHED, now, transition, update_status
+from watcher.errors import ArchiveError, Conflict, LpmError, StoreError, UnsafeNameError
 from watcher.ingest import service
 from watcher.ingest.service import IngestResult, StagedArchive
 from watcher.kube.client import Kube
@@ -232,56 +235,81 @@ async def announce_pod(kube: Kube, request: Mapping[str, Any], manifests: list[M
     return name
 
 
-def _set(phase: Phase, message: str, **extra: Any) -> Any:
-    def mutate(status: dict[str, Any]) -> dict[str, Any] | None:
-        if status.get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value):
-            return None  # terminal phases are final; a late writer must not flip them
-        status.update({"phase": phase.value, "message": message, **extra})
-        return status
-    return mutate
+class Step(str, Enum):
+    """What the agent does next for a ContainerCheckpoint or PodCheckpoint."""
+    NOTHING = "nothing"
+    """Gone, finished, the agent's record of an archive nobody requested, or another node's pod."""
+    READ_POD = "read pod"
+    FAIL = "fail"
+    """``Failed`` with ``message``: nothing was checkpointed."""
+    CHECKPOINT = "checkpoint"
+    """``Running``, then ``containers`` checkpointed as one (``target``: the node a migration takes them to)."""
 
 
-async def _request_and_pod(src: Source, kind: str, event: str,
-                           obj: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The request, re-read, and its pod, when this node has work to do for it; else None.
+@dataclass(frozen=True)
+class Decision:
+    step: Step
+    message: str = ""
+    containers: tuple[str, ...] = ()
+    target: str | None = None
 
-    Nothing to do: the request is gone or finished, it is the agent's record of an archive
-    nobody requested, or its pod runs on another node. A pod that does not exist fails it.
-    """
+
+def decide(kind: str, request: Mapping[str, Any] | None, node: str,
+           pod: Mapping[str, Any] | None | Unread = UNREAD) -> Decision:
+    """The next step for a ``kind`` request on ``node`` (pure), from ``request`` and its ``pod`` as read (None:
+    not found)."""
+    if request is None or request.get("status", {}).get("phase") in FINISHED:
+        return Decision(Step.NOTHING)
+    if meta(request).get("annotations", {}).get(ORIGIN_ANNOTATION):
+        return Decision(Step.NOTHING)  # finished when made: the record of an archive nobody requested
+    if pod is UNREAD:
+        return Decision(Step.READ_POD)
+    namespace, pod_name = meta(request)["namespace"], request["spec"]["podName"]
+    if pod is None:
+        return Decision(Step.FAIL, f"pod {namespace}/{pod_name} does not exist")
+    if pod.get("spec", {}).get("nodeName") != node:
+        return Decision(Step.NOTHING)  # another node's agent takes it
+    containers = tuple(c["name"] for c in pod["spec"].get("containers", []))
+    if kind == "PodCheckpoint":
+        return Decision(Step.CHECKPOINT, containers=containers,
+                        target=meta(request).get("annotations", {}).get(TARGET_NODE_ANNOTATION))
+    container = request["spec"]["containerName"]
+    if container not in containers:
+        return Decision(Step.FAIL, f"pod {namespace}/{pod_name} has no container {container}")
+    return Decision(Step.CHECKPOINT, containers=(container,))
+
+
+async def _begin(src: Source, kind: str, event: str,
+                 obj: Mapping[str, Any]) -> tuple[Decision, dict[str, Any], dict[str, Any]] | None:
+    """Read what ``decide`` asks for; a request this node checkpoints, now ``Running``, and its pod; else None
+    (a request refused is ``Failed`` by then)."""
     if event == "DELETED":
         return None
-    try:
-        request = await src.kube.get(lpm_path(kind, meta(obj)["namespace"], meta(obj)["name"]))
-    except NotFound:
+    namespace, name = meta(obj)["namespace"], meta(obj)["name"]
+    request = await get_or_none(src.kube, lpm_path(kind, namespace, name))
+    decision = decide(kind, request, src.node)
+    pod: dict[str, Any] | None = None
+    if decision.step is Step.READ_POD:
+        assert request is not None
+        pod = await get_or_none(src.kube, pod_path(namespace, request["spec"]["podName"]))
+        decision = decide(kind, request, src.node, pod)
+    if decision.step is Step.FAIL:
+        await update_status(src.kube, kind, namespace, name,
+                            lambda status: transition(status, Phase.FAILED, decision.message))
+    if decision.step is not Step.CHECKPOINT:
         return None
-    if request.get("status", {}).get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value):
-        return None
-    if meta(request).get("annotations", {}).get(ORIGIN_ANNOTATION):
-        return None
-    namespace, name = meta(request)["namespace"], request["spec"]["podName"]
-    try:
-        pod = await src.kube.get(pod_path(namespace, name))
-    except NotFound:
-        await update_status(src.kube, kind, namespace, meta(request)["name"],
-                            _set(Phase.FAILED, f"pod {namespace}/{name} does not exist"))
-        return None
-    if pod.get("spec", {}).get("nodeName") != src.node:
-        return None
-    return request, pod
+    assert request is not None and pod is not None
+    await update_status(src.kube, kind, namespace, name,
+                        lambda status: transition(status, Phase.RUNNING, "checkpointing"))
+    return decision, request, pod
 
 
 async def reconcile_container_checkpoint(src: Source, event: str, obj: dict[str, Any]) -> None:
-    found = await _request_and_pod(src, "ContainerCheckpoint", event, obj)
-    if found is None:
+    begun = await _begin(src, "ContainerCheckpoint", event, obj)
+    if begun is None:
         return
-    request, pod = found
-    namespace, name = meta(request)["namespace"], meta(request)["name"]
-    container = request["spec"]["containerName"]
-    if container not in [c["name"] for c in pod["spec"].get("containers", [])]:
-        await update_status(src.kube, "ContainerCheckpoint", namespace, name,
-                            _set(Phase.FAILED, f"pod {namespace}/{meta(pod)['name']} has no container {container}"))
-        return
-    await update_status(src.kube, "ContainerCheckpoint", namespace, name, _set(Phase.RUNNING, "checkpointing"))
+    decision, request, pod = begun
+    [container] = decision.containers
     try:
         stored = await src.checkpoint(pod, [container], None)
     except FINAL_ERRORS as err:
@@ -296,16 +324,12 @@ async def reconcile_container_checkpoint(src: Source, event: str, obj: dict[str,
 
 
 async def reconcile_pod_checkpoint(src: Source, event: str, obj: dict[str, Any]) -> None:
-    found = await _request_and_pod(src, "PodCheckpoint", event, obj)
-    if found is None:
+    begun = await _begin(src, "PodCheckpoint", event, obj)
+    if begun is None:
         return
-    request, pod = found
-    namespace, name = meta(request)["namespace"], meta(request)["name"]
-    containers = [c["name"] for c in pod["spec"].get("containers", [])]
-    target = meta(request).get("annotations", {}).get(TARGET_NODE_ANNOTATION)
-    await update_status(src.kube, "PodCheckpoint", namespace, name, _set(Phase.RUNNING, "checkpointing"))
+    decision, request, pod = begun
     try:
-        stored = await src.checkpoint(pod, containers, target)
+        stored = await src.checkpoint(pod, list(decision.containers), decision.target)
     except FINAL_ERRORS as err:
         await _fail(src, "PodCheckpoint", request, pod, err)
         return
@@ -324,8 +348,8 @@ async def _succeeded(src: Source, kind: str, request: Mapping[str, Any], pod: Ma
     """The request's status and the pod's Event once its checkpoint is stored: ``what`` in the status,
     ``checkpointed`` in a Normal Event; or, held in the local store, both say so (the Event a Warning)."""
     message = what if stored.why_local is None else stored.held_locally(src.node, what)
-    await update_status(src.kube, kind, meta(request)["namespace"], meta(request)["name"], _set(
-        Phase.SUCCEEDED, message, ready=True, completionTime=now(), **status))
+    await update_status(src.kube, kind, meta(request)["namespace"], meta(request)["name"], lambda fresh: transition(
+        fresh, Phase.SUCCEEDED, message, ready=True, completionTime=now(), **status))
     if stored.why_local is None:
         await events.record(src.kube, pod, "Checkpointed", checkpointed, node=src.node)
     else:
@@ -338,5 +362,6 @@ async def _fail(src: Source, kind: str, request: Mapping[str, Any], pod: Mapping
     log.error("checkpoint failed", extra={"fields": {"kind": kind, "object": f"{namespace}/{name}",
                                                       "pod": f"{namespace}/{meta(pod)['name']}", "reason": str(err)}})
     src.metrics.failed(Operation.CHECKPOINT, err)
-    await update_status(src.kube, kind, namespace, name, _set(Phase.FAILED, str(err), ready=False))
+    await update_status(src.kube, kind, namespace, name,
+                        lambda status: transition(status, Phase.FAILED, str(err), ready=False))
     await events.record(src.kube, pod, "CheckpointFailed", str(err), warning=True, node=src.node)
