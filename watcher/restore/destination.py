@@ -12,6 +12,9 @@ the pod here gets the source's labels and controller, the source is deleted ther
 
 Restarts never restore twice: the restored pod's name is derived from the migration, so an
 agent that died between creating it and recording it finds it and carries on from there.
+
+``decide`` is the pure step over what has been read; ``Destination.reconcile`` reads what it asks for and
+carries it out.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from watcher.cluster import events, handover
-from watcher.cluster.handover import Handover, Step
+from watcher.cluster.handover import Handover
+from watcher.cluster.handover import Step as HandoverStep
 from watcher.cluster.objects import MigrationPhase, lpm_path, meta, pod_path
-from watcher.cluster.status import now, update_status
+from watcher.cluster.reads import UNREAD, Unread, get_or_none
+from watcher.cluster.status import now, transition, update_status
 from watcher.errors import ApiError, Conflict, LpmError, NotFound
 from watcher.kube.client import Kube
 from watcher.kube.names import dns_name
@@ -47,6 +53,80 @@ RetryLater = Callable[[float, Mapping[str, Any]], None]
 """Reconcile this PodMigration again after so many seconds (a change to the source pod brings no event here:
 this agent watches its own node's pods)."""
 
+_OURS = frozenset({MigrationPhase.CHECKPOINT_COMPLETE.value, MigrationPhase.RESTORING.value})
+
+
+class Step(str, Enum):
+    """What the destination's agent does next for a PodMigration."""
+    NOTHING = "nothing"
+    """Another node's migration, or not the destination's phase."""
+    READ_RESTORED = "read restored"
+    """The restored pod, which an earlier attempt may have created (its name is derived from the migration)."""
+    HAND_OVER = "hand over"
+    """The restored pod exists: carry out ``handover.decide`` (``watcher.cluster.handover``)."""
+    READ_CONTENT = "read content"
+    """The PodCheckpointContent the migration's checkpoint is bound to."""
+    WAIT_LOCAL = "wait local"
+    """Wait, not fail, while the checkpoint is in its source node's local store (the shared store was
+    unavailable): only that node can read it. The source's mover switches the content to shared and writes the
+    migration's status, and that watch event brings this reconcile back. ``containers``: those held there."""
+    BEGIN = "begin"
+    """``Restoring``, then the source pod: its spec is the restored pod's."""
+    RESTORE = "restore"
+    """Every container's checkpoint image imported, the restored pod created held, and recorded."""
+    FAIL = "fail"
+    """The restore is refused: ``message`` says why."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    step: Step
+    message: str = ""
+    containers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What one reconcile has read so far; each field ``UNREAD`` until ``decide`` asks for it (None: not found)."""
+    migration: Mapping[str, Any]
+    restored: Mapping[str, Any] | None | Unread = UNREAD
+    content: Mapping[str, Any] | Unread = UNREAD
+    source: Mapping[str, Any] | None | Unread = UNREAD
+
+
+def decide(seen: Seen, node: str) -> Decision:
+    """The next step for ``seen.migration`` on ``node``, its destination or not (pure)."""
+    migration = seen.migration
+    if migration["spec"]["targetNode"] != node or migration.get("status", {}).get("phase") not in _OURS:
+        return Decision(Step.NOTHING)
+    if seen.restored is UNREAD:
+        return Decision(Step.READ_RESTORED)
+    if seen.restored is not None:
+        return Decision(Step.HAND_OVER)
+    if seen.content is UNREAD:
+        return Decision(Step.READ_CONTENT)
+    content = seen.content
+    local = tuple(c["containerName"] for c in content["spec"]["containers"] if c.get("storageType") == "local")
+    if local:
+        return Decision(Step.WAIT_LOCAL, containers=local)
+    if seen.source is UNREAD:
+        return Decision(Step.BEGIN)
+    namespace, pod = meta(migration)["namespace"], migration["spec"]["podName"]
+    if seen.source is None:
+        return Decision(Step.FAIL, f"source pod {namespace}/{pod} is gone; its spec is needed to restore it")
+    writer, ran_on = content["spec"].get("sourceNode"), seen.source.get("spec", {}).get("nodeName")
+    if writer != ran_on:
+        # The API server lets only a node's own agent write a content naming that node
+        # (docs/threat-model.md): one naming another node is not this pod's checkpoint.
+        return Decision(Step.FAIL, f"PodCheckpointContent {meta(content)['name']} was taken on node {writer}, but "
+                                   f"source pod {namespace}/{meta(seen.source)['name']} runs on node {ran_on}: "
+                                   "not restoring a checkpoint its own node did not take")
+    return Decision(Step.RESTORE)
+
+
+def restored_pod_name(migration: Mapping[str, Any]) -> str:
+    return dns_name(migration["spec"]["podName"], "restored", meta(migration)["uid"][:8])
+
 
 @dataclass
 class Destination:
@@ -61,25 +141,46 @@ class Destination:
     retry_later: RetryLater
 
     async def reconcile(self, event: str, obj: Mapping[str, Any]) -> None:
+        """Read what ``decide`` asks for and carry out its decision."""
         if event == "DELETED":
             return
         namespace, name = meta(obj)["namespace"], meta(obj)["name"]
-        try:
-            migration = await self.kube.get(lpm_path("PodMigration", namespace, name))
-        except NotFound:
+        migration = await get_or_none(self.kube, lpm_path("PodMigration", namespace, name))
+        if migration is None:
             return
-        phase = migration.get("status", {}).get("phase")
-        if migration["spec"]["targetNode"] != self.node or phase not in (
-                MigrationPhase.CHECKPOINT_COMPLETE.value, MigrationPhase.RESTORING.value):
-            return
+        seen = Seen(migration)
+        started = 0.0  # time.monotonic() when this reconcile began the restore (Step.BEGIN)
         try:
-            restored = await self._restored_pod(migration)
-            if restored is None:
-                content = await self._content(migration)
-                if self._held_locally(migration, content):
+            while True:
+                decision = decide(seen, self.node)
+                step = decision.step
+                if step is Step.READ_RESTORED:
+                    seen = replace(seen, restored=await get_or_none(self.kube, pod_path(
+                        namespace, restored_pod_name(migration))))
+                elif step is Step.HAND_OVER:
+                    assert isinstance(seen.restored, Mapping)
+                    await self._finish_when_running(migration, seen.restored)
                     return
-                restored = await self._restore(migration, content)
-            await self._finish_when_running(migration, restored)
+                elif step is Step.READ_CONTENT:
+                    seen = replace(seen, content=await self._content(migration))
+                elif step is Step.WAIT_LOCAL:
+                    log.info("checkpoint held in its source node's local store; waiting for the shared store",
+                             extra={"fields": {"migration": f"{namespace}/{name}",
+                                               "containers": list(decision.containers)}})
+                    return
+                elif step is Step.BEGIN:
+                    started = time.monotonic()
+                    await update_status(self.kube, "PodMigration", namespace, name, lambda status: transition(
+                        status, MigrationPhase.RESTORING, f"restoring on {self.node}"))
+                    seen = replace(seen, source=await get_or_none(self.kube, pod_path(
+                        namespace, migration["spec"]["podName"])))
+                elif step is Step.RESTORE:
+                    assert isinstance(seen.content, Mapping) and isinstance(seen.source, Mapping)
+                    seen = replace(seen, restored=await self._restore(migration, seen.content, seen.source, started))
+                elif step is Step.FAIL:
+                    raise RestoreRefused(decision.message)  # failed as every refusal is, just below
+                else:
+                    return
         except NotFound as err:  # an object the restore needs is gone: it cannot go on
             await self._fail(migration, err)
         except ApiError:
@@ -87,57 +188,24 @@ class Destination:
         except LpmError as err:  # checksums, image, import, the restored pod failing
             await self._fail(migration, err)
 
-    def _restored_name(self, migration: Mapping[str, Any]) -> str:
-        return dns_name(migration["spec"]["podName"], "restored", meta(migration)["uid"][:8])
-
-    async def _restored_pod(self, migration: Mapping[str, Any]) -> dict[str, Any] | None:
-        try:
-            return await self.kube.get(pod_path(meta(migration)["namespace"], self._restored_name(migration)))
-        except NotFound:
-            return None
-
     async def _content(self, migration: Mapping[str, Any]) -> dict[str, Any]:
         """The PodCheckpointContent the migration's checkpoint is bound to."""
         checkpoint = await self.kube.get(lpm_path("PodCheckpoint", meta(migration)["namespace"],
                                                   migration["status"]["podCheckpointRef"]["name"]))
         return await self.kube.get(lpm_path("PodCheckpointContent", None, checkpoint["status"]["boundContentName"]))
 
-    def _held_locally(self, migration: Mapping[str, Any], content: Mapping[str, Any]) -> bool:
-        """Wait, not fail, while the checkpoint is in its source node's local store (the shared store was
-        unavailable): only that node can read it. The source's mover switches the content to shared and
-        writes the migration's status, and that watch event brings this reconcile back."""
-        namespace = meta(migration)["namespace"]
-        local = [c["containerName"] for c in content["spec"]["containers"] if c.get("storageType") == "local"]
-        if local:
-            log.info("checkpoint held in its source node's local store; waiting for the shared store",
-                     extra={"fields": {"migration": f"{namespace}/{meta(migration)['name']}", "containers": local}})
-        return bool(local)
-
-    async def _restore(self, migration: dict[str, Any], content: Mapping[str, Any]) -> dict[str, Any]:
+    async def _restore(self, migration: Mapping[str, Any], content: Mapping[str, Any], source: Mapping[str, Any],
+                       started: float) -> dict[str, Any]:
+        """Every container's checkpoint image imported, then the restored pod created (held) and recorded."""
         namespace, name = meta(migration)["namespace"], meta(migration)["name"]
-        started = time.monotonic()
-        await update_status(self.kube, "PodMigration", namespace, name,
-                            _phase(MigrationPhase.RESTORING, f"restoring on {self.node}"))
-        try:
-            source = await self.kube.get(pod_path(namespace, migration["spec"]["podName"]))
-        except NotFound:
-            raise RestoreRefused(f"source pod {namespace}/{migration['spec']['podName']} is gone; "
-                                 "its spec is needed to restore it") from None
-        writer, ran_on = content["spec"].get("sourceNode"), source.get("spec", {}).get("nodeName")
-        if writer != ran_on:
-            # The API server lets only a node's own agent write a content naming that node
-            # (docs/threat-model.md): one naming another node is not this pod's checkpoint.
-            raise RestoreRefused(f"PodCheckpointContent {meta(content)['name']} was taken on node {writer}, but "
-                                 f"source pod {namespace}/{meta(source)['name']} runs on node {ran_on}: "
-                                 "not restoring a checkpoint its own node did not take")
         images: dict[str, str] = {}
         timings: dict[str, float] = {}
         for container in content["spec"]["containers"]:
             images[container["containerName"]] = await self._image(container, timings)
         control_started = time.monotonic()
         restored = await self._create_pod(migration, source, images)
-        await update_status(self.kube, "PodMigration", namespace, name, _phase(
-            MigrationPhase.RESTORING, f"restored pod {meta(restored)['name']} created on {self.node}",
+        await update_status(self.kube, "PodMigration", namespace, name, lambda status: transition(
+            status, MigrationPhase.RESTORING, f"restored pod {meta(restored)['name']} created on {self.node}",
             restoredPodName=meta(restored)["name"], checkpointImages=images))
         self.metrics.restore_duration.observe(time.monotonic() - started)
         log.info("restored pod created", extra={"fields": {
@@ -164,13 +232,13 @@ class Destination:
         annotations[RESTORED_FROM_ANNOTATION] = f"{namespace}/{meta(source)['name']}"
         annotations[handover.HELD_ANNOTATION] = handover.HELD
         body = {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": self._restored_name(migration), "namespace": namespace, "labels": labels,
+                "metadata": {"name": restored_pod_name(migration), "namespace": namespace, "labels": labels,
                              "annotations": annotations},
                 "spec": spec}
         try:
             return await self.kube.create(pod_path(namespace), body)
         except Conflict:
-            return await self.kube.get(pod_path(namespace, self._restored_name(migration)))
+            return await self.kube.get(pod_path(namespace, restored_pod_name(migration)))
 
     async def _finish_when_running(self, migration: Mapping[str, Any], restored: Mapping[str, Any]) -> None:
         """Carry out ``handover.decide`` until the migration is done (see ``watcher.cluster.handover``)."""
@@ -179,41 +247,41 @@ class Destination:
         retain = migration["spec"].get("retainOriginalPod", False)
         source = await self._get_pod(namespace, source_name)
         step = handover.decide(restored, source, retain, handover.handover_of(migration))
-        if step is Step.WAIT:
+        if step is HandoverStep.WAIT:
             return  # the pod watch brings us back when it changes
-        if step is Step.RESTORED_FAILED:
+        if step is HandoverStep.RESTORED_FAILED:
             if handover.is_held(restored):  # never part of the workload: the source runs on, alone
                 await self._delete_pod(namespace, restored_name)
             raise RestoreRefused(f"restored pod {restored_name} failed: " + (
                 handover.stuck(restored) or restored.get("status", {}).get("message", "no reason given")))
-        if step is Step.DISCARD:
+        if step is HandoverStep.DISCARD:
             await self._delete_pod(namespace, restored_name)
             raise RestoreRefused(f"source pod {namespace}/{source_name} was removed while the migration ran (a "
                                  f"scale-down, a rollout or a person): the restored copy {restored_name} is "
                                  "deleted rather than left as a pod its workload did not ask for")
         source_node = (source or {}).get("spec", {}).get("nodeName") or migration.get("status", {}).get("sourceNode")
-        if step is Step.ASK_SOURCE:
+        if step is HandoverStep.ASK_SOURCE:
             await self._handover(migration, Handover.RESTORED_READY,
                                  f"restored pod {restored_name} running on {self.node}; node {source_node}'s agent "
                                  f"releases source pod {namespace}/{source_name}")
-        if step in (Step.ASK_SOURCE, Step.WAIT_FOR_SOURCE):
+        if step in (HandoverStep.ASK_SOURCE, HandoverStep.WAIT_FOR_SOURCE):
             self.retry_later(SOURCE_LOOK, migration)  # a source gone meanwhile discards the copy
             return
-        if step is Step.ADOPT:
+        if step is HandoverStep.ADOPT:
             await self.kube.merge_patch(pod_path(namespace, restored_name), handover.release_patch(source or {}, name))
             log.info("restored pod released to its workload", extra={"fields": {
                 "migration": f"{namespace}/{name}", "pod": f"{namespace}/{restored_name}",
                 "controller": (handover.controller_of(source or {}) or {}).get("name")}})
-            step = Step.DONE if retain else Step.MARK_ADOPTED
-        if step is Step.MARK_ADOPTED:
+            step = HandoverStep.DONE if retain else HandoverStep.MARK_ADOPTED
+        if step is HandoverStep.MARK_ADOPTED:
             await self._handover(migration, Handover.ADOPTED,
                                  f"restored pod {restored_name} took the source's place on {self.node}; node "
                                  f"{source_node}'s agent removes source pod {namespace}/{source_name}")
             self.retry_later(SOURCE_LOOK, migration)
             return
         held = handover.is_held(await self._get_pod(namespace, restored_name) or {})
-        await update_status(self.kube, "PodMigration", namespace, name, _phase(
-            MigrationPhase.SUCCEEDED, f"running on {self.node} as {restored_name}"
+        await update_status(self.kube, "PodMigration", namespace, name, lambda status: transition(
+            status, MigrationPhase.SUCCEEDED, f"running on {self.node} as {restored_name}"
             + (" (kept apart from its controller: retainOriginalPod)" if held else ""),
             restoredPodName=restored_name, completionTime=now()))
         await events.record(self.kube, restored, "Restored", f"restored from {namespace}/{source_name} by {name}",
@@ -245,18 +313,10 @@ class Destination:
         namespace, name = meta(migration)["namespace"], meta(migration)["name"]
         log.error("restore failed", extra={"fields": {"migration": f"{namespace}/{name}", "reason": reason}})
         await update_status(self.kube, "PodMigration", namespace, name,
-                            _phase(MigrationPhase.FAILED, f"restore failed: {reason}"))
+                            lambda status: transition(status, MigrationPhase.FAILED, f"restore failed: {reason}"))
         try:
             source = await self.kube.get(pod_path(namespace, migration["spec"]["podName"]))
         except NotFound:
             return
         await events.record(self.kube, source, "RestoreFailed", reason, warning=True, node=self.node)
 
-
-def _phase(phase: MigrationPhase, message: str, **extra: Any) -> Any:
-    def mutate(status: dict[str, Any]) -> dict[str, Any] | None:
-        if status.get("phase") in (MigrationPhase.SUCCEEDED.value, MigrationPhase.FAILED.value):
-            return None
-        status.update({"phase": phase.value, "message": message, **extra})
-        return status
-    return mutate
