@@ -176,9 +176,9 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
             os.close(root_fd)
     from lpm_gc import cluster  # kubernetes-asyncio only where there is a cluster
 
-    async with cluster.connect(args.kubeconfig) as client:
-        lock: Lock = cluster.lease_lock(client, args.lease_namespace, _identity())
-        references: ReferenceSource = cluster.reference_source(client)
+    async with cluster.connect(args.kubeconfig) as kube:
+        lock: Lock = cluster.lease_lock(kube, args.lease_namespace, _identity())
+        references: ReferenceSource = cluster.reference_source(kube)
         collector = Collector(settings, lock, metrics, sys.stdout, references)
         return await run_passes(collector, args.interval, args.once, stop)
 

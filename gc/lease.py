@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
-from kubernetes_asyncio.client.exceptions import ApiException
-
+from watcher.errors import ApiError, Conflict, NotFound
 from watcher.kube.bodies import Lease
+from watcher.kube.client import Kube
 
 log = logging.getLogger("lpm.gc.lease")
 
@@ -38,11 +40,17 @@ def _micro_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _parse_time(text: str) -> datetime:
+    """A MicroTime (or Time) as the API server writes it; ValueError for anything else."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 class LeaseLock:
-    def __init__(self, api: Any, namespace: str, identity: str, name: str = LEASE_NAME,
+    def __init__(self, kube: Kube, namespace: str, identity: str, name: str = LEASE_NAME,
                  duration: int = DURATION) -> None:
-        """``api`` is a kubernetes-asyncio ``CoordinationV1Api``."""
-        self._api = api
+        self._kube = kube
+        self._leases = f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace, safe='')}/leases"
+        self._path = f"{self._leases}/{quote(name, safe='')}"
         self._namespace = namespace
         self._identity = identity
         self._name = name
@@ -74,8 +82,8 @@ class LeaseLock:
         if self.held():
             self._valid_until = 0.0
             try:
-                lease = await self._api.read_namespaced_lease(self._name, self._namespace, _request_timeout=_TIMEOUT)
-                if lease.spec.holder_identity == self._identity:
+                lease = await self._kube.get(self._path, timeout=_TIMEOUT)
+                if lease.get("spec", {}).get("holderIdentity") == self._identity:
                     await self._write(lease, holder=None, acquired=None)
             except Exception as err:  # it expires on its own; say so and go on  # noqa: BLE001
                 log.info("collector lease not released; it expires by itself",
@@ -87,33 +95,30 @@ class LeaseLock:
 
     async def _take(self) -> bool:
         try:
-            lease = await self._api.read_namespaced_lease(self._name, self._namespace, _request_timeout=_TIMEOUT)
-        except ApiException as err:
-            if err.status != 404:
-                raise
+            lease = await self._kube.get(self._path, timeout=_TIMEOUT)
+        except NotFound:
             return await self._create()
-        spec = lease.spec
+        spec = lease.get("spec", {})
         now = datetime.now(UTC)
-        holder = spec.holder_identity
+        holder = spec.get("holderIdentity")
         if holder and holder != self._identity and not self._expired(spec, now):
             log.info("another collector holds the lease; skipping this pass",
                      extra={"fields": {"lease": self._where, "holder": holder}})
             return False
         try:
             await self._write(lease, holder=self._identity, acquired=now,
-                              transitions=(spec.lease_transitions or 0) + (holder != self._identity))
-        except ApiException as err:
-            if err.status == 409:  # another collector wrote it first
-                return False
-            raise
+                              transitions=(spec.get("leaseTransitions") or 0) + (holder != self._identity))
+        except Conflict:  # another collector wrote it first
+            return False
         return True
 
-    def _expired(self, spec: Any, now: datetime) -> bool:
-        renewed = spec.renew_time or spec.acquire_time
+    def _expired(self, spec: Mapping[str, Any], now: datetime) -> bool:
+        renewed = spec.get("renewTime") or spec.get("acquireTime")
         if renewed is None:
             return True
-        duration = timedelta(seconds=spec.lease_duration_seconds or self._duration)
-        return bool(renewed + duration + _SKEW < now)  # bool(): the client's objects are untyped
+        duration = timedelta(seconds=spec.get("leaseDurationSeconds") or self._duration)
+        # A time that does not parse raises: acquire() counts that as "not acquired", never as expired.
+        return _parse_time(renewed) + duration + _SKEW < now
 
     async def _create(self) -> bool:
         now = _micro_time(datetime.now(UTC))
@@ -122,36 +127,35 @@ class LeaseLock:
                        "spec": {"holderIdentity": self._identity, "leaseDurationSeconds": self._duration,
                                 "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
         try:
-            await self._api.create_namespaced_lease(self._namespace, body, _request_timeout=_TIMEOUT)
-        except ApiException as err:
-            if err.status == 409:  # created by another collector between our read and create
-                return False
-            raise
+            await self._kube.create(self._leases, body, timeout=_TIMEOUT)
+        except Conflict:  # created by another collector between our read and create
+            return False
         return True
 
-    async def _write(self, lease: Any, holder: str | None, acquired: datetime | None,
-                     transitions: int | None = None) -> Any:
-        spec = lease.spec
-        now = datetime.now(UTC)
-        acquire_time = acquired or spec.acquire_time
+    async def _write(self, lease: Mapping[str, Any], holder: str | None, acquired: datetime | None,
+                     transitions: int | None = None) -> None:
+        """Replace ``lease`` as read (its resourceVersion: a collector that wrote in between makes this 409)."""
+        spec = lease.get("spec", {})
         body: Lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                        "metadata": {"name": self._name, "namespace": self._namespace,
-                                    "resourceVersion": lease.metadata.resource_version},
+                                    "resourceVersion": lease["metadata"]["resourceVersion"]},
                        "spec": {"holderIdentity": holder, "leaseDurationSeconds": self._duration,
-                                "acquireTime": _micro_time(acquire_time) if acquire_time else None,
-                                "renewTime": _micro_time(now),
-                                "leaseTransitions": transitions if transitions is not None else spec.lease_transitions}}
-        return await self._api.replace_namespaced_lease(self._name, self._namespace, body, _request_timeout=_TIMEOUT)
+                                "acquireTime": _micro_time(acquired) if acquired else spec.get("acquireTime"),
+                                "renewTime": _micro_time(datetime.now(UTC)),
+                                "leaseTransitions": transitions if transitions is not None
+                                else spec.get("leaseTransitions", 0)}}
+        await self._kube.replace(self._path, body, timeout=_TIMEOUT)
 
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(self._duration / 3)
             started = time.monotonic()
             try:
-                lease = await self._api.read_namespaced_lease(self._name, self._namespace, _request_timeout=_TIMEOUT)
-                if lease.spec.holder_identity != self._identity:
+                lease = await self._kube.get(self._path, timeout=_TIMEOUT)
+                holder = lease.get("spec", {}).get("holderIdentity")
+                if holder != self._identity:
                     log.error("collector lease taken over; stopping deletions",
-                              extra={"fields": {"lease": self._where, "holder": lease.spec.holder_identity}})
+                              extra={"fields": {"lease": self._where, "holder": holder}})
                     self._valid_until = 0.0
                     return
                 await self._write(lease, holder=self._identity, acquired=None)
@@ -163,5 +167,6 @@ class LeaseLock:
 
 
 def _describe(err: BaseException) -> str:
-    status = getattr(err, "status", None)
-    return f"{status} {getattr(err, 'reason', '')}".strip() if status else f"{err.__class__.__name__}: {err}"
+    if isinstance(err, ApiError):
+        return str(err)  # method, path, status and the server's message (watcher.kube.client)
+    return f"{err.__class__.__name__}: {err}"

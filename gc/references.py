@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from lpm_gc.entries import Entry
 from watcher.errors import UnsafeNameError
+from watcher.kube.client import Kube
 from watcher.store import layout
 
 GROUP = "lpm.my.domain"
@@ -109,31 +110,28 @@ def _add_uri(into: set[tuple[str, str]], uri: object) -> None:
         into.add((ref.pod_uid, ref.checkpoint_id))
 
 
-async def lookup(api: Any) -> Snapshot | Unknown:
+async def lookup(kube: Kube) -> Snapshot | Unknown:
     """List every ContainerCheckpointContent, PodCheckpointContent and PodMigration.
 
-    ``api`` is a kubernetes-asyncio ``CustomObjectsApi``. Every exception is an UNKNOWN answer:
-    whatever went wrong, it is not evidence that an object is absent.
+    Every exception is an UNKNOWN answer: whatever went wrong, it is not evidence that an object is absent.
     """
     try:
-        return snapshot_of(await _list_all(api, "containercheckpointcontents"),
-                           await _list_all(api, "podcheckpointcontents"),
-                           await _list_all(api, "podmigrations"))
+        return snapshot_of(await _list_all(kube, "containercheckpointcontents"),
+                           await _list_all(kube, "podcheckpointcontents"),
+                           await _list_all(kube, "podmigrations"))
     except Exception as err:  # see the docstring: any failure means "unknown"  # noqa: BLE001
-        status = getattr(err, "status", None)
-        reason = getattr(err, "reason", None) or err.__class__.__name__
-        return Unknown(f"listing lpm objects failed: {status} {reason}" if status else
-                       f"listing lpm objects failed: {reason}: {err}")
+        # An API error (watcher.kube.client's) names the method, path, status and the server's message.
+        return Unknown(f"listing lpm objects failed: {err.__class__.__name__}: {err}")
 
 
-async def _list_all(api: Any, plural: str) -> list[Object]:
+async def _list_all(kube: Kube, plural: str) -> list[Object]:
     items: list[Object] = []
     token: str | None = None
     while True:
-        kwargs: dict[str, Any] = {"limit": _PAGE, "_request_timeout": _TIMEOUT}
+        query: dict[str, Any] = {"limit": _PAGE}
         if token:
-            kwargs["_continue"] = token
-        page = await api.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
+            query["continue"] = token
+        page = await kube.get(f"/apis/{GROUP}/{VERSION}/{plural}", query, timeout=_TIMEOUT)
         items.extend(page.get("items") or [])
         token = (page.get("metadata") or {}).get("continue")
         if not token:

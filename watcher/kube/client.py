@@ -70,8 +70,9 @@ class Kube:
         return response
 
     async def request(self, method: str, path: str, query: Mapping[str, Any] | None = None, body: Any = None,
-                      content_type: str = JSON) -> dict[str, Any]:
-        response = await self._send(method, path, query, body, content_type, REQUEST_TIMEOUT)
+                      content_type: str = JSON, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+        """``timeout``: seconds for the whole call, a hung API server's answer included."""
+        response = await self._send(method, path, query, body, content_type, timeout)
         try:
             text = await response.text()
         except (TimeoutError, aiohttp.ClientError) as err:
@@ -83,17 +84,18 @@ class Kube:
         decoded: dict[str, Any] = json.loads(text) if text else {}
         return decoded
 
-    async def get(self, path: str, query: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return await self.request("GET", path, query)
+    async def get(self, path: str, query: Mapping[str, Any] | None = None,
+                  timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+        return await self.request("GET", path, query, timeout=timeout)
 
-    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.request("POST", path, body=body)
+    async def create(self, path: str, body: Mapping[str, Any], timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+        return await self.request("POST", path, body=body, timeout=timeout)
 
     async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
 
-    async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.request("PUT", path, body=body)
+    async def replace(self, path: str, body: Mapping[str, Any], timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+        return await self.request("PUT", path, body=body, timeout=timeout)
 
     async def watch(self, path: str, query: Mapping[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
         """One watch stream: decoded events until the server closes it or ``timeout`` passes."""
