@@ -46,3 +46,20 @@ def test_transition(status: dict[str, Any], phase: Phase | MigrationPhase, messa
                     settled: frozenset[str] | None, fields: dict[str, Any], expected: dict[str, Any] | None) -> None:
     kwargs: dict[str, Any] = {} if settled is None else {"settled": settled}
     assert transition(dict(status), phase, message, **kwargs, **fields) == expected
+
+
+RESTORING = MigrationPhase.RESTORING
+WAITING = "restored pod running on node-b; waiting to remove source pod shop/web-0: eviction refused"
+
+
+@pytest.mark.parametrize("status, expected", [
+    # a note that stays in its phase: written in it only, and only once
+    ({"phase": "Restoring", "message": "restored pod web-0-r created on node-b", "handover": "RestoredReady"},
+     {"phase": "Restoring", "message": WAITING, "handover": "RestoredReady"}),
+    ({"phase": "Restoring", "message": WAITING}, None),
+    ({"phase": "Succeeded", "message": "running on node-b as web-0-r"}, None),
+    ({"phase": "CheckpointComplete", "message": "checkpoint 5e0b/20261202T030000Z"}, None),
+    ({}, None),
+])
+def test_a_note_within_its_phase(status: dict[str, Any], expected: dict[str, Any] | None) -> None:
+    assert transition(dict(status), RESTORING, WAITING, within={RESTORING.value}) == expected

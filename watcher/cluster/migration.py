@@ -245,6 +245,7 @@ async def reconcile_migration(kube: Kube, node: str, lease_namespace: str, event
     if migration is None:
         return
     seen = Seen(migration)
+    # decide asks only for an UNREAD field, and each turn fills one: this ends within as many turns as Seen has.
     while True:
         decision = decide(seen, node, lease_namespace, datetime.now(UTC))
         step = decision.step

@@ -16,8 +16,8 @@ from typing import Any
 
 from watcher.cluster import handover
 from watcher.cluster.handover import Handover, SourceStep
-from watcher.cluster.objects import meta, pod_path
-from watcher.cluster.status import update_status
+from watcher.cluster.objects import MigrationPhase, meta, pod_path
+from watcher.cluster.status import transition, update_status
 from watcher.errors import ApiError, Conflict, NotFound
 from watcher.kube.client import Kube
 
@@ -81,13 +81,9 @@ async def _budget_allows(kube: Kube, migration: Mapping[str, Any], pod: str, ret
             raise
         message = (f"restored pod running on {migration['spec']['targetNode']}; waiting to remove source pod "
                    f"{namespace}/{pod}: eviction refused ({err}); asking again every {EVICTION_RETRY:.0f} s")
-
-        def say(status: dict[str, Any]) -> dict[str, Any] | None:
-            if status.get("phase") != "Restoring" or status.get("message") == message:
-                return None
-            return {**status, "message": message}
-
-        await update_status(kube, "PodMigration", namespace, name, say)
+        restoring = MigrationPhase.RESTORING
+        await update_status(kube, "PodMigration", namespace, name,
+                            lambda status: transition(status, restoring, message, within={restoring.value}))
         retry_later(EVICTION_RETRY, migration)
         return False
     return True

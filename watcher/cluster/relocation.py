@@ -21,7 +21,7 @@ from typing import Any
 
 from watcher.cluster import events
 from watcher.cluster.objects import MIGRATION_LABEL, MigrationPhase, lpm_path, meta
-from watcher.cluster.status import ATTEMPTS, update_status
+from watcher.cluster.status import ATTEMPTS, transition, update_status
 from watcher.errors import Conflict, NotFound, UnsafeNameError
 from watcher.kube.client import Kube
 from watcher.store import layout
@@ -103,13 +103,9 @@ async def _report(kube: Kube, kind: str, content: Mapping[str, Any], node: str, 
     owner = meta(request).get("labels", {}).get(MIGRATION_LABEL)
     if request_kind != "PodCheckpoint" or not owner:
         return
-
-    def ready(status: dict[str, Any]) -> dict[str, Any] | None:
-        if status.get("phase") != MigrationPhase.CHECKPOINT_COMPLETE.value or status.get("message") == message:
-            return None
-        return {**status, "message": message}
-
+    complete = MigrationPhase.CHECKPOINT_COMPLETE
     try:
-        await update_status(kube, "PodMigration", ref["namespace"], owner, ready)
+        await update_status(kube, "PodMigration", ref["namespace"], owner,
+                            lambda status: transition(status, complete, message, within={complete.value}))
     except NotFound:
         return

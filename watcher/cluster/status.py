@@ -25,13 +25,15 @@ FINISHED = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
 
 
 def transition(status: dict[str, Any], phase: Phase | MigrationPhase, message: str, *,
-               settled: Collection[str] = FINISHED, **fields: Any) -> dict[str, Any] | None:
+               settled: Collection[str] = FINISHED, within: Collection[str] | None = None,
+               **fields: Any) -> dict[str, Any] | None:
     """``status`` moved to ``phase`` with ``message`` and ``fields`` (a ``Mutation``, once bound).
 
     None, so nothing is written, when the fresh status is in a ``settled`` phase — a writer that decided
     on an older read must not flip a finished object, nor one another agent has taken on from there — or
-    when it says this already: a repeat would only move the fields' timestamps (``startTime``)."""
-    if status.get("phase") in settled:
+    outside ``within`` when given (a note that stays in its phase: ``within={phase}``), or when it says
+    this already: a repeat would only move the fields' timestamps (``startTime``)."""
+    if status.get("phase") in settled or (within is not None and status.get("phase") not in within):
         return None
     if status.get("phase") == phase.value and status.get("message") == message:
         return None

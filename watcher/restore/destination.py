@@ -151,6 +151,8 @@ class Destination:
         seen = Seen(migration)
         started = 0.0  # time.monotonic() when this reconcile began the restore (Step.BEGIN)
         try:
+            # decide asks only for an UNREAD field, and each turn fills one: this ends within as many turns
+            # as Seen has fields.
             while True:
                 decision = decide(seen, self.node)
                 step = decision.step
