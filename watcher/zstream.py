@@ -55,8 +55,13 @@ def compress_stream(
     settings: CompressionSettings,
     cancel: threading.Event,
     label: str,
+    more: Callable[[], bool] | None = None,
 ) -> StreamDigest:
-    """Copy ``src_fd`` to ``dst_fd`` as one zstd frame; hash both sides; fsync the output."""
+    """Copy ``src_fd`` to ``dst_fd`` as one zstd frame; hash both sides; fsync the output.
+
+    At the end of the input, ``more`` (when given) is asked whether to read again: a file still being
+    written is followed until its writer says it is done (``ingest.service``'s ``_Follow``).
+    """
     compressor = zstandard.ZstdCompressor(
         level=settings.level, threads=settings.threads, write_checksum=True
     ).compressobj()
@@ -71,6 +76,8 @@ def compress_stream(
             raise Cancelled(f"ingest of {label} cancelled at byte {raw_size}")
         count = os.readv(src_fd, [buffer])
         if not count:
+            if more is not None and more():
+                continue
             break
         chunk = view[:count]
         observe(chunk)
