@@ -111,9 +111,10 @@ KUBELET_CHECKPOINT_DIR = "/var/lib/kubelet/checkpoints"
 
 
 @contextmanager
-def host_agents(cluster: RealCluster) -> Iterator[dict[str, AgentProcess]]:
-    """``start_agent`` for every node of ``cluster``, each watching before this yields; stopped at the end."""
-    agents = {name: start_agent(cluster.control_plane, node, cluster.store_views[name])
+def host_agents(cluster: RealCluster, *extra: str) -> Iterator[dict[str, AgentProcess]]:
+    """``start_agent`` (with ``extra`` flags) for every node of ``cluster``, each watching before this yields;
+    stopped at the end."""
+    agents = {name: start_agent(cluster.control_plane, node, cluster.store_views[name], *extra)
               for name, node in cluster.nodes.items()}
     try:
         for agent in agents.values():

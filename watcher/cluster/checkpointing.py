@@ -17,7 +17,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -109,16 +109,35 @@ class Source:
     cancel: threading.Event
     claims: Claims
     metrics: AgentMetrics
+    max_concurrent: int = 4
+    """Checkpoints taken and ingested at once; more wait their turn (``--max-concurrent-checkpoints``)."""
     _pods_busy: KeyedLock = field(default_factory=KeyedLock)
+    _slots: asyncio.Semaphore = field(init=False)
 
-    async def checkpoint(self, pod: Mapping[str, Any], containers: list[str], target_node: str | None) -> Stored:
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(self.max_concurrent)
+
+    async def checkpoint(self, pod: Mapping[str, Any], containers: list[str], target_node: str | None,
+                         say: Callable[[str], Awaitable[object]] | None = None) -> Stored:
         """Checkpoint ``containers`` of ``pod`` (runtime or kubelet: ``checkpointers``) and commit them as one.
 
         One at a time per pod: two requests for one pod (a ContainerCheckpoint and a migration, say) would
         otherwise run two dumps of one container at once, and the kubelet names archives to the second, so
-        the runtime would write the second archive over the first while it is being read."""
+        the runtime would write the second archive over the first while it is being read.
+
+        At most ``max_concurrent`` at once on the node: each ingest holds buffers and zstd's workers, and a
+        burst of migrations must not push the agent past its memory limit (bench/concurrency.py measures
+        what one costs). A request that has to wait is told so through ``say`` (its status), and again once
+        its turn comes."""
         async with self._pods_busy.held(meta(pod)["uid"]):
-            return await self._checkpoint(pod, containers, target_node)
+            queued = self._slots.locked()
+            if queued and say is not None:
+                await say(f"queued on node {self.node}: {self.max_concurrent} checkpoints are being taken there, "
+                          f"at most {self.max_concurrent} at once (--max-concurrent-checkpoints)")
+            async with self._slots:
+                if queued and say is not None:
+                    await say("checkpointing")
+                return await self._checkpoint(pod, containers, target_node)
 
     async def _checkpoint(self, pod: Mapping[str, Any], containers: list[str], target_node: str | None) -> Stored:
         began = time.monotonic()
@@ -296,6 +315,13 @@ async def announce_pod(kube: Kube, request: Mapping[str, Any], manifests: list[M
     return name
 
 
+def _saying(src: Source, kind: str, namespace: str, name: str) -> Callable[[str], Awaitable[object]]:
+    """The request's Running status message, set to what is said."""
+    async def say(message: str) -> object:
+        return await update_status(src.kube, kind, namespace, name, _set(Phase.RUNNING, message))
+    return say
+
+
 def _set(phase: Phase, message: str, **extra: Any) -> Any:
     def mutate(status: dict[str, Any]) -> dict[str, Any] | None:
         if status.get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value):
@@ -347,7 +373,7 @@ async def reconcile_container_checkpoint(src: Source, event: str, obj: dict[str,
         return
     await update_status(src.kube, "ContainerCheckpoint", namespace, name, _set(Phase.RUNNING, "checkpointing"))
     try:
-        stored = await src.checkpoint(pod, [container], None)
+        stored = await src.checkpoint(pod, [container], None, _saying(src, "ContainerCheckpoint", namespace, name))
     except FINAL_ERRORS as err:
         await _fail(src, "ContainerCheckpoint", request, pod, err)
         return
@@ -369,7 +395,7 @@ async def reconcile_pod_checkpoint(src: Source, event: str, obj: dict[str, Any])
     target = meta(request).get("annotations", {}).get(TARGET_NODE_ANNOTATION)
     await update_status(src.kube, "PodCheckpoint", namespace, name, _set(Phase.RUNNING, "checkpointing"))
     try:
-        stored = await src.checkpoint(pod, containers, target)
+        stored = await src.checkpoint(pod, containers, target, _saying(src, "PodCheckpoint", namespace, name))
     except FINAL_ERRORS as err:
         await _fail(src, "PodCheckpoint", request, pod, err)
         return
