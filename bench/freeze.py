@@ -36,8 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lab.apiclient import ApiError  # noqa: E402
 from lab.cluster import RealCluster  # noqa: E402
+from lab.holders import logs as holder_logs  # noqa: E402
+from lab.holders import run_holder  # noqa: E402
 from lab.images import MEMHOLD_IMAGE, memhold_image  # noqa: E402
 from lab.live import NAMESPACE, SOURCE, TARGET, Outcome, host_agents, migrate  # noqa: E402
 from lab.sandbox import rootfs  # noqa: E402
@@ -52,31 +53,6 @@ def parse_size(text: str) -> int:
     if unit not in _UNITS or not number.isdigit() or int(number) * _UNITS[unit] % 2**20:
         raise argparse.ArgumentTypeError(f"size {text!r}: expected a number of MiB or GiB like 64M or 2G")
     return int(number) * _UNITS[unit]
-
-
-def _raw_logs(cluster: RealCluster, pod: str) -> str:
-    answer = cluster.control_plane.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}/log")
-    return answer.get("raw", "")
-
-
-async def _run_holder(cluster: RealCluster, name: str, size: int) -> None:
-    cp = cluster.control_plane
-    cp.admin.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {"nodeSelector": {"kubernetes.io/hostname": SOURCE}, "terminationGracePeriodSeconds": 1,
-                 "containers": [{"name": "hold", "image": MEMHOLD_IMAGE, "imagePullPolicy": "Never",
-                                 "args": [str(size // 2**20), "7"]}]}})
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            text = await asyncio.to_thread(_raw_logs, cluster, name)
-        except ApiError:
-            text = ""
-        if "ready" in text.split() and len(text.split()) >= 4:
-            return
-        if "CORRUPT" in text or time.monotonic() > deadline:
-            raise SystemExit(f"{name} did not come up holding its memory: {text[-300:]}\n{cluster.node_failure()}")
-        await asyncio.sleep(0.5)
 
 
 def _archive_of(cluster: RealCluster, pod: str) -> Path:
@@ -100,10 +76,10 @@ def _copy_seconds(archive: Path, store: Path) -> float:
 
 async def _round(cluster: RealCluster, agents: dict, size: int, index: int) -> dict[str, float]:
     name = f"hold-{size // 2**20}m-{index}"
-    await _run_holder(cluster, name, size)
+    await run_holder(cluster, name, size, SOURCE)
     outcome: Outcome = await migrate(cluster, agents, name, ("hold",), lambda line: None)
     await asyncio.sleep(max(2.0, size / 2**30 * 4))  # the restored process checks every byte
-    logs = await asyncio.to_thread(_raw_logs, cluster, outcome.restored_pod)
+    logs = await asyncio.to_thread(holder_logs, cluster, outcome.restored_pod)
     if f"verified {size // 2**20} MiB" not in logs or "CORRUPT" in logs:
         raise SystemExit(f"{name}: the restored memory was not verified: {logs[-300:]}")
     copy = _copy_seconds(_archive_of(cluster, name), cluster.store_views[SOURCE])

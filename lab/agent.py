@@ -64,6 +64,13 @@ class AgentProcess:
         """The end of its log."""
         return "".join(self.raw[-lines:])
 
+    def peak_rss(self) -> int:
+        """Its resident set's high-water mark so far, in bytes (VmHWM; with no wrapper, the agent itself)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no VmHWM for pid {self.proc.pid}")
+
     def logs(self, msg: str) -> list[dict]:
         with self._changed:
             return [line for line in self.lines if line.get("msg") == msg]

@@ -77,6 +77,12 @@ def _local_store_flag(parser: argparse.ArgumentParser, help: str) -> None:
 IMPORTERS = ("containers-storage", "containerd", "registry")
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def _path_env(name: str) -> Path | None:
     value = _env(name)
     return Path(value) if value else None
@@ -134,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "is told to write archives (default: --checkpoint-dir; env LPM_RUNTIME_CHECKPOINT_DIR)")
     agent.add_argument("--checkpoint-timeout", "--kubelet-timeout", type=int, default=120,
                        help="cluster mode: seconds the runtime may take per container checkpoint (default 120)")
+    # A string default goes through ``type`` too: a bad value from the environment is a usage error.
+    agent.add_argument("--max-concurrent-checkpoints", type=_positive,
+                       default=_env("LPM_MAX_CONCURRENT_CHECKPOINTS", "4"),
+                       help="cluster mode: checkpoints this node takes and ingests at once; more wait, and their "
+                            "status says so (default 4, within the DaemonSet's 1 GiB; env "
+                            "LPM_MAX_CONCURRENT_CHECKPOINTS)")
     agent.add_argument("--restore", action="store_true",
                        help="standalone: also import every checkpoint whose completion marker names this node "
                             "as its target into the node's runtime, ready to restore (cluster mode always "
@@ -270,7 +282,7 @@ def _agent(args: argparse.Namespace) -> int:
     cluster = ClusterConfig(config, args.kubeconfig, _checkpoints(args, endpoint),
                             RestoreSettings(args.restore_work_dir, make_importer(args), marker_poll=args.marker_poll),
                             namespace=args.namespace or _in_cluster_namespace() or AGENT_NAMESPACE,
-                            runtime_endpoint=endpoint)
+                            runtime_endpoint=endpoint, max_concurrent_checkpoints=args.max_concurrent_checkpoints)
     return asyncio.run(_run_until_signal(ClusterAgent(cluster, metrics, readiness, stores), args.health_port,
                                          metrics, readiness))
 

@@ -79,6 +79,8 @@ class ClusterConfig:
     """The agent's own namespace: where every node's agent keeps its Lease (``watcher.cluster.presence``)."""
     runtime_endpoint: str | None
     """This node's CRI socket, asked whether the runtime restores; None: read the Node's status instead."""
+    max_concurrent_checkpoints: int = 4
+    """Checkpoints taken and ingested at once on this node (``Source.max_concurrent``)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ class ClusterAgent:
         directory = StandaloneAgent(cfg.base, self._metrics, stores,
                                     _DirectoryHooks(kube, claims, node, stores.local.path))
         source = Source(kube, checkpointer, node, cfg.base.watch.directory, stores, cfg.base.compression,
-                        directory.cancel, claims, self._metrics)
+                        directory.cancel, claims, self._metrics, cfg.max_concurrent_checkpoints)
         # The shared store's fd keeps its number even when the store is replaced (see watcher.stores).
 
         def look_again(delay: float, obj: Mapping[str, Any]) -> None:

@@ -55,8 +55,13 @@ def compress_stream(
     settings: CompressionSettings,
     cancel: threading.Event,
     label: str,
+    more: Callable[[], bool] | None = None,
 ) -> StreamDigest:
-    """Copy ``src_fd`` to ``dst_fd`` as one zstd frame; hash both sides; fsync the output."""
+    """Copy ``src_fd`` to ``dst_fd`` as one zstd frame; hash both sides; fsync the output.
+
+    At the end of the input, ``more`` (when given) is asked whether to read again: a file still being
+    written is followed until its writer says it is done (``ingest.service``'s ``_Follow``).
+    """
     compressor = zstandard.ZstdCompressor(
         level=settings.level, threads=settings.threads, write_checksum=True
     ).compressobj()
@@ -71,6 +76,8 @@ def compress_stream(
             raise Cancelled(f"ingest of {label} cancelled at byte {raw_size}")
         count = os.readv(src_fd, [buffer])
         if not count:
+            if more is not None and more():
+                continue
             break
         chunk = view[:count]
         observe(chunk)
@@ -122,6 +129,8 @@ def decompress_stream(
     cancel: threading.Event,
     hash_output: bool,
     bounds: Bounds,
+    tee: Callable[[bytes], None] | None = None,
+    observe: Callable[[bytes], None] | None = None,
 ) -> StreamDigest:
     """Inverse of compress_stream: decompress ``src_fd`` into ``dst_fd``, hashing the input.
 
@@ -137,17 +146,28 @@ def decompress_stream(
     ``dst_fd`` the bytes are only checked. Reading stops with ChecksumMismatch as soon as the
     input is longer than ``bounds.compressed_size`` or the output would be longer than
     ``bounds.raw_size``: no byte past either is read or written.
+
+    ``tee`` is handed every compressed piece after it is hashed, ``observe`` every decompressed one
+    (the streamed restore sends the dump on as the image layer and scans the tar it holds); each runs
+    on its side's thread, so neither holds up the decompression.
     """
     in_hash, out_hash = hashlib.sha256(), hashlib.sha256()
+
+    def consume_input(piece: bytes) -> None:
+        in_hash.update(piece)
+        if tee is not None:
+            tee(piece)
 
     def consume(piece: bytes) -> None:
         if hash_output:
             out_hash.update(piece)
+        if observe is not None:
+            observe(piece)
         if dst_fd is not None:
             _write_all(dst_fd, piece)
 
     size = 0
-    with _Offload(in_hash.update) as hash_input, _Offload(consume) as output:
+    with _Offload(consume_input) as hash_input, _Offload(consume) as output:
         source = _Reader(src_fd, cancel, hash_input, bounds)
         for piece in zstandard.ZstdDecompressor().read_to_iter(
             source,  # type: ignore[arg-type]  # zstandard needs only read(); its stubs ask for IO[bytes]

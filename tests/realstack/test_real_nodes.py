@@ -28,6 +28,8 @@ import pytest
 
 from lab.agent import AgentProcess
 from lab.cluster import RealCluster
+from lab.holders import MIB, migrate_at_once, run_holder, verified
+from lab.images import MEMHOLD_IMAGE, memhold_image
 from lab.live import MIGRATE_TO, NAMESPACE, SOURCE, TARGET, host_agents, migrate, read_logs, run_pod, start_agent
 from lab.manifests import (
     AGENT_NAMESPACE,
@@ -35,6 +37,7 @@ from lab.manifests import (
     grant_kubelet_checkpoints,
     revoke_kubelet_checkpoints,
 )
+from lab.sandbox import rootfs
 
 NO_RESTORE = "node-c"
 
@@ -190,3 +193,45 @@ def _migration_of(cluster: RealCluster, pod: str) -> dict[str, Any] | None:
     items = cluster.control_plane.admin.request(
         "GET", f"/apis/lpm.my.domain/v1/namespaces/{NAMESPACE}/podmigrations")["items"]
     return next((m for m in items if m["spec"]["podName"] == pod), None)
+
+
+@pytest.mark.asyncio
+async def test_many_migrations_at_once_each_pod_keeps_its_own_memory(cluster: RealCluster,
+                                                                      agents: dict[str, AgentProcess]) -> None:
+    """Eight pods leave node-a while two leave node-b for node-a, all annotated at once. node-a's agent takes at
+    most two checkpoints at a time (--max-concurrent-checkpoints 2): the rest wait, and their status says so.
+    Every pod holds a different number of MiB and checks each byte after its restore (bench/memhold), so a
+    restored pod with another pod's memory would say so."""
+    cp = cluster.control_plane
+    image = memhold_image(rootfs(), cluster.directory)
+    for node in (SOURCE, TARGET):
+        cluster.nodes[node].import_image(image, MEMHOLD_IMAGE)
+    agents[SOURCE].stop()
+    agents[SOURCE] = start_agent(cp, cluster.nodes[SOURCE], cluster.store_views[SOURCE],
+                                 "--max-concurrent-checkpoints", "2")
+    try:
+        agents[SOURCE].wait_logged("cluster mode watching")
+        sizes = {**{f"many-a{i}": (8 + i) * MIB for i in range(8)}, **{f"many-b{i}": (20 + i) * MIB for i in range(2)}}
+        home = {pod: SOURCE if pod.startswith("many-a") else TARGET for pod in sizes}
+        await asyncio.gather(*(run_holder(cluster, pod, size, home[pod]) for pod, size in sizes.items()))
+        moved = await migrate_at_once(cluster, {pod: TARGET if home[pod] == SOURCE else SOURCE for pod in sizes},
+                                      timeout=600)
+        failed = {pod: m.message for pod, m in moved.items() if m.phase != "Succeeded"}
+        assert not failed, f"{failed}\n" + "\n".join(f"=== {n}:\n{a.tail(30)}" for n, a in agents.items())
+        for pod, outcome in moved.items():
+            assert outcome.restored_pod is not None
+            await verified(cluster, outcome.restored_pod, sizes[pod], timeout=60)  # its own memory, every byte
+            restored = cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{outcome.restored_pod}")
+            assert restored["spec"]["nodeName"] == (TARGET if home[pod] == SOURCE else SOURCE), pod
+        queued = [pod for pod, m in moved.items()
+                  if any(said.startswith(f"queued on node {SOURCE}: ") for said in m.messages)]
+        assert queued, {pod: m.messages for pod, m in moved.items()}
+        assert all(home[pod] == SOURCE for pod in queued), queued  # node-b's agent kept its default of 4
+        peak = agents[SOURCE].peak_rss()
+        print(f"{len(moved)} migrations in {max(m.seconds for m in moved.values()):.1f} s; {len(queued)} queued on "
+              f"{SOURCE}; its agent's peak RSS {peak / MIB:.0f} MiB")
+        assert peak < 1 << 30, f"node-a's agent peaked at {peak / MIB:.0f} MiB, past the DaemonSet's 1 GiB limit"
+    finally:
+        agents[SOURCE].stop()
+        agents[SOURCE] = start_agent(cp, cluster.nodes[SOURCE], cluster.store_views[SOURCE])
+        agents[SOURCE].wait_logged("cluster mode watching")

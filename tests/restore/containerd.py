@@ -39,6 +39,14 @@ class Containerd:
             pytest.fail(f"{' '.join(command)} exited {result.returncode}:\n{result.stderr}")
         return result
 
+    def ctr_bytes(self, *args: str) -> bytes:
+        """ctr's output as bytes (a blob's content)."""
+        command = [str(self.ctr_binary), "--address", self.address, "--namespace", "k8s.io", *args]
+        result = subprocess.run(command, check=False, capture_output=True, timeout=60)
+        if result.returncode:
+            pytest.fail(f"{' '.join(command)} exited {result.returncode}:\n{result.stderr.decode(errors='replace')}")
+        return result.stdout
+
 
 def binaries() -> Path:
     """The cached build's directory; building it here if setup has not (about a minute, once)."""

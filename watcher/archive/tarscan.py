@@ -68,6 +68,12 @@ class Member:
     kind: bytes
     offset: int
     size: int
+    mode: int = 0
+    """The header's mode field, all of it (special bits included)."""
+    target: str = ""
+    """A link's target, from whichever single source names it (pax ``linkpath``, GNU long link, header)."""
+    records: frozenset[str] = frozenset()
+    """The keys of the member's pax records (xattrs show up here)."""
 
 
 @dataclass
@@ -215,7 +221,10 @@ class TarScanner:
             if normal:
                 self.result.top_level.add(normal.split("/", 1)[0])
             if self._keep_members:
-                self.result.members.append(Member(normal, kind, self._offset + BLOCK, size))
+                target = pax.get("linkpath", self._long_link if self._long_link is not None else
+                                 _cstring(block[157:257]))
+                self.result.members.append(Member(normal, kind, self._offset + BLOCK, size,
+                                                  _number(block[100:108]) or 0, target, frozenset(pax)))
             if normal in self._capture_names:
                 if normal in self.result.captured:
                     raise self._fail(f"{normal} appears twice")

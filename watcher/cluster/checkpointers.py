@@ -27,8 +27,13 @@ from watcher.runtime.checkpoint import RuntimeCheckpointError
 
 
 class Checkpointer(Protocol):
-    async def checkpoint(self, pod: Mapping[str, Any], container: str) -> str:
-        """Checkpoint ``container`` of ``pod``; the file name of its archive in the checkpoint directory."""
+    def planned(self, pod: Mapping[str, Any], container: str) -> str | None:
+        """The file name the next checkpoint of ``container`` will be written under, where the caller may
+        know it before asking (to read the archive while it is written); None where the writer names it."""
+
+    async def checkpoint(self, pod: Mapping[str, Any], container: str, name: str | None) -> str:
+        """Checkpoint ``container`` of ``pod`` (into ``name``, from ``planned``); the file name of its archive
+        in the checkpoint directory."""
 
     async def close(self) -> None: ...
 
@@ -40,7 +45,10 @@ class KubeletCheckpointer:
         self._settings = settings
         self._client = KubeletClient(settings)
 
-    async def checkpoint(self, pod: Mapping[str, Any], container: str) -> str:
+    def planned(self, pod: Mapping[str, Any], container: str) -> None:
+        return None  # the kubelet names its archives itself, and says the name only in its answer
+
+    async def checkpoint(self, pod: Mapping[str, Any], container: str, name: str | None) -> str:
         endpoint = endpoint_of(await self._kube.get(node_path(self._node)), self._settings.port)
         path = await self._client.checkpoint(endpoint, meta(pod)["namespace"], meta(pod)["name"], container)
         return path.name
@@ -53,9 +61,13 @@ class RuntimeCheckpointer:
     def __init__(self, settings: runtime_checkpoint.Settings) -> None:
         self._settings = settings
 
-    async def checkpoint(self, pod: Mapping[str, Any], container: str) -> str:
-        namespace, name = meta(pod)["namespace"], meta(pod)["name"]
-        archive = names.format_name(name, namespace, container, datetime.now(UTC))
+    def planned(self, pod: Mapping[str, Any], container: str) -> str:
+        # The kubelet's naming, to the microsecond: a name no earlier checkpoint has, so the file that appears
+        # under it can only be this checkpoint's.
+        return names.format_name(meta(pod)["name"], meta(pod)["namespace"], container, datetime.now(UTC))
+
+    async def checkpoint(self, pod: Mapping[str, Any], container: str, name: str | None) -> str:
+        archive = name or self.planned(pod, container)
         path = await runtime_checkpoint.checkpoint(self._settings, container_id(pod, container), archive)
         return path.name
 

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -112,16 +112,35 @@ class Source:
     cancel: threading.Event
     claims: Claims
     metrics: AgentMetrics
+    max_concurrent: int = 4
+    """Checkpoints taken and ingested at once; more wait their turn (``--max-concurrent-checkpoints``)."""
     _pods_busy: KeyedLock = field(default_factory=KeyedLock)
+    _slots: asyncio.Semaphore = field(init=False)
 
-    async def checkpoint(self, pod: Mapping[str, Any], containers: list[str], target_node: str | None) -> Stored:
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(self.max_concurrent)
+
+    async def checkpoint(self, pod: Mapping[str, Any], containers: list[str], target_node: str | None,
+                         say: Callable[[str], Awaitable[object]] | None = None) -> Stored:
         """Checkpoint ``containers`` of ``pod`` (runtime or kubelet: ``checkpointers``) and commit them as one.
 
         One at a time per pod: two requests for one pod (a ContainerCheckpoint and a migration, say) would
         otherwise run two dumps of one container at once, and the kubelet names archives to the second, so
-        the runtime would write the second archive over the first while it is being read."""
+        the runtime would write the second archive over the first while it is being read.
+
+        At most ``max_concurrent`` at once on the node: each ingest holds buffers and zstd's workers, and a
+        burst of migrations must not push the agent past its memory limit (bench/concurrency.py measures
+        what one costs). A request that has to wait is told so through ``say`` (its status), and again once
+        its turn comes."""
         async with self._pods_busy.held(meta(pod)["uid"]):
-            return await self._checkpoint(pod, containers, target_node)
+            queued = self._slots.locked()
+            if queued and say is not None:
+                await say(f"queued on node {self.node}: {self.max_concurrent} checkpoints are being taken there, "
+                          f"at most {self.max_concurrent} at once (--max-concurrent-checkpoints)")
+            async with self._slots:
+                if queued and say is not None:
+                    await say("checkpointing")
+                return await self._checkpoint(pod, containers, target_node)
 
     async def _checkpoint(self, pod: Mapping[str, Any], containers: list[str], target_node: str | None) -> Stored:
         began = time.monotonic()
@@ -130,21 +149,21 @@ class Source:
         # own (as one-container checkpoints) while this request is between the kubelet and the ledger.
         prefixes = {c: self.claims.begin(namespace, name, c) for c in containers}
         archives: dict[str, str] = {}
+        # Asked before the checkpoints, so that each archive can be read into the shared store while the
+        # runtime writes it (``_take``); what the store says later is handled as before.
+        why_local = await self.stores.probe()
+        early: dict[str, StagedArchive] = {}
         try:
             for container in containers:
-                started = time.monotonic()
-                archive = await self.checkpointer.checkpoint(pod, container)
-                if not names.is_candidate(archive):
-                    raise KubeletError(f"kubelet on {self.node} named {archive!r}, which is not a checkpoint archive")
-                archives[container] = archive
-                log.info("container checkpointed", extra={"fields": {
-                    "pod": f"{namespace}/{name}", "container": container, "archive": archive,
-                    "checkpointSeconds": round(time.monotonic() - started, 4)}})
-            why_local = await self.stores.probe()
+                archives[container], staged = await self._take(
+                    pod, container, self.stores.shared if why_local is None else None)
+                if staged is not None:
+                    early[container] = staged
             refused = False  # True: the store is available but refused this checkpoint's place in it
             if why_local is None:
+                handed, early = early, {}  # _commit commits or discards them
                 try:
-                    results = await self._commit(self.stores.shared, pod, archives, target_node)
+                    results = await self._commit(self.stores.shared, pod, archives, target_node, handed)
                 except UnsafeNameError as err:
                     # The store takes writes, but not where this checkpoint goes: something planted there (a
                     # symlink for the pod's directory, say), which a retry would meet again. Refused; this
@@ -160,21 +179,74 @@ class Source:
                     log.warning("shared store failed during the checkpoint; holding it locally", extra={
                         "fields": {"pod": f"{namespace}/{name}", "reason": why_local}})
             if why_local is not None:
-                results = await self._commit(self.stores.local, pod, archives, target_node)
+                results = await self._commit(self.stores.local, pod, archives, target_node, {})
                 self.metrics.held_locally.inc()
             self.metrics.checkpointed(results, time.monotonic() - began)
             return Stored(results, self.stores.shared if why_local is None else self.stores.local, why_local,
                           refused)
         finally:
+            if early:  # a later container's checkpoint failed: what was read of the earlier ones goes
+                await asyncio.to_thread(service.discard_staged, self.stores.shared.fd, self.node,
+                                        list(early.values()))
             for container, prefix in prefixes.items():
                 self.claims.end(prefix, archives.get(container))
 
+    async def _take(self, pod: Mapping[str, Any], container: str,
+                    store: Store | None) -> tuple[str, StagedArchive | None]:
+        """Checkpoint one container; where its archive's name is known in advance and ``store`` is given,
+        stage the archive into ``store`` as the runtime writes it (compression then overlaps the dump's
+        tar instead of following it, inside the freeze window). Reading it early is only a head start:
+        if that fails for any reason, None is returned and the finished archive is read as before."""
+        started = time.monotonic()
+        planned = self.checkpointer.planned(pod, container) if store is not None else None
+        if store is None or planned is None:
+            archive = await self.checkpointer.checkpoint(pod, container, planned)
+            self._answered(pod, container, archive, started)
+            return archive, None
+        namespace, name = meta(pod)["namespace"], meta(pod)["name"]
+        written = threading.Event()
+        hint = Identity.checked(meta(pod)["uid"], namespace, name, container)
+        staging = asyncio.create_task(asyncio.to_thread(
+            service.stage_archive, store.fd, self.checkpoint_dir / planned, self.node, hint,
+            self.compression, self.cancel, written))
+        try:
+            archive = await self.checkpointer.checkpoint(pod, container, planned)
+            written.set()
+            self._answered(pod, container, archive, started)
+        except BaseException:
+            written.set()
+            await _discard(staging, store, self.node)
+            raise
+        answered = time.monotonic()
+        try:
+            staged = await staging
+        except LpmError as err:
+            log.warning("reading the archive as it was written failed; reading it again", extra={"fields": {
+                "pod": f"{namespace}/{name}", "container": container, "reason": str(err)}})
+            return archive, None
+        log.info("container ingested", extra={"fields": {
+            "pod": f"{namespace}/{name}", "container": container, "store": store.kind.value,
+            "overlapped": True, "ingestSeconds": round(time.monotonic() - answered, 4)}})
+        return archive, staged
+
+    def _answered(self, pod: Mapping[str, Any], container: str, archive: str, started: float) -> None:
+        if not names.is_candidate(archive):
+            raise KubeletError(f"kubelet on {self.node} named {archive!r}, which is not a checkpoint archive")
+        log.info("container checkpointed", extra={"fields": {
+            "pod": f"{meta(pod)['namespace']}/{meta(pod)['name']}", "container": container, "archive": archive,
+            "checkpointSeconds": round(time.monotonic() - started, 4)}})
+
     async def _commit(self, store: Store, pod: Mapping[str, Any], archives: Mapping[str, str],
-                      target_node: str | None) -> list[IngestResult]:
+                      target_node: str | None, early: Mapping[str, StagedArchive]) -> list[IngestResult]:
+        """Stage what ``early`` does not hold yet, then commit them all as one checkpoint; on failure every
+        staged archive, ``early``'s included, is discarded."""
         namespace, name, uid = meta(pod)["namespace"], meta(pod)["name"], meta(pod)["uid"]
         staged: list[StagedArchive] = []
         try:
             for container, archive in archives.items():
+                if container in early:
+                    staged.append(early[container])
+                    continue
                 started = time.monotonic()
                 hint = Identity.checked(uid, namespace, name, container)
                 staged.append(await asyncio.to_thread(
@@ -187,12 +259,23 @@ class Source:
             results = await asyncio.to_thread(service.commit_staged, store.fd, self.node, staged, target_node,
                                               datetime.now(UTC))
         except BaseException:
-            await asyncio.to_thread(service.discard_staged, store.fd, self.node, staged)
+            rest = [item for container, item in early.items() if item not in staged]
+            await asyncio.to_thread(service.discard_staged, store.fd, self.node, staged + rest)
             raise
         log.info("checkpoint committed", extra={"fields": {
             "pod": f"{namespace}/{name}", "checkpointID": results[0].manifest.checkpoint_id,
             "storageType": store.kind.value, "commitSeconds": round(time.monotonic() - started, 4)}})
         return results
+
+
+async def _discard(staging: asyncio.Task[StagedArchive], store: Store, node: str) -> None:
+    """Wait for an early read whose checkpoint failed to stop (its writer is done: it soon does), then drop
+    what it staged; its own failure needs no word, the checkpoint's says why."""
+    try:
+        staged = await staging
+    except BaseException:  # noqa: BLE001  (the read cleans up after itself when it fails)
+        return
+    await asyncio.to_thread(service.discard_staged, store.fd, node, [staged])
 
 
 def _content_spec(manifest: Manifest, store: Store) -> StoredArtifact:
@@ -304,6 +387,14 @@ async def _begin(src: Source, kind: str, event: str,
     return decision, request, pod
 
 
+def _saying(src: Source, kind: str, request: Mapping[str, Any]) -> Callable[[str], Awaitable[object]]:
+    """The request's Running status message, set to what is said (a finished request keeps its own)."""
+    async def say(message: str) -> object:
+        return await update_status(src.kube, kind, meta(request)["namespace"], meta(request)["name"],
+                                   lambda status: transition(status, Phase.RUNNING, message))
+    return say
+
+
 async def reconcile_container_checkpoint(src: Source, event: str, obj: dict[str, Any]) -> None:
     begun = await _begin(src, "ContainerCheckpoint", event, obj)
     if begun is None:
@@ -311,7 +402,7 @@ async def reconcile_container_checkpoint(src: Source, event: str, obj: dict[str,
     decision, request, pod = begun
     [container] = decision.containers
     try:
-        stored = await src.checkpoint(pod, [container], None)
+        stored = await src.checkpoint(pod, [container], None, _saying(src, "ContainerCheckpoint", request))
     except FINAL_ERRORS as err:
         await _fail(src, "ContainerCheckpoint", request, pod, err)
         return
@@ -329,7 +420,8 @@ async def reconcile_pod_checkpoint(src: Source, event: str, obj: dict[str, Any])
         return
     decision, request, pod = begun
     try:
-        stored = await src.checkpoint(pod, list(decision.containers), decision.target)
+        stored = await src.checkpoint(pod, list(decision.containers), decision.target,
+                                      _saying(src, "PodCheckpoint", request))
     except FINAL_ERRORS as err:
         await _fail(src, "PodCheckpoint", request, pod, err)
         return

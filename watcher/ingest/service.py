@@ -19,7 +19,7 @@ from watcher.archive import names
 from watcher.archive.identity import ArchiveIdentity, Identity, identify
 from watcher.archive.stamp import ArchiveStamp, stamp_of
 from watcher.archive.tarscan import TarScanner
-from watcher.errors import AlreadyComplete, ArchiveChanged, ArchiveError, StoreError, UnsafeNameError
+from watcher.errors import AlreadyComplete, ArchiveChanged, ArchiveError, Cancelled, StoreError, UnsafeNameError
 from watcher.store import catalog, commit, fsio, layout, retrieve
 from watcher.store.ledger import Ledger, LedgerRecord
 from watcher.store.manifest import Manifest
@@ -64,16 +64,22 @@ def stage_archive(
     hint: Identity | None,
     settings: CompressionSettings,
     cancel: threading.Event,
+    written: threading.Event | None = None,
 ) -> StagedArchive:
     """Read the archive once: check its tar structure, compress and hash it into staging.
 
     Raises ArchiveIncomplete when it ends before its end-of-archive blocks, ArchiveChanged
     when it grew or was replaced meanwhile (its writer was not done), and ArchiveError or
     IdentityError when it can never be ingested. Nothing is left in staging on failure.
+
+    With ``written``, the archive is one this agent asked the runtime for and is read while the
+    runtime writes it: waited for until it appears, followed as it grows, and taken as it is once
+    ``written`` is set (the runtime answered) and the end of the file is reached; it must then be
+    a whole archive like any other. Compression overlaps the runtime's write instead of following it.
     """
     archive = names.parse(path.name)
     label = repr(path.name)
-    src, stamp = open_archive(path)
+    src, stamp = open_archive(path) if written is None else _open_when_there(path, written, cancel)
     try:
         with commit.staging(root_fd, node) as staging_fd:
             dst, temp = fsio.create_temp(staging_fd, layout.DUMP_FILE, "store staging")
@@ -81,10 +87,14 @@ def stage_archive(
                 scanner = TarScanner(_CAPTURED, label)
                 try:
                     with fsio.os_errors(f"ingest of {label} into the store"):
-                        digest = compress_stream(src, dst, scanner.feed, settings, cancel, path.name)
+                        digest = compress_stream(src, dst, scanner.feed, settings, cancel, path.name,
+                                                 None if written is None else _Follow(written))
                 finally:
                     os.close(dst)
                 scan = scanner.finish()
+                if written is not None:
+                    info = os.fstat(src)  # the file as its writer left it
+                    stamp = ArchiveStamp(path.name, info.st_size, info.st_mtime_ns)
                 _check_unchanged(path, src, stamp, digest)
                 identity = identify(scan.captured.get("spec.dump"), archive, scan.top_level, hint)
             except BaseException:
@@ -93,6 +103,34 @@ def stage_archive(
     finally:
         os.close(src)
     return StagedArchive(archive, stamp, identity, digest, temp)
+
+
+# How often a followed archive is looked at again when the reader has caught up with its writer.
+_FOLLOW_POLL = 0.01
+
+
+def _open_when_there(path: Path, written: threading.Event, cancel: threading.Event) -> tuple[int, ArchiveStamp]:
+    """Open ``path`` once its writer has created it; an error if it is still not there once it said done."""
+    while not (os.path.lexists(path) or written.is_set()):
+        if cancel.is_set():
+            raise Cancelled(f"ingest of {path.name!r} cancelled before the runtime created it")
+        written.wait(_FOLLOW_POLL)
+    return open_archive(path)
+
+
+class _Follow:
+    """compress_stream's ``more`` for an archive still being written: at its current end, wait a moment
+    and read again, until the writer is done; then read once more, to the file's true end."""
+
+    def __init__(self, written: threading.Event) -> None:
+        self._written = written
+        self._last = False
+
+    def __call__(self) -> bool:
+        if self._last:
+            return False
+        self._last = self._written.wait(_FOLLOW_POLL)
+        return True
 
 
 def _check_unchanged(path: Path, src: int, stamp: ArchiveStamp, digest: StreamDigest) -> None:

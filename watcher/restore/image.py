@@ -2,7 +2,8 @@
 
     <out>/oci-layout
     <out>/index.json             one manifest, tagged with ``org.opencontainers.image.ref.name``
-    <out>/blobs/sha256/<layer>   one uncompressed tar of the archive's files (see layer.py)
+    <out>/blobs/sha256/<layer>   one uncompressed tar of the archive's files (see layer.py; containerd gets
+                                 the stored zstd dump itself instead: stream.py)
     <out>/blobs/sha256/<config>  architecture, os, rootfs.diff_ids
     <out>/blobs/sha256/<manif.>  config + layer, and the checkpoint annotations
 
@@ -44,7 +45,6 @@ from watcher.store.manifest import MAX_TEXT
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
-LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -137,13 +137,13 @@ def plan_image(layer_digest: layer.LayerDigest, container: str, config: ConfigDu
     config_blob = _blob({
         "architecture": platform.architecture,
         "os": platform.os,
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest.digest]},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest.diff_id or layer_digest.digest]},
     })
     manifest = _blob({
         "schemaVersion": 2,
         "mediaType": MANIFEST_MEDIA_TYPE,
         "config": _descriptor(CONFIG_MEDIA_TYPE, config_blob.digest, config_blob.size),
-        "layers": [_descriptor(LAYER_MEDIA_TYPE, layer_digest.digest, layer_digest.size)],
+        "layers": [_descriptor(layer_digest.media_type, layer_digest.digest, layer_digest.size)],
         "annotations": checkpoint_annotations(container, config),
     })
     index = _canonical({
@@ -193,7 +193,7 @@ def write_image(archive: Path, out: Path, container: str, tag: str,
     try:
         with open(archive, "rb") as src:
             entries = layer.index_archive(src, where)
-            dump = _read_config_dump(src.fileno(), _config_dump_entry(entries, where), where)
+            dump = _read_config_dump(src.fileno(), config_dump_entry(entries, where), where)
             config = parse_config_dump(dump, where)
             work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
             try:
@@ -215,7 +215,7 @@ def write_image(archive: Path, out: Path, container: str, tag: str,
     return WrittenImage(out, tag, plan.manifest.digest, plan.config.digest, layer_digest)
 
 
-def _config_dump_entry(entries: list[layer.Entry], where: str) -> layer.Entry:
+def config_dump_entry(entries: list[layer.Entry], where: str) -> layer.Entry:
     """config.dump, after checking the archive has what every runtime reads to restore."""
     files = {entry.name: entry for entry in entries if entry.kind is layer.Kind.FILE}
     missing = [name for name in ("config.dump", "spec.dump") if name not in files]

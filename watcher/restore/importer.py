@@ -1,10 +1,12 @@
-"""Importing a checkpoint image into where the node's runtime restores from, behind one small interface.
+"""Importing a checkpoint image into where the node's runtime restores from, behind one of two interfaces.
 
 Three ways, one per kind of node:
 
-- ``ContainersStorageImporter``: CRI-O and podman read containers-storage; ``skopeo copy`` writes it.
+- ``ContainersStorageImporter``: CRI-O and podman read containers-storage; ``skopeo copy`` writes it from
+  an OCI layout (``LayoutImporter``: the normalised, uncompressed layer written to scratch first).
 - ``ContainerdImporter``: containerd >= 2.1 restores from an image in its CRI namespace (``k8s.io``);
-  ``ctr images import`` puts the layout there, as an OCI archive streamed to the daemon's socket.
+  ``ctr images import`` reads an OCI archive from a pipe (``ArchiveImporter``), whose layer is the stored
+  dump as it is (stream.py): nothing is written on the node but what containerd keeps.
 - ``RegistryImporter``: the node pulls the image like any other; nothing on the node is touched, so the
   agent needs no access to the runtime at all, only push credentials. TLS is always verified (a CA
   directory may be given); the reference returned is pinned by digest, so what is restored is exactly
@@ -19,12 +21,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import tarfile
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from watcher.errors import LpmError
 
@@ -40,15 +41,27 @@ class ImportFailed(LpmError):
     """The runtime's image store (or the registry) refused the checkpoint image."""
 
 
-class Importer(Protocol):
+class LayoutImporter(Protocol):
     async def import_image(self, layout: Path, tag: str, repository: str) -> str:
         """Import the OCI layout; return the image reference a pod spec uses to restore it."""
+
+
+@runtime_checkable
+class ArchiveImporter(Protocol):
+    async def import_archive(self, feed: Callable[[BinaryIO], None], tag: str, repository: str) -> str:
+        """Import the OCI archive ``feed`` writes, from a thread, as it writes it (stream.py); return the image
+        reference a pod spec uses to restore it. An exception from ``feed`` is raised here, whatever the tool
+        then said about the archive it cut short."""
+
+
+Importer = LayoutImporter | ArchiveImporter
 
 
 async def _run(prefix: Sequence[str], argv: Sequence[str], what: str, timeout: float,
                feed: Callable[[BinaryIO], None] | None = None) -> None:
     """Run one import tool under ``prefix``; its failure, or its hanging past ``timeout``, is an
-    ImportFailed naming ``what`` and the tool. ``feed`` writes the tool's stdin, from a thread."""
+    ImportFailed naming ``what`` and the tool. ``feed`` writes the tool's stdin, from a thread; an
+    exception it raises (other than the tool closing the pipe) is raised instead: it says why."""
     tool = os.path.basename(argv[0])
     read_end, write_end = os.pipe() if feed else (None, None)
     try:
@@ -108,24 +121,17 @@ class ContainerdImporter:
     """containerd's client: its version must speak to the daemon's API (the node's own is best)."""
     timeout: float = 300.0
 
-    async def import_image(self, layout: Path, tag: str, repository: str) -> str:
-        # ctr names the image <base-name>:<the index's ref.name>, which is the tag the layout was written with.
+    async def import_archive(self, feed: Callable[[BinaryIO], None], tag: str, repository: str) -> str:
+        # ctr names the image <base-name>:<the index's ref.name>, which is the tag the archive was written with.
         base = f"localhost/{repository}"
         reference = f"{base}:{tag}"
-        # Streamed, never written out: the layout's blobs are the checkpoint's size. Unpacked, as ctr does
-        # by default: containerd's restore copies the checkpoint out of the image's snapshot, and without
-        # one it fails ("parent snapshot ... does not exist"), bench/freeze.py found.
+        # From a pipe, never written out on the node. Unpacked, as ctr does by default: containerd's restore
+        # copies the checkpoint out of the image's snapshot, and without one it fails ("parent snapshot ...
+        # does not exist"), bench/freeze.py found.
         await _run(self.prefix, [self.ctr, "--address", self.address, "--namespace", self.namespace,
                     "images", "import", "--local", "--base-name", base, "-"], reference, self.timeout,
-                   feed=lambda stream: _oci_archive(layout, stream))
+                   feed=feed)
         return reference
-
-
-def _oci_archive(layout: Path, stream: BinaryIO) -> None:
-    """The layout as the tar ``ctr images import`` reads (oci-layout and index.json at the top)."""
-    with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(layout.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(layout)), recursive=False)
 
 
 @dataclass(frozen=True)

@@ -59,11 +59,18 @@ class Entry:
     """A symlink's target, checked to stay inside the layer."""
 
 
+TAR_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
+ZSTD_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+
 @dataclass(frozen=True)
 class LayerDigest:
     digest: str
-    """``sha256:<hex>``; the layer is uncompressed, so this is also its diff ID."""
+    """``sha256:<hex>`` of the blob as stored."""
     size: int
+    media_type: str = TAR_MEDIA_TYPE
+    diff_id: str = ""
+    """``sha256:<hex>`` of the tar the blob decompresses to; empty for an uncompressed layer (its digest)."""
 
 
 class _HeaderReader:
@@ -111,7 +118,7 @@ def index_archive(file: BinaryIO, where: str) -> list[Entry]:
     # runtime finished has its two zero blocks right after the last member.
     if os.pread(file.fileno(), len(_END_OF_ARCHIVE), end) != _END_OF_ARCHIVE:
         raise ArchiveError(f"{where}: no end-of-archive blocks at byte {end} (truncated or corrupt)")
-    _check_links(entries, where)
+    check_links(entries, where)
     _same_as_scanner(file.fileno(), list(entries.values()), where)
     return [entries[name] for name in sorted(entries)]
 
@@ -128,18 +135,18 @@ def _same_as_scanner(fd: int, indexed: list[Entry], where: str) -> None:
     if len(scanned) != len(indexed):
         raise ArchiveError(f"{where}: tarfile reads {len(indexed)} members, lpm's tar scanner {len(scanned)}")
     for number, (entry, member) in enumerate(zip(indexed, scanned, strict=True), 1):
-        if (entry.name, entry.kind, entry.offset) != (member.name, _KINDS.get(member.kind), member.offset) or (
+        if (entry.name, entry.kind, entry.offset) != (member.name, KINDS.get(member.kind), member.offset) or (
                 entry.kind is Kind.FILE and entry.size != member.size):
             raise ArchiveError(f"{where}: member {number} reads as {entry.name!r} ({entry.kind.value}, "
                                f"{entry.size} bytes at {entry.offset}) to tarfile but as {_show(member)} to "
                                "lpm's tar scanner")
 
 
-_KINDS = {b"0": Kind.FILE, b"\0": Kind.FILE, b"7": Kind.FILE, b"5": Kind.DIR, b"2": Kind.SYMLINK}
+KINDS = {b"0": Kind.FILE, b"\0": Kind.FILE, b"7": Kind.FILE, b"5": Kind.DIR, b"2": Kind.SYMLINK}
 
 
 def _show(member: Member) -> str:
-    kind = _KINDS.get(member.kind)
+    kind = KINDS.get(member.kind)
     what = kind.value if kind else f"type {member.kind!r}"
     return f"{member.name!r} ({what}, {member.size} bytes at {member.offset})"
 
@@ -171,7 +178,7 @@ def _safe_name(raw: str, where: str) -> str:
     return "/".join(parts)
 
 
-def _check_links(entries: dict[str, Entry], where: str) -> None:
+def check_links(entries: dict[str, Entry], where: str) -> None:
     """Symlinks must resolve inside the layer, and no path may lead through one (or a file).
 
     Checked on names alone (lexically), which is sound only when no path component is

@@ -1,9 +1,14 @@
-"""One container's checkpoint from the store into the node's runtime: verify, decompress, image, import.
+"""One container's checkpoint from the store into the node's runtime: verified and imported.
 
 Shared by both destinations (cluster mode's PodMigration reconciler and standalone mode's marker
-poller). The archive is decompressed into a node-local scratch directory while the dump's SHA-256,
-the zstd content checksum and the size are checked against the store's manifest (and, in cluster
-mode, against the SHA-256 the API announced); nothing is imported unless all of them hold.
+poller). Both SHA-256 sums, the zstd content checksum and the sizes are checked against the store's
+manifest (and, in cluster mode, the SHA-256 against the one the API announced); nothing is imported
+unless all of them hold. Two ways, by what the runtime's importer reads:
+
+- streamed (containerd): the stored dump goes to the runtime as the image's zstd layer while it is
+  checked, in one read (stream.py);
+- normalised (skopeo: containers-storage, registries): the archive is decompressed into node-local
+  scratch space, re-written as a normalised uncompressed layer (layer.py), then imported.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from watcher.errors import LpmError
 from watcher.kube.names import dns_name
+from watcher.restore import stream
 from watcher.restore.image import write_image
-from watcher.restore.importer import Importer
+from watcher.restore.importer import ArchiveImporter, Importer, LayoutImporter
 from watcher.store import catalog, layout, retrieve
 from watcher.store.manifest import Manifest
 from watcher.zstream import CompressionSettings
@@ -58,7 +65,37 @@ def repository(manifest: Manifest) -> str:
 async def import_checkpoint(root_fd: int, ref: layout.ArtifactRef, work_dir: Path, importer: Importer,
                             compression: CompressionSettings, cancel: threading.Event,
                             announced_sha256: str | None = None) -> Imported:
-    """Verify ``ref``'s dump, write its checkpoint image and import it; the scratch space is always removed."""
+    """Verify ``ref``'s dump and import its checkpoint image: streamed where the runtime reads an archive
+    from a pipe (stream.py), else written to scratch space (always removed) as a normalised layout."""
+    if isinstance(importer, ArchiveImporter):
+        return await _import_streamed(root_fd, ref, importer, compression, cancel, announced_sha256)
+    return await _import_normalised(root_fd, ref, work_dir, importer, compression, cancel, announced_sha256)
+
+
+def _check_announced(ref: layout.ArtifactRef, manifest: Manifest, announced_sha256: str | None) -> None:
+    if announced_sha256 is not None and manifest.checksum_sha256 != announced_sha256:
+        raise RestoreRefused(f"artifact {ref.uri}: the API says sha256 {announced_sha256}, "
+                             f"the store's manifest {manifest.checksum_sha256}")
+
+
+async def _import_streamed(root_fd: int, ref: layout.ArtifactRef, importer: ArchiveImporter,
+                           compression: CompressionSettings, cancel: threading.Event,
+                           announced_sha256: str | None) -> Imported:
+    started = time.monotonic()
+    _, manifest = await asyncio.to_thread(catalog.find, root_fd, ref)
+    _check_announced(ref, manifest, announced_sha256)  # before a byte goes to the runtime
+    tag = ref.checkpoint_id.lower()
+
+    def feed(out: BinaryIO) -> None:
+        stream.write_archive(root_fd, ref, manifest, out, tag, compression, cancel)
+
+    reference = await importer.import_archive(feed, tag, repository(manifest))
+    return Imported(reference, manifest, {"importSeconds": time.monotonic() - started})
+
+
+async def _import_normalised(root_fd: int, ref: layout.ArtifactRef, work_dir: Path, importer: LayoutImporter,
+                             compression: CompressionSettings, cancel: threading.Event,
+                             announced_sha256: str | None) -> Imported:
     work = work_dir / f"{ref.checkpoint_id}-{ref.container}"
     shutil.rmtree(work, ignore_errors=True)  # a previous attempt cut short by a crash
     work.mkdir(mode=0o700, parents=True)
@@ -67,9 +104,7 @@ async def import_checkpoint(root_fd: int, ref: layout.ArtifactRef, work_dir: Pat
         _check_room(root_fd, ref, work)
         started = time.monotonic()
         manifest = await asyncio.to_thread(retrieve.get, root_fd, ref, work / "archive.tar", compression, cancel)
-        if announced_sha256 is not None and manifest.checksum_sha256 != announced_sha256:
-            raise RestoreRefused(f"artifact {ref.uri}: the API says sha256 {announced_sha256}, "
-                                 f"the store's manifest {manifest.checksum_sha256}")
+        _check_announced(ref, manifest, announced_sha256)
         timings["verifySeconds"] = time.monotonic() - started
         started = time.monotonic()
         tag = ref.checkpoint_id.lower()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import zstandard
@@ -47,7 +48,8 @@ def _check_frame(src: int, manifest: Manifest, where: str) -> None:
 
 
 def _stream(root_fd: int, ref: layout.ArtifactRef, dst_fd: int | None,
-            settings: CompressionSettings, cancel: threading.Event, hash_output: bool) -> Manifest:
+            settings: CompressionSettings, cancel: threading.Event, hash_output: bool,
+            tee: Callable[[bytes], None] | None = None, observe: Callable[[bytes], None] | None = None) -> Manifest:
     _, manifest = catalog.find(root_fd, ref)
     dir_fd = fsio.open_dir(root_fd, ref.segments, create=False, where=f"artifact {ref.uri}")
     try:
@@ -60,7 +62,7 @@ def _stream(root_fd: int, ref: layout.ArtifactRef, dst_fd: int | None,
             try:
                 digest = decompress_stream(src, dst_fd, settings, cancel, hash_output,
                                            Bounds(manifest.compressed_size, manifest.uncompressed_size,
-                                                  f"artifact {ref.uri}"))
+                                                  f"artifact {ref.uri}"), tee, observe)
             except zstandard.ZstdError as err:
                 raise ChecksumMismatch(f"artifact {ref.uri}: stored dump is not valid zstd ({err})") from None
     finally:
@@ -73,6 +75,14 @@ def verify(root_fd: int, ref: layout.ArtifactRef, settings: CompressionSettings,
            cancel: threading.Event) -> Manifest:
     """Read the whole dump back and check both of its recorded SHA-256 sums."""
     return _stream(root_fd, ref, None, settings, cancel, hash_output=True)
+
+
+def stream(root_fd: int, ref: layout.ArtifactRef, settings: CompressionSettings, cancel: threading.Event,
+           tee: Callable[[bytes], None], observe: Callable[[bytes], None]) -> Manifest:
+    """Read the dump once, handing its stored bytes to ``tee`` and the archive's to ``observe``; then
+    check both SHA-256 sums, both sizes and the zstd frame. Whatever the two were given is trusted only
+    once this returns: a mismatch is raised after the last byte went past them."""
+    return _stream(root_fd, ref, None, settings, cancel, True, tee, observe)
 
 
 def get(root_fd: int, ref: layout.ArtifactRef, out: Path, settings: CompressionSettings,
