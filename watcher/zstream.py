@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import zstandard
 
+from watcher.crypt import seal
+from watcher.crypt.keyring import DumpKey, Keyring
 from watcher.errors import Cancelled, ChecksumMismatch
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,9 @@ class CompressionSettings:
     """Bytes read per step: bounds memory, and the granularity of cancellation."""
     progress_interval: float = 5.0
     """Seconds between progress log lines of one long ingest."""
+    encryption: Keyring | None = None
+    """Encryption at rest (docs/encryption.md): when set, new dumps are sealed with its current key, and
+    sealed dumps are opened with whichever of its keys their manifest names. None: plain dumps only."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,9 @@ class StreamDigest:
     """None when the caller did not ask for it (see ``decompress_stream``)."""
     compressed_size: int
     compressed_sha256: str
+    """Size and SHA-256 of the bytes written or read: the sealed bytes when the dump is sealed."""
+    dump_key: DumpKey | None = None
+    """The sealed dump's data key, for its manifest (compress_stream with encryption on)."""
 
 
 def compress_stream(
@@ -56,10 +64,14 @@ def compress_stream(
     cancel: threading.Event,
     label: str,
 ) -> StreamDigest:
-    """Copy ``src_fd`` to ``dst_fd`` as one zstd frame; hash both sides; fsync the output."""
+    """Copy ``src_fd`` to ``dst_fd`` as one zstd frame, sealed when ``settings.encryption`` is set; hash both
+    sides (the output's SHA-256 is of the bytes written); fsync the output."""
     compressor = zstandard.ZstdCompressor(
         level=settings.level, threads=settings.threads, write_checksum=True
     ).compressobj()
+    dump_key = settings.encryption.new_dump_key() if settings.encryption is not None else None
+    sealer = seal.Sealer(dump_key.data_key) if dump_key is not None else None
+    encode = sealer.feed if sealer is not None else _plain
     raw_hash, out_hash = hashlib.sha256(), hashlib.sha256()
     raw_size = out_size = 0
     buffer = bytearray(settings.chunk_size)
@@ -76,7 +88,7 @@ def compress_stream(
         observe(chunk)
         raw_hash.update(chunk)
         raw_size += count
-        out_size += _emit(dst_fd, compressor.compress(chunk), out_hash)
+        out_size += _emit(dst_fd, encode(compressor.compress(chunk)), out_hash)
         now = time.monotonic()
         if now >= next_report:
             next_report = now + settings.progress_interval
@@ -85,9 +97,16 @@ def compress_stream(
                 extra={"fields": {"archive": label, "bytesRead": raw_size, "bytesWritten": out_size,
                                   "mbPerSecond": round(raw_size / (now - started) / 1e6, 1)}},
             )
-    out_size += _emit(dst_fd, compressor.flush(), out_hash)
+    tail = compressor.flush()
+    if sealer is not None:
+        tail = sealer.feed(tail) + sealer.finish()
+    out_size += _emit(dst_fd, tail, out_hash)
     os.fsync(dst_fd)
-    return StreamDigest(raw_size, raw_hash.hexdigest(), out_size, out_hash.hexdigest())
+    return StreamDigest(raw_size, raw_hash.hexdigest(), out_size, out_hash.hexdigest(), dump_key)
+
+
+def _plain(data: bytes) -> bytes:
+    return data
 
 
 def _emit(fd: int, data: bytes, digest: hashlib._Hash) -> int:
@@ -122,6 +141,7 @@ def decompress_stream(
     cancel: threading.Event,
     hash_output: bool,
     bounds: Bounds,
+    opener: seal.Opener | None = None,
 ) -> StreamDigest:
     """Inverse of compress_stream: decompress ``src_fd`` into ``dst_fd``, hashing the input.
 
@@ -137,6 +157,10 @@ def decompress_stream(
     ``dst_fd`` the bytes are only checked. Reading stops with ChecksumMismatch as soon as the
     input is longer than ``bounds.compressed_size`` or the output would be longer than
     ``bounds.raw_size``: no byte past either is read or written.
+
+    With an ``opener`` the stored bytes are a sealed dump: they are hashed as stored, then opened
+    chunk by chunk, and read to their end (after the zstd frame) so the last chunk is authenticated:
+    a sealed dump cut after any chunk fails here as ChecksumMismatch.
     """
     in_hash, out_hash = hashlib.sha256(), hashlib.sha256()
 
@@ -148,7 +172,7 @@ def decompress_stream(
 
     size = 0
     with _Offload(in_hash.update) as hash_input, _Offload(consume) as output:
-        source = _Reader(src_fd, cancel, hash_input, bounds)
+        source = _Reader(src_fd, cancel, hash_input, bounds, opener)
         for piece in zstandard.ZstdDecompressor().read_to_iter(
             source,  # type: ignore[arg-type]  # zstandard needs only read(); its stubs ask for IO[bytes]
             read_size=settings.chunk_size, write_size=settings.chunk_size
@@ -158,6 +182,14 @@ def decompress_stream(
                                        f"uncompressedSize ({bounds.raw_size} bytes); stopped there")
             output.put(piece)
             size += len(piece)
+        if opener is not None:
+            # zstd stops at its frame's end; what the sealed dump holds after it (and its last chunk's tag)
+            # is read here. Plaintext after the frame inside an authenticated chunk could only come from a
+            # holder of the key, so the frame walk plain dumps get (zframe) has nothing left to catch.
+            if source.read(settings.chunk_size):
+                raise ChecksumMismatch(f"{bounds.where}: sealed dump holds bytes after its zstd frame")
+            while source.read(settings.chunk_size):
+                pass
     if dst_fd is not None:
         os.fsync(dst_fd)
     return StreamDigest(size, out_hash.hexdigest() if hash_output else None, source.size, in_hash.hexdigest())
@@ -208,14 +240,28 @@ class _Offload:
 class _Reader:
     """A file-like ``read`` over an fd that hands what it reads to a hashing thread."""
 
-    def __init__(self, fd: int, cancel: threading.Event, hasher: _Offload, bounds: Bounds) -> None:
+    def __init__(self, fd: int, cancel: threading.Event, hasher: _Offload, bounds: Bounds,
+                 opener: seal.Opener | None) -> None:
         self._fd = fd
         self._cancel = cancel
         self._hasher = hasher
         self._bounds = bounds
+        self._opener = opener
         self.size = 0
 
     def read(self, size: int) -> bytes:
+        """``size`` bytes or so: a sealed dump's plaintext comes a whole chunk at a time."""
+        if self._opener is None:
+            return self._read(size)
+        try:
+            while data := self._read(size):
+                if plain := self._opener.feed(data):
+                    return plain
+            return self._opener.finish()
+        except seal.SealError as err:
+            raise ChecksumMismatch(f"{self._bounds.where}: sealed dump {err}") from None
+
+    def _read(self, size: int) -> bytes:
         if self._cancel.is_set():
             raise Cancelled(f"read cancelled at byte {self.size}")
         # At most one byte past the bound: enough to know the dump is longer than promised.

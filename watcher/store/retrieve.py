@@ -1,16 +1,24 @@
-"""Getting a kubelet archive back out of the store, verified, or not at all."""
+"""Getting a kubelet archive back out of the store, verified, or not at all.
+
+A sealed dump (encryption at rest, docs/encryption.md) is opened with the key its manifest names,
+from ``settings.encryption``; without that key nothing is read or written (KeyUnavailable, or
+WrongKey, naming the key ID), and ``verify_stored`` still checks the stored bytes' SHA-256.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import zstandard
 
 from watcher import zframe
-from watcher.errors import ChecksumMismatch, UnsafeNameError
+from watcher.crypt import keyring, seal
+from watcher.errors import Cancelled, ChecksumMismatch, UnsafeNameError
 from watcher.store import catalog, fsio, layout
 from watcher.store.manifest import Manifest
 from watcher.zstream import Bounds, CompressionSettings, StreamDigest, decompress_stream
@@ -30,6 +38,9 @@ def _check(manifest: Manifest, digest: StreamDigest) -> None:
         )
 
 
+_CHUNK = 1 << 20
+"""Bytes read per step where nothing decompresses (verify_stored, open_zstd)."""
+
 # A zstd block holds at most 128 KiB; ingest's blocks hold about that. One block per KiB on average is
 # far more than any dump lpm wrote has, and bounds the header walk of a forged one.
 _BYTES_PER_BLOCK = 1024
@@ -46,23 +57,42 @@ def _check_frame(src: int, manifest: Manifest, where: str) -> None:
         raise ChecksumMismatch(f"{where}: stored dump is not one whole zstd frame: it {err}") from None
 
 
-def _stream(root_fd: int, ref: layout.ArtifactRef, dst_fd: int | None,
-            settings: CompressionSettings, cancel: threading.Event, hash_output: bool) -> Manifest:
+def data_key(manifest: Manifest, settings: CompressionSettings) -> bytes | None:
+    """The sealed dump's data key (None for a plain dump); KeyUnavailable or WrongKey naming the key ID."""
+    if manifest.encryption is None:
+        return None
+    where = f"artifact {manifest.ref.uri}"
+    if settings.encryption is None:
+        raise keyring.no_keys(manifest.encryption, where)
+    return settings.encryption.data_key(manifest.encryption, manifest.ref.uri, where)
+
+
+def _open(root_fd: int, ref: layout.ArtifactRef, settings: CompressionSettings) -> tuple[Manifest, bytes | None, int]:
+    """The manifest, the data key and the open dump: the key first, so a missing key opens nothing."""
     _, manifest = catalog.find(root_fd, ref)
+    key = data_key(manifest, settings)
     dir_fd = fsio.open_dir(root_fd, ref.segments, create=False, where=f"artifact {ref.uri}")
     try:
         src = fsio.open_regular(dir_fd, layout.DUMP_FILE, f"artifact {ref.uri}")
     finally:
         os.close(dir_fd)
+    return manifest, key, src
+
+
+def _stream(manifest: Manifest, key: bytes | None, src: int, dst_fd: int | None,
+            settings: CompressionSettings, cancel: threading.Event, hash_output: bool) -> Manifest:
+    """Read the open dump ``src`` (closed here) to its end, checked against ``manifest``."""
+    where = f"artifact {manifest.ref.uri}"
     try:
-        with fsio.os_errors(f"artifact {ref.uri}"):
-            _check_frame(src, manifest, f"artifact {ref.uri}")
+        with fsio.os_errors(where):
+            if key is None:
+                _check_frame(src, manifest, where)
             try:
                 digest = decompress_stream(src, dst_fd, settings, cancel, hash_output,
-                                           Bounds(manifest.compressed_size, manifest.uncompressed_size,
-                                                  f"artifact {ref.uri}"))
+                                           Bounds(manifest.compressed_size, manifest.uncompressed_size, where),
+                                           seal.Opener(key) if key is not None else None)
             except zstandard.ZstdError as err:
-                raise ChecksumMismatch(f"artifact {ref.uri}: stored dump is not valid zstd ({err})") from None
+                raise ChecksumMismatch(f"{where}: stored dump is not valid zstd ({err})") from None
     finally:
         os.close(src)
     _check(manifest, digest)
@@ -72,7 +102,36 @@ def _stream(root_fd: int, ref: layout.ArtifactRef, dst_fd: int | None,
 def verify(root_fd: int, ref: layout.ArtifactRef, settings: CompressionSettings,
            cancel: threading.Event) -> Manifest:
     """Read the whole dump back and check both of its recorded SHA-256 sums."""
-    return _stream(root_fd, ref, None, settings, cancel, hash_output=True)
+    return _stream(*_open(root_fd, ref, settings), None, settings, cancel, hash_output=True)
+
+
+def verify_stored(root_fd: int, ref: layout.ArtifactRef, cancel: threading.Event) -> Manifest:
+    """Check only the stored bytes against the manifest's ``checksumSHA256`` and ``compressedSize``: what can
+    be checked of a sealed dump without its key."""
+    _, manifest = catalog.find(root_fd, ref)
+    where = f"artifact {ref.uri}"
+    dir_fd = fsio.open_dir(root_fd, ref.segments, create=False, where=where)
+    try:
+        src = fsio.open_regular(dir_fd, layout.DUMP_FILE, where)
+    finally:
+        os.close(dir_fd)
+    digest, size = hashlib.sha256(), 0
+    try:
+        with fsio.os_errors(where):
+            # At most one byte past the recorded size: enough to know the dump is longer.
+            while chunk := os.read(src, min(_CHUNK, manifest.compressed_size + 1 - size)):
+                if cancel.is_set():
+                    raise Cancelled(f"{where}: verification cancelled at byte {size}")
+                digest.update(chunk)
+                size += len(chunk)
+    finally:
+        os.close(src)
+    if (digest.hexdigest(), size) != (manifest.checksum_sha256, manifest.compressed_size):
+        longer = "more than " if size > manifest.compressed_size else ""
+        raise ChecksumMismatch(f"{where}: stored dump has sha256 {digest.hexdigest()} ({longer}{size} bytes), "
+                               f"manifest says {manifest.checksum_sha256} ({manifest.compressed_size} bytes)")
+    return manifest
+
 
 
 def get(root_fd: int, ref: layout.ArtifactRef, out: Path, settings: CompressionSettings,
@@ -92,9 +151,15 @@ def get(root_fd: int, ref: layout.ArtifactRef, out: Path, settings: CompressionS
         dir_fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _check_target(dir_fd, out.name, root_fd, where)
-        fd, temp = fsio.create_temp(dir_fd, out.name, where)
+        # The key before the output: without it nothing is created, not even a temp file.
+        manifest, key, src = _open(root_fd, ref, settings)
         try:
-            manifest = _stream(root_fd, ref, fd, settings, cancel, hash_output=False)
+            fd, temp = fsio.create_temp(dir_fd, out.name, where)
+        except BaseException:
+            os.close(src)
+            raise
+        try:
+            manifest = _stream(manifest, key, src, fd, settings, cancel, hash_output=False)
         except BaseException:
             os.close(fd)
             fsio.discard(dir_fd, temp)
@@ -128,3 +193,91 @@ def _check_target(dir_fd: int, name: str, root_fd: int, where: str) -> None:
             raise UnsafeNameError(f"{where}: is {fsio.kind_of(mode)}, refused")
         if fsio.is_below(dir_fd, root_fd):
             raise UnsafeNameError(f"{where}: is inside the store, refused")
+
+
+class ZstdStream:
+    """A stored dump's zstd stream, whether the dump is sealed or not: ``read(size)`` as a binary file has it,
+    or iterate for pieces. Made by ``open_zstd``; close it (or use ``with``).
+
+    Checked as it goes: a sealed dump's chunks are authenticated before their bytes are returned; the
+    stored bytes' SHA-256 and size (and a sealed dump's last chunk) are checked when the end is reached,
+    so the empty read that ends the stream raises ChecksumMismatch instead when they do not hold. Trust
+    nothing read until then. The zstd frame's content checksum and the manifest's ``uncompressedSHA256``
+    are the decompressor's to check.
+    """
+
+    def __init__(self, manifest: Manifest, key: bytes | None, src: int, cancel: threading.Event) -> None:
+        self.manifest = manifest
+        self._src = src
+        self._cancel = cancel
+        self._opener = seal.Opener(key) if key is not None else None
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._pending = b""
+        self._done = False
+        self._where = f"artifact {manifest.ref.uri}"
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._pending and not self._done:
+            self._pending = self._next()
+        if size < 0 or size >= len(self._pending):
+            piece, self._pending = self._pending, b""
+        else:
+            piece, self._pending = self._pending[:size], self._pending[size:]
+        return piece
+
+    def __iter__(self) -> Iterator[bytes]:
+        while piece := self.read():
+            yield piece
+
+    def _next(self) -> bytes:
+        if self._cancel.is_set():
+            raise Cancelled(f"{self._where}: read cancelled at byte {self._size}")
+        with fsio.os_errors(self._where):
+            data = os.read(self._src, min(_CHUNK, self.manifest.compressed_size + 1 - self._size))
+        self._size += len(data)
+        if self._size > self.manifest.compressed_size:
+            raise ChecksumMismatch(f"{self._where}: stored dump is longer than the manifest's compressedSize "
+                                   f"({self.manifest.compressed_size} bytes); not read further")
+        self._hash.update(data)
+        try:
+            if data:
+                return self._opener.feed(data) if self._opener is not None else data
+            tail = self._opener.finish() if self._opener is not None else b""
+        except seal.SealError as err:
+            raise ChecksumMismatch(f"{self._where}: sealed dump {err}") from None
+        self._done = True
+        if (self._hash.hexdigest(), self._size) != (self.manifest.checksum_sha256, self.manifest.compressed_size):
+            raise ChecksumMismatch(f"{self._where}: stored dump has sha256 {self._hash.hexdigest()} ({self._size} "
+                                   f"bytes), manifest says {self.manifest.checksum_sha256} "
+                                   f"({self.manifest.compressed_size} bytes)")
+        return tail
+
+    def close(self) -> None:
+        if self._src >= 0:
+            os.close(self._src)
+            self._src = -1
+
+    def __enter__(self) -> ZstdStream:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def open_zstd(root_fd: int, ref: layout.ArtifactRef, settings: CompressionSettings,
+              cancel: threading.Event) -> ZstdStream:
+    """Open ``ref``'s stored dump as its zstd stream (opened with the manifest's key when sealed).
+
+    KeyUnavailable or WrongKey (naming the key ID) before anything is read when the key is not at hand.
+    A plain dump's frame structure is checked here, as ``get`` does (a sealed dump's is authenticated).
+    """
+    manifest, key, src = _open(root_fd, ref, settings)
+    try:
+        if key is None:
+            with fsio.os_errors(f"artifact {ref.uri}"):
+                _check_frame(src, manifest, f"artifact {ref.uri}")
+    except BaseException:
+        os.close(src)
+        raise
+    return ZstdStream(manifest, key, src, cancel)
