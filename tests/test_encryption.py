@@ -479,3 +479,21 @@ def test_the_agent_seals_what_it_ingests(kube_dir, store, tmp_path):
     assert hashlib.sha256((tmp_path / "out.tar").read_bytes()).hexdigest() == manifest["uncompressedSHA256"]
     assert all(keys.joinpath(name).read_bytes().hex() not in "\n".join(map(json.dumps, proc.lines))
                for name in ("k1", "k2"))
+
+
+def test_the_collector_lets_a_sealed_copy_vouch_for_its_archive_only_with_the_key(store, archives):
+    from lpm_gc.kubelet import stored_copy_doubt
+    from watcher.archive.stamp import stamp_of
+    from watcher.store.ledger import Ledger
+
+    ring = _ring(k1=os.urandom(32))
+    _ingest(store, archives[0], ring)
+    root = fsio.open_root(store, create=False)
+    try:
+        record = Ledger(root, "node-a").lookup(archives[0].name)
+        stamp = stamp_of(archives[0])
+        assert stored_copy_doubt(root, record, stamp, ring) is None
+        doubt = stored_copy_doubt(root, record, stamp)
+        assert doubt is not None and "encrypted with key 'k1'" in doubt
+    finally:
+        os.close(root)
