@@ -172,7 +172,7 @@ def decompress_stream(
 
     size = 0
     with _Offload(in_hash.update) as hash_input, _Offload(consume) as output:
-        source = _Reader(src_fd, cancel, hash_input, bounds, opener)
+        source = StoredReader(src_fd, cancel, hash_input.put, bounds, opener)
         for piece in zstandard.ZstdDecompressor().read_to_iter(
             source,  # type: ignore[arg-type]  # zstandard needs only read(); its stubs ask for IO[bytes]
             read_size=settings.chunk_size, write_size=settings.chunk_size
@@ -237,29 +237,57 @@ class _Offload:
                     self._error = err
 
 
-class _Reader:
-    """A file-like ``read`` over an fd that hands what it reads to a hashing thread."""
+class StoredReader:
+    """A file-like ``read`` over a stored dump: at most one byte past the manifest's ``compressedSize`` is
+    read, and every byte read is handed to ``hash_input`` as it was stored. A sealed dump (``opener``) is
+    opened chunk by chunk, so ``read`` returns its plaintext, a whole chunk at a time whatever ``size``
+    asks (zstandard takes what it is given). Its last chunk is the one that reaches the end of the file:
+    sealed as last, it alone opens there, and the end is checked right after it."""
 
-    def __init__(self, fd: int, cancel: threading.Event, hasher: _Offload, bounds: Bounds,
-                 opener: seal.Opener | None) -> None:
+    def __init__(self, fd: int, cancel: threading.Event, hash_input: Callable[[bytes], None], bounds: Bounds,
+                 opener: seal.Opener | None = None) -> None:
         self._fd = fd
         self._cancel = cancel
-        self._hasher = hasher
+        self._hash_input = hash_input
         self._bounds = bounds
         self._opener = opener
+        self._end = os.fstat(fd).st_size if opener is not None else 0
         self.size = 0
 
     def read(self, size: int) -> bytes:
-        """``size`` bytes or so: a sealed dump's plaintext comes a whole chunk at a time."""
         if self._opener is None:
             return self._read(size)
         try:
-            while data := self._read(size):
-                if plain := self._opener.feed(data):
-                    return plain
-            return self._opener.finish()
+            return self._read_sealed(self._opener)
         except seal.SealError as err:
             raise ChecksumMismatch(f"{self._bounds.where}: sealed dump {err}") from None
+
+    def _read_sealed(self, opener: seal.Opener) -> bytes:
+        if opener.finished:
+            return b""
+        if not opener.step:
+            opener.begin(self._read_exact(seal.HEADER_SIZE))
+        remaining = max(self._end - self.size, 0)
+        last = remaining <= opener.step
+        wanted = remaining if last else opener.step
+        chunk = self._read_exact(wanted)
+        if len(chunk) < wanted:
+            raise seal.SealError(f"ends inside chunk {opener.index} (the file shrank while it was read)")
+        plain = opener.open(chunk, last)
+        if last and self._read(1):
+            raise seal.SealError("has bytes after its last chunk (the file grew while it was read)")
+        return plain
+
+    def _read_exact(self, count: int) -> bytes:
+        data = self._read(count)
+        if len(data) == count or not data:
+            return data
+        parts = [data]
+        got = len(data)
+        while got < count and (more := self._read(count - got)):
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
 
     def _read(self, size: int) -> bytes:
         if self._cancel.is_set():
@@ -270,5 +298,5 @@ class _Reader:
         if self.size > self._bounds.compressed_size:
             raise ChecksumMismatch(f"{self._bounds.where}: stored dump is longer than the manifest's "
                                    f"compressedSize ({self._bounds.compressed_size} bytes); not read further")
-        self._hasher.put(data)
+        self._hash_input(data)
         return data

@@ -119,17 +119,17 @@ class Sealer:
         # not the last. The last one is sealed by finish() with whatever remains (0 to chunk_size bytes).
         if len(self._plain) <= size:
             return b""
-        out = self._pending
+        out: list[bytes] = [bytes(self._pending)] if self._pending else []
         self._pending = bytearray()
-        view = memoryview(self._plain)
         start = 0
-        while len(self._plain) - start > size:
-            out += self._aead.encrypt(_nonce(self._index, False), view[start:start + size], self._header)
-            self._index += 1
-            start += size
-        view.release()
+        with memoryview(self._plain) as view:
+            while len(self._plain) - start > size:
+                out.append(self._aead.encrypt(_nonce(self._index, False), view[start:start + size], self._header))
+                self._index += 1
+                start += size
         del self._plain[:start]
-        return bytes(out)
+        # One chunk per call is the common case (zstd hands out ~128 KiB at a time): returned without a copy.
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def finish(self) -> bytes:
         """Seal what remains as the last chunk; return it (with the header when nothing came out before)."""
@@ -142,21 +142,51 @@ class Sealer:
 
 
 class Opener:
-    """Open a sealed stream fed in pieces of any size. ``feed`` returns plaintext of the chunks it could
-    authenticate; ``finish`` (at the end of the input) opens the last chunk, so a cut stream fails there.
-    Holds at most two chunks whatever is fed. Errors are SealError saying what is wrong, and where."""
+    """Open a sealed stream. Either fed in pieces of any size (``feed``, then ``finish`` at the end of the
+    input, which opens the last chunk, so a cut stream fails there), holding at most two chunks; or, when
+    the reader knows where the input ends, chunk by chunk (``begin`` with the header, then ``open`` each
+    ``step``-byte chunk saying whether it is the last), which copies nothing. Errors are SealError saying
+    what is wrong, and where."""
 
     def __init__(self, data_key: bytes) -> None:
         self._aead = AESGCM(data_key)
         self._buffer = bytearray()
         self._header: bytes | None = None
-        self._step = 0
+        self.step = 0
+        """Bytes of a whole sealed chunk (chunk size + tag); 0 until the header is read."""
         self._index = 0
         self._finished = False
 
     @property
     def finished(self) -> bool:
         return self._finished
+
+    @property
+    def index(self) -> int:
+        """The index of the next chunk to open."""
+        return self._index
+
+    def begin(self, header_bytes: bytes) -> int:
+        """Take the header; returns ``step``."""
+        if len(header_bytes) < HEADER_SIZE:
+            raise SealError("ends inside its header")
+        self.step = parse_header(header_bytes) + TAG_SIZE
+        self._header = bytes(header_bytes)
+        return self.step
+
+    def open(self, chunk: bytes | memoryview, last: bool) -> bytes:
+        """The plaintext of the next chunk (``step`` bytes unless it is the last, which may be shorter)."""
+        if self._header is None or self._finished:
+            raise SealError("has a chunk before its header or after its last chunk")
+        try:
+            plain = self._aead.decrypt(_nonce(self._index, last), chunk, self._header)
+        except InvalidTag:
+            what = "last chunk" if last else "chunk"
+            raise SealError(f"{what} {self._index} (at byte {HEADER_SIZE + self._index * self.step}) does not "
+                            "authenticate: damaged, reordered, cut short, or not sealed with this dump's key") from None
+        self._index += 1
+        self._finished = last
+        return plain
 
     def feed(self, data: bytes | memoryview) -> bytes:
         if self._finished:
@@ -167,23 +197,19 @@ class Opener:
         if self._header is None:
             if len(self._buffer) < HEADER_SIZE:
                 return b""
-            self._header = bytes(self._buffer[:HEADER_SIZE])
-            self._step = parse_header(self._header) + TAG_SIZE
+            self.begin(bytes(self._buffer[:HEADER_SIZE]))
             del self._buffer[:HEADER_SIZE]
-        step = self._step
+        step = self.step
         if len(self._buffer) <= step:
             return b""
-        out = bytearray()
-        view = memoryview(self._buffer)
+        out: list[bytes] = []
         start = 0
-        try:
+        with memoryview(self._buffer) as view:
             while len(self._buffer) - start > step:  # followed by more: not the last chunk
-                out += self._open(view[start:start + step], last=False)
+                out.append(self.open(view[start:start + step], last=False))
                 start += step
-        finally:
-            view.release()
         del self._buffer[:start]
-        return bytes(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def finish(self) -> bytes:
         """The last chunk's plaintext; SealError when the stream ended early or its end was altered."""
@@ -193,18 +219,6 @@ class Opener:
             raise SealError("ends inside its header")
         if len(self._buffer) < TAG_SIZE:
             raise SealError(f"ends inside chunk {self._index}")
-        plain = self._open(memoryview(self._buffer), last=True)
+        plain = self.open(bytes(self._buffer), last=True)
         self._buffer = bytearray()
-        self._finished = True
-        return plain
-
-    def _open(self, chunk: memoryview, last: bool) -> bytes:
-        assert self._header is not None
-        try:
-            plain = self._aead.decrypt(_nonce(self._index, last), chunk, self._header)
-        except InvalidTag:
-            what = "last chunk" if last else "chunk"
-            raise SealError(f"{what} {self._index} (at byte {HEADER_SIZE + self._index * self._step}) does not "
-                            "authenticate: damaged, reordered, cut short, or not sealed with this dump's key") from None
-        self._index += 1
         return plain

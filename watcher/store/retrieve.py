@@ -21,7 +21,7 @@ from watcher.crypt import keyring, seal
 from watcher.errors import Cancelled, ChecksumMismatch, UnsafeNameError
 from watcher.store import catalog, fsio, layout
 from watcher.store.manifest import Manifest
-from watcher.zstream import Bounds, CompressionSettings, StreamDigest, decompress_stream
+from watcher.zstream import Bounds, CompressionSettings, StoredReader, StreamDigest, decompress_stream
 
 
 def _check(manifest: Manifest, digest: StreamDigest) -> None:
@@ -209,13 +209,13 @@ class ZstdStream:
     def __init__(self, manifest: Manifest, key: bytes | None, src: int, cancel: threading.Event) -> None:
         self.manifest = manifest
         self._src = src
-        self._cancel = cancel
-        self._opener = seal.Opener(key) if key is not None else None
+        self._where = f"artifact {manifest.ref.uri}"
         self._hash = hashlib.sha256()
-        self._size = 0
+        self._reader = StoredReader(src, cancel, self._hash.update,
+                                    Bounds(manifest.compressed_size, manifest.uncompressed_size, self._where),
+                                    seal.Opener(key) if key is not None else None)
         self._pending = b""
         self._done = False
-        self._where = f"artifact {manifest.ref.uri}"
 
     def read(self, size: int = -1) -> bytes:
         while not self._pending and not self._done:
@@ -231,27 +231,17 @@ class ZstdStream:
             yield piece
 
     def _next(self) -> bytes:
-        if self._cancel.is_set():
-            raise Cancelled(f"{self._where}: read cancelled at byte {self._size}")
         with fsio.os_errors(self._where):
-            data = os.read(self._src, min(_CHUNK, self.manifest.compressed_size + 1 - self._size))
-        self._size += len(data)
-        if self._size > self.manifest.compressed_size:
-            raise ChecksumMismatch(f"{self._where}: stored dump is longer than the manifest's compressedSize "
-                                   f"({self.manifest.compressed_size} bytes); not read further")
-        self._hash.update(data)
-        try:
-            if data:
-                return self._opener.feed(data) if self._opener is not None else data
-            tail = self._opener.finish() if self._opener is not None else b""
-        except seal.SealError as err:
-            raise ChecksumMismatch(f"{self._where}: sealed dump {err}") from None
+            piece = self._reader.read(_CHUNK)
+        if piece:
+            return piece
         self._done = True
-        if (self._hash.hexdigest(), self._size) != (self.manifest.checksum_sha256, self.manifest.compressed_size):
-            raise ChecksumMismatch(f"{self._where}: stored dump has sha256 {self._hash.hexdigest()} ({self._size} "
+        size = self._reader.size
+        if (self._hash.hexdigest(), size) != (self.manifest.checksum_sha256, self.manifest.compressed_size):
+            raise ChecksumMismatch(f"{self._where}: stored dump has sha256 {self._hash.hexdigest()} ({size} "
                                    f"bytes), manifest says {self.manifest.checksum_sha256} "
                                    f"({self.manifest.compressed_size} bytes)")
-        return tail
+        return b""
 
     def close(self) -> None:
         if self._src >= 0:
