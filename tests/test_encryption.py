@@ -497,3 +497,23 @@ def test_the_collector_lets_a_sealed_copy_vouch_for_its_archive_only_with_the_ke
         assert doubt is not None and "encrypted with key 'k1'" in doubt
     finally:
         os.close(root)
+
+
+def test_the_mover_copies_a_sealed_checkpoint_without_any_key_and_it_opens_from_the_shared_store(
+        tmp_path, archives):
+    from watcher.store import transfer
+
+    ring = _ring(k1=os.urandom(32))
+    local, shared = tmp_path / "local", tmp_path / "shared"
+    manifest = _ingest(local, archives[0], ring)
+    local_fd, shared_fd = fsio.open_root(local, create=False), fsio.open_root(shared, create=True)
+    try:
+        [checkpoint] = transfer.local_checkpoints(local_fd)
+        assert transfer.copy_to_shared(local_fd, shared_fd, "node-a", checkpoint, threading.Event())
+        transfer.shared_copy_complete(shared_fd, checkpoint)
+    finally:
+        os.close(local_fd)
+        os.close(shared_fd)
+    assert _dump(shared, manifest.ref).read_bytes() == _dump(local, manifest.ref).read_bytes()
+    _get(shared, manifest.ref, tmp_path / "out.tar", ring)
+    assert (tmp_path / "out.tar").read_bytes() == archives[0].read_bytes()
