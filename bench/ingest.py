@@ -7,6 +7,7 @@ Prints, for a realistic CRIU-like archive (zero pages, program text, heap, rando
   worker-thread path) vs ``zstd -T<n> -<level> -c | tee OUT | sha256sum; sync``;
 - the longest event-loop stall seen during lpm's ingest (a 1 ms ticker on the loop);
 - get: ``lpm store get`` logic (decompress + verify both sha256 + fsync) vs ``zstd -d`` + sync;
+- encryption at rest: ingest and ``store get`` with sealed dumps vs plain ones (target >= 0.9x);
 - peak RSS growth of an ingest in a fresh process, for a 128 MiB and a 2 GiB archive;
 - with --sweep, ingest throughput and ratio for zstd levels 1/3 and 0/1/2 threads (how the
   defaults were chosen).
@@ -30,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
+from watcher.crypt.keyring import Keyring
 from watcher.ingest import service
 from watcher.store import fsio, retrieve
 from watcher.zstream import CompressionSettings
@@ -73,10 +75,11 @@ def cli_ingest(archive: Path, out: Path, level: int, threads: int) -> float:
     return time.perf_counter() - started
 
 
-def lpm_get(store: Path, uri_ref, out: Path) -> float:  # type: ignore[no-untyped-def]
+def lpm_get(store: Path, uri_ref, out: Path,  # type: ignore[no-untyped-def]
+            settings: CompressionSettings | None = None) -> float:
     root = fsio.open_root(store, create=False)
     started = time.perf_counter()
-    retrieve.get(root, uri_ref, out, CompressionSettings(), threading.Event())
+    retrieve.get(root, uri_ref, out, settings or CompressionSettings(), threading.Event())
     seconds = time.perf_counter() - started
     os.close(root)
     out.unlink()
@@ -89,6 +92,37 @@ def cli_get(dump: Path, out: Path) -> float:
     seconds = time.perf_counter() - started
     out.unlink()
     return seconds
+
+
+def only_ref(store: Path):  # type: ignore[no-untyped-def]
+    from watcher.store import catalog
+    root = fsio.open_root(store, create=False)
+    [checkpoint] = [c for c in catalog.scan(root) if isinstance(c, catalog.Checkpoint)]
+    os.close(root)
+    return checkpoint.manifests[0].ref
+
+
+def encryption_figures(archive: Path, work: Path, rounds: int) -> None:
+    """Ingest and get with sealed dumps against plain ones, rounds alternating (docs/encryption.md)."""
+    size = archive.stat().st_size
+    plain = CompressionSettings()
+    sealed = CompressionSettings(encryption=Keyring({"bench": os.urandom(32)}))
+    stores = {"plain": work / "store-plain", "sealed": work / "store-sealed"}
+    ingest: dict[str, list[float]] = {"plain": [], "sealed": []}
+    get: dict[str, list[float]] = {"plain": [], "sealed": []}
+    for _ in range(rounds):
+        for name, settings in (("plain", plain), ("sealed", sealed)):
+            ingest[name].append(lpm_ingest(archive, stores[name], settings)[0])
+    refs = {name: only_ref(store) for name, store in stores.items()}
+    for _ in range(rounds):
+        for name, settings in (("plain", plain), ("sealed", sealed)):
+            get[name].append(lpm_get(stores[name], refs[name], work / "got.tar", settings))
+    for what, times in (("ingest", ingest), ("get", get)):
+        plain_rate, sealed_rate = size / min(times["plain"]) / 1e6, size / min(times["sealed"]) / 1e6
+        print(f"encryption {what}: sealed {sealed_rate:7.1f} MB/s  plain {plain_rate:7.1f} MB/s  "
+              f"ratio {sealed_rate / plain_rate:.2f}x")
+    for store in stores.values():
+        shutil.rmtree(store, ignore_errors=True)
 
 
 def rss_child(archive: Path, store: Path) -> None:
@@ -174,6 +208,8 @@ def main() -> None:
         print(f"get: lpm store get {mine:7.1f} MB/s  zstd -d {ref:7.1f} MB/s  ratio {mine / ref:.2f}x")
         shutil.rmtree(store, ignore_errors=True)
         (work / "cli.zst").unlink(missing_ok=True)
+
+        encryption_figures(archive, work, args.rounds)
 
         if not args.skip_rss:
             for mib in (128, 2048):

@@ -26,6 +26,7 @@ from lpm_gc.kubelet import KubeletSettings
 from lpm_gc.lock import FileLock, Lock
 from lpm_gc.metrics import Metrics
 from lpm_gc.planner import Policy
+from watcher.crypt import keyring
 from watcher.errors import LpmError
 from watcher.store import fsio, layout
 
@@ -116,6 +117,11 @@ def add_parser(commands: Any) -> None:
                          help="this node's name, whose ingest ledger vouches for them (env LPM_NODE_NAME)")
     hygiene.add_argument("--kubelet-grace", type=duration, metavar="DURATION", default=duration("1h"),
                          help="leave a verified archive this long after it was written (default 1h)")
+    hygiene.add_argument("--encryption-keys", type=Path, metavar="DIR",
+                         default=Path(os.environ["LPM_ENCRYPTION_KEYS"]) if os.environ.get("LPM_ENCRYPTION_KEYS")
+                         else None,
+                         help="the agents' key-encryption keys (env LPM_ENCRYPTION_KEYS): a sealed stored copy is "
+                              "verified with them; without its key the archive is kept")
     gc.add_argument("--metrics-port", type=int, metavar="PORT", default=_int_env("LPM_GC_METRICS_PORT"),
                     help="serve Prometheus metrics on this port (0: any free port, logged; env LPM_GC_METRICS_PORT)")
 
@@ -145,7 +151,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.checkpoint_dir is not None:
         if not args.node:
             raise LpmError("--checkpoint-dir needs --node (or LPM_NODE_NAME): whose ingest ledger to trust")
-        hygiene = KubeletSettings(args.checkpoint_dir, layout.node_name(args.node), args.kubelet_grace)
+        keys = keyring.load(args.encryption_keys) if args.encryption_keys is not None else None
+        hygiene = KubeletSettings(args.checkpoint_dir, layout.node_name(args.node), args.kubelet_grace, keys)
     policy = Policy(retention=_retention(args), stale_after=args.stale_after,
                     max_per_container=args.max_per_container, max_per_pod=args.max_per_pod,
                     max_per_namespace=args.max_per_namespace, max_size_per_namespace=args.max_size_per_namespace,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from lpm_gc.scanner import KEEP_FILE
 from watcher.archive.stamp import ArchiveStamp
+from watcher.crypt.keyring import Keyring
 from watcher.errors import LpmError
 from watcher.store import retrieve
 from watcher.store.ledger import Ledger, LedgerRecord
@@ -39,6 +40,9 @@ class KubeletSettings:
     """This node's name: whose ingest ledger vouches for the archives."""
     grace: float
     """Seconds an archive is left after its mtime, even when verified."""
+    encryption: Keyring | None = None
+    """The key-encryption keys (--encryption-keys): a sealed stored copy is read back with them. Without
+    the key it names, a sealed copy cannot vouch for its archive, which is then kept (and warned about)."""
 
 
 @dataclass
@@ -85,7 +89,7 @@ def sweep(root_fd: int, settings: KubeletSettings, now: float, dry_run: bool,
                 result.kept_pinned += 1
                 continue
             assert record is not None  # collectable() said so
-            doubt = stored_copy_doubt(root_fd, record, stamp)
+            doubt = stored_copy_doubt(root_fd, record, stamp, settings.encryption)
             if doubt is not None:
                 result.kept_unknown += 1
                 warn(path, doubt)
@@ -108,14 +112,15 @@ def sweep(root_fd: int, settings: KubeletSettings, now: float, dry_run: bool,
     return result
 
 
-def stored_copy_doubt(root_fd: int, record: LedgerRecord, stamp: ArchiveStamp) -> str | None:
+def stored_copy_doubt(root_fd: int, record: LedgerRecord, stamp: ArchiveStamp,
+                      encryption: Keyring | None = None) -> str | None:
     """Why the stored copy cannot stand for the kubelet archive now, or None when it can.
 
     Reads the whole dump back (both SHA-256 sums, the zstd frame, the sizes): the collector
     runs rarely and removes each archive once, so the read is worth the certainty.
     """
     try:
-        manifest = retrieve.verify(root_fd, record.ref, CompressionSettings(), threading.Event())
+        manifest = retrieve.verify(root_fd, record.ref, CompressionSettings(encryption=encryption), threading.Event())
     except LpmError as err:
         return f"stored copy {record.ref.uri} is not sound now, so it cannot stand for the archive: {err}"
     if manifest.kubelet_archive != stamp.name or manifest.uncompressed_size != stamp.size:

@@ -37,7 +37,9 @@ from lpm_gc import cli as gc_cli
 from watcher import logs
 from watcher.agent import StandaloneAgent, StandaloneConfig
 from watcher.cluster_agent import ClusterAgent, ClusterConfig, RestoreSettings
-from watcher.errors import LpmError
+from watcher.crypt import keyring
+from watcher.crypt.keyring import Keyring
+from watcher.errors import KeyringError, KeyUnavailable, LpmError
 from watcher.ingest import service
 from watcher.kubelet import KubeletSettings
 from watcher.observe import AgentMetrics, Readiness, serving
@@ -98,7 +100,28 @@ def _compression_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _compression(args: argparse.Namespace) -> CompressionSettings:
-    return CompressionSettings(level=args.zstd_level, threads=args.zstd_threads)
+    return CompressionSettings(level=args.zstd_level, threads=args.zstd_threads, encryption=_keyring(args))
+
+
+def _encryption_flags(parser: argparse.ArgumentParser, writes: bool) -> None:
+    parser.add_argument("--encryption-keys", type=Path, default=_path_env("LPM_ENCRYPTION_KEYS"),
+                        help="encryption at rest: a directory of key-encryption keys, one 32-byte file each, its "
+                             "name the key ID; sealed dumps are opened with the key their manifest names"
+                             + (", and new ones sealed" if writes else "")
+                             + " (env LPM_ENCRYPTION_KEYS; default: none, dumps are stored plain)")
+    if writes:
+        parser.add_argument("--encryption-key-id", default=_env("LPM_ENCRYPTION_KEY_ID"),
+                            help="the key new dumps are sealed with (env LPM_ENCRYPTION_KEY_ID; default: the "
+                                 "last key ID in sort order)")
+
+
+def _keyring(args: argparse.Namespace) -> Keyring | None:
+    current = getattr(args, "encryption_key_id", None)
+    if args.encryption_keys is None:
+        if current:
+            raise KeyringError("--encryption-key-id needs --encryption-keys (env LPM_ENCRYPTION_KEYS)")
+        return None
+    return keyring.load(args.encryption_keys, current or None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "it is refused with a warning and lpm_archives_given_up; a rewrite is read afresh "
                             "(default 600)")
     _compression_flags(agent)
+    _encryption_flags(agent, writes=True)
 
     ingest = commands.add_parser("ingest", help="ingest one kubelet archive and print its artifact URI")
     ingest.add_argument("archive", type=Path)
@@ -204,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--node", default=_env("LPM_NODE_NAME"))
     ingest.add_argument("--target-node", default=None)
     _compression_flags(ingest)
+    _encryption_flags(ingest, writes=True)
 
     store = commands.add_parser("store", help="read the checkpoint store")
     store_commands = store.add_subparsers(dest="store_command", required=True)
@@ -219,11 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "with the reason), 2 on a usage error.")
     verify.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
     verify.add_argument("--json", action="store_true", help="one JSON object per line per checkpoint")
+    _encryption_flags(verify, writes=False)
     get = store_commands.add_parser("get", help="write a checkpoint's original kubelet archive, verified")
     get.add_argument("uri")
     get.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
     _local_store_flag(get, "where file:// URIs are read from")
     get.add_argument("-o", "--output", type=Path, required=True)
+    _encryption_flags(get, writes=False)
 
     gc_cli.add_parser(commands)
     return parser
@@ -419,13 +446,14 @@ def _verify(args: argparse.Namespace) -> int:
     if not store.is_dir():
         print(f"lpm: store {store}: does not exist or is not a directory", file=sys.stderr)
         return 2  # nothing was verified: as much a usage error as a mistyped flag
+    settings = CompressionSettings(encryption=_keyring(args))
     root_fd = fsio.open_root(store, create=False)
     checked = bad = 0
     for entry in catalog.scan(root_fd):
         if isinstance(entry, Skipped) and not entry.damaged:
             continue  # a write in progress: not a checkpoint yet
         path = entry.path if isinstance(entry, Skipped) else f"{entry.marker.pod_uid}/{entry.marker.checkpoint_id}"
-        reasons = [entry.reason] if isinstance(entry, Skipped) else _failures(root_fd, entry)
+        reasons = [entry.reason] if isinstance(entry, Skipped) else _failures(root_fd, entry, settings)
         checked += 1
         bad += bool(reasons)
         if args.json:
@@ -437,12 +465,24 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _failures(root_fd: int, checkpoint: Checkpoint) -> list[str]:
-    """Why each container of ``checkpoint`` does not read back as its manifest says (empty: all hold)."""
+def _failures(root_fd: int, checkpoint: Checkpoint, settings: CompressionSettings) -> list[str]:
+    """Why each container of ``checkpoint`` does not read back as its manifest says (empty: all hold).
+
+    A sealed dump whose key is not at hand cannot be read back: that is reported, naming the key ID, with
+    what can be checked without it, the stored bytes' SHA-256.
+    """
     reasons = []
     for manifest in checkpoint.manifests:
         try:
-            retrieve.verify(root_fd, manifest.ref, CompressionSettings(), threading.Event())
+            retrieve.verify(root_fd, manifest.ref, settings, threading.Event())
+        except KeyUnavailable as err:
+            try:
+                retrieve.verify_stored(root_fd, manifest.ref, threading.Event())
+            except LpmError as stored:
+                reasons.append(f"{err}; and {stored}")
+            else:
+                reasons.append(f"{err}; its stored bytes match their sha256 {manifest.checksum_sha256}, "
+                               "its contents are not checked")
         except LpmError as err:
             reasons.append(str(err))
     return reasons
@@ -452,5 +492,5 @@ def _get(args: argparse.Namespace) -> int:
     local_store = args.local_store.resolve()
     kind, ref = layout.parse_location(args.uri, local_store)
     root_fd = fsio.open_root(local_store if kind is StorageType.LOCAL else args.store.resolve(), create=False)
-    retrieve.get(root_fd, ref, args.output, CompressionSettings(), threading.Event())
+    retrieve.get(root_fd, ref, args.output, CompressionSettings(encryption=_keyring(args)), threading.Event())
     return 0

@@ -84,3 +84,23 @@ class Forbidden(ApiError):
 
 class ApiUnavailable(ApiError):
     """No answer, 5xx or 429: worth retrying with backoff."""
+
+
+class KeyringError(LpmError):
+    """The encryption key directory or one of its key files cannot be used (named, with the reason)."""
+
+
+class EncryptionKeyError(LpmError):
+    """An encrypted dump cannot be opened with the keys at hand; ``key_id`` is the key its manifest names."""
+
+    def __init__(self, message: str, key_id: str) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+
+
+class KeyUnavailable(EncryptionKeyError):
+    """The key-encryption key the manifest names is not among this process's keys."""
+
+
+class WrongKey(EncryptionKeyError):
+    """The key under the manifest's key ID does not unwrap the dump's data key: another key, or a forgery."""

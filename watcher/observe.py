@@ -47,7 +47,15 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from watcher.errors import ApiError, ArchiveError, IdentityError, LpmError, StoreError, UnsafeNameError
+from watcher.errors import (
+    ApiError,
+    ArchiveError,
+    EncryptionKeyError,
+    IdentityError,
+    LpmError,
+    StoreError,
+    UnsafeNameError,
+)
 from watcher.ingest.service import IngestResult
 from watcher.kubelet import KubeletError
 from watcher.runtime.capability import Capability, Verdict
@@ -80,6 +88,8 @@ class Reason(StrEnum):
     IDENTITY = "identity"
     ARCHIVE = "archive"
     UNSAFE_NAME = "unsafe_name"
+    ENCRYPTION = "encryption"
+    """A sealed dump whose key this agent does not hold, or another key under its ID (docs/encryption.md)."""
     STORE = "store"
     API = "api"
     OTHER = "other"
@@ -92,6 +102,7 @@ _REASONS: tuple[tuple[type[LpmError], Reason], ...] = (
     (IdentityError, Reason.IDENTITY),
     (ArchiveError, Reason.ARCHIVE),
     (UnsafeNameError, Reason.UNSAFE_NAME),
+    (EncryptionKeyError, Reason.ENCRYPTION),
     (StoreError, Reason.STORE),
     (ApiError, Reason.API),
 )

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import zstandard
 
+from watcher.crypt import seal
+from watcher.crypt.keyring import DumpKey, Keyring
 from watcher.errors import Cancelled, ChecksumMismatch
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,9 @@ class CompressionSettings:
     """Bytes read per step: bounds memory, and the granularity of cancellation."""
     progress_interval: float = 5.0
     """Seconds between progress log lines of one long ingest."""
+    encryption: Keyring | None = None
+    """Encryption at rest (docs/encryption.md): when set, new dumps are sealed with its current key, and
+    sealed dumps are opened with whichever of its keys their manifest names. None: plain dumps only."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,9 @@ class StreamDigest:
     """None when the caller did not ask for it (see ``decompress_stream``)."""
     compressed_size: int
     compressed_sha256: str
+    """Size and SHA-256 of the bytes written or read: the sealed bytes when the dump is sealed."""
+    dump_key: DumpKey | None = None
+    """The sealed dump's data key, for its manifest (compress_stream with encryption on)."""
 
 
 def compress_stream(
@@ -57,7 +65,8 @@ def compress_stream(
     label: str,
     more: Callable[[], bool] | None = None,
 ) -> StreamDigest:
-    """Copy ``src_fd`` to ``dst_fd`` as one zstd frame; hash both sides; fsync the output.
+    """Copy ``src_fd`` to ``dst_fd`` as one zstd frame, sealed when ``settings.encryption`` is set; hash both
+    sides (the output's SHA-256 is of the bytes written); fsync the output.
 
     At the end of the input, ``more`` (when given) is asked whether to read again: a file still being
     written is followed until its writer says it is done (``ingest.service``'s ``_Follow``).
@@ -65,6 +74,9 @@ def compress_stream(
     compressor = zstandard.ZstdCompressor(
         level=settings.level, threads=settings.threads, write_checksum=True
     ).compressobj()
+    dump_key = settings.encryption.new_dump_key() if settings.encryption is not None else None
+    sealer = seal.Sealer(dump_key.data_key) if dump_key is not None else None
+    encode = sealer.feed if sealer is not None else _plain
     raw_hash, out_hash = hashlib.sha256(), hashlib.sha256()
     raw_size = out_size = 0
     buffer = bytearray(settings.chunk_size)
@@ -83,7 +95,7 @@ def compress_stream(
         observe(chunk)
         raw_hash.update(chunk)
         raw_size += count
-        out_size += _emit(dst_fd, compressor.compress(chunk), out_hash)
+        out_size += _emit(dst_fd, encode(compressor.compress(chunk)), out_hash)
         now = time.monotonic()
         if now >= next_report:
             next_report = now + settings.progress_interval
@@ -92,9 +104,16 @@ def compress_stream(
                 extra={"fields": {"archive": label, "bytesRead": raw_size, "bytesWritten": out_size,
                                   "mbPerSecond": round(raw_size / (now - started) / 1e6, 1)}},
             )
-    out_size += _emit(dst_fd, compressor.flush(), out_hash)
+    tail = compressor.flush()
+    if sealer is not None:
+        tail = sealer.feed(tail) + sealer.finish()
+    out_size += _emit(dst_fd, tail, out_hash)
     os.fsync(dst_fd)
-    return StreamDigest(raw_size, raw_hash.hexdigest(), out_size, out_hash.hexdigest())
+    return StreamDigest(raw_size, raw_hash.hexdigest(), out_size, out_hash.hexdigest(), dump_key)
+
+
+def _plain(data: bytes) -> bytes:
+    return data
 
 
 def _emit(fd: int, data: bytes, digest: hashlib._Hash) -> int:
@@ -129,6 +148,7 @@ def decompress_stream(
     cancel: threading.Event,
     hash_output: bool,
     bounds: Bounds,
+    opener: seal.Opener | None = None,
     tee: Callable[[bytes], None] | None = None,
     observe: Callable[[bytes], None] | None = None,
 ) -> StreamDigest:
@@ -147,16 +167,16 @@ def decompress_stream(
     input is longer than ``bounds.compressed_size`` or the output would be longer than
     ``bounds.raw_size``: no byte past either is read or written.
 
-    ``tee`` is handed every compressed piece after it is hashed, ``observe`` every decompressed one
-    (the streamed restore sends the dump on as the image layer and scans the tar it holds); each runs
-    on its side's thread, so neither holds up the decompression.
+    With an ``opener`` the stored bytes are a sealed dump: they are hashed as stored, then opened
+    chunk by chunk, and read to their end (after the zstd frame) so the last chunk is authenticated:
+    a sealed dump cut after any chunk fails here as ChecksumMismatch.
+
+    ``tee`` is handed the zstd stream as it is decompressed (the stored bytes, or a sealed dump's
+    plaintext), ``observe`` every decompressed piece: the streamed restore sends the first on as the
+    image's layer and scans the tar in the second. Each runs on a thread of its own, so neither holds
+    up the decompression.
     """
     in_hash, out_hash = hashlib.sha256(), hashlib.sha256()
-
-    def consume_input(piece: bytes) -> None:
-        in_hash.update(piece)
-        if tee is not None:
-            tee(piece)
 
     def consume(piece: bytes) -> None:
         if hash_output:
@@ -167,10 +187,11 @@ def decompress_stream(
             _write_all(dst_fd, piece)
 
     size = 0
-    with _Offload(consume_input) as hash_input, _Offload(consume) as output:
-        source = _Reader(src_fd, cancel, hash_input, bounds)
+    with _Offload(in_hash.update) as hash_input, _Offload(consume) as output, _Offload(tee or _drop) as teed:
+        source = StoredReader(src_fd, cancel, hash_input.put, bounds, opener)
+        zstd_in = source if tee is None else _Teed(source, teed.put)
         for piece in zstandard.ZstdDecompressor().read_to_iter(
-            source,  # type: ignore[arg-type]  # zstandard needs only read(); its stubs ask for IO[bytes]
+            zstd_in,  # type: ignore[arg-type]  # zstandard needs only read(); its stubs ask for IO[bytes]
             read_size=settings.chunk_size, write_size=settings.chunk_size
         ):
             if size + len(piece) > bounds.raw_size:
@@ -178,9 +199,35 @@ def decompress_stream(
                                        f"uncompressedSize ({bounds.raw_size} bytes); stopped there")
             output.put(piece)
             size += len(piece)
+        if opener is not None:
+            # zstd stops at its frame's end; what the sealed dump holds after it (and its last chunk's tag)
+            # is read here. Plaintext after the frame inside an authenticated chunk could only come from a
+            # holder of the key, so the frame walk plain dumps get (zframe) has nothing left to catch.
+            if source.read(settings.chunk_size):
+                raise ChecksumMismatch(f"{bounds.where}: sealed dump holds bytes after its zstd frame")
+            while source.read(settings.chunk_size):
+                pass
     if dst_fd is not None:
         os.fsync(dst_fd)
     return StreamDigest(size, out_hash.hexdigest() if hash_output else None, source.size, in_hash.hexdigest())
+
+
+def _drop(piece: bytes) -> None:
+    pass  # no tee: the third consumer thread idles
+
+
+class _Teed:
+    """``read`` of another reader, each piece also handed to ``tee``."""
+
+    def __init__(self, inner: StoredReader, tee: Callable[[bytes], None]) -> None:
+        self._inner = inner
+        self._tee = tee
+
+    def read(self, size: int) -> bytes:
+        data = self._inner.read(size)
+        if data:
+            self._tee(data)
+        return data
 
 
 class _Offload:
@@ -225,17 +272,59 @@ class _Offload:
                     self._error = err
 
 
-class _Reader:
-    """A file-like ``read`` over an fd that hands what it reads to a hashing thread."""
+class StoredReader:
+    """A file-like ``read`` over a stored dump: at most one byte past the manifest's ``compressedSize`` is
+    read, and every byte read is handed to ``hash_input`` as it was stored. A sealed dump (``opener``) is
+    opened chunk by chunk, so ``read`` returns its plaintext, a whole chunk at a time whatever ``size``
+    asks (zstandard takes what it is given). Its last chunk is the one that reaches the end of the file:
+    sealed as last, it alone opens there, and the end is checked right after it."""
 
-    def __init__(self, fd: int, cancel: threading.Event, hasher: _Offload, bounds: Bounds) -> None:
+    def __init__(self, fd: int, cancel: threading.Event, hash_input: Callable[[bytes], None], bounds: Bounds,
+                 opener: seal.Opener | None = None) -> None:
         self._fd = fd
         self._cancel = cancel
-        self._hasher = hasher
+        self._hash_input = hash_input
         self._bounds = bounds
+        self._opener = opener
+        self._end = os.fstat(fd).st_size if opener is not None else 0
         self.size = 0
 
     def read(self, size: int) -> bytes:
+        if self._opener is None:
+            return self._read(size)
+        try:
+            return self._read_sealed(self._opener)
+        except seal.SealError as err:
+            raise ChecksumMismatch(f"{self._bounds.where}: sealed dump {err}") from None
+
+    def _read_sealed(self, opener: seal.Opener) -> bytes:
+        if opener.finished:
+            return b""
+        if not opener.step:
+            opener.begin(self._read_exact(seal.HEADER_SIZE))
+        remaining = max(self._end - self.size, 0)
+        last = remaining <= opener.step
+        wanted = remaining if last else opener.step
+        chunk = self._read_exact(wanted)
+        if len(chunk) < wanted:
+            raise seal.SealError(f"ends inside chunk {opener.index} (the file shrank while it was read)")
+        plain = opener.open(chunk, last)
+        if last and self._read(1):
+            raise seal.SealError("has bytes after its last chunk (the file grew while it was read)")
+        return plain
+
+    def _read_exact(self, count: int) -> bytes:
+        data = self._read(count)
+        if len(data) == count or not data:
+            return data
+        parts = [data]
+        got = len(data)
+        while got < count and (more := self._read(count - got)):
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
+    def _read(self, size: int) -> bytes:
         if self._cancel.is_set():
             raise Cancelled(f"read cancelled at byte {self.size}")
         # At most one byte past the bound: enough to know the dump is longer than promised.
@@ -244,5 +333,5 @@ class _Reader:
         if self.size > self._bounds.compressed_size:
             raise ChecksumMismatch(f"{self._bounds.where}: stored dump is longer than the manifest's "
                                    f"compressedSize ({self._bounds.compressed_size} bytes); not read further")
-        self._hasher.put(data)
+        self._hash_input(data)
         return data

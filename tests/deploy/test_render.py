@@ -287,3 +287,37 @@ def test_checkpoints_come_from_the_runtime_unless_the_agent_cannot_reach_it(
                      and o["roleRef"]["name"] == "lpm-agent-kubelet-checkpoint"]
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_SERVICE_ACCOUNT,
                                         "namespace": AGENT_NAMESPACE}]
+
+
+KEYS_DIR = "/etc/lpm/encryption-keys"
+
+
+def test_encryption_at_rest_is_off_by_default_and_on_with_its_component(
+        rendered: dict[str, list[dict[str, Any]]], kustomize: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keys Secret is mounted (optional, 0400) in the agent and its collector; only the component sets
+    LPM_ENCRYPTION_KEYS, which both commands then read as --encryption-keys."""
+    ds = find(rendered["base"], "DaemonSet", "lpm-agent")
+    volumes = {v["name"]: v for v in _pod_spec(ds)["volumes"]}
+    assert volumes["encryption-keys"]["secret"] == {"secretName": "lpm-encryption-keys", "optional": True,
+                                                     "defaultMode": 0o400}
+    for container in _containers(ds).values():
+        assert "LPM_ENCRYPTION_KEYS" not in _env(container)
+        assert {m["name"]: m for m in container["volumeMounts"]}["encryption-keys"] == {
+            "name": "encryption-keys", "mountPath": KEYS_DIR, "readOnly": True}
+
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    overlay = copy / "overlays" / "encrypted"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../../base"], "components": ["../../components/encryption-at-rest"]}))
+    ds = find(render(kustomize, overlay), "DaemonSet", "lpm-agent")
+    for name, container in _containers(ds).items():
+        assert _env(container)["LPM_ENCRYPTION_KEYS"] == KEYS_DIR, name
+        for key in [k for k in os.environ if k.startswith("LPM_")]:
+            monkeypatch.delenv(key)
+        for key, value in _env(container).items():
+            monkeypatch.setenv(key, value if isinstance(value, str) else "node-a")
+        assert build_parser().parse_args(container["args"]).encryption_keys == Path(KEYS_DIR), name

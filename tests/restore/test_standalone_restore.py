@@ -5,7 +5,9 @@ addressed to it and imports each checkpoint into a real containerd, once, across
 from __future__ import annotations
 
 import json
+import os
 import signal
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,3 +150,44 @@ def test_a_runtime_that_is_down_is_retried_not_given_up_on(two_views, tmp_path) 
         assert str(socket) in failures[0]["reason"]
         assert agent.stop(signal.SIGTERM)[0] == 0
     assert not (work / "imported" / f"{pending[0]}_{pending[1]}.json").exists()  # still to do
+
+
+def test_a_sealed_checkpoint_restores_with_its_key_and_waits_for_it_without(two_views, containerd, tmp_path) -> None:
+    """Encryption at rest (docs/encryption.md): node-a seals, node-b opens with the key the manifest names. Without
+    that key node-b says so once, naming the key ID, records nothing, and restores it once restarted with it."""
+    store, view = two_views
+    work = tmp_path / "work-b"
+    (tmp_path / "kubelet-b").mkdir()
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    (keys / "k1").write_bytes(os.urandom(32))
+    pod = Pod(uid=str(uuid.uuid4()), namespace="shop", name="cart-0", container="app")
+    (tmp_path / "kubelet-a").mkdir()
+    archive = make_archive(tmp_path / "kubelet-a", ArchiveSpec(pod=pod, memory=1 << 20, config=PODMAN_CONFIG))
+    uri = lpm("ingest", str(archive), "--store", str(store), "--node", "node-a", "--target-node", "node-b",
+              "--encryption-keys", str(keys), check=True).stdout.strip()
+    cid = uri.split("/")[3]
+    assert store.joinpath(pod.uid, cid, "app", "dump.tar.zst").read_bytes().startswith(b"LPMSEAL")
+    flags = ("--node", "node-b", "--checkpoint-dir", str(tmp_path / "kubelet-b"), "--store", str(view),
+             "--restore", "--restore-work-dir", str(work), "--marker-poll", "0.3",
+             "--importer", "containerd", "--containerd-address", containerd.address,
+             "--ctr", str(containerd.ctr_binary))
+    other = tmp_path / "other-keys"
+    other.mkdir(mode=0o700)
+    (other / "k2").write_bytes(os.urandom(32))
+    with AgentProcess(*flags, "--encryption-keys", str(other)) as agent:
+        [lacking] = agent.wait_logged("checkpoint sealed with a key this node does not hold; restart the agent "
+                                      "with the key to restore it")
+        assert lacking["keyID"] == "k1" and lacking["checkpoint"] == f"{pod.uid}/{cid}"
+        time.sleep(1.5)  # several more polls: said once, not every round
+        assert agent.stop(signal.SIGTERM)[0] == 0
+    assert len(agent.logs("checkpoint sealed with a key this node does not hold; restart the agent with the key "
+                          "to restore it")) == 1
+    assert not (work / "imported" / f"{pod.uid}_{cid}.json").exists() and _images(containerd) == []
+
+    with AgentProcess(*flags, "--encryption-keys", str(keys)) as agent:
+        [ready] = agent.wait_logged("checkpoint images ready to restore")
+        assert ready["checkpoint"] == f"{pod.uid}/{cid}"
+        assert agent.stop(signal.SIGTERM)[0] == 0
+    assert _record(work, pod.uid, cid)["outcome"] == "imported"
+    assert _images(containerd) == [f"localhost/lpm-checkpoint-shop-cart-0-app:{cid.lower()}"]

@@ -23,7 +23,8 @@ from lab.archives import ArchiveSpec, Pod, make_archive
 from tests.restore.containerd import Containerd, run_containerd
 from tests.restore.support import PODMAN_CONFIG, Member, checkpoint_tar
 from tests.restore.test_hostile import CASES
-from watcher.errors import ArchiveError, ChecksumMismatch, LpmError
+from watcher.crypt.keyring import Keyring
+from watcher.errors import ArchiveError, ChecksumMismatch, KeyUnavailable, LpmError
 from watcher.ingest import service
 from watcher.restore import stream
 from watcher.restore.image import CRIU_NAME, Platform
@@ -178,3 +179,33 @@ def test_the_stream_matches_the_manifest_it_was_given(root, store, kube_dir):
     stale = Manifest(**{**manifest.__dict__, "compressed_size": manifest.compressed_size + 1})
     error, _ = _stream_refusal(root, stale)
     assert str(error) == f"artifact {manifest.ref.uri}: its manifest changed while the dump was read"
+
+
+def test_a_sealed_checkpoint_streams_opened_and_only_with_its_key(store, kube_dir, containerd, tmp_path):
+    """Encryption at rest (docs/encryption.md): the layer containerd gets is the opened zstd stream, checked in
+    a first read; without the key nothing is sent."""
+    ring = Keyring({"k1": os.urandom(32)})
+    sealed_settings = CompressionSettings(encryption=ring)
+    root = fsio.open_root(store, create=True)
+    try:
+        archive = make_archive(kube_dir, ArchiveSpec(pod=_pod("sealed"), memory=2 << 20, config=PODMAN_CONFIG))
+        manifest = service.ingest_archive(root, archive, "node-a", sealed_settings, threading.Event(),
+                                          datetime.now(UTC), target_node="node-b").manifest
+        assert manifest.encryption is not None
+        importer = ContainerdImporter(address=containerd.address, ctr=str(containerd.ctr_binary))
+        with pytest.raises(KeyUnavailable, match="k1"):
+            asyncio.run(import_checkpoint(root, manifest.ref, tmp_path / "work", importer, SETTINGS,
+                                          threading.Event(), manifest.checksum_sha256))
+        assert _images(containerd) == []
+        imported = asyncio.run(import_checkpoint(root, manifest.ref, tmp_path / "work", importer, sealed_settings,
+                                                 threading.Event(), manifest.checksum_sha256))
+    finally:
+        os.close(root)
+    row = next(line.split() for line in containerd.ctr("images", "check").stdout.splitlines()
+               if line.startswith(imported.reference + " "))
+    assert "complete" in row and row[-1] == "true", row
+    [layer] = json.loads(containerd.ctr("content", "get", row[2]).stdout)["layers"]
+    opened = zstandard.ZstdDecompressor().decompressobj().decompress(
+        containerd.ctr_bytes("content", "get", layer["digest"]))
+    assert hashlib.sha256(opened).hexdigest() == manifest.uncompressed_sha256  # the archive, opened, and no key in it
+    assert layer["digest"] != f"sha256:{manifest.checksum_sha256}"  # not the sealed bytes

@@ -193,6 +193,10 @@ def _committed(root_fd: int, uid: str, cid: str, container: str) -> Manifest:
 
 def _manifest(item: StagedArchive, cid: str, node: str, target_node: str | None) -> Manifest:
     who = item.identity.identity
+    dump_key = item.digest.dump_key
+    # A sealed dump's data key is wrapped only now: the wrap is bound to the artifact URI, known once the
+    # archive has been read to its end. Until then the key is only in this process's memory.
+    uri = layout.ArtifactRef(who.pod_uid, cid, who.container).uri
     return Manifest(
         pod_uid=who.pod_uid,
         pod_namespace=who.namespace,
@@ -208,6 +212,7 @@ def _manifest(item: StagedArchive, cid: str, node: str, target_node: str | None)
         compressed_size=item.digest.compressed_size,
         uncompressed_sha256=_known(item.digest.raw_sha256),
         uncompressed_size=item.digest.raw_size,
+        encryption=dump_key.wrap(uri) if dump_key is not None else None,
     )
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from watcher.errors import Cancelled, LpmError
+from watcher.errors import Cancelled, EncryptionKeyError, LpmError
 from watcher.observe import AgentMetrics, Operation
 from watcher.restore.importer import Importer, ImportFailed
 from watcher.restore.markers import read_markers
@@ -67,6 +67,9 @@ class StandaloneRestorer:
         self._cancel = cancel
         self._metrics = metrics
         self._records_fd = fsio.open_root(settings.work_dir / RECORDS_DIR, create=True)
+        self._lacking_key: set[str] = set()
+        """Checkpoints sealed with a key this agent does not hold: skipped until it restarts with the key
+        (the keys are read at start), and not recorded, so that restart restores them."""
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("restoring checkpoints addressed to this node", extra={"fields": {
@@ -96,7 +99,7 @@ class StandaloneRestorer:
                 return markers, set(os.listdir(self._records_fd))
 
         markers, recorded = await asyncio.to_thread(scan)
-        for marker in plan(markers, self._settings.node, recorded):
+        for marker in plan(markers, self._settings.node, recorded | self._lacking_key):
             await self._restore(marker)
 
     async def _restore(self, marker: Marker) -> None:
@@ -115,6 +118,12 @@ class StandaloneRestorer:
             log.error("checkpoint image not imported; trying again next round",
                       extra={"fields": {**fields, "reason": str(err)}})
             self._metrics.failed(Operation.RESTORE, err)
+            return
+        except EncryptionKeyError as err:
+            log.error("checkpoint sealed with a key this node does not hold; restart the agent with the key to "
+                      "restore it", extra={"fields": {**fields, "keyID": err.key_id, "reason": str(err)}})
+            self._metrics.failed(Operation.RESTORE, err)
+            self._lacking_key.add(record_name(marker))
             return
         except Cancelled:
             raise

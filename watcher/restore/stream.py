@@ -37,12 +37,13 @@ normalised path (pipeline.py).
 
 from __future__ import annotations
 
+import hashlib
 import tarfile
 import threading
 from typing import BinaryIO
 
 from watcher.archive.tarscan import Member, TarScanner
-from watcher.errors import ArchiveError
+from watcher.errors import ArchiveError, ChecksumMismatch
 from watcher.restore import layer
 from watcher.restore.image import (
     OCI_LAYOUT,
@@ -156,6 +157,20 @@ def _entry(member: Member, where: str) -> layer.Entry:
     return layer.Entry(member.name, kind, member.mode & 0o777, member.size, member.offset, member.target)
 
 
+def _opened_layer(root_fd: int, ref: layout.ArtifactRef, settings: CompressionSettings,
+                  cancel: threading.Event) -> tuple[str, int]:
+    """A sealed dump read whole and checked: its opened zstd stream's SHA-256 (hex) and size."""
+    digest, size = hashlib.sha256(), 0
+
+    def count(piece: bytes) -> None:
+        nonlocal size
+        digest.update(piece)
+        size += len(piece)
+
+    retrieve.stream(root_fd, ref, settings, cancel, tee=count, observe=lambda piece: None)
+    return digest.hexdigest(), size
+
+
 def write_archive(root_fd: int, ref: layout.ArtifactRef, manifest: Manifest, out: BinaryIO, tag: str,
                   settings: CompressionSettings, cancel: threading.Event,
                   platform: Platform | None = None) -> None:
@@ -170,18 +185,34 @@ def write_archive(root_fd: int, ref: layout.ArtifactRef, manifest: Manifest, out
     platform = platform or host_platform()
     tar = _ArchiveOut(out)
     tar.add("oci-layout", OCI_LAYOUT)
-    tar.begin(f"blobs/sha256/{manifest.checksum_sha256}", manifest.compressed_size)
+    sent = hashlib.sha256()
+    if manifest.encryption is None:
+        digest, size = manifest.checksum_sha256, manifest.compressed_size  # the stored bytes are the layer
+    else:
+        # Sealed (docs/encryption.md): the layer is the opened zstd stream, whose digest and size no manifest
+        # records. A first read checks the whole dump and learns them; the second, the one sent, must give
+        # the same bytes again (a dump changed in between fails here, and in containerd's own digest check).
+        digest, size = _opened_layer(root_fd, ref, settings, cancel)
+
+    def tee(piece: bytes) -> None:
+        if manifest.encryption is not None:  # a plain dump's bytes are hashed as stored, by retrieve
+            sent.update(piece)
+        tar.write(piece)
+
+    tar.begin(f"blobs/sha256/{digest}", size)
     scan = _LayerScan(where)
     try:
-        read = retrieve.stream(root_fd, ref, settings, cancel, tee=tar.write, observe=scan.feed)
+        read = retrieve.stream(root_fd, ref, settings, cancel, tee=tee, observe=scan.feed)
     except _ImporterGone as gone:
         raise gone.cause from None  # the importer's own error says why it stopped reading
     if read != manifest:
         raise ArchiveError(f"{where}: its manifest changed while the dump was read")
     tar.end()
+    if manifest.encryption is not None and sent.hexdigest() != digest:
+        raise ChecksumMismatch(f"{where}: the opened dump changed between its check and its import")
     config = parse_config_dump(scan.finish(), where)
-    blob = layer.LayerDigest(f"sha256:{manifest.checksum_sha256}", manifest.compressed_size,
-                             layer.ZSTD_MEDIA_TYPE, f"sha256:{manifest.uncompressed_sha256}")
+    blob = layer.LayerDigest(f"sha256:{digest}", size, layer.ZSTD_MEDIA_TYPE,
+                             f"sha256:{manifest.uncompressed_sha256}")
     plan = plan_image(blob, ref.container, config, platform, tag)
     for image_blob in (plan.config, plan.manifest):
         tar.add(f"blobs/sha256/{image_blob.digest.removeprefix('sha256:')}", image_blob.data)

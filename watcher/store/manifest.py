@@ -7,6 +7,8 @@ truncated file is an error naming the file, never a crash or a path outside the 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from collections.abc import Mapping
@@ -15,11 +17,15 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+from watcher.crypt import keyring, seal
 from watcher.errors import StoreError, UnsafeNameError
 from watcher.jsonobj import json_object
 from watcher.store import layout
 
 FORMAT_VERSION = 1
+SEALED_FORMAT_VERSION = 2
+"""An encrypted dump's manifest (with ``encryption``): a reader that predates encryption refuses it by its
+version rather than taking the sealed bytes for zstd. A plain dump's manifest stays version 1."""
 MAX_TEXT = 1024  # a file name is at most 255 bytes; room for any, none for a megabyte-long field
 MAX_SIZE = (1 << 63) - 1
 _REASON_CHARS = 300
@@ -61,6 +67,9 @@ class Manifest:
     compressed_size: int
     uncompressed_sha256: str
     uncompressed_size: int
+    encryption: seal.Sealed | None = None
+    """Set when dump.tar.zst is sealed (docs/encryption.md); the sums above stay the stored bytes' and the
+    raw archive's."""
 
     @property
     def ref(self) -> layout.ArtifactRef:
@@ -68,7 +77,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "formatVersion": FORMAT_VERSION,
+            "formatVersion": FORMAT_VERSION if self.encryption is None else SEALED_FORMAT_VERSION,
             "podUID": self.pod_uid,
             "podNamespace": self.pod_namespace,
             "podName": self.pod_name,
@@ -87,13 +96,23 @@ class Manifest:
         }
         if self.target_node is not None:
             body["targetNode"] = self.target_node
+        if self.encryption is not None:
+            body["encryption"] = {
+                "format": self.encryption.format,
+                "keyID": self.encryption.key_id,
+                "wrappedKey": base64.b64encode(self.encryption.wrapped_key).decode(),
+            }
         return body
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any], where: str) -> Manifest:
         try:
-            if raw.get("formatVersion") != FORMAT_VERSION:
-                raise ValueError(f"formatVersion {raw.get('formatVersion')!r} is not {FORMAT_VERSION}")
+            version = raw.get("formatVersion")
+            if version not in (FORMAT_VERSION, SEALED_FORMAT_VERSION) or isinstance(version, bool):
+                raise ValueError(f"formatVersion {version!r} is not {FORMAT_VERSION} or {SEALED_FORMAT_VERSION}")
+            if (version == SEALED_FORMAT_VERSION) != ("encryption" in raw):
+                raise ValueError(f"formatVersion {version} goes with encryption only in version "
+                                 f"{SEALED_FORMAT_VERSION}")
             if raw.get("compression") != "zstd":
                 raise ValueError(f"compression {raw.get('compression')!r} is not zstd")
             manifest = cls(
@@ -113,6 +132,7 @@ class Manifest:
                 compressed_size=size_field(raw, "compressedSize"),
                 uncompressed_sha256=_sha256(raw, "uncompressedSHA256"),
                 uncompressed_size=size_field(raw, "uncompressedSize"),
+                encryption=_sealed(raw["encryption"]) if "encryption" in raw else None,
             )
             if raw.get("artifactURI") != manifest.ref.uri:
                 raise ValueError(f"artifactURI {raw.get('artifactURI')!r} does not match its fields")
@@ -178,6 +198,26 @@ def text_field(raw: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_TEXT or "\0" in value or "\n" in value:
         raise ValueError(f"{key} must be a one-line string of at most {MAX_TEXT} characters")
     return value
+
+
+def _sealed(raw: Any) -> seal.Sealed:
+    if not isinstance(raw, dict):
+        raise ValueError("encryption must be an object")
+    if raw.get("format") != seal.FORMAT:
+        raise ValueError(f"encryption format {str(raw.get('format'))[:_REASON_CHARS]!r} is not {seal.FORMAT}")
+    key_id = raw.get("keyID")
+    if not isinstance(key_id, str) or keyring.KEY_ID.fullmatch(key_id) is None:
+        raise ValueError("encryption keyID must be a key ID (letters, digits, '.', '_', '-'; at most 128)")
+    wrapped = raw.get("wrappedKey")
+    try:
+        if not isinstance(wrapped, str) or len(wrapped) > 4 * seal.WRAPPED_SIZE:
+            raise ValueError
+        key = base64.b64decode(wrapped, validate=True)
+    except (ValueError, binascii.Error):
+        raise ValueError("encryption wrappedKey must be base64") from None
+    if len(key) != seal.WRAPPED_SIZE:
+        raise ValueError(f"encryption wrappedKey must hold {seal.WRAPPED_SIZE} bytes")
+    return seal.Sealed(key_id, key)
 
 
 def _sha256(raw: Mapping[str, Any], key: str) -> str:

@@ -1,7 +1,13 @@
-"""Getting a kubelet archive back out of the store, verified, or not at all."""
+"""Getting a kubelet archive back out of the store, verified, or not at all.
+
+A sealed dump (encryption at rest, docs/encryption.md) is opened with the key its manifest names,
+from ``settings.encryption``; without that key nothing is read or written (KeyUnavailable, or
+WrongKey, naming the key ID), and ``verify_stored`` still checks the stored bytes' SHA-256.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import threading
@@ -11,7 +17,8 @@ from pathlib import Path
 import zstandard
 
 from watcher import zframe
-from watcher.errors import ChecksumMismatch, UnsafeNameError
+from watcher.crypt import keyring, seal
+from watcher.errors import Cancelled, ChecksumMismatch, UnsafeNameError
 from watcher.store import catalog, fsio, layout
 from watcher.store.manifest import Manifest
 from watcher.zstream import Bounds, CompressionSettings, StreamDigest, decompress_stream
@@ -31,6 +38,9 @@ def _check(manifest: Manifest, digest: StreamDigest) -> None:
         )
 
 
+_CHUNK = 1 << 20
+"""Bytes read per step where nothing decompresses (verify_stored)."""
+
 # A zstd block holds at most 128 KiB; ingest's blocks hold about that. One block per KiB on average is
 # far more than any dump lpm wrote has, and bounds the header walk of a forged one.
 _BYTES_PER_BLOCK = 1024
@@ -47,24 +57,43 @@ def _check_frame(src: int, manifest: Manifest, where: str) -> None:
         raise ChecksumMismatch(f"{where}: stored dump is not one whole zstd frame: it {err}") from None
 
 
-def _stream(root_fd: int, ref: layout.ArtifactRef, dst_fd: int | None,
-            settings: CompressionSettings, cancel: threading.Event, hash_output: bool,
-            tee: Callable[[bytes], None] | None = None, observe: Callable[[bytes], None] | None = None) -> Manifest:
+def data_key(manifest: Manifest, settings: CompressionSettings) -> bytes | None:
+    """The sealed dump's data key (None for a plain dump); KeyUnavailable or WrongKey naming the key ID."""
+    if manifest.encryption is None:
+        return None
+    where = f"artifact {manifest.ref.uri}"
+    if settings.encryption is None:
+        raise keyring.no_keys(manifest.encryption, where)
+    return settings.encryption.data_key(manifest.encryption, manifest.ref.uri, where)
+
+
+def _open(root_fd: int, ref: layout.ArtifactRef, settings: CompressionSettings) -> tuple[Manifest, bytes | None, int]:
+    """The manifest, the data key and the open dump: the key first, so a missing key opens nothing."""
     _, manifest = catalog.find(root_fd, ref)
+    key = data_key(manifest, settings)
     dir_fd = fsio.open_dir(root_fd, ref.segments, create=False, where=f"artifact {ref.uri}")
     try:
         src = fsio.open_regular(dir_fd, layout.DUMP_FILE, f"artifact {ref.uri}")
     finally:
         os.close(dir_fd)
+    return manifest, key, src
+
+
+def _stream(manifest: Manifest, key: bytes | None, src: int, dst_fd: int | None,
+            settings: CompressionSettings, cancel: threading.Event, hash_output: bool,
+            tee: Callable[[bytes], None] | None = None, observe: Callable[[bytes], None] | None = None) -> Manifest:
+    """Read the open dump ``src`` (closed here) to its end, checked against ``manifest``."""
+    where = f"artifact {manifest.ref.uri}"
     try:
-        with fsio.os_errors(f"artifact {ref.uri}"):
-            _check_frame(src, manifest, f"artifact {ref.uri}")
+        with fsio.os_errors(where):
+            if key is None:
+                _check_frame(src, manifest, where)
             try:
                 digest = decompress_stream(src, dst_fd, settings, cancel, hash_output,
-                                           Bounds(manifest.compressed_size, manifest.uncompressed_size,
-                                                  f"artifact {ref.uri}"), tee, observe)
+                                           Bounds(manifest.compressed_size, manifest.uncompressed_size, where),
+                                           seal.Opener(key) if key is not None else None, tee, observe)
             except zstandard.ZstdError as err:
-                raise ChecksumMismatch(f"artifact {ref.uri}: stored dump is not valid zstd ({err})") from None
+                raise ChecksumMismatch(f"{where}: stored dump is not valid zstd ({err})") from None
     finally:
         os.close(src)
     _check(manifest, digest)
@@ -74,15 +103,44 @@ def _stream(root_fd: int, ref: layout.ArtifactRef, dst_fd: int | None,
 def verify(root_fd: int, ref: layout.ArtifactRef, settings: CompressionSettings,
            cancel: threading.Event) -> Manifest:
     """Read the whole dump back and check both of its recorded SHA-256 sums."""
-    return _stream(root_fd, ref, None, settings, cancel, hash_output=True)
+    return _stream(*_open(root_fd, ref, settings), None, settings, cancel, hash_output=True)
+
+
+def verify_stored(root_fd: int, ref: layout.ArtifactRef, cancel: threading.Event) -> Manifest:
+    """Check only the stored bytes against the manifest's ``checksumSHA256`` and ``compressedSize``: what can
+    be checked of a sealed dump without its key."""
+    _, manifest = catalog.find(root_fd, ref)
+    where = f"artifact {ref.uri}"
+    dir_fd = fsio.open_dir(root_fd, ref.segments, create=False, where=where)
+    try:
+        src = fsio.open_regular(dir_fd, layout.DUMP_FILE, where)
+    finally:
+        os.close(dir_fd)
+    digest, size = hashlib.sha256(), 0
+    try:
+        with fsio.os_errors(where):
+            # At most one byte past the recorded size: enough to know the dump is longer.
+            while chunk := os.read(src, min(_CHUNK, manifest.compressed_size + 1 - size)):
+                if cancel.is_set():
+                    raise Cancelled(f"{where}: verification cancelled at byte {size}")
+                digest.update(chunk)
+                size += len(chunk)
+    finally:
+        os.close(src)
+    if (digest.hexdigest(), size) != (manifest.checksum_sha256, manifest.compressed_size):
+        longer = "more than " if size > manifest.compressed_size else ""
+        raise ChecksumMismatch(f"{where}: stored dump has sha256 {digest.hexdigest()} ({longer}{size} bytes), "
+                               f"manifest says {manifest.checksum_sha256} ({manifest.compressed_size} bytes)")
+    return manifest
+
 
 
 def stream(root_fd: int, ref: layout.ArtifactRef, settings: CompressionSettings, cancel: threading.Event,
            tee: Callable[[bytes], None], observe: Callable[[bytes], None]) -> Manifest:
-    """Read the dump once, handing its stored bytes to ``tee`` and the archive's to ``observe``; then
-    check both SHA-256 sums, both sizes and the zstd frame. Whatever the two were given is trusted only
-    once this returns: a mismatch is raised after the last byte went past them."""
-    return _stream(root_fd, ref, None, settings, cancel, True, tee, observe)
+    """Read the dump once, handing its zstd stream (a sealed dump's opened) to ``tee`` and the archive's bytes
+    to ``observe``; then check both SHA-256 sums, both sizes and the zstd frame. Whatever the two were given
+    is trusted only once this returns: a mismatch is raised after the last byte went past them."""
+    return _stream(*_open(root_fd, ref, settings), None, settings, cancel, True, tee, observe)
 
 
 def get(root_fd: int, ref: layout.ArtifactRef, out: Path, settings: CompressionSettings,
@@ -102,9 +160,15 @@ def get(root_fd: int, ref: layout.ArtifactRef, out: Path, settings: CompressionS
         dir_fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _check_target(dir_fd, out.name, root_fd, where)
-        fd, temp = fsio.create_temp(dir_fd, out.name, where)
+        # The key before the output: without it nothing is created, not even a temp file.
+        manifest, key, src = _open(root_fd, ref, settings)
         try:
-            manifest = _stream(root_fd, ref, fd, settings, cancel, hash_output=False)
+            fd, temp = fsio.create_temp(dir_fd, out.name, where)
+        except BaseException:
+            os.close(src)
+            raise
+        try:
+            manifest = _stream(manifest, key, src, fd, settings, cancel, hash_output=False)
         except BaseException:
             os.close(fd)
             fsio.discard(dir_fd, temp)
