@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, write_in_place
-from watcher.errors import ArchiveError, ArchiveIncomplete, Cancelled
+from watcher.errors import ArchiveError, ArchiveIncomplete, Cancelled, StoreError
 from watcher.ingest import service
 from watcher.store import fsio
 from watcher.zstream import CompressionSettings
@@ -84,3 +86,25 @@ def test_a_shutdown_while_waiting_for_the_runtime_stops_the_read(kube_dir, store
     with pytest.raises(Cancelled, match="before the runtime created it"):
         _stage(store, kube_dir / archive_name(POD), written, cancel)
     assert time.monotonic() - started < 2
+
+
+def test_a_store_that_fills_up_half_way_through_a_followed_archive_keeps_nothing(kube_dir, tmp_path):
+    """The agent then reads the finished archive again into its local store (checkpointing.Source._take): here,
+    that the early read fails as a store failure naming the archive, and leaves neither a temp file nor space
+    taken behind."""
+    store = tmp_path / "small-store"
+    store.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(store)], check=True)
+    try:
+        data = archive_bytes(ArchiveSpec(pod=POD, memory=24 << 20))  # a dump that cannot fit
+        path = kube_dir / archive_name(POD)
+        written = threading.Event()
+        runtime = _runtime(path, data, written)
+        with pytest.raises(StoreError, match=f"'{path.name}' into the store: no space left on its filesystem"):
+            _stage(store, path, written)
+        runtime.join()
+        assert _staging(store) == []
+        assert shutil.disk_usage(store).used < 1 << 20  # the half-written dump's blocks are freed
+        assert path.stat().st_size == len(data)  # the runtime's archive is untouched, to be read again
+    finally:
+        subprocess.run(["umount", str(store)], check=True)
