@@ -11,7 +11,8 @@ Prints, for a realistic CRIU-like archive (zero pages, program text, heap, rando
 - peak RSS growth of an ingest in a fresh process, for a 128 MiB and a 2 GiB archive;
 - with --sweep, ingest throughput and ratio for zstd levels 1/3 and 0/1/2 threads (how the
   defaults were chosen).
-Best of ``--rounds`` for each timing; the two sides alternate so both see the same cache.
+Medians of ``--rounds`` for each timing, and the range of the per-round ratios; the two sides alternate so
+both see the same cache. The references fsync only their own output (``sync FILE``), as lpm does.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,7 +72,9 @@ def lpm_ingest(archive: Path, store: Path, settings: CompressionSettings) -> tup
 
 def cli_ingest(archive: Path, out: Path, level: int, threads: int) -> float:
     started = time.perf_counter()
-    subprocess.run(f"zstd -q -T{threads} -{level} -c '{archive}' | tee '{out}' | sha256sum > /dev/null; sync",
+    # ``sync FILE`` fsyncs that file only, as lpm fsyncs its own dump: a bare ``sync`` flushed every dirty page
+    # on the machine, so the reference was as slow as whatever else was writing, and the ratio swung with it.
+    subprocess.run(f"zstd -q -T{threads} -{level} -c '{archive}' | tee '{out}' | sha256sum > /dev/null; sync '{out}'",
                    shell=True, check=True)
     return time.perf_counter() - started
 
@@ -88,7 +92,7 @@ def lpm_get(store: Path, uri_ref, out: Path,  # type: ignore[no-untyped-def]
 
 def cli_get(dump: Path, out: Path) -> float:
     started = time.perf_counter()
-    subprocess.run(f"zstd -q -d -f -c '{dump}' > '{out}'; sync", shell=True, check=True)
+    subprocess.run(f"zstd -q -d -f -c '{dump}' > '{out}'; sync '{out}'", shell=True, check=True)
     seconds = time.perf_counter() - started
     out.unlink()
     return seconds
@@ -118,9 +122,10 @@ def encryption_figures(archive: Path, work: Path, rounds: int) -> None:
         for name, settings in (("plain", plain), ("sealed", sealed)):
             get[name].append(lpm_get(stores[name], refs[name], work / "got.tar", settings))
     for what, times in (("ingest", ingest), ("get", get)):
-        plain_rate, sealed_rate = size / min(times["plain"]) / 1e6, size / min(times["sealed"]) / 1e6
+        plain_rate = size / statistics.median(times["plain"]) / 1e6
+        sealed_rate = size / statistics.median(times["sealed"]) / 1e6
         print(f"encryption {what}: sealed {sealed_rate:7.1f} MB/s  plain {plain_rate:7.1f} MB/s  "
-              f"ratio {sealed_rate / plain_rate:.2f}x")
+              f"ratio {sealed_rate / plain_rate:.2f}x  {_spread(times['sealed'], times['plain'])}")
     for store in stores.values():
         shutil.rmtree(store, ignore_errors=True)
 
@@ -147,6 +152,12 @@ def rss_growth(archive: Path, work: Path) -> tuple[int, int]:
     shutil.rmtree(store, ignore_errors=True)
     figures = json.loads(out)
     return figures["before"], figures["peak"]
+
+
+def _spread(ours: list[float], theirs: list[float]) -> str:
+    """The per-round ratios' range: each round runs both sides back to back, on the same cache."""
+    ratios = sorted(t / o for o, t in zip(ours, theirs, strict=True))
+    return f"(rounds {ratios[0]:.2f}x..{ratios[-1]:.2f}x)"
 
 
 def build(work: Path, size: int, tag: str) -> Path:
@@ -180,7 +191,7 @@ def main() -> None:
             settings_list = [CompressionSettings(level=level, threads=threads)
                              for level in (1, 3) for threads in (0, 1, 2)]
         store = work / "store"
-        print(f"# archive {size / MIB:.0f} MiB; cores {os.cpu_count()}; rounds {args.rounds} (best of)")
+        print(f"# archive {size / MIB:.0f} MiB; cores {os.cpu_count()}; rounds {args.rounds} (medians)")
         for settings in settings_list:
             ours, theirs, stalls, compressed = [], [], [], 0
             for _ in range(args.rounds):
@@ -188,9 +199,9 @@ def main() -> None:
                 ours.append(seconds)
                 stalls.append(stall)
                 theirs.append(cli_ingest(archive, work / "cli.zst", settings.level, settings.threads))
-            mine, ref = size / min(ours) / 1e6, size / min(theirs) / 1e6
+            mine, ref = size / statistics.median(ours) / 1e6, size / statistics.median(theirs) / 1e6
             print(f"ingest level={settings.level} threads={settings.threads}: lpm {mine:7.1f} MB/s  "
-                  f"zstd|tee|sha256sum {ref:7.1f} MB/s  ratio {mine / ref:.2f}x  "
+                  f"zstd|tee|sha256sum {ref:7.1f} MB/s  ratio {mine / ref:.2f}x  {_spread(ours, theirs)}  "
                   f"compression {size / compressed:.2f}:1  longest loop stall {max(stalls) * 1000:.1f} ms")
 
         lpm_ingest(archive, store, defaults)
@@ -204,8 +215,9 @@ def main() -> None:
         for _ in range(args.rounds):
             ours.append(lpm_get(store, ref_, work / "got.tar"))
             theirs.append(cli_get(dump, work / "cli.tar"))
-        mine, ref = size / min(ours) / 1e6, size / min(theirs) / 1e6
-        print(f"get: lpm store get {mine:7.1f} MB/s  zstd -d {ref:7.1f} MB/s  ratio {mine / ref:.2f}x")
+        mine, ref = size / statistics.median(ours) / 1e6, size / statistics.median(theirs) / 1e6
+        print(f"get: lpm store get {mine:7.1f} MB/s  zstd -d {ref:7.1f} MB/s  ratio {mine / ref:.2f}x  "
+              f"{_spread(ours, theirs)}")
         shutil.rmtree(store, ignore_errors=True)
         (work / "cli.zst").unlink(missing_ok=True)
 
