@@ -190,17 +190,16 @@ def dump(value: Any, output: Output) -> str:
 
 
 def yaml(value: Any, indent: int = 0) -> str:
-    """Block-style YAML for JSON values. Every string is written JSON-quoted, which YAML reads as a
-    double-quoted scalar: no string can turn into a number, a bool or a null. A YAML library would be a
-    new dependency for this alone."""
+    """Block-style YAML for JSON values, every string (and key) double-quoted: none can turn into a number, a
+    bool or a null. A YAML library would be a new dependency for this alone."""
     pad = " " * indent
     if isinstance(value, Mapping) and value:
         out = []
         for key, item in value.items():
             if _nested(item):
-                out.append(f"{pad}{json.dumps(str(key))}:\n{yaml(item, indent + 2)}")
+                out.append(f"{pad}{_quoted(str(key))}:\n{yaml(item, indent + 2)}")
             else:
-                out.append(f"{pad}{json.dumps(str(key))}: {_scalar(item)}\n")
+                out.append(f"{pad}{_quoted(str(key))}: {_scalar(item)}\n")
         return "".join(out)
     if isinstance(value, list) and value:
         out = []
@@ -223,4 +222,29 @@ def _scalar(value: Any) -> str:
         return "{}"
     if isinstance(value, list):
         return "[]"
-    return json.dumps(value)  # null, true/false, numbers and "strings" are the same in YAML
+    if isinstance(value, str):
+        return _quoted(value)
+    text = json.dumps(value)  # null, true/false and numbers read the same in YAML, but for:
+    if isinstance(value, float) and "e" in text and "." not in text:
+        text = text.replace("e", ".0e")  # YAML 1.1 (PyYAML) reads 1e+16 as a string, 1.0e+16 as a float
+    return text
+
+
+def _quoted(text: str) -> str:
+    """A YAML double-quoted scalar with everything but printable ASCII escaped. Not JSON's quoting: JSON
+    writes a character beyond the BMP as a surrogate pair, which YAML reads as two characters, and
+    YAML folds a raw NEL or line separator inside quotes into a space."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif 0x20 <= code < 0x7F:
+            out.append(char)
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
