@@ -330,7 +330,7 @@ def test_migrate_piped_prints_plain_lines(control_plane: ControlPlane, namespace
     stages = [line.split(None, 1)[1].split(":")[0] for line in done.stdout.splitlines() if line[:1] == " "]
     assert stages[0] in ("Pending", "Checkpointing") and stages[-1] == "Succeeded"
     assert "Restoring (RestoredReady)" in stages
-    assert done.stdout.splitlines()[-3] == "pod runs on node-b as web-restored (moved from node-a)"
+    assert done.stdout.splitlines()[-2] == "pod runs on node-b as web-restored (moved from node-a)"
 
 
 def test_a_failed_migration_exits_1_with_the_reason(control_plane: ControlPlane, namespace: str) -> None:

@@ -97,7 +97,8 @@ def _steps_done(state: Seen) -> int:
 
 
 def summary(state: Seen) -> list[str]:
-    """What is printed once it succeeded: where the pod runs now and how long the agents took."""
+    """What is printed once it succeeded: where the pod runs now and how long the agents took (the last
+    message was printed with the Succeeded line already)."""
     lines = [f"pod runs on {state.target} as {state.restored or '<unknown>'}"
              + (f" (moved from {state.source})" if state.source else "")]
     if state.started is not None and state.completed is not None:
@@ -105,6 +106,4 @@ def summary(state: Seen) -> list[str]:
         # The status holds both ends in whole seconds only, and no freeze window of its own.
         lines.append(f"checkpoint to restored pod running: {seconds}s (status startTime to completionTime, whole "
                      "seconds; the freeze window itself is not published in the status)")
-    if state.message:
-        lines.append(state.message)
     return lines
