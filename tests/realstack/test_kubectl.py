@@ -376,3 +376,23 @@ def test_ctrl_c_leaves_the_migration_running_and_says_how_to_follow_it(control_p
     assert f"follow it with `kubectl lpm status {name} -n {namespace} --wait`" in err
     assert control_plane.admin.request("GET", lpm_path("PodMigration", namespace, name))["metadata"]["name"] == name
 
+
+
+def test_following_survives_an_api_server_restart(control_plane: ControlPlane, namespace: str) -> None:
+    """A broken watch, refused connections meanwhile, then a fresh watch cache: it follows on to the end."""
+    pod = make_pod(control_plane, namespace)
+    name = migration_name("web", pod["metadata"]["uid"])
+    process = subprocess.Popen(_migrate_argv(control_plane, namespace, "--wait", "--timeout", "90s"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(control_plane, lpm_path("PodMigration", namespace, name))
+        time.sleep(1.0)  # watching by now
+        control_plane.restart_apiserver(down=3.0)  # from the main thread: see its docstring
+        for status in TO_SUCCESS:
+            set_status(control_plane, namespace, name, status)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "pod runs on node-b as web-restored (moved from node-a)" in out

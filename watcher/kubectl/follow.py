@@ -31,29 +31,38 @@ async def _watch(kube: Kube, namespace: str, name: str, updates: asyncio.Queue[U
     try:
         while True:
             try:
-                migration = await kube.get(lpm_path("PodMigration", namespace, name))
-            except NotFound:
-                await updates.put(None)
-                return
-            await updates.put(progress.seen(migration))
-            query = {"fieldSelector": f"metadata.name={name}", "timeoutSeconds": str(WATCH_SECONDS),
-                     "resourceVersion": migration["metadata"]["resourceVersion"]}
-            try:
-                async for event in kube.watch(lpm_path("PodMigration", namespace), query, WATCH_SECONDS + 10):
-                    kind, obj = event.get("type"), event.get("object") or {}
-                    if kind == "DELETED":
-                        await updates.put(None)
-                        return
-                    if kind == "ERROR":  # 410 Gone as an event: the GET above starts afresh
-                        break
-                    if kind in ("ADDED", "MODIFIED"):
-                        await updates.put(progress.seen(obj))
+                if not await _get_then_watch(kube, namespace, name, updates):
+                    return
             except Gone:
-                pass
+                pass  # the resourceVersion is too old: the next GET starts afresh
             except ApiUnavailable:
                 await asyncio.sleep(RETRY_SECONDS)
     except LpmError as err:  # forbidden, or anything else the user must see
         await updates.put(err)
+
+
+async def _get_then_watch(kube: Kube, namespace: str, name: str, updates: asyncio.Queue[Update]) -> bool:
+    """One GET and one watch from its resourceVersion; False once the migration is deleted."""
+    try:
+        migration = await kube.get(lpm_path("PodMigration", namespace, name))
+    except NotFound:
+        await updates.put(None)
+        return False
+    await updates.put(progress.seen(migration))
+    query = {"fieldSelector": f"metadata.name={name}", "timeoutSeconds": str(WATCH_SECONDS),
+             "resourceVersion": migration["metadata"]["resourceVersion"]}
+    async for event in kube.watch(lpm_path("PodMigration", namespace), query, WATCH_SECONDS + 10):
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "DELETED":
+            await updates.put(None)
+            return False
+        if kind == "ERROR":  # a Status; 410 Gone is the usual one, and the next GET starts afresh
+            if obj.get("code") != 410:
+                await asyncio.sleep(RETRY_SECONDS)
+            return True
+        if kind in ("ADDED", "MODIFIED"):
+            await updates.put(progress.seen(obj))
+    return True
 
 
 class Display:
