@@ -26,7 +26,10 @@ from lab.apiclient import ApiError
 from lab.controlplane import ControlPlane
 from lpm_gc.scanner import scan
 from tests.realstack import samples
-from watcher.cluster.objects import MIGRATION_LABEL, lpm_path, migration_name, pod_path
+from tests.realstack.clients import kube_client
+from watcher.cluster.migration import reconcile_annotated_pod
+from watcher.cluster.objects import MIGRATE_ANNOTATION, MIGRATION_LABEL, lpm_path, migration_name, pod_path
+from watcher.kube.client import Kube
 
 pytestmark = pytest.mark.realstack
 
@@ -145,6 +148,27 @@ def test_migrate_no_wait_creates_the_migration_the_agent_would(control_plane: Co
     assert f"has a migration already, {name}, to node-b" in other.stderr
     listed = control_plane.admin.request("GET", lpm_path("PodMigration", namespace))
     assert [m["metadata"]["name"] for m in listed["items"]] == [name]
+
+
+@pytest.mark.asyncio
+async def test_the_plugin_and_the_agent_make_the_same_migration(control_plane: ControlPlane, namespace: str) -> None:
+    """The agent's own code, on an annotated pod, against the plugin's on another: one shape of object."""
+    by_agent = make_pod(control_plane, namespace, "by-agent")
+    by_agent["metadata"]["annotations"] = {MIGRATE_ANNOTATION: "node-b"}
+    async with kube_client(control_plane.admin_kubeconfig) as client:
+        await reconcile_annotated_pod(Kube(client), "node-a", "ADDED", by_agent)
+    by_plugin = make_pod(control_plane, namespace, "by-plugin")
+    done = plugin(control_plane.admin_kubeconfig, "migrate", "by-plugin", "--to", "node-b", "-n", namespace,
+                  "--no-wait")
+    assert done.returncode == 0, done.stderr
+
+    def made(pod: Object) -> Object:
+        uid = pod["metadata"]["uid"]
+        obj = control_plane.admin.request(
+            "GET", lpm_path("PodMigration", namespace, migration_name(pod["metadata"]["name"], uid)))
+        return {"labels": {k: v.replace(uid, "UID") for k, v in obj["metadata"]["labels"].items()},
+                "spec": obj["spec"] | {"podName": "POD"}}
+    assert made(by_plugin) == made(by_agent)
 
 
 def test_the_namespace_defaults_to_the_contexts(control_plane: ControlPlane, namespace: str,

@@ -88,7 +88,9 @@ def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
 async def migrate(args: argparse.Namespace, session: Session) -> Exit:
     """Create the PodMigration the ``lpm.my.domain/migrate-to`` annotation would make the source's agent
     create (``watcher.cluster.migration.reconcile_annotated_pod``): named after the pod's UID, so a second
-    ``migrate`` of the same pod finds the first one's instead of starting another."""
+    ``migrate`` of the same pod finds the first one's instead of starting another. The body is built here
+    rather than shared with the agent (whose modules this plugin leaves alone); tests/realstack/test_kubectl.py
+    holds the two to the same object."""
     namespace = _namespace(args, session)
     pod = await session.kube.get(pod_path(namespace, args.pod))
     uid = meta(pod)["uid"]
