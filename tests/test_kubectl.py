@@ -123,3 +123,24 @@ def test_the_krew_manifest_names_the_installed_binary() -> None:
     assert manifest["spec"]["version"] == f"v{project['version']}"
     assert {platform["bin"] for platform in manifest["spec"]["platforms"]} == {"kubectl-lpm"}
     assert project["scripts"]["kubectl-lpm"] == "watcher.kubectl.main:main"
+
+
+@pytest.mark.parametrize(("argv", "timeout"), [(["--timeout", "90"], 90.0), (["--timeout", "30s"], 30.0),
+                                               (["--timeout", "5m"], 300.0), (["--timeout", "1.5h"], 5400.0),
+                                               ([], None)])
+def test_timeouts_read_as_durations(argv: list[str], timeout: float | None) -> None:
+    args = build_parser().parse_args(["-n", "shop", "migrate", "web", "--to", "node-b", *argv])
+    assert (args.timeout, args.namespace, args.wait) == (timeout, "shop", None)
+
+
+@pytest.mark.parametrize("bad", ["0", "-5m", "5d", "soon", ""])
+def test_a_bad_timeout_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["migrate", "web", "--to", "node-b", f"--timeout={bad}"])
+    assert exited.value.code == 2 and "duration" in capsys.readouterr().err
+
+
+def test_flags_after_the_subcommand_do_not_undo_those_before_it() -> None:
+    args = build_parser().parse_args(["--context", "prod", "-n", "shop", "status", "-A"])
+    assert (args.context, args.namespace, args.all_namespaces) == ("prod", "shop", True)
+    assert not hasattr(build_parser().parse_args(["ls"]), "namespace")  # the context's, decided later
