@@ -1,0 +1,266 @@
+"""The subcommands of ``kubectl lpm``: each reads or writes a few API objects and prints ``views``.
+
+``COMMANDS`` is the table ``main`` builds the parser from: a new subcommand is one entry (its flags and
+its runner), nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from watcher.cluster.objects import API_VERSION, MIGRATION_LABEL, lpm_path, meta, migration_name, pod_path
+from watcher.errors import Conflict, LpmError, NotFound
+from watcher.kubectl import keep, progress, views
+from watcher.kubectl.follow import Display, follow
+from watcher.kubectl.progress import Outcome
+from watcher.kubectl.session import Session
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILED = 1
+    """The API refused (RBAC, not found), the migration failed, or it was deleted while followed."""
+    USAGE = 2
+    """A wrong command line."""
+    TIMEOUT = 2
+    """``--timeout`` passed while following (the same code as a usage error: issue #14 asks for 2)."""
+    INTERRUPTED = 130
+    """Ctrl-C while following: the migration goes on."""
+
+
+class UsageError(LpmError):
+    """A command line argparse accepts but the command cannot run with."""
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, Session], Awaitable[Exit]]
+
+
+def _output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", choices=[o.value for o in views.Output if o is not views.Output.TABLE],
+                        help="json|yaml: the objects; wide: more columns; name: kind/name only")
+
+
+def _wait(parser: argparse.ArgumentParser, default_help: str) -> None:
+    parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"follow it until it succeeds or fails ({default_help})")
+    parser.add_argument("--timeout", type=_duration, default=None,
+                        help="give up following after this long (30s, 5m, 1h; exit 2); the migration goes on")
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (30s, 5m, 1h)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive duration: {text!r}")
+    return value
+
+
+def _store(parser: argparse.ArgumentParser, required_for: str) -> None:
+    parser.add_argument("--store", type=Path, default=os.environ.get("LPM_STORE") or None,
+                        help=f"the shared store as mounted here ({required_for}; env LPM_STORE)")
+
+
+# -- migrate -----------------------------------------------------------------------------------------------
+
+def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pod", metavar="POD")
+    parser.add_argument("--to", required=True, metavar="NODE", help="the node to move it to")
+    parser.add_argument("--retain-original", action="store_true", help="keep the source pod after the restore")
+    _wait(parser, "default when stdout is a terminal")
+
+
+async def migrate(args: argparse.Namespace, session: Session) -> Exit:
+    """Create the PodMigration the ``lpm.my.domain/migrate-to`` annotation would make the source's agent
+    create (``watcher.cluster.migration.reconcile_annotated_pod``): named after the pod's UID, so a second
+    ``migrate`` of the same pod finds the first one's instead of starting another. The body is built here
+    rather than shared with the agent (whose modules this plugin leaves alone); tests/realstack/test_kubectl.py
+    holds the two to the same object."""
+    namespace = _namespace(args, session)
+    pod = await session.kube.get(pod_path(namespace, args.pod))
+    uid = meta(pod)["uid"]
+    name = migration_name(args.pod, uid)
+    spec: dict[str, Any] = {"podName": args.pod, "targetNode": args.to}
+    if args.retain_original:
+        spec["retainOriginalPod"] = True
+    body = {"apiVersion": API_VERSION, "kind": "PodMigration",
+            "metadata": {"name": name, "namespace": namespace, "labels": {f"{MIGRATION_LABEL}-pod-uid": uid}},
+            "spec": spec}
+    try:
+        migration = await session.kube.create(lpm_path("PodMigration", namespace), body)
+        print(f"podmigration.lpm.my.domain/{name} created", flush=True)
+    except Conflict:
+        migration = await session.kube.get(lpm_path("PodMigration", namespace, name))
+        if migration.get("spec") != spec | {"retainOriginalPod": bool(args.retain_original)}:
+            raise LpmError(f"pod {namespace}/{args.pod} has a migration already, {name}, to "
+                           f"{migration.get('spec', {}).get('targetNode')}; delete it to start another") from None
+        print(f"podmigration.lpm.my.domain/{name} exists already", flush=True)
+    if not _waiting(args):
+        return Exit.OK
+    return await _follow(session, namespace, name, migration, args)
+
+
+# -- status ------------------------------------------------------------------------------------------------
+
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("migration", metavar="MIGRATION", nargs="?", help="one PodMigration (default: all)")
+    _output(parser)
+    _wait(parser, "only with MIGRATION")
+
+
+async def status(args: argparse.Namespace, session: Session) -> Exit:
+    if args.wait and not args.migration:
+        raise UsageError("--wait follows one migration: name it")
+    namespace = _namespace(args, session)
+    if args.migration:
+        migration = await session.kube.get(lpm_path("PodMigration", namespace, args.migration))
+        if args.wait:
+            return await _follow(session, namespace, args.migration, migration, args)
+        migrations = [migration]
+    else:
+        listed = await session.kube.get(lpm_path("PodMigration", None if _all(args) else namespace))
+        migrations = sorted(listed.get("items") or [], key=lambda m: (meta(m).get("namespace", ""),
+                                                                        meta(m).get("creationTimestamp", "")))
+        if not migrations and args.output is None:
+            print(f"No migrations found{'' if _all(args) else f' in {namespace} namespace'}.", file=sys.stderr)
+            return Exit.OK
+    sys.stdout.write(views.migration_table(migrations, _format(args), _all(args), datetime.now(UTC)))
+    return Exit.OK
+
+
+async def _follow(session: Session, namespace: str, name: str, migration: dict[str, Any],
+                  args: argparse.Namespace) -> Exit:
+    display = Display(sys.stdout, sys.stdout.isatty())
+    again = f"kubectl lpm status {name} -n {namespace} --wait"
+    try:
+        async with asyncio.timeout(args.timeout):
+            state = await follow(session.kube, namespace, name, display, meta(migration).get("creationTimestamp"))
+    except TimeoutError:
+        print(f"kubectl-lpm: migration {namespace}/{name} did not end within {args.timeout:g}s; it goes on: "
+              f"follow it with `{again}`", file=sys.stderr)
+        return Exit.TIMEOUT
+    except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task, then raises KeyboardInterrupt
+        print(f"\nkubectl-lpm: stopped following; migration {namespace}/{name} goes on: follow it with "
+              f"`{again}`", file=sys.stderr)
+        raise
+    result = progress.outcome(state)
+    if result is Outcome.DELETED or state is None:
+        print(f"kubectl-lpm: migration {namespace}/{name} was deleted", file=sys.stderr)
+        return Exit.FAILED
+    if result is Outcome.FAILED:
+        print(f"kubectl-lpm: migration {namespace}/{name} failed: {state.message or '(no reason given)'}",
+              file=sys.stderr)
+        return Exit.FAILED
+    for line in progress.summary(state):
+        print(line)
+    return Exit.OK
+
+
+# -- ls, pin, unpin ----------------------------------------------------------------------------------------
+
+def _ls_arguments(parser: argparse.ArgumentParser) -> None:
+    _output(parser)
+    _store(parser, "to show which are pinned")
+
+
+async def ls(args: argparse.Namespace, session: Session) -> Exit:
+    namespace = _namespace(args, session)
+    pods = (await session.kube.get(lpm_path("PodCheckpointContent"))).get("items") or []
+    containers = (await session.kube.get(lpm_path("ContainerCheckpointContent"))).get("items") or []
+    rows = [row for row in views.checkpoints(pods, containers) if _all(args) or row.namespace == namespace]
+    if args.store is not None:
+        rows = [_with_pin(row, args.store) for row in rows]
+    if not rows and args.output is None:
+        print(f"No checkpoints found{'' if _all(args) else f' in {namespace} namespace'}.", file=sys.stderr)
+        return Exit.OK
+    sys.stdout.write(views.checkpoint_table(rows, _format(args), _all(args), datetime.now(UTC)))
+    return Exit.OK
+
+
+def _with_pin(row: views.Checkpoint, store: Path) -> views.Checkpoint:
+    if row.directory is None:
+        return row
+    try:
+        return replace(row, pinned=keep.is_pinned(store, row.directory))
+    except LpmError as err:  # gone from the store, or unreadable: unknown, said once per row
+        print(f"kubectl-lpm: {row.name}: {err}", file=sys.stderr)
+        return row
+
+
+def _pin_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a name from `kubectl lpm ls`")
+    _store(parser, "required")
+
+
+async def pin(args: argparse.Namespace, session: Session) -> Exit:
+    store, directory = await _checkpoint_directory(args, session)
+    done = keep.pin(store, directory)
+    print(f"{args.checkpoint} {'pinned' if done else 'was pinned already'}")
+    return Exit.OK
+
+
+async def unpin(args: argparse.Namespace, session: Session) -> Exit:
+    store, directory = await _checkpoint_directory(args, session)
+    done = keep.unpin(store, directory)
+    print(f"{args.checkpoint} {'unpinned' if done else 'was not pinned'}")
+    return Exit.OK
+
+
+async def _checkpoint_directory(args: argparse.Namespace, session: Session) -> tuple[Path, tuple[str, str]]:
+    if args.store is None:
+        raise UsageError("pins live in the shared store: mount it and pass --store DIR (or set LPM_STORE)")
+    for kind in ("PodCheckpointContent", "ContainerCheckpointContent"):
+        try:
+            obj = await session.kube.get(lpm_path(kind, name=args.checkpoint))
+        except NotFound:
+            continue
+        [row] = views.checkpoints([obj], []) if kind == "PodCheckpointContent" else views.checkpoints([], [obj])
+        if row.directory is None:
+            raise LpmError(f"checkpoint {args.checkpoint} is held in node {row.node}'s local store, not the "
+                           "shared one: it can be pinned once the agent has moved it there")
+        return args.store, row.directory
+    raise LpmError(f"checkpoint {args.checkpoint} not found (no PodCheckpointContent or ContainerCheckpointContent "
+                   "of that name)")
+
+
+# -- the table ---------------------------------------------------------------------------------------------
+
+COMMANDS: dict[str, Command] = {
+    "migrate": Command("move a running pod to another node", _migrate_arguments, migrate),
+    "status": Command("show migrations, or follow one (--wait)", _status_arguments, status),
+    "ls": Command("list checkpoints", _ls_arguments, ls),
+    "pin": Command("keep a checkpoint from the collector", _pin_arguments, pin),
+    "unpin": Command("let the collector's rules apply to a checkpoint again", _pin_arguments, unpin),
+}
+
+
+def _namespace(args: argparse.Namespace, session: Session) -> str:
+    given: str | None = getattr(args, "namespace", None)
+    return given or session.namespace
+
+
+def _all(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "all_namespaces", False))
+
+
+def _format(args: argparse.Namespace) -> views.Output:
+    return views.Output(args.output) if args.output else views.Output.TABLE
+
+
+def _waiting(args: argparse.Namespace) -> bool:
+    return bool(sys.stdout.isatty() if args.wait is None else args.wait)
