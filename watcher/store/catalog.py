@@ -119,3 +119,13 @@ def find(root_fd: int, ref: layout.ArtifactRef) -> tuple[Checkpoint, Manifest]:
         if manifest.container_name == ref.container:
             return checkpoint, manifest
     raise IncompleteCheckpoint(f"artifact {ref.uri}: container {ref.container} is not in the checkpoint's marker")
+
+
+def open_dump(root_fd: int, ref: layout.ArtifactRef, where: str) -> int:
+    """``ref``'s dump.tar.zst, open for reading: a regular file reached without following a link, or an error
+    naming ``where``."""
+    dir_fd = fsio.open_dir(root_fd, ref.segments, create=False, where=where)
+    try:
+        return fsio.open_regular(dir_fd, layout.DUMP_FILE, where)
+    finally:
+        os.close(dir_fd)

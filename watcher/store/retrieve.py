@@ -71,12 +71,7 @@ def _open(root_fd: int, ref: layout.ArtifactRef, settings: CompressionSettings) 
     """The manifest, the data key and the open dump: the key first, so a missing key opens nothing."""
     _, manifest = catalog.find(root_fd, ref)
     key = data_key(manifest, settings)
-    dir_fd = fsio.open_dir(root_fd, ref.segments, create=False, where=f"artifact {ref.uri}")
-    try:
-        src = fsio.open_regular(dir_fd, layout.DUMP_FILE, f"artifact {ref.uri}")
-    finally:
-        os.close(dir_fd)
-    return manifest, key, src
+    return manifest, key, catalog.open_dump(root_fd, ref, f"artifact {ref.uri}")
 
 
 def _stream(manifest: Manifest, key: bytes | None, src: int, dst_fd: int | None,
@@ -111,11 +106,7 @@ def verify_stored(root_fd: int, ref: layout.ArtifactRef, cancel: threading.Event
     be checked of a sealed dump without its key."""
     _, manifest = catalog.find(root_fd, ref)
     where = f"artifact {ref.uri}"
-    dir_fd = fsio.open_dir(root_fd, ref.segments, create=False, where=where)
-    try:
-        src = fsio.open_regular(dir_fd, layout.DUMP_FILE, where)
-    finally:
-        os.close(dir_fd)
+    src = catalog.open_dump(root_fd, ref, where)
     digest, size = hashlib.sha256(), 0
     try:
         with fsio.os_errors(where):

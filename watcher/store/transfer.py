@@ -101,11 +101,7 @@ def _copy_dump(local_fd: int, staging_fd: int, ref: layout.ArtifactRef, sha256: 
                cancel: threading.Event) -> str:
     """Copy one dump into shared staging, fsynced; returns its temp name. Checked against the manifest."""
     where = f"local artifact {ref.uri}"
-    dir_fd = fsio.open_dir(local_fd, ref.segments, create=False, where=where)
-    try:
-        src = fsio.open_regular(dir_fd, layout.DUMP_FILE, where)
-    finally:
-        os.close(dir_fd)
+    src = catalog.open_dump(local_fd, ref, where)
     try:
         dst, temp = fsio.create_temp(staging_fd, layout.DUMP_FILE, "shared store staging")
         try:
