@@ -27,10 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.freeze import parse_size  # noqa: E402
 from lab.cluster import RealCluster  # noqa: E402
-from lab.holders import MIB, NAMESPACE, Moved, migrate_at_once, run_holder, verified  # noqa: E402
-from lab.images import MEMHOLD_IMAGE, memhold_image  # noqa: E402
+from lab.holders import MIB, NAMESPACE, Moved, install_memhold, migrate_at_once, run_holder, verified  # noqa: E402
 from lab.live import SOURCE, TARGET, host_agents, start_agent  # noqa: E402
-from lab.sandbox import rootfs  # noqa: E402
 
 LIMIT = 1 << 30  # the DaemonSet's memory limit (deploy/base)
 
@@ -62,9 +60,7 @@ def _line(label: str, sizes: dict[str, int], moved: dict[str, Moved]) -> float:
 async def main(size: int, burst: int, limit: int) -> int:
     with RealCluster((SOURCE, TARGET)) as cluster:
         cluster.control_plane.create_namespace(NAMESPACE)
-        image = memhold_image(rootfs(), cluster.directory)
-        for node in cluster.nodes.values():
-            node.import_image(image, MEMHOLD_IMAGE)
+        install_memhold(cluster)
         with host_agents(cluster) as agents:
             one = {"alone": size}
             alone = _line("one", one, await _batch(cluster, one, {"alone": SOURCE}))

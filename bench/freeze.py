@@ -37,11 +37,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lab.cluster import RealCluster  # noqa: E402
+from lab.holders import install_memhold, run_holder  # noqa: E402
 from lab.holders import logs as holder_logs  # noqa: E402
-from lab.holders import run_holder  # noqa: E402
-from lab.images import MEMHOLD_IMAGE, memhold_image  # noqa: E402
 from lab.live import NAMESPACE, SOURCE, TARGET, Outcome, host_agents, migrate  # noqa: E402
-from lab.sandbox import rootfs  # noqa: E402
 
 _RUNTIME = ("checkpoint", "pod sandbox", "restore prepare", "CRIU restore")
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30}
@@ -93,9 +91,7 @@ async def main(sizes: list[int], rounds: int) -> int:
     failed = False
     with RealCluster((SOURCE, TARGET)) as cluster:
         cluster.control_plane.create_namespace(NAMESPACE)
-        image = memhold_image(rootfs(), cluster.directory)
-        for node in cluster.nodes.values():
-            node.import_image(image, MEMHOLD_IMAGE)
+        install_memhold(cluster)
         with host_agents(cluster) as agents:
             for size in sizes:
                 results = [await _round(cluster, agents, size, i) for i in range(rounds)]

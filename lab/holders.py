@@ -15,7 +15,8 @@ from typing import Any
 
 from lab.apiclient import ApiError
 from lab.cluster import RealCluster
-from lab.images import MEMHOLD_IMAGE
+from lab.images import MEMHOLD_IMAGE, memhold_image
+from lab.sandbox import rootfs
 
 NAMESPACE = "live"
 MIGRATE_TO = "lpm.my.domain/migrate-to"
@@ -24,6 +25,13 @@ MIB = 1 << 20
 
 class HolderFailed(Exception):
     """A holder did not come up, or did not come back holding its own memory."""
+
+
+def install_memhold(cluster: RealCluster, nodes: tuple[str, ...] | None = None) -> None:
+    """memhold's image (built once, cached) imported into the runtime of ``nodes`` (default: every node)."""
+    image = memhold_image(rootfs(), cluster.directory)
+    for name in nodes or tuple(cluster.nodes):
+        cluster.nodes[name].import_image(image, MEMHOLD_IMAGE)
 
 
 def logs(cluster: RealCluster, pod: str) -> str:

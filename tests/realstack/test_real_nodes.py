@@ -28,8 +28,7 @@ import pytest
 
 from lab.agent import AgentProcess
 from lab.cluster import RealCluster
-from lab.holders import MIB, migrate_at_once, run_holder, verified
-from lab.images import MEMHOLD_IMAGE, memhold_image
+from lab.holders import MIB, install_memhold, migrate_at_once, run_holder, verified
 from lab.live import MIGRATE_TO, NAMESPACE, SOURCE, TARGET, host_agents, migrate, read_logs, run_pod, start_agent
 from lab.manifests import (
     AGENT_NAMESPACE,
@@ -37,7 +36,6 @@ from lab.manifests import (
     grant_kubelet_checkpoints,
     revoke_kubelet_checkpoints,
 )
-from lab.sandbox import rootfs
 
 NO_RESTORE = "node-c"
 
@@ -203,9 +201,7 @@ async def test_many_migrations_at_once_each_pod_keeps_its_own_memory(cluster: Re
     Every pod holds a different number of MiB and checks each byte after its restore (bench/memhold), so a
     restored pod with another pod's memory would say so."""
     cp = cluster.control_plane
-    image = memhold_image(rootfs(), cluster.directory)
-    for node in (SOURCE, TARGET):
-        cluster.nodes[node].import_image(image, MEMHOLD_IMAGE)
+    install_memhold(cluster, (SOURCE, TARGET))
     agents[SOURCE].stop()
     agents[SOURCE] = start_agent(cp, cluster.nodes[SOURCE], cluster.store_views[SOURCE],
                                  "--max-concurrent-checkpoints", "2")
