@@ -389,8 +389,9 @@ def test_ctrl_c_leaves_the_migration_running_and_says_how_to_follow_it(control_p
     process = subprocess.Popen(_migrate_argv(control_plane, namespace, "--wait"), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
+        # Whenever the interrupt lands once the migration exists (in the create's answer, or while following),
+        # the plugin says how to follow it again: no wait for it to be "following by now".
         wait_for(control_plane, lpm_path("PodMigration", namespace, name))
-        time.sleep(1.0)  # following it by now
         process.send_signal(2)
         out, err = process.communicate(timeout=30)
     finally:

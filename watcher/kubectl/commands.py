@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -101,18 +102,37 @@ async def migrate(args: argparse.Namespace, session: Session) -> Exit:
     body = {"apiVersion": API_VERSION, "kind": "PodMigration",
             "metadata": {"name": name, "namespace": namespace, "labels": {f"{MIGRATION_LABEL}-pod-uid": uid}},
             "spec": spec}
+    # From the create on, a Ctrl-C may land after the API server made the migration: say how to follow it,
+    # wherever the interrupt lands (in the create's answer, or while following).
+    with _goes_on_when_interrupted(namespace, name):
+        try:
+            migration = await session.kube.create(lpm_path("PodMigration", namespace), body)
+            print(f"podmigration.lpm.my.domain/{name} created", flush=True)
+        except Conflict:
+            migration = await session.kube.get(lpm_path("PodMigration", namespace, name))
+            if migration.get("spec") != spec | {"retainOriginalPod": bool(args.retain_original)}:
+                raise LpmError(f"pod {namespace}/{args.pod} has a migration already, {name}, to "
+                               f"{migration.get('spec', {}).get('targetNode')}; delete it to start another") from None
+            print(f"podmigration.lpm.my.domain/{name} exists already", flush=True)
+        if not _waiting(args):
+            return Exit.OK
+        return await _follow(session, namespace, name, migration, args)
+
+
+@contextlib.contextmanager
+def _goes_on_when_interrupted(namespace: str, name: str) -> Iterator[None]:
+    """Ctrl-C (asyncio.run cancels the command's task, then raises KeyboardInterrupt): the migration goes on
+    without us; say how to follow it again."""
     try:
-        migration = await session.kube.create(lpm_path("PodMigration", namespace), body)
-        print(f"podmigration.lpm.my.domain/{name} created", flush=True)
-    except Conflict:
-        migration = await session.kube.get(lpm_path("PodMigration", namespace, name))
-        if migration.get("spec") != spec | {"retainOriginalPod": bool(args.retain_original)}:
-            raise LpmError(f"pod {namespace}/{args.pod} has a migration already, {name}, to "
-                           f"{migration.get('spec', {}).get('targetNode')}; delete it to start another") from None
-        print(f"podmigration.lpm.my.domain/{name} exists already", flush=True)
-    if not _waiting(args):
-        return Exit.OK
-    return await _follow(session, namespace, name, migration, args)
+        yield
+    except asyncio.CancelledError:
+        print(f"\nkubectl-lpm: stopped following; migration {namespace}/{name} goes on: follow it with "
+              f"`{_again(namespace, name)}`", file=sys.stderr)
+        raise
+
+
+def _again(namespace: str, name: str) -> str:
+    return f"kubectl lpm status {name} -n {namespace} --wait"
 
 
 # -- status ------------------------------------------------------------------------------------------------
@@ -130,7 +150,8 @@ async def status(args: argparse.Namespace, session: Session) -> Exit:
     if args.migration:
         migration = await session.kube.get(lpm_path("PodMigration", namespace, args.migration))
         if args.wait:
-            return await _follow(session, namespace, args.migration, migration, args)
+            with _goes_on_when_interrupted(namespace, args.migration):
+                return await _follow(session, namespace, args.migration, migration, args)
         migrations = [migration]
     else:
         listed = await session.kube.get(lpm_path("PodMigration", None if _all(args) else namespace))
@@ -146,18 +167,13 @@ async def status(args: argparse.Namespace, session: Session) -> Exit:
 async def _follow(session: Session, namespace: str, name: str, migration: dict[str, Any],
                   args: argparse.Namespace) -> Exit:
     display = Display(sys.stdout, sys.stdout.isatty())
-    again = f"kubectl lpm status {name} -n {namespace} --wait"
     try:
         async with asyncio.timeout(args.timeout):
             state = await follow(session.kube, namespace, name, display, meta(migration).get("creationTimestamp"))
     except TimeoutError:
         print(f"kubectl-lpm: migration {namespace}/{name} did not end within {args.timeout:g}s; it goes on: "
-              f"follow it with `{again}`", file=sys.stderr)
+              f"follow it with `{_again(namespace, name)}`", file=sys.stderr)
         return Exit.TIMEOUT
-    except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task, then raises KeyboardInterrupt
-        print(f"\nkubectl-lpm: stopped following; migration {namespace}/{name} goes on: follow it with "
-              f"`{again}`", file=sys.stderr)
-        raise
     result = progress.outcome(state)
     if result is Outcome.DELETED or state is None:
         print(f"kubectl-lpm: migration {namespace}/{name} was deleted", file=sys.stderr)
