@@ -11,6 +11,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -386,8 +387,11 @@ def test_ctrl_c_leaves_the_migration_running_and_says_how_to_follow_it(control_p
                                                                        namespace: str) -> None:
     pod = make_pod(control_plane, namespace)
     name = migration_name("web", pod["metadata"]["uid"])
+    # SIGINT as a terminal's Ctrl-C delivers it: a suite started in the background (``cmd &`` in a shell
+    # without job control, as CI may be) has it ignored, and a child inherits that, so the plugin never saw it.
     process = subprocess.Popen(_migrate_argv(control_plane, namespace, "--wait"), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # Whenever the interrupt lands once the migration exists (in the create's answer, or while following),
         # the plugin says how to follow it again: no wait for it to be "following by now".
