@@ -85,6 +85,58 @@ def test_the_bar_counts_phases_and_the_lines_say_the_stage() -> None:
     assert progress.seen({}).phase == "Pending"  # no status yet: no agent has taken it on
 
 
+def _moving(**status: Any) -> progress.Seen:
+    return progress.seen({"spec": {"targetNode": "node-b"}, "status": {"phase": "Checkpointing", **status}})
+
+
+def test_bytes_draw_the_bar_the_rate_and_the_eta_while_checkpointing() -> None:
+    writing = _moving(progress=[{"containerName": "app", "bytesCheckpointed": 100 * 2**20,
+                                 "bytesStored": 30 * 2**20, "bytesPerSecond": 50 * 2**20, "done": False}])
+    # The runtime is still writing: no total, so no ETA and an empty bar, but the bytes and the rate.
+    assert progress.bar(writing, 4) == ("[--------------------] app: 100.0 MiB checkpointed, 30.0 MiB stored, "
+                                        "50.0 MiB/s, the runtime is still writing  4s")
+    known = _moving(progress=[
+        {"containerName": "app", "bytesCheckpointed": 2**30, "bytesStored": 2**28, "bytesTotal": 2**30,
+         "bytesPerSecond": 2**28, "done": True},
+        {"containerName": "db", "bytesCheckpointed": 256 * 2**20, "bytesStored": 64 * 2**20,
+         "bytesTotal": 1024 * 2**20, "bytesPerSecond": 128 * 2**20, "done": False}])
+    # The bar follows the first container still going: db, a quarter done, 768 MiB left at 128 MiB/s.
+    assert progress.bar(known, 9) == ("[#####---------------] db: 256.0 of 1024.0 MiB checkpointed, 64.0 MiB "
+                                      "stored, 128.0 MiB/s, ETA 6s  9s")
+    # Piped, a line for each container whose bytes moved since the last read, none for one that did not.
+    before = _moving(progress=[{"containerName": "app", "bytesCheckpointed": 2**30, "bytesStored": 2**28,
+                               "bytesTotal": 2**30, "bytesPerSecond": 2**28, "done": True}])
+    assert progress.progress_lines(known, before, 9.04) == [
+        "    9.0s  Checkpointing: db: 256.0 of 1024.0 MiB checkpointed, 64.0 MiB stored, 128.0 MiB/s, ETA 6s"]
+    assert [item.eta for item in known.progress] == [0.0, 6.0]
+    # Once every container is done, the bar counts phases again.
+    finished = _moving(progress=[{"containerName": "app", "bytesCheckpointed": 1, "done": True}])
+    assert progress.bar(finished, 2).startswith("[########------------] 2/5 Checkpointing")
+
+
+def test_malformed_progress_and_freeze_window_are_read_as_unknown_not_a_crash() -> None:
+    odd = _moving(progress=[{"containerName": "app", "bytesCheckpointed": "lots", "bytesTotal": -1,
+                             "bytesPerSecond": True}, "not an object"], freezeWindow={"seconds": "soon"})
+    assert odd.progress == (progress.Bytes("app", 0, 0, None, None, False),) and odd.freeze is None
+    assert progress.transfer(odd.progress[0]) == (
+        "app: 0.0 MiB checkpointed, 0.0 MiB stored, the runtime is still writing")
+
+
+def test_the_summary_gives_the_freeze_window_the_agents_published() -> None:
+    status = {"phase": "Succeeded", "sourceNode": "node-a", "restoredPodName": "web-x",
+              "startTime": "2026-12-02T10:00:00Z", "completionTime": "2026-12-02T10:00:09Z",
+              "freezeWindow": {"seconds": 4.215, "checkpointSeconds": 2.1, "handoverSeconds": 0.305,
+                               "restoreSeconds": 1.81}}
+    done = progress.seen({"spec": {"targetNode": "node-b"}, "status": status})
+    assert progress.summary(done) == [
+        "pod runs on node-b as web-x (moved from node-a)",
+        "freeze window: 4.21s (checkpoint requested to restored pod running: checkpoint 2.10s, handover 0.30s, "
+        "restore 1.81s)"]
+    del status["freezeWindow"]  # an older agent: only the whole-second ends
+    assert progress.summary(progress.seen({"spec": {"targetNode": "node-b"}, "status": status}))[1] == (
+        "checkpoint to restored pod running: 9s (status startTime to completionTime, whole seconds)")
+
+
 @pytest.mark.parametrize(("phase", "outcome"), [
     ("Pending", progress.Outcome.RUNNING), ("Restoring", progress.Outcome.RUNNING),
     ("Succeeded", progress.Outcome.SUCCEEDED), ("Failed", progress.Outcome.FAILED)])

@@ -44,6 +44,17 @@ class CompressionSettings:
     sealed dumps are opened with whichever of its keys their manifest names. None: plain dumps only."""
 
 
+@dataclass
+class Tally:
+    """Bytes through one ingest so far, read by another thread to report progress (each field is one int
+    stored at a time, which another thread always reads whole)."""
+
+    read: int = 0
+    """Raw archive bytes read."""
+    written: int = 0
+    """Bytes written to the store (compressed, and sealed when encryption is on)."""
+
+
 @dataclass(frozen=True)
 class StreamDigest:
     raw_size: int
@@ -64,9 +75,11 @@ def compress_stream(
     cancel: threading.Event,
     label: str,
     more: Callable[[], bool] | None = None,
+    tally: Tally | None = None,
 ) -> StreamDigest:
     """Copy ``src_fd`` to ``dst_fd`` as one zstd frame, sealed when ``settings.encryption`` is set; hash both
-    sides (the output's SHA-256 is of the bytes written); fsync the output.
+    sides (the output's SHA-256 is of the bytes written); fsync the output. ``tally``, when given, counts
+    the bytes as they go (a migration's progress in its status).
 
     At the end of the input, ``more`` (when given) is asked whether to read again: a file still being
     written is followed until its writer says it is done (``ingest.service``'s ``_Follow``).
@@ -96,6 +109,8 @@ def compress_stream(
         raw_hash.update(chunk)
         raw_size += count
         out_size += _emit(dst_fd, encode(compressor.compress(chunk)), out_hash)
+        if tally is not None:
+            tally.read, tally.written = raw_size, out_size
         now = time.monotonic()
         if now >= next_report:
             next_report = now + settings.progress_interval
@@ -109,6 +124,8 @@ def compress_stream(
         tail = sealer.feed(tail) + sealer.finish()
     out_size += _emit(dst_fd, tail, out_hash)
     os.fsync(dst_fd)
+    if tally is not None:
+        tally.written = out_size
     return StreamDigest(raw_size, raw_hash.hexdigest(), out_size, out_hash.hexdigest(), dump_key)
 
 

@@ -677,7 +677,11 @@ async def test_destination_restarted_mid_restore_restores_exactly_once(cluster: 
 def _report_running(cluster: Cluster, pod_name: str) -> None:
     """There is no runtime behind node-b's stand-in: the test plays its kubelet and reports the pod running."""
     pod = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/{pod_name}")
-    pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                     "containerStatuses": [{"name": c["name"], "image": c["image"], "imageID": "", "ready": True,
+                                            "restartCount": 0, "state": {"running": {"startedAt": started}}}
+                                           for c in pod["spec"]["containers"]]}
     cluster.api("PUT", f"/api/v1/namespaces/{cluster.namespace}/pods/{pod_name}/status", pod)
 
 
@@ -698,6 +702,19 @@ async def test_retain_original_pod_keeps_the_source_and_both_pods_say_what_happe
     done = await eventually(lambda: _phase(m := cluster.get("podmigrations", "keep-it")) in ("Succeeded", "Failed")
                             and m, what="the migration to finish")
     assert _phase(done) == "Succeeded", done["status"]
+    # The checkpoint's last progress and the whole freeze window, as each agent wrote them into the migration.
+    content = cluster.get("podcheckpointcontents", cluster.get("podcheckpoints", "keep-it")["status"]
+                          ["boundContentName"], namespaced=False)
+    [stored] = content["spec"]["containers"]
+    [moved] = done["status"]["progress"]
+    assert moved["containerName"] == "app" and moved["done"] is True, moved
+    assert moved["bytesCheckpointed"] == moved["bytesTotal"] > 0 and moved["bytesStored"] == stored["compressedSize"]
+    window = done["status"]["freezeWindow"]
+    assert set(window) == {"checkpointRequested", "checkpointComplete", "restoreStarted", "restoredRunning",
+                           "seconds", "checkpointSeconds", "handoverSeconds", "restoreSeconds"}, window
+    spans = window["checkpointSeconds"] + window["handoverSeconds"] + window["restoreSeconds"]
+    assert all(window[k] >= 0 for k in ("checkpointSeconds", "handoverSeconds", "restoreSeconds")), window
+    assert abs(window["seconds"] - spans) < 0.005, window
     source = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/kept-0")
     assert source["metadata"].get("deletionTimestamp") is None  # kept, as asked
     assert source["spec"]["nodeName"] == "node-a"

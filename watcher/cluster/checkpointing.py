@@ -28,13 +28,15 @@ from typing import Any
 
 from watcher.archive import names
 from watcher.archive.identity import Identity
-from watcher.cluster import events
+from watcher.cluster import events, progress
 from watcher.cluster.checkpointers import Checkpointer
 from watcher.cluster.claims import Claims
 from watcher.cluster.objects import (
     API_VERSION,
+    MIGRATION_LABEL,
     ORIGIN_ANNOTATION,
     TARGET_NODE_ANNOTATION,
+    MigrationPhase,
     Phase,
     PodCheckpointContentSpec,
     StoredArtifact,
@@ -54,7 +56,7 @@ from watcher.observe import AgentMetrics, Operation
 from watcher.runtime.checkpoint import RuntimeCheckpointError
 from watcher.store.manifest import Manifest
 from watcher.stores import Store, Stores
-from watcher.zstream import CompressionSettings
+from watcher.zstream import CompressionSettings, Tally
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,8 @@ class Source:
         self._slots = asyncio.Semaphore(self.max_concurrent)
 
     async def checkpoint(self, pod: Mapping[str, Any], containers: list[str], target_node: str | None,
-                         say: Callable[[str], Awaitable[object]] | None = None) -> Stored:
+                         say: Callable[[str], Awaitable[object]] | None = None,
+                         report: progress.Report | None = None) -> Stored:
         """Checkpoint ``containers`` of ``pod`` (runtime or kubelet: ``checkpointers``) and commit them as one.
 
         One at a time per pod: two requests for one pod (a ContainerCheckpoint and a migration, say) would
@@ -131,7 +134,7 @@ class Source:
         At most ``max_concurrent`` at once on the node: each ingest holds buffers and zstd's workers, and a
         burst of migrations must not push the agent past its memory limit (bench/concurrency.py measures
         what one costs). A request that has to wait is told so through ``say`` (its status), and again once
-        its turn comes."""
+        its turn comes. ``report`` is given the bytes done so far while it runs (``progress.publish``)."""
         async with self._pods_busy.held(meta(pod)["uid"]):
             queued = self._slots.locked()
             if queued and say is not None:
@@ -140,9 +143,19 @@ class Source:
             async with self._slots:
                 if queued and say is not None:
                     await say("checkpointing")
-                return await self._checkpoint(pod, containers, target_node)
+                done = progress.Progress.of(containers)
+                if report is None:
+                    return await self._checkpoint(pod, containers, target_node, done)
+                stop = asyncio.Event()
+                publisher = asyncio.create_task(progress.publish(done, report, stop))
+                try:
+                    return await self._checkpoint(pod, containers, target_node, done)
+                finally:
+                    stop.set()
+                    await publisher
 
-    async def _checkpoint(self, pod: Mapping[str, Any], containers: list[str], target_node: str | None) -> Stored:
+    async def _checkpoint(self, pod: Mapping[str, Any], containers: list[str], target_node: str | None,
+                          done: progress.Progress) -> Stored:
         began = time.monotonic()
         namespace, name = meta(pod)["namespace"], meta(pod)["name"]
         # Claimed until committed: the directory watcher must not ingest these archives on its
@@ -156,14 +169,14 @@ class Source:
         try:
             for container in containers:
                 archives[container], staged = await self._take(
-                    pod, container, self.stores.shared if why_local is None else None)
+                    pod, container, self.stores.shared if why_local is None else None, done)
                 if staged is not None:
                     early[container] = staged
             refused = False  # True: the store is available but refused this checkpoint's place in it
             if why_local is None:
                 handed, early = early, {}  # _commit commits or discards them
                 try:
-                    results = await self._commit(self.stores.shared, pod, archives, target_node, handed)
+                    results = await self._commit(self.stores.shared, pod, archives, target_node, handed, done)
                 except UnsafeNameError as err:
                     # The store takes writes, but not where this checkpoint goes: something planted there (a
                     # symlink for the pod's directory, say), which a retry would meet again. Refused; this
@@ -179,7 +192,7 @@ class Source:
                     log.warning("shared store failed during the checkpoint; holding it locally", extra={
                         "fields": {"pod": f"{namespace}/{name}", "reason": why_local}})
             if why_local is not None:
-                results = await self._commit(self.stores.local, pod, archives, target_node, {})
+                results = await self._commit(self.stores.local, pod, archives, target_node, {}, done)
                 self.metrics.held_locally.inc()
             self.metrics.checkpointed(results, time.monotonic() - began)
             return Stored(results, self.stores.shared if why_local is None else self.stores.local, why_local,
@@ -191,14 +204,17 @@ class Source:
             for container, prefix in prefixes.items():
                 self.claims.end(prefix, archives.get(container))
 
-    async def _take(self, pod: Mapping[str, Any], container: str,
-                    store: Store | None) -> tuple[str, StagedArchive | None]:
+    async def _take(self, pod: Mapping[str, Any], container: str, store: Store | None,
+                    done: progress.Progress) -> tuple[str, StagedArchive | None]:
         """Checkpoint one container; where its archive's name is known in advance and ``store`` is given,
         stage the archive into ``store`` as the runtime writes it (compression then overlaps the dump's
         tar instead of following it, inside the freeze window). Reading it early is only a head start:
         if that fails for any reason, None is returned and the finished archive is read as before."""
         started = time.monotonic()
+        if done.requested is None:
+            done.requested = datetime.now(UTC)
         planned = self.checkpointer.planned(pod, container) if store is not None else None
+        mine = done.containers[container]
         if store is None or planned is None:
             archive = await self.checkpointer.checkpoint(pod, container, planned)
             self._answered(pod, container, archive, started)
@@ -208,10 +224,11 @@ class Source:
         hint = Identity.checked(meta(pod)["uid"], namespace, name, container)
         staging = asyncio.create_task(asyncio.to_thread(
             service.stage_archive, store.fd, self.checkpoint_dir / planned, self.node, hint,
-            self.compression, self.cancel, written))
+            self.compression, self.cancel, written, mine.tally))
         try:
             archive = await self.checkpointer.checkpoint(pod, container, planned)
             written.set()
+            mine.total = _size(self.checkpoint_dir / archive)
             self._answered(pod, container, archive, started)
         except BaseException:
             written.set()
@@ -223,7 +240,9 @@ class Source:
         except LpmError as err:
             log.warning("reading the archive as it was written failed; reading it again", extra={"fields": {
                 "pod": f"{namespace}/{name}", "container": container, "reason": str(err)}})
+            mine.tally = Tally()  # read again from the start by _commit
             return archive, None
+        mine.done = True
         log.info("container ingested", extra={"fields": {
             "pod": f"{namespace}/{name}", "container": container, "store": store.kind.value,
             "overlapped": True, "ingestSeconds": round(time.monotonic() - answered, 4)}})
@@ -237,7 +256,8 @@ class Source:
             "checkpointSeconds": round(time.monotonic() - started, 4)}})
 
     async def _commit(self, store: Store, pod: Mapping[str, Any], archives: Mapping[str, str],
-                      target_node: str | None, early: Mapping[str, StagedArchive]) -> list[IngestResult]:
+                      target_node: str | None, early: Mapping[str, StagedArchive],
+                      done: progress.Progress) -> list[IngestResult]:
         """Stage what ``early`` does not hold yet, then commit them all as one checkpoint; on failure every
         staged archive, ``early``'s included, is discarded."""
         namespace, name, uid = meta(pod)["namespace"], meta(pod)["name"], meta(pod)["uid"]
@@ -249,9 +269,12 @@ class Source:
                     continue
                 started = time.monotonic()
                 hint = Identity.checked(uid, namespace, name, container)
+                mine = done.containers[container]
+                mine.tally, mine.total = Tally(), _size(self.checkpoint_dir / archive)
                 staged.append(await asyncio.to_thread(
                     service.stage_archive, store.fd, self.checkpoint_dir / archive, self.node, hint,
-                    self.compression, self.cancel))
+                    self.compression, self.cancel, None, mine.tally))
+                mine.done = True
                 log.info("container ingested", extra={"fields": {
                     "pod": f"{namespace}/{name}", "container": container, "store": store.kind.value,
                     "ingestSeconds": round(time.monotonic() - started, 4)}})
@@ -266,6 +289,14 @@ class Source:
             "pod": f"{namespace}/{name}", "checkpointID": results[0].manifest.checkpoint_id,
             "storageType": store.kind.value, "commitSeconds": round(time.monotonic() - started, 4)}})
         return results
+
+
+def _size(path: Path) -> int | None:
+    """The finished archive's size, for progress only (None: not readable now; its ingest will say why)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 async def _discard(staging: asyncio.Task[StagedArchive], store: Store, node: str) -> None:
@@ -395,6 +426,23 @@ def _saying(src: Source, kind: str, request: Mapping[str, Any]) -> Callable[[str
     return say
 
 
+def _reporting(src: Source, kind: str, request: Mapping[str, Any]) -> progress.Report:
+    """Where a checkpoint's progress goes: into its migration's status while that is ``Checkpointing``, when
+    the request is a migration's (made by it, owned by it: ``migration.checkpoint_request``); else into the
+    request's own while it is ``Running``."""
+    namespace = meta(request)["namespace"]
+    migration = meta(request).get("labels", {}).get(MIGRATION_LABEL)
+    owned = any(ref.get("kind") == "PodMigration" and ref.get("name") == migration
+                for ref in meta(request).get("ownerReferences", []))
+    kind, name, phase = (("PodMigration", migration, MigrationPhase.CHECKPOINTING.value) if migration and owned
+                         else (kind, meta(request)["name"], Phase.RUNNING.value))
+
+    async def report(items: list[dict[str, Any]], requested: datetime | None) -> object:
+        return await update_status(src.kube, kind, namespace, name,
+                                   lambda status: progress.progressed(status, phase, items, requested))
+    return report
+
+
 async def reconcile_container_checkpoint(src: Source, event: str, obj: dict[str, Any]) -> None:
     begun = await _begin(src, "ContainerCheckpoint", event, obj)
     if begun is None:
@@ -402,7 +450,8 @@ async def reconcile_container_checkpoint(src: Source, event: str, obj: dict[str,
     decision, request, pod = begun
     [container] = decision.containers
     try:
-        stored = await src.checkpoint(pod, [container], None, _saying(src, "ContainerCheckpoint", request))
+        stored = await src.checkpoint(pod, [container], None, _saying(src, "ContainerCheckpoint", request),
+                                      _reporting(src, "ContainerCheckpoint", request))
     except FINAL_ERRORS as err:
         await _fail(src, "ContainerCheckpoint", request, pod, err)
         return
@@ -421,7 +470,7 @@ async def reconcile_pod_checkpoint(src: Source, event: str, obj: dict[str, Any])
     decision, request, pod = begun
     try:
         stored = await src.checkpoint(pod, list(decision.containers), decision.target,
-                                      _saying(src, "PodCheckpoint", request))
+                                      _saying(src, "PodCheckpoint", request), _reporting(src, "PodCheckpoint", request))
     except FINAL_ERRORS as err:
         await _fail(src, "PodCheckpoint", request, pod, err)
         return

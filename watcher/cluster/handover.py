@@ -103,6 +103,12 @@ def _ready(pod: Mapping[str, Any]) -> bool:
         c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
+def running(pod: Mapping[str, Any]) -> bool:
+    """Every container of ``pod`` has started (its restored processes run), Ready or not yet."""
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    return bool(statuses) and all("running" in (c.get("state") or {}) for c in statuses)
+
+
 def controller_of(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     return next((dict(ref) for ref in pod.get("metadata", {}).get("ownerReferences") or []
                  if ref.get("controller")), None)

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from watcher.cluster import events
+from watcher.cluster import events, progress
 from watcher.cluster.admission import admit
 from watcher.cluster.checkpointing import create_idempotent
 from watcher.cluster.eligibility import claim_names, owner_refusal, volume_refusal
@@ -298,9 +298,11 @@ async def _carry_out(kube: Kube, node: str, seen: Seen, decision: Decision, retr
             await events.record(kube, seen.pod, "MigrationRefused", decision.message, warning=True, node=node)
     elif decision.step is Step.COMPLETE:
         assert isinstance(seen.pod, Mapping)
+        complete = datetime.now(UTC)
         await update_status(kube, "PodMigration", namespace, name, lambda status: transition(
             status, MigrationPhase.CHECKPOINT_COMPLETE, decision.message, settled=_DONE_HERE,
-            podCheckpointRef={"name": name, "namespace": namespace}))
+            podCheckpointRef={"name": name, "namespace": namespace},
+            freezeWindow=progress.window(status, checkpointComplete=complete)))
         await events.record(kube, seen.pod, "CheckpointComplete", decision.event, node=node)
 
 

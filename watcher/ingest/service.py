@@ -23,7 +23,7 @@ from watcher.errors import AlreadyComplete, ArchiveChanged, ArchiveError, Cancel
 from watcher.store import catalog, commit, fsio, layout, retrieve
 from watcher.store.ledger import Ledger, LedgerRecord
 from watcher.store.manifest import Manifest
-from watcher.zstream import CompressionSettings, StreamDigest, compress_stream
+from watcher.zstream import CompressionSettings, StreamDigest, Tally, compress_stream
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def stage_archive(
     settings: CompressionSettings,
     cancel: threading.Event,
     written: threading.Event | None = None,
+    tally: Tally | None = None,
 ) -> StagedArchive:
     """Read the archive once: check its tar structure, compress and hash it into staging.
 
@@ -76,6 +77,7 @@ def stage_archive(
     runtime writes it: waited for until it appears, followed as it grows, and taken as it is once
     ``written`` is set (the runtime answered) and the end of the file is reached; it must then be
     a whole archive like any other. Compression overlaps the runtime's write instead of following it.
+    ``tally`` counts the bytes read and stored as they go.
     """
     archive = names.parse(path.name)
     label = repr(path.name)
@@ -88,7 +90,7 @@ def stage_archive(
                 try:
                     with fsio.os_errors(f"ingest of {label} into the store"):
                         digest = compress_stream(src, dst, scanner.feed, settings, cancel, path.name,
-                                                 None if written is None else _Follow(written))
+                                                 None if written is None else _Follow(written), tally)
                 finally:
                     os.close(dst)
                 scan = scanner.finish()

@@ -78,6 +78,13 @@ class Display:
         self.out.write(progress.line(state, elapsed) + "\n")
         self.tick(state, elapsed)
 
+    def moved(self, state: Seen, before: Seen, elapsed: float) -> None:
+        """The bytes moved: the bar on a terminal, a line per container that moved when piped."""
+        if not self.terminal:
+            for line in progress.progress_lines(state, before, elapsed):
+                self.out.write(line + "\n")
+        self.tick(state, elapsed)
+
     def tick(self, state: Seen, elapsed: float) -> None:
         if self.terminal and progress.outcome(state) is Outcome.RUNNING:
             self._bar = progress.bar(state, elapsed)
@@ -123,6 +130,8 @@ async def follow(kube: Kube, namespace: str, name: str, display: Display,
                 return None
             if state is None or update.stage != state.stage:
                 display.stage(update, offset + clock() - began)
+            elif update.progress != state.progress:
+                display.moved(update, state, offset + clock() - began)
             state = update
             if progress.outcome(state) is not Outcome.RUNNING:
                 return state

@@ -24,11 +24,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from watcher.cluster import events, handover
+from watcher.cluster import events, handover, progress
 from watcher.cluster.handover import Handover
 from watcher.cluster.handover import Step as HandoverStep
 from watcher.cluster.objects import MigrationPhase, lpm_path, meta, pod_path
@@ -172,8 +173,7 @@ class Destination:
                     return
                 elif step is Step.BEGIN:
                     started = time.monotonic()
-                    await update_status(self.kube, "PodMigration", namespace, name, lambda status: transition(
-                        status, MigrationPhase.RESTORING, f"restoring on {self.node}"))
+                    await update_status(self.kube, "PodMigration", namespace, name, self._restoring)
                     seen = replace(seen, source=await get_or_none(self.kube, pod_path(
                         namespace, migration["spec"]["podName"])))
                 elif step is Step.RESTORE:
@@ -247,6 +247,8 @@ class Destination:
         namespace, name = meta(migration)["namespace"], meta(migration)["name"]
         source_name, restored_name = migration["spec"]["podName"], meta(restored)["name"]
         retain = migration["spec"].get("retainOriginalPod", False)
+        if handover.running(restored) and "restoredRunning" not in migration.get("status", {}).get("freezeWindow", {}):
+            await self._ran(migration, datetime.now(UTC))
         source = await self._get_pod(namespace, source_name)
         step = handover.decide(restored, source, retain, handover.handover_of(migration))
         if step is HandoverStep.WAIT:
@@ -292,6 +294,23 @@ class Destination:
             fate = "this pod was kept: retainOriginalPod" if retain else "this pod is removed"
             await events.record(self.kube, source, "Migrated", f"running on {self.node} as {restored_name} "
                                 f"({name}); " + fate, node=self.node)
+
+    def _restoring(self, status: dict[str, Any]) -> dict[str, Any] | None:
+        """The restore begins here (a status mutation)."""
+        return transition(status, MigrationPhase.RESTORING, f"restoring on {self.node}",
+                          freezeWindow=progress.window(status, restoreStarted=datetime.now(UTC)))
+
+    async def _ran(self, migration: Mapping[str, Any], moment: datetime) -> None:
+        """The freeze window closes: the restored pod's processes run (seen at ``moment``)."""
+        def closed(status: dict[str, Any]) -> dict[str, Any] | None:
+            if status.get("phase") != MigrationPhase.RESTORING.value or \
+                    "restoredRunning" in status.get("freezeWindow", {}):
+                return None
+            status["freezeWindow"] = progress.window(status, restoredRunning=moment)
+            return status
+        await update_status(self.kube, "PodMigration", meta(migration)["namespace"], meta(migration)["name"], closed)
+        log.info("restored pod running: the freeze window closes", extra={"fields": {
+            "migration": f"{meta(migration)['namespace']}/{meta(migration)['name']}"}})
 
     async def _handover(self, migration: Mapping[str, Any], state: Handover, message: str) -> None:
         await update_status(self.kube, "PodMigration", meta(migration)["namespace"], meta(migration)["name"],
