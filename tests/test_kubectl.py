@@ -102,12 +102,12 @@ def test_bytes_draw_the_bar_the_rate_and_the_eta_while_checkpointing() -> None:
          "bytesTotal": 1024 * 2**20, "bytesPerSecond": 128 * 2**20, "done": False}])
     # The bar follows the first container still going: db, a quarter done, 768 MiB left at 128 MiB/s.
     assert progress.bar(known, 9) == ("[#####---------------] db: 256.0 of 1024.0 MiB checkpointed, 64.0 MiB "
-                                      "stored, 128.0 MiB/s, ETA 6s  9s")
+                                      "stored, 128.0 MiB/s, ETA 6.0s  9s")
     # Piped, a line for each container whose bytes moved since the last read, none for one that did not.
     before = _moving(progress=[{"containerName": "app", "bytesCheckpointed": 2**30, "bytesStored": 2**28,
                                "bytesTotal": 2**30, "bytesPerSecond": 2**28, "done": True}])
     assert progress.progress_lines(known, before, 9.04) == [
-        "    9.0s  Checkpointing: db: 256.0 of 1024.0 MiB checkpointed, 64.0 MiB stored, 128.0 MiB/s, ETA 6s"]
+        "    9.0s  Checkpointing: db: 256.0 of 1024.0 MiB checkpointed, 64.0 MiB stored, 128.0 MiB/s, ETA 6.0s"]
     assert [item.eta for item in known.progress] == [0.0, 6.0]
     # Once every container is done, the bar counts phases again.
     finished = _moving(progress=[{"containerName": "app", "bytesCheckpointed": 1, "done": True}])

@@ -20,8 +20,11 @@ from __future__ import annotations
 import asyncio
 import http.client
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +39,7 @@ from lab.manifests import (
     grant_kubelet_checkpoints,
     revoke_kubelet_checkpoints,
 )
+from watcher.cluster.objects import migration_name
 
 NO_RESTORE = "node-c"
 
@@ -231,3 +235,41 @@ async def test_many_migrations_at_once_each_pod_keeps_its_own_memory(cluster: Re
         agents[SOURCE].stop()
         agents[SOURCE] = start_agent(cp, cluster.nodes[SOURCE], cluster.store_views[SOURCE])
         agents[SOURCE].wait_logged("cluster mode watching")
+
+
+@pytest.mark.asyncio
+async def test_an_operator_moves_a_pod_with_kubectl_lpm_and_sees_its_bytes_and_freeze_window(
+        cluster: RealCluster, agents: dict[str, AgentProcess]) -> None:
+    """``kubectl lpm migrate --wait``, piped as a script would run it, moves a pod holding 192 MiB from node-a
+    to node-b: it prints the checkpoint's bytes as the source's agent publishes them, ends 0 with where the pod
+    runs and its freeze window, and the restored pod finds every byte of its memory as it was."""
+    cp = cluster.control_plane
+    install_memhold(cluster, (SOURCE, TARGET))
+    size = 192 * MIB
+    await run_holder(cluster, "plugin-hold", size, SOURCE)
+    pod = cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/plugin-hold")
+    plugin = str(Path(sys.executable).parent / "kubectl-lpm")
+    done = await asyncio.to_thread(
+        subprocess.run, [plugin, "--kubeconfig", str(cp.admin_kubeconfig), "migrate", "plugin-hold", "--to", TARGET,
+                         "-n", NAMESPACE, "--wait", "--timeout", "5m"],
+        capture_output=True, text=True, timeout=400, check=False)
+    explain = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}\n" + "\n".join(
+        f"=== {n}:\n{a.tail(20)}" for n, a in agents.items())
+    assert done.returncode == 0, explain
+    print(done.stdout)
+    migration = cp.admin.request("GET", f"/apis/lpm.my.domain/v1/namespaces/{NAMESPACE}/podmigrations/"
+                                        f"{migration_name('plugin-hold', pod['metadata']['uid'])}")
+    status = migration["status"]
+    [moved] = status["progress"]
+    # The archive holds the pod's memory; the store holds it compressed (memhold's pages are a third zeros).
+    assert moved["done"] and moved["bytesCheckpointed"] == moved["bytesTotal"] > size, moved
+    assert 0 < moved["bytesStored"] < moved["bytesCheckpointed"], moved
+    lines = done.stdout.splitlines()
+    total = f"{moved['bytesTotal'] / MIB:.1f} of {moved['bytesTotal'] / MIB:.1f} MiB checkpointed"
+    assert any(line.endswith(", done") and f"Checkpointing: hold: {total}" in line for line in lines), explain
+    window = status["freezeWindow"]
+    assert f"freeze window: {window['seconds']:.2f}s (checkpoint requested to restored pod running: checkpoint " \
+           f"{window['checkpointSeconds']:.2f}s" in done.stdout, explain
+    assert 0 < window["checkpointSeconds"] < window["seconds"], window
+    assert lines[-2] == f"pod runs on {TARGET} as {status['restoredPodName']} (moved from {SOURCE})", explain
+    await verified(cluster, status["restoredPodName"], size, timeout=120)

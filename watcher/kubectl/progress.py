@@ -129,7 +129,9 @@ def transfer(item: Bytes) -> str:
     if item.done:
         return text + ", done"
     eta = item.eta
-    return text + (f", ETA {eta:.0f}s" if eta is not None else ", the runtime is still writing")
+    if eta is None:
+        return text + ", the runtime is still writing"
+    return text + (f", ETA {eta:.1f}s" if eta < 10 else f", ETA {eta:.0f}s")
 
 
 def parse_time(value: Any) -> datetime | None:
