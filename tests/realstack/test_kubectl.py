@@ -24,10 +24,12 @@ import pytest
 import yaml
 
 from lab.apiclient import ApiError
+from lab.archives import ArchiveSpec, Pod, make_archive
 from lab.controlplane import ControlPlane
 from lpm_gc.scanner import scan
 from tests.realstack import samples
 from tests.realstack.clients import kube_client
+from tests.support import lpm
 from watcher.cluster.migration import reconcile_annotated_pod
 from watcher.cluster.objects import MIGRATE_ANNOTATION, MIGRATION_LABEL, lpm_path, migration_name, pod_path
 from watcher.kube.client import Kube
@@ -320,6 +322,61 @@ def test_ls_in_every_output_format_and_pins_as_the_collector_reads_them(
     assert no_store.returncode == 2 and "--store" in no_store.stderr
     unknown = plugin(kubeconfig, "pin", "no-such-checkpoint", "--store", str(store))
     assert unknown.returncode == 1 and "not found" in unknown.stderr
+
+
+def _ingested(store: Path, kube_dir: Path, containers: tuple[str, ...]) -> tuple[dict[str, Path], list[Object]]:
+    """Real archives ingested into a real store by ``lpm ingest``, one per container of one checkpoint, and the
+    content artifacts an agent would announce for them (URI, SHA-256, size from their manifests)."""
+    archives, artifacts = {}, []
+    for container in containers:
+        pod = Pod(container=container)
+        archives[container] = make_archive(kube_dir, ArchiveSpec(pod=pod, memory=1 << 20))
+        uri = lpm("ingest", str(archives[container]), "--store", str(store), "--node", "node-a",
+                  check=True).stdout.strip()
+        manifest = json.loads((store / Path(*uri.removeprefix("shared://").split("/")[:-1]) / "manifest.json")
+                              .read_text())
+        artifacts.append({"containerName": container, "artifactURI": uri, "checksumSHA256": manifest[
+            "checksumSHA256"], "compressedSize": manifest["compressedSize"], "storageType": "shared"})
+    return archives, artifacts
+
+
+def test_get_writes_a_containers_archive_verified_against_what_the_api_recorded(
+        control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    store, kube_dir = tmp_path / "store", tmp_path / "kubelet"
+    store.mkdir(mode=0o700)
+    kube_dir.mkdir()
+    archives, artifacts = _ingested(store, kube_dir, ("app", "sidecar"))
+    # Each archive is ingested on its own, so each has its own checkpoint ID: the content names the first's,
+    # and both artifacts are read by their own URIs, as the plugin does.
+    body = samples.pod_checkpoint_content(f"pcc-{uuid.uuid4().hex[:6]}", namespace)
+    body["spec"].update(podNamespace=namespace, podUID=Pod().uid, containers=artifacts)
+    control_plane.admin.request("POST", lpm_path("PodCheckpointContent"), body)
+    name, kubeconfig = body["metadata"]["name"], control_plane.admin_kubeconfig
+
+    out = tmp_path / "sidecar.tar"
+    done = plugin(kubeconfig, "get", name, "-c", "sidecar", "-o", str(out), "--store", str(store))
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == archives["sidecar"].read_bytes()
+    assert done.stdout == f"{out}: container sidecar of {name}, {out.stat().st_size} bytes, SHA-256 verified\n"
+
+    which = plugin(kubeconfig, "get", name, "-o", str(tmp_path / "x.tar"), "--store", str(store))
+    assert which.returncode == 2 and "holds containers app, sidecar: name one with -c" in which.stderr
+    assert not (tmp_path / "x.tar").exists()
+    none = plugin(kubeconfig, "get", name, "-c", "db", "-o", str(tmp_path / "x.tar"), "--store", str(store))
+    assert none.returncode == 1 and "has no container db" in none.stderr
+
+    # A content whose SHA-256 is not the stored dump's (the store rewritten behind the API's back, or a forged
+    # content): refused before a byte is written.
+    forged = samples.container_checkpoint_content(f"ccc-{uuid.uuid4().hex[:6]}", namespace)
+    forged["spec"].update({k: v for k, v in artifacts[0].items() if k != "containerName"},
+                          podNamespace=namespace, checksumSHA256="0" * 64)
+    control_plane.admin.request("POST", lpm_path("ContainerCheckpointContent"), forged)
+    refused = plugin(kubeconfig, "get", forged["metadata"]["name"], "-o", str(tmp_path / "x.tar"), "--store",
+                     str(store))
+    assert refused.returncode == 1 and "the API recorded " + "0" * 64 in refused.stderr, refused.stderr
+    assert not (tmp_path / "x.tar").exists() and list(tmp_path.glob(".x.tar*")) == []
+    no_store = plugin(kubeconfig, "get", name, "-c", "app", "-o", str(tmp_path / "x.tar"))
+    assert no_store.returncode == 2 and "--store" in no_store.stderr
 
 
 # -- following a migration ---------------------------------------------------------------------------------

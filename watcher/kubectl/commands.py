@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from watcher.cluster.objects import API_VERSION, MIGRATION_LABEL, lpm_path, meta, migration_name, pod_path
+from watcher.crypt import keyring
 from watcher.errors import Conflict, LpmError, NotFound
-from watcher.kubectl import keep, progress, views
+from watcher.kubectl import archive, keep, progress, views
 from watcher.kubectl.follow import Display, follow
 from watcher.kubectl.progress import Outcome
 from watcher.kubectl.session import Session
+from watcher.zstream import CompressionSettings
 
 
 class Exit(IntEnum):
@@ -240,18 +242,65 @@ async def unpin(args: argparse.Namespace, session: Session) -> Exit:
 async def _checkpoint_directory(args: argparse.Namespace, session: Session) -> tuple[Path, tuple[str, str]]:
     if args.store is None:
         raise UsageError("pins live in the shared store: mount it and pass --store DIR (or set LPM_STORE)")
+    row, _ = await _content(args.checkpoint, session)
+    if row.directory is None:
+        raise LpmError(f"checkpoint {args.checkpoint} is held in node {row.node}'s local store, not the "
+                       "shared one: it can be pinned once the agent has moved it there")
+    return args.store, row.directory
+
+
+async def _content(checkpoint: str, session: Session) -> tuple[views.Checkpoint, list[dict[str, Any]]]:
+    """The checkpoint's row and its artifacts (one per container: name, URI, SHA-256) as the API has them."""
     for kind in ("PodCheckpointContent", "ContainerCheckpointContent"):
         try:
-            obj = await session.kube.get(lpm_path(kind, name=args.checkpoint))
+            obj = await session.kube.get(lpm_path(kind, name=checkpoint))
         except NotFound:
             continue
-        [row] = views.checkpoints([obj], []) if kind == "PodCheckpointContent" else views.checkpoints([], [obj])
-        if row.directory is None:
-            raise LpmError(f"checkpoint {args.checkpoint} is held in node {row.node}'s local store, not the "
-                           "shared one: it can be pinned once the agent has moved it there")
-        return args.store, row.directory
-    raise LpmError(f"checkpoint {args.checkpoint} not found (no PodCheckpointContent or ContainerCheckpointContent "
+        spec = obj.get("spec", {})
+        if kind == "PodCheckpointContent":
+            [row] = views.checkpoints([obj], [])
+            return row, list(spec.get("containers") or [])
+        [row] = views.checkpoints([], [obj])
+        return row, [spec]
+    raise LpmError(f"checkpoint {checkpoint} not found (no PodCheckpointContent or ContainerCheckpointContent "
                    "of that name)")
+
+
+# -- get ---------------------------------------------------------------------------------------------------
+
+def _get_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a name from `kubectl lpm ls`")
+    parser.add_argument("-c", "--container", help="whose archive (needed when the checkpoint holds several)")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                        help="where the archive goes: a new file, or a regular file it replaces")
+    _store(parser, "required")
+    parser.add_argument("--encryption-keys", type=Path, default=os.environ.get("LPM_ENCRYPTION_KEYS") or None,
+                        help="the key-encryption keys sealed dumps need (env LPM_ENCRYPTION_KEYS)")
+
+
+async def get(args: argparse.Namespace, session: Session) -> Exit:
+    """Write one container's original checkpoint archive, verified against the SHA-256 the API recorded for
+    it when it was announced (so a store rewritten behind the API's back is refused) and the store's own."""
+    if args.store is None:
+        raise UsageError("archives live in the shared store: mount it and pass --store DIR (or set LPM_STORE)")
+    row, artifacts = await _content(args.checkpoint, session)
+    by_name = {a.get("containerName", ""): a for a in artifacts}
+    name = args.container or (next(iter(by_name)) if len(by_name) == 1 else None)
+    if name is None:
+        raise UsageError(f"checkpoint {args.checkpoint} holds containers {', '.join(sorted(by_name))}: name one "
+                         "with -c")
+    if name not in by_name:
+        raise LpmError(f"checkpoint {args.checkpoint} has no container {name} (it holds "
+                       f"{', '.join(sorted(by_name))})")
+    artifact = by_name[name]
+    if not str(artifact.get("artifactURI", "")).startswith("shared://"):
+        raise LpmError(f"checkpoint {args.checkpoint} is held in node {row.node}'s local store, not the shared one: "
+                       "it can be read once the agent has moved it there")
+    keys = keyring.load(args.encryption_keys, None) if args.encryption_keys is not None else None
+    manifest = await asyncio.to_thread(archive.write, args.store, artifact, args.output,
+                                       CompressionSettings(encryption=keys))
+    print(f"{args.output}: container {name} of {args.checkpoint}, {manifest.uncompressed_size} bytes, SHA-256 verified")
+    return Exit.OK
 
 
 # -- the table ---------------------------------------------------------------------------------------------
@@ -262,6 +311,7 @@ COMMANDS: dict[str, Command] = {
     "ls": Command("list checkpoints", _ls_arguments, ls),
     "pin": Command("keep a checkpoint from the collector", _pin_arguments, pin),
     "unpin": Command("let the collector's rules apply to a checkpoint again", _pin_arguments, unpin),
+    "get": Command("write a checkpoint's original archive, verified", _get_arguments, get),
 }
 
 
