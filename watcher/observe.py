@@ -211,6 +211,10 @@ class AgentMetrics:
         self.restore_duration = Histogram(
             "lpm_restore_duration_seconds", "From the stored checkpoint to the restored container",
             buckets=_DURATION_BUCKETS, registry=r)
+        # Observed by the destination's agent when the restored pod's containers all run (status.freezeWindow).
+        self.freeze_window = Histogram(
+            "lpm_freeze_window_seconds", "From the source's call for the checkpoint to the restored pod's "
+            "containers running, per migration (spans two nodes' clocks)", buckets=_DURATION_BUCKETS, registry=r)
         self.ingest_duration = Histogram(
             "lpm_ingest_duration_seconds", "Ingest of one archive found in the kubelet's checkpoint directory",
             buckets=_DURATION_BUCKETS, registry=r)

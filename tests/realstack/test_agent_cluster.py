@@ -715,6 +715,10 @@ async def test_retain_original_pod_keeps_the_source_and_both_pods_say_what_happe
     spans = window["checkpointSeconds"] + window["handoverSeconds"] + window["restoreSeconds"]
     assert all(window[k] >= 0 for k in ("checkpointSeconds", "handoverSeconds", "restoreSeconds")), window
     assert abs(window["seconds"] - spans) < 0.005, window
+    destination = cluster.nodes["node-b"].agent
+    assert destination is not None
+    assert _metric(destination, "lpm_freeze_window_seconds_count") == 1
+    assert _metric(destination, "lpm_freeze_window_seconds_sum") == pytest.approx(window["seconds"], abs=1e-6)
     source = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/kept-0")
     assert source["metadata"].get("deletionTimestamp") is None  # kept, as asked
     assert source["spec"]["nodeName"] == "node-a"

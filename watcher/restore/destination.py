@@ -302,15 +302,24 @@ class Destination:
 
     async def _ran(self, migration: Mapping[str, Any], moment: datetime) -> None:
         """The freeze window closes: the restored pod's processes run (seen at ``moment``)."""
+        written: list[dict[str, Any]] = []  # the window this reconcile closed, if it was the one
+
         def closed(status: dict[str, Any]) -> dict[str, Any] | None:
+            written.clear()
             if status.get("phase") != MigrationPhase.RESTORING.value or \
                     "restoredRunning" in status.get("freezeWindow", {}):
                 return None
             status["freezeWindow"] = progress.window(status, restoredRunning=moment)
+            written[:] = [status["freezeWindow"]]
             return status
         await update_status(self.kube, "PodMigration", meta(migration)["namespace"], meta(migration)["name"], closed)
+        if not written:
+            return
+        seconds = written[0].get("seconds")
+        if isinstance(seconds, (int, float)) and seconds >= 0:
+            self.metrics.freeze_window.observe(seconds)
         log.info("restored pod running: the freeze window closes", extra={"fields": {
-            "migration": f"{meta(migration)['namespace']}/{meta(migration)['name']}"}})
+            "migration": f"{meta(migration)['namespace']}/{meta(migration)['name']}", "freezeSeconds": seconds}})
 
     async def _handover(self, migration: Mapping[str, Any], state: Handover, message: str) -> None:
         await update_status(self.kube, "PodMigration", meta(migration)["namespace"], meta(migration)["name"],
