@@ -49,10 +49,14 @@ _LOCK = "/run/lpm-lab.lock"  # seconds for a node to register, be Ready and serv
 
 
 @contextmanager
-def store_views(lab: Path, nodes: tuple[str, ...]) -> Iterator[dict[str, Path]]:
-    """One store directory, one bindfs view of it per node."""
+def store_views(lab: Path, nodes: tuple[str, ...], size: int | None = None) -> Iterator[dict[str, Path]]:
+    """One store directory, one bindfs view of it per node; with ``size``, the directory is a filesystem of
+    its own that holds that many bytes (a tmpfs), so that a test can fill the store up."""
     store = lab / "store"
     store.mkdir(mode=0o700)
+    if size is not None:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "lpm-lab-store", str(store)],
+                       check=True)
     mounted: dict[str, Path] = {}
     try:
         for node in nodes:
@@ -66,6 +70,8 @@ def store_views(lab: Path, nodes: tuple[str, ...]) -> Iterator[dict[str, Path]]:
             # A FUSE mount still busy (an agent killed mid-read) refuses -u; detach it lazily then.
             if subprocess.run(["fusermount3", "-u", str(view)], capture_output=True).returncode != 0:
                 subprocess.run(["umount", "-l", str(view)], check=True)
+        if size is not None:
+            subprocess.run(["umount", "-l", str(store)], check=True)
 
 
 class ClusterError(Exception):
@@ -136,16 +142,18 @@ class _CsrApprover:
 
 class RealCluster:
     def __init__(self, nodes: tuple[str, ...] = ("node-a", "node-b"),
-                 restore_via_create: Mapping[str, bool] | None = None, runtime: str = "containerd") -> None:
+                 restore_via_create: Mapping[str, bool] | None = None, runtime: str = "containerd",
+                 store_size: int | None = None) -> None:
         """``restore_via_create``: per node, containerd's restore opt-in (default on everywhere);
-        ``runtime``: every node's, ``containerd`` or ``crio``."""
+        ``runtime``: every node's, ``containerd`` or ``crio``; ``store_size``: the shared store's capacity in
+        bytes (a filesystem of its own), else it is a directory of the lab's."""
         self.addresses = {name: node_address(name, i) for i, name in enumerate(nodes)}
         self._restore = dict(restore_via_create or {})
         self.runtime = runtime
         self.directory = Path(tempfile.mkdtemp(prefix="lpm-lab-"))
         self._bridge = Bridge()
         # Made before the nodes, so that each node's mount namespace has its own view to bind.
-        self._store = store_views(self.directory, nodes)
+        self._store = store_views(self.directory, nodes, store_size)
         self.store_views: dict[str, Path] = {}
         self.cp: ControlPlane | None = None
         self.nodes: dict[str, RealNode] = {}

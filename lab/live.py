@@ -101,6 +101,8 @@ def start_agent(cp: ControlPlane, node: RealNode, store: Path, *extra: str, via:
         "--node", node.name,
         "--kubeconfig", str(cp.service_account_kubeconfig(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT)),
         *checkpoints, "--checkpoint-dir", str(node.checkpoint_dir), "--store", str(store),
+        # Each node's own, as a node's disk is (the default path is one host directory for every node here).
+        "--local-store", str(node.lab_dir / f"{node.name}-local-store"),
         # Under the lab directory, which the node sees at the same path: ctr reads the image archive there.
         "--restore-work-dir", str(node.lab_dir / f"{node.name}-work"),
         *_importer(node), "--runtime-endpoint", node.runtime_endpoint,
