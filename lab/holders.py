@@ -40,12 +40,15 @@ def logs(cluster: RealCluster, pod: str) -> str:
     return raw
 
 
-async def run_holder(cluster: RealCluster, name: str, size: int, node: str, timeout: float = 300) -> None:
-    """A memhold pod holding ``size`` bytes (whole MiB) on ``node``; returns once its memory is written."""
+async def run_holder(cluster: RealCluster, name: str, size: int, node: str, timeout: float = 300,
+                     image: str = MEMHOLD_IMAGE) -> None:
+    """A memhold pod holding ``size`` bytes (whole MiB) on ``node``; returns once its memory is written.
+    ``image``: memhold's image as imported on the nodes (``install_memhold``), or one the node pulls."""
     cluster.control_plane.admin.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "terminationGracePeriodSeconds": 1,
-                 "containers": [{"name": "hold", "image": MEMHOLD_IMAGE, "imagePullPolicy": "Never",
+                 "containers": [{"name": "hold", "image": image,
+                                 "imagePullPolicy": "Never" if image == MEMHOLD_IMAGE else "IfNotPresent",
                                  "args": [str(size // MIB), "7"]}]}})
     deadline = time.monotonic() + timeout
     while True:

@@ -97,9 +97,10 @@ MEMHOLD_IMAGE = "localhost/lpm-memhold:1"
 _MEMHOLD_SOURCE = Path(__file__).resolve().parents[1] / "bench" / "memhold"
 
 
-def memhold_image(rootfs: Path, directory: Path) -> Path:
+def memhold_image(rootfs: Path, directory: Path, variant: str | None = None) -> Path:
     """The image bench/freeze.py migrates: busybox and ``memhold`` (bench/memhold), built with the machine's
-    Go as a static binary, cached under .cache/ by a digest of its source."""
+    Go as a static binary, cached under .cache/ by a digest of its source. A ``variant`` is the same image with
+    one more file naming it: another image ID, so that no runtime mistakes one for the other."""
     source = b"".join(p.read_bytes() for p in sorted(_MEMHOLD_SOURCE.glob("*.go")) + [_MEMHOLD_SOURCE / "go.mod"])
     cache = Path(os.environ.get("LPM_CACHE_DIR", _MEMHOLD_SOURCE.parents[1] / ".cache")) / "memhold"
     binary = cache / hashlib.sha256(source).hexdigest()[:16]
@@ -110,5 +111,8 @@ def memhold_image(rootfs: Path, directory: Path) -> Path:
                        env={**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local"})
         partial.rename(binary)
     busybox = (rootfs / "usr" / "bin" / "busybox").read_bytes()
-    return write_oci_archive(directory / "memhold.tar", MEMHOLD_IMAGE, busybox, ["/bin/memhold"],
-                             {"memhold": binary.read_bytes()})
+    extra = {"memhold": binary.read_bytes()}
+    if variant is not None:
+        extra[f"memhold-{variant}"] = variant.encode()
+    return write_oci_archive(directory / f"memhold{'-' + variant if variant else ''}.tar", MEMHOLD_IMAGE, busybox,
+                             ["/bin/memhold"], extra)

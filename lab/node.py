@@ -23,6 +23,7 @@ its veth and pod networks, and every mount made inside.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -108,6 +109,11 @@ def make_cgroup_root(name: str) -> None:
 def remove_cgroup_root(name: str, timeout: float = 20.0) -> None:
     """rmdir the node's cgroups depth first, waiting for the kernel to let go of exited processes."""
     deadline = time.monotonic() + timeout
+    # A dump cut short (its node stopped while CRIU held the container frozen) leaves its cgroup FROZEN, and a
+    # frozen process never acts on its SIGKILL: thawed first, it dies and every hierarchy's cgroup empties.
+    for state in (_CGROUP / "freezer" / name).rglob("freezer.state"):
+        with contextlib.suppress(OSError):
+            state.write_text("THAWED")
     for hierarchy in _hierarchies():
         top = hierarchy / name
         if not top.is_dir():
@@ -248,7 +254,7 @@ class RealNode:
 
     def _write_state(self) -> None:
         for sub in ("kubelet/checkpoints", "containerd", "cni-state", "cni-conf", "log", "etc", "images", "lpm",
-                    "manifests", "criu"):
+                    "manifests", "criu", "certs.d"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         etc = self.directory / "etc"
         # The node sees the lab's directory, not the control plane's: its credentials are copied into its
@@ -321,6 +327,9 @@ state = "/run/containerd"
   conf_dir = "/etc/cni/net.d"
 [plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = "localhost/lpm-pause:1"
+[plugins."io.containerd.cri.v1.images".registry]
+  # One directory per registry host (host:port), read at each pull: a test trusts its registry there.
+  config_path = "/etc/containerd/certs.d"
 """
 
     def _kubelet_config(self) -> dict[str, object]:
@@ -360,6 +369,7 @@ state = "/run/containerd"
                  # lpm's DaemonSet keeps its node-local store under /var/lib/lpm (a hostPath).
                  (self.directory / "lpm", "/var/lib/lpm"),
                  (self.directory / "criu", "/etc/criu"),
+                 (self.directory / "certs.d", "/etc/containerd/certs.d"),
                  (self.store_view, STORE_PATH),
                  (self.lab_dir, str(self.lab_dir))]
         # The cached builds, one directory each. Directories, not files: runc re-executes itself through an
@@ -447,6 +457,16 @@ state = "/run/containerd"
                     raise NodeError(f"{self.name}: skopeo copy {archive.name}: {result.stderr.strip()[-1500:]}")
             else:
                 self.import_image(archive, name)
+
+    def trust_registry(self, address: str, ca: Path) -> None:
+        """The node's containerd pulls from the registry at ``address`` (host:port) over HTTPS, verified against
+        ``ca`` alone: its hosts.toml, read at each pull."""
+        hosts = self.directory / "certs.d" / address
+        hosts.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ca, hosts / "ca.pem")
+        (hosts / "hosts.toml").write_text(
+            f'server = "https://{address}"\n\n[host."https://{address}"]\n  capabilities = ["pull", "resolve"]\n'
+            f'  ca = "/etc/containerd/certs.d/{address}/ca.pem"\n')
 
     def import_image(self, archive: Path, name: str) -> None:
         """An OCI archive into the node's containerd, where the kubelet finds it (the CRI namespace); it must

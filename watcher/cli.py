@@ -364,6 +364,9 @@ def make_importer(args: argparse.Namespace) -> Importer:
 class Agent(Protocol):
     async def run(self, stop: asyncio.Event) -> None: ...
 
+    async def settle(self) -> None:
+        """Once stopped: what must end before the shutdown's grace starts (checkpoint calls under way)."""
+
 
 class _WithRestorer:
     """Standalone mode with its destination half beside the ingest, a supervised task of its own."""
@@ -374,6 +377,9 @@ class _WithRestorer:
         self._metrics = metrics
         # The shared store only: a checkpoint another node holds locally is not restorable from here yet.
         self._restorer = StandaloneRestorer(settings, shared_fd, agent.cancel, metrics)
+
+    async def settle(self) -> None:
+        await self._agent.settle()
 
     async def run(self, stop: asyncio.Event) -> None:
         supervisor = Supervisor(self._metrics.tasks)
@@ -401,6 +407,9 @@ async def _until_stopped(agent: Agent, stop: asyncio.Event) -> int:
     if task.done():
         task.result()  # the agent ended on its own: that is an error worth its traceback
         return 1
+    # A checkpoint call cut short leaves its container paused (watcher.runtime.checkpoint): those end first,
+    # however long they take within their own timeout; the promise of an exit within 5 s holds without them.
+    await agent.settle()
     try:
         await asyncio.wait_for(task, timeout=SHUTDOWN_GRACE)
     except TimeoutError:

@@ -55,6 +55,7 @@ from watcher.kube.informer import Resource, Workers, informer
 from watcher.kubelet import KubeletSettings
 from watcher.observe import AgentMetrics, Readiness
 from watcher.restore.destination import Destination
+from watcher.restore.early import EarlyPulls
 from watcher.restore.importer import ContainersStorageImporter, Importer
 from watcher.restore.markers import poll_markers
 from watcher.runtime import checkpoint as runtime_checkpoint
@@ -140,6 +141,12 @@ class ClusterAgent:
         self._metrics = metrics
         self._readiness = readiness
         self._stores = stores
+        self._checkpointer: Checkpointer | None = None
+
+    async def settle(self) -> None:
+        """Once stopping: wait for the runtime's checkpoint calls still under way (``Checkpointer.settle``)."""
+        if self._checkpointer is not None:
+            await self._checkpointer.settle()
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg, node = self._config, self._config.base.node
@@ -147,6 +154,7 @@ class ClusterAgent:
         checkpointer: Checkpointer = (KubeletCheckpointer(kube, node, cfg.checkpoints)
                                       if isinstance(cfg.checkpoints, KubeletSettings)
                                       else RuntimeCheckpointer(cfg.checkpoints))
+        self._checkpointer = checkpointer
         claims = Claims()
         stores = self._stores
         directory = StandaloneAgent(cfg.base, self._metrics, stores,
@@ -161,9 +169,11 @@ class ClusterAgent:
             migrations.submit_later(delay, "MODIFIED", {
                 "metadata": {"namespace": meta(obj)["namespace"], "name": meta(obj)["name"]}})
 
+        # Without the node's CRI socket (a user who chose none) the restore pulls base images as it always did.
+        early = EarlyPulls(kube, node, cfg.runtime_endpoint) if cfg.runtime_endpoint is not None else None
         destination = Destination(kube, node, stores.shared.fd, cfg.restore.work_dir,
                                   cfg.restore.importer, cfg.base.compression,
-                                  directory.cancel, self._metrics, look_again)
+                                  directory.cancel, self._metrics, look_again, early)
 
         def on_capability(capability: Capability) -> None:
             self._metrics.restore_capability(capability)
@@ -222,5 +232,7 @@ class ClusterAgent:
             for workers in (migrations, pod_checkpoints, container_checkpoints, annotated):
                 await workers.close()
             await checkpointer.close()
+            if early is not None:
+                await early.close()
             await kube.client.close()
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import shutil
 import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ import pytest
 from lab.agent import AgentProcess
 from lab.cluster import RealCluster
 from lab.holders import MIB, install_memhold, migrate_at_once, run_holder, verified
+from lab.images import memhold_image
 from lab.live import MIGRATE_TO, NAMESPACE, SOURCE, TARGET, host_agents, migrate, read_logs, run_pod, start_agent
 from lab.manifests import (
     AGENT_NAMESPACE,
@@ -39,6 +42,10 @@ from lab.manifests import (
     grant_kubelet_checkpoints,
     revoke_kubelet_checkpoints,
 )
+from lab.network import GATEWAY
+from lab.pki import CertificateAuthority
+from lab.sandbox import rootfs
+from tests.restore.tools import RegistryTLS, Skopeo, run_registry
 from watcher.cluster.objects import migration_name
 
 NO_RESTORE = "node-c"
@@ -273,3 +280,95 @@ async def test_an_operator_moves_a_pod_with_kubectl_lpm_and_sees_its_bytes_and_f
     assert 0 < window["checkpointSeconds"] < window["seconds"], window
     assert lines[-2] == f"pod runs on {TARGET} as {status['restoredPodName']} (moved from {SOURCE})", explain
     await verified(cluster, status["restoredPodName"], size, timeout=120)
+
+
+@pytest.mark.asyncio
+async def test_the_base_image_is_pulled_on_the_target_while_the_source_checkpoints(
+        cluster: RealCluster, agents: dict[str, AgentProcess], tmp_path: Path) -> None:
+    """A pod whose image node-a pulled from a registry (HTTPS, a test CA the nodes' containerd trusts) moves to
+    node-b, which has never had that image. node-b's agent has its containerd pull it by the digest the
+    source's container status reports, while node-a still checkpoints: by the time the checkpoint is complete
+    the image is there, and containerd's restore finds it instead of pulling inside the freeze window.
+
+    The image is a variant of memhold's: with the same image ID as the one the other tests import, a later
+    import's name went missing for node-a's kubelet (ErrImageNeverPull, seen here once)."""
+    cp = cluster.control_plane
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = CertificateAuthority(pki, "lpm-test-registry-ca")
+    serving = ca.issue_serving("registry", [GATEWAY])
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    shutil.copy(ca.cert_file, trust / "ca.crt")
+    registries = run_registry(tmp_path / "registry", RegistryTLS(serving.cert, serving.key, trust / "ca.crt"),
+                              host=GATEWAY)
+    registry = next(registries)
+    try:
+        for node in cluster.nodes.values():
+            node.trust_registry(registry.address, trust / "ca.crt")
+        image = f"{registry.address}/lpm/memhold-pulled:1"
+        Skopeo(tmp_path)("copy", "--dest-cert-dir", str(trust),
+                         f"oci-archive:{memhold_image(rootfs(), cluster.directory, 'pulled')}", f"docker://{image}")
+        size = 48 * MIB
+        await run_holder(cluster, "pulled-hold", size, SOURCE, image=image)
+        pod = cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/pulled-hold")
+        [reference] = [s["imageID"] for s in pod["status"]["containerStatuses"]]
+        assert reference.startswith(f"{registry.address}/lpm/memhold-pulled@sha256:"), reference
+        listed = subprocess.run([*cluster.nodes[TARGET].ctr_prefix(), "images", "ls", "-q"], capture_output=True,
+                                text=True, check=True).stdout.split()
+        assert reference not in listed and image not in listed, listed  # node-b never had it
+
+        moved = (await migrate_at_once(cluster, {"pulled-hold": TARGET}, timeout=300))["pulled-hold"]
+        explain = "\n".join(f"=== {n}:\n{a.tail(25)}" for n, a in agents.items())
+        assert moved.phase == "Succeeded", f"{moved.message}\n{explain}"
+        [pulled] = [line for line in agents[TARGET].logs("base image pulled early") if line["image"] == reference]
+        migration = cp.admin.request("GET", f"/apis/lpm.my.domain/v1/namespaces/{NAMESPACE}/podmigrations/"
+                                            f"{migration_name('pulled-hold', pod['metadata']['uid'])}")
+        window = migration["status"]["freezeWindow"]
+        # Pulled beside the checkpoint: done before the checkpoint was complete, so before the restore began.
+        assert datetime.fromisoformat(pulled["time"]) < datetime.fromisoformat(
+            window["checkpointComplete"].replace("Z", "+00:00")), (pulled, window)
+        assert moved.restored_pod is not None
+        await verified(cluster, moved.restored_pod, size, timeout=120)
+    finally:
+        registries.close()
+
+
+@pytest.mark.asyncio
+async def test_a_runtime_slower_than_the_checkpoint_timeout_fails_the_migration_and_the_pod_runs_on(
+        cluster: RealCluster, agents: dict[str, AgentProcess]) -> None:
+    """node-a's agent gives its runtime one second (``--checkpoint-timeout 1``, so two with the grace) for a pod
+    holding 384 MiB, which containerd takes longer than that to dump. The migration fails saying so, at once.
+    The call is neither sent again (a second dump would freeze the pod again) nor cancelled: containerd
+    resumes a paused container with the call's own context, so a cancelled call would leave the pod frozen for
+    good (seen here before this was fixed). Once containerd answers, the pod runs on with every byte of its
+    memory, and the archive it wrote for nobody is removed, not ingested."""
+    cp = cluster.control_plane
+    install_memhold(cluster, (SOURCE,))
+    agents[SOURCE].stop()
+    agents[SOURCE] = start_agent(cp, cluster.nodes[SOURCE], cluster.store_views[SOURCE], "--checkpoint-timeout", "1")
+    try:
+        agents[SOURCE].wait_logged("cluster mode watching")
+        size = 384 * MIB
+        await run_holder(cluster, "slow-hold", size, SOURCE)
+        moved = (await migrate_at_once(cluster, {"slow-hold": TARGET}, timeout=300))["slow-hold"]
+        explain = f"{moved}\n" + "\n".join(f"=== {n}:\n{a.tail(25)}" for n, a in agents.items())
+        assert moved.phase == "Failed", explain
+        assert "no answer within 2 s (--checkpoint-timeout 1 and its grace); the call is left to finish, not " \
+               "cancelled" in moved.message, explain
+        [ended] = await asyncio.to_thread(agents[SOURCE].wait_logged, "checkpoint call given up on has ended",
+                                          1, 120)
+        assert ended["outcome"] == "answered" and ended["archiveRemoved"] is True, ended
+        await verified(cluster, "slow-hold", size, timeout=60)  # thawed, and its memory as it was
+        pod = cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/slow-hold")
+        assert pod["status"]["phase"] == "Running" and pod["metadata"].get("deletionTimestamp") is None
+        assert [p.name for p in cluster.nodes[SOURCE].checkpoint_dir.iterdir()
+                if p.name.startswith("checkpoint-slow-hold_")] == []
+        staging = cluster.store_views[SOURCE] / ".ingest" / SOURCE / "staging"
+        assert list(staging.iterdir()) == [], list(staging.iterdir())
+        records = cp.admin.request("GET", f"/apis/lpm.my.domain/v1/namespaces/{NAMESPACE}/containercheckpoints")
+        assert [r["metadata"]["name"] for r in records["items"] if r["spec"]["podName"] == "slow-hold"] == []
+    finally:
+        agents[SOURCE].stop()
+        agents[SOURCE] = start_agent(cp, cluster.nodes[SOURCE], cluster.store_views[SOURCE])
+        agents[SOURCE].wait_logged("cluster mode watching")

@@ -60,7 +60,7 @@ class RegistryTLS:
 @dataclass(frozen=True)
 class Registry:
     address: str
-    """``127.0.0.1:PORT``, HTTPS."""
+    """``HOST:PORT`` (127.0.0.1 unless asked otherwise), HTTPS."""
     log: Path
     tls: RegistryTLS
 
@@ -104,11 +104,11 @@ def _answers(registry: Registry) -> Callable[[], bool]:
     return ready
 
 
-def run_registry(workdir: Path, tls: RegistryTLS) -> Iterator[Registry]:
-    """A registry on 127.0.0.1 and a free port behind ``tls``, storing into ``workdir``; stopped on exit."""
+def run_registry(workdir: Path, tls: RegistryTLS, host: str = "127.0.0.1") -> Iterator[Registry]:
+    """A registry on ``host`` and a free port behind ``tls``, storing into ``workdir``; stopped on exit."""
     binary = tool("docker-registry")
     workdir.mkdir()
-    registry = Registry(f"127.0.0.1:{free_port()}", workdir / "registry.log", tls)
+    registry = Registry(f"{host}:{free_port()}", workdir / "registry.log", tls)
     config = workdir / "config.yml"
     config.write_text(_config(registry.address, workdir / "storage", tls))
     process = ServerProcess("docker-registry", [binary, "serve", str(config)], registry.log)

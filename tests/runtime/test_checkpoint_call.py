@@ -86,42 +86,70 @@ async def test_the_runtime_is_asked_once_to_write_where_lpm_named_it(tmp_path, s
 
     runtime = await serve(write)
     settings = _settings(tmp_path, runtime, timeout=7)
-    path = await checkpoint(settings, "abc123", ARCHIVE)
+    in_flight: set[asyncio.Task[None]] = set()
+    path = await checkpoint(settings, "abc123", ARCHIVE, in_flight)
     assert path == settings.agent_dir / ARCHIVE and path.read_bytes() == _tar()
     assert runtime.requests == [{1: "abc123", 2: str(settings.runtime_dir / ARCHIVE)}]
     assert runtime.timeouts == [7]
+    assert in_flight == set()  # the call ended with its answer
 
 
 @pytest.mark.asyncio
-async def test_an_answer_that_never_comes_back_is_not_sent_again_and_its_archive_is_taken(tmp_path, serve):
-    async def later(location: Path) -> None:
-        await asyncio.sleep(4.5)
-        location.write_bytes(_tar())
+async def test_an_answer_later_than_the_timeout_ends_the_wait_but_the_call_is_neither_cancelled_nor_resent(
+        tmp_path, serve):
+    """containerd resumes the container it paused for the dump with the call's own context: a call cancelled
+    mid-dump would leave it paused. So the waiting ends; the call goes on, and is the error's ``pending``."""
+    handled: list[str] = []
 
     async def slow(request, context):
-        # The dump goes on when the caller stops waiting (gRPC cancels this handler, not the dump): it lands
-        # past the call's deadline (timeout 2 s + 2 s grace), before the wait for its archive ends (2 s more).
-        dumps.append(asyncio.get_running_loop().create_task(later(Path(request[2]))))
-        await asyncio.sleep(60)
-
-    dumps: list[asyncio.Task[None]] = []
+        try:
+            await asyncio.sleep(3.5)  # past the wait: timeout 1 s + 1 s grace
+            Path(request[2]).write_bytes(_tar())
+            handled.append("answered")
+        except asyncio.CancelledError:
+            handled.append("cancelled")
+            raise
 
     runtime = await serve(slow)
-    settings = _settings(tmp_path, runtime, timeout=2, settle=0.3)
-    path = await checkpoint(settings, "abc123", ARCHIVE)
-    assert path.read_bytes() == _tar()
+    settings = _settings(tmp_path, runtime, timeout=1)
+    in_flight: set[asyncio.Task[None]] = set()
+    with pytest.raises(RuntimeCheckpointError, match=r"no answer within 2 s \(--checkpoint-timeout 1 and its grace\); "
+                                                      r"the call is left to finish, not cancelled") as raised:
+        await checkpoint(settings, "abc123", ARCHIVE, in_flight)
+    assert raised.value.pending is not None and in_flight == {raised.value.pending} and handled == []
+    await asyncio.wait_for(raised.value.pending, 10)  # the runtime answers in its own time
+    assert handled == ["answered"] and in_flight == set()
     assert len(runtime.requests) == 1  # a second request would freeze the container again
 
 
 @pytest.mark.asyncio
-async def test_an_unanswered_request_whose_archive_never_appears_fails_saying_so(tmp_path, serve):
-    async def hang(request, context):
-        await asyncio.sleep(60)
+async def test_a_connection_lost_mid_call_is_not_sent_again_and_the_archive_written_meanwhile_is_taken(
+        tmp_path, serve):
+    async def later(location: Path) -> None:
+        await asyncio.sleep(1.0)
+        location.write_bytes(_tar())
 
-    runtime = await serve(hang)
+    async def dies(request, context):
+        dumps.append(asyncio.get_running_loop().create_task(later(Path(request[2]))))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "runtime restarting (test)")
+
+    dumps: list[asyncio.Task[None]] = []
+    runtime = await serve(dies)
+    settings = _settings(tmp_path, runtime, timeout=2, settle=0.3)
+    path = await checkpoint(settings, "abc123", ARCHIVE, set())
+    assert path.read_bytes() == _tar()
+    assert len(runtime.requests) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_lost_call_whose_archive_never_appears_fails_saying_so(tmp_path, serve):
+    async def dies(request, context):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "runtime restarting (test)")
+
+    runtime = await serve(dies)
     settings = _settings(tmp_path, runtime, timeout=1, settle=0.2)
-    with pytest.raises(RuntimeCheckpointError, match=r"DEADLINE_EXCEEDED.*not sent again.*no finished archive"):
-        await checkpoint(settings, "abc123", ARCHIVE)
+    with pytest.raises(RuntimeCheckpointError, match=r"UNAVAILABLE.*not sent again.*no finished archive"):
+        await checkpoint(settings, "abc123", ARCHIVE, set())
     assert len(runtime.requests) == 1
 
 
@@ -132,13 +160,13 @@ async def test_a_write_the_agent_cannot_see_names_both_directories(tmp_path, ser
 
     runtime = await serve(elsewhere)
     with pytest.raises(RuntimeCheckpointError, match=r"is not a finished archive.*--runtime-checkpoint-dir"):
-        await checkpoint(_settings(tmp_path, runtime), "abc123", ARCHIVE)
+        await checkpoint(_settings(tmp_path, runtime), "abc123", ARCHIVE, set())
 
 
 @pytest.mark.asyncio
 async def test_nothing_listening_means_nothing_was_sent(tmp_path):
     with pytest.raises(RuntimeCheckpointError, match=r"cannot connect within 1 s; nothing was sent"):
-        await checkpoint(_settings(tmp_path, connect_timeout=1), "abc123", ARCHIVE)
+        await checkpoint(_settings(tmp_path, connect_timeout=1), "abc123", ARCHIVE, set())
 
 
 pytest_realstack = pytest.mark.realstack
@@ -149,7 +177,7 @@ def test_containerd_refuses_a_checkpoint_it_cannot_take_in_its_own_words(tmp_pat
     with run_containerd() as daemon:
         settings = Settings(f"unix://{daemon.address}", tmp_path, tmp_path, timeout=10)
         with pytest.raises(RuntimeCheckpointError, match=r"checkpoint of container nosuch.* failed: [A-Z_]+: .*nosuch"):
-            asyncio.run(checkpoint(settings, "nosuch", ARCHIVE))
+            asyncio.run(checkpoint(settings, "nosuch", ARCHIVE, set()))
     assert not list(tmp_path.iterdir())
 
 

@@ -13,6 +13,8 @@ the source's path (claims, ingest, the collector's hygiene) is one path.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -25,6 +27,8 @@ from watcher.kubelet import KubeletClient, KubeletSettings
 from watcher.runtime import checkpoint as runtime_checkpoint
 from watcher.runtime.checkpoint import RuntimeCheckpointError
 
+log = logging.getLogger(__name__)
+
 
 class Checkpointer(Protocol):
     def planned(self, pod: Mapping[str, Any], container: str) -> str | None:
@@ -34,6 +38,9 @@ class Checkpointer(Protocol):
     async def checkpoint(self, pod: Mapping[str, Any], container: str, name: str | None) -> str:
         """Checkpoint ``container`` of ``pod`` (into ``name``, from ``planned``); the file name of its archive
         in the checkpoint directory."""
+
+    async def settle(self) -> None:
+        """Wait for the checkpoint calls still under way (bounded): the agent stops only after them."""
 
     async def close(self) -> None: ...
 
@@ -53,6 +60,9 @@ class KubeletCheckpointer:
         path = await self._client.checkpoint(endpoint, meta(pod)["namespace"], meta(pod)["name"], container)
         return path.name
 
+    async def settle(self) -> None:
+        pass  # the kubelet holds its own call to the runtime
+
     async def close(self) -> None:
         await self._client.close()
 
@@ -60,6 +70,8 @@ class KubeletCheckpointer:
 class RuntimeCheckpointer:
     def __init__(self, settings: runtime_checkpoint.Settings) -> None:
         self._settings = settings
+        self._in_flight: set[asyncio.Task[None]] = set()
+        """Calls still running, their waiters gone or not (see ``runtime_checkpoint.checkpoint``)."""
 
     def planned(self, pod: Mapping[str, Any], container: str) -> str:
         # The kubelet's naming, to the microsecond: a name no earlier checkpoint has, so the file that appears
@@ -68,11 +80,24 @@ class RuntimeCheckpointer:
 
     async def checkpoint(self, pod: Mapping[str, Any], container: str, name: str | None) -> str:
         archive = name or self.planned(pod, container)
-        path = await runtime_checkpoint.checkpoint(self._settings, container_id(pod, container), archive)
+        path = await runtime_checkpoint.checkpoint(self._settings, container_id(pod, container), archive,
+                                                   self._in_flight)
         return path.name
 
+    async def settle(self) -> None:
+        """Cut short, a call would leave its container paused: each gets the runtime's timeout and its grace."""
+        if not self._in_flight:
+            return
+        limit = self._settings.timeout + min(30, self._settings.timeout)
+        log.warning("waiting for checkpoint calls under way before stopping", extra={"fields": {
+            "calls": len(self._in_flight), "atMostSeconds": limit}})
+        _, left = await asyncio.wait(set(self._in_flight), timeout=limit)
+        if left:
+            log.error("checkpoint calls still under way at shutdown; their containers may stay paused", extra={
+                "fields": {"calls": len(left)}})
+
     async def close(self) -> None:
-        pass  # one channel per call: nothing held between checkpoints
+        await self.settle()
 
 
 def container_id(pod: Mapping[str, Any], container: str) -> str:

@@ -15,6 +15,7 @@ only that node's agent write it (deploy/base/admission, docs/threat-model.md).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -162,6 +163,8 @@ class Source:
         # own (as one-container checkpoints) while this request is between the kubelet and the ledger.
         prefixes = {c: self.claims.begin(namespace, name, c) for c in containers}
         archives: dict[str, str] = {}
+        late: dict[str, tuple[asyncio.Task[None], str]] = {}
+        """A call the checkpoint gave up waiting for, still running, and the archive it writes: by container."""
         # Asked before the checkpoints, so that each archive can be read into the shared store while the
         # runtime writes it (``_take``); what the store says later is handled as before.
         why_local = await self.stores.probe()
@@ -169,7 +172,7 @@ class Source:
         try:
             for container in containers:
                 archives[container], staged = await self._take(
-                    pod, container, self.stores.shared if why_local is None else None, done)
+                    pod, container, self.stores.shared if why_local is None else None, done, late)
                 if staged is not None:
                     early[container] = staged
             refused = False  # True: the store is available but refused this checkpoint's place in it
@@ -202,10 +205,31 @@ class Source:
                 await asyncio.to_thread(service.discard_staged, self.stores.shared.fd, self.node,
                                         list(early.values()))
             for container, prefix in prefixes.items():
-                self.claims.end(prefix, archives.get(container))
+                if container in late:  # claimed until its call ends: then its archive goes
+                    call, archive = late[container]
+                    call.add_done_callback(functools.partial(self._late_answer, prefix, archive))
+                else:
+                    self.claims.end(prefix, archives.get(container))
 
-    async def _take(self, pod: Mapping[str, Any], container: str, store: Store | None,
-                    done: progress.Progress) -> tuple[str, StagedArchive | None]:
+    def _late_answer(self, prefix: str, archive: str, call: asyncio.Task[None]) -> None:
+        """A checkpoint call given up on has ended: the archive it may have written is nobody's (its request
+        failed) and holds a process's memory, so it is removed, never ingested as an archive nobody asked for."""
+        self.claims.end(prefix, archive)
+        outcome = "cancelled" if call.cancelled() else repr(call.exception()) if call.exception() else "answered"
+        try:
+            (self.checkpoint_dir / archive).unlink()
+            removed = True
+        except FileNotFoundError:
+            removed = False
+        except OSError as err:
+            log.error("archive of a checkpoint given up on not removed", extra={"fields": {
+                "archive": archive, "reason": str(err)}})
+            return
+        log.warning("checkpoint call given up on has ended", extra={"fields": {
+            "archive": archive, "outcome": outcome, "archiveRemoved": removed}})
+
+    async def _take(self, pod: Mapping[str, Any], container: str, store: Store | None, done: progress.Progress,
+                    late: dict[str, tuple[asyncio.Task[None], str]]) -> tuple[str, StagedArchive | None]:
         """Checkpoint one container; where its archive's name is known in advance and ``store`` is given,
         stage the archive into ``store`` as the runtime writes it (compression then overlaps the dump's
         tar instead of following it, inside the freeze window). Reading it early is only a head start:
@@ -213,30 +237,46 @@ class Source:
         started = time.monotonic()
         if done.requested is None:
             done.requested = datetime.now(UTC)
-        planned = self.checkpointer.planned(pod, container) if store is not None else None
+        planned = self.checkpointer.planned(pod, container)
         mine = done.containers[container]
+        try:
+            return await self._call(pod, container, store, planned, mine, started)
+        except RuntimeCheckpointError as err:
+            if err.pending is not None and planned is not None:
+                late[container] = (err.pending, planned)
+            raise
+
+    async def _call(self, pod: Mapping[str, Any], container: str, store: Store | None, planned: str | None,
+                    mine: progress.ContainerProgress, started: float) -> tuple[str, StagedArchive | None]:
         if store is None or planned is None:
             archive = await self.checkpointer.checkpoint(pod, container, planned)
             self._answered(pod, container, archive, started)
             return archive, None
         namespace, name = meta(pod)["namespace"], meta(pod)["name"]
         written = threading.Event()
+        halt = _Halt(self.cancel)
         hint = Identity.checked(meta(pod)["uid"], namespace, name, container)
         staging = asyncio.create_task(asyncio.to_thread(
             service.stage_archive, store.fd, self.checkpoint_dir / planned, self.node, hint,
-            self.compression, self.cancel, written, mine.tally))
+            self.compression, halt, written, mine.tally))
         try:
             archive = await self.checkpointer.checkpoint(pod, container, planned)
             written.set()
             mine.total = _size(self.checkpoint_dir / archive)
             self._answered(pod, container, archive, started)
         except BaseException:
+            # The checkpoint failed: its read stops where it is, not at the end of whatever the runtime is
+            # still writing (a slow runtime past --checkpoint-timeout may write gigabytes more).
             written.set()
+            halt.set()
             await _discard(staging, store, self.node)
             raise
         answered = time.monotonic()
         try:
             staged = await staging
+        except asyncio.CancelledError:
+            halt.set()  # the agent stops: the read in its thread stops too
+            raise
         except LpmError as err:
             log.warning("reading the archive as it was written failed; reading it again", extra={"fields": {
                 "pod": f"{namespace}/{name}", "container": container, "reason": str(err)}})
@@ -289,6 +329,18 @@ class Source:
             "pod": f"{namespace}/{name}", "checkpointID": results[0].manifest.checkpoint_id,
             "storageType": store.kind.value, "commitSeconds": round(time.monotonic() - started, 4)}})
         return results
+
+
+class _Halt(threading.Event):
+    """One early read's cancel: set when its own checkpoint fails, and set too while the agent's ``parent``
+    cancel is. The ingest only ever asks ``is_set``."""
+
+    def __init__(self, parent: threading.Event) -> None:
+        super().__init__()
+        self._parent = parent
+
+    def is_set(self) -> bool:
+        return super().is_set() or self._parent.is_set()
 
 
 def _size(path: Path) -> int | None:

@@ -39,6 +39,7 @@ from watcher.errors import ApiError, Conflict, LpmError, NotFound
 from watcher.kube.client import Kube
 from watcher.kube.names import dns_name
 from watcher.observe import AgentMetrics, Operation
+from watcher.restore.early import EarlyPulls
 from watcher.restore.importer import Importer
 from watcher.restore.pipeline import RestoreRefused, import_checkpoint
 from watcher.restore.podspec import restored_spec
@@ -140,6 +141,8 @@ class Destination:
     cancel: threading.Event
     metrics: AgentMetrics
     retry_later: RetryLater
+    early: EarlyPulls | None = None
+    """Pulls the base images of migrations to this node while they are checkpointed (None: the restore does)."""
 
     async def reconcile(self, event: str, obj: Mapping[str, Any]) -> None:
         """Read what ``decide`` asks for and carry out its decision."""
@@ -149,6 +152,8 @@ class Destination:
         migration = await get_or_none(self.kube, lpm_path("PodMigration", namespace, name))
         if migration is None:
             return
+        if self.early is not None:
+            self.early.begin(migration)
         seen = Seen(migration)
         started = 0.0  # time.monotonic() when this reconcile began the restore (Step.BEGIN)
         try:
@@ -178,6 +183,8 @@ class Destination:
                         namespace, migration["spec"]["podName"])))
                 elif step is Step.RESTORE:
                     assert isinstance(seen.content, Mapping) and isinstance(seen.source, Mapping)
+                    if self.early is not None:  # a base image still being pulled: not a second pull beside it
+                        await self.early.settled(migration)
                     seen = replace(seen, restored=await self._restore(migration, seen.content, seen.source, started))
                 elif step is Step.FAIL:
                     raise RestoreRefused(decision.message)  # failed as every refusal is, just below

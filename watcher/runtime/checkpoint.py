@@ -13,9 +13,13 @@ in the lab, where the runtime lives in the node's mount namespace).
 
 Like the kubelet call (``watcher.kubelet``), the request is not idempotent: each one freezes the workload.
 It goes out only over a connection known to be up, so a failure to connect means it was never sent and is
-reported as such. A request that may have reached the runtime without an answer coming back (our deadline
-passed, the connection broke) is never sent again: the archive it asked for has a name only this request
-uses, so the agent waits for that file to be finished and takes it, or fails saying why.
+reported as such; no request is ever sent twice. Nor is one ever cancelled: containerd pauses the container
+for the dump and resumes it with the call's context, so a call cut short mid-dump leaves the pod frozen for
+good (seen on containerd 2.3.7 in tests/realstack/test_real_nodes.py). A runtime slower than its timeout
+therefore fails the checkpoint while its call runs on to its end (``RuntimeCheckpointError.pending``), and
+the agent waits for such calls before it exits. When the connection itself broke (the runtime restarted),
+the archive it asked for has a name only this request uses: the agent waits for that file to be finished and
+takes it, or fails saying why.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ _UNCERTAIN = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, gr
 class RuntimeCheckpointError(LpmError):
     """The runtime refused or failed a checkpoint, or could not be reached."""
 
+    def __init__(self, message: str, pending: asyncio.Task[None] | None = None) -> None:
+        super().__init__(message)
+        self.pending = pending
+        """The call, still running, when the waiting for it was given up (see ``checkpoint``)."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -60,8 +69,16 @@ class Settings:
     """Seconds an archive left by an unanswered request must hold still before it is taken."""
 
 
-async def checkpoint(settings: Settings, container_id: str, archive_name: str) -> Path:
-    """Have the runtime checkpoint ``container_id`` into ``archive_name``; the archive's path as the agent sees it."""
+async def checkpoint(settings: Settings, container_id: str, archive_name: str,
+                     in_flight: set[asyncio.Task[None]]) -> Path:
+    """Have the runtime checkpoint ``container_id`` into ``archive_name``; the archive's path as the agent sees it.
+
+    The call itself is never cancelled, only waited for: containerd pauses the container for the dump and
+    resumes it with the call's own context (``client/task.go``, ``defer t.Resume(ctx)``), so a call cancelled
+    mid-dump (a deadline, a dropped connection) leaves the container paused for good. It runs in a task of
+    its own, kept in ``in_flight`` until it ends (the agent waits for those when it stops); when the answer
+    takes longer than the runtime's timeout and its grace, the waiting ends with a RuntimeCheckpointError
+    whose ``pending`` is the call, still running: the caller decides what becomes of its archive."""
     location = settings.runtime_dir / archive_name
     local = settings.agent_dir / archive_name
     what = f"runtime at {settings.endpoint}: checkpoint of container {container_id} to {location}"
@@ -69,26 +86,47 @@ async def checkpoint(settings: Settings, container_id: str, archive_name: str) -
                + protowire.encode_uint(3, settings.timeout))
     # As the kubelet does: the runtime's own timeout, then up to as much again (at most 30 s) for the reply.
     grace = min(30, settings.timeout)
-    async with grpc.aio.insecure_channel(target(settings.endpoint)) as channel:  # a local unix socket: no TLS
-        try:
-            await asyncio.wait_for(channel.channel_ready(), settings.connect_timeout)
-        except TimeoutError:
-            raise RuntimeCheckpointError(f"{what}: cannot connect within {settings.connect_timeout:.0f} s; "
-                                         "nothing was sent") from None
-        sent_at = time.monotonic()
-        try:
-            await channel.unary_unary(_CHECKPOINT)(request, timeout=settings.timeout + grace)
-        except grpc.aio.AioRpcError as err:
-            reason = f"{err.code().name}: {err.details()}"
-            if err.code() not in _UNCERTAIN:
-                raise RuntimeCheckpointError(f"{what} failed: {reason}") from None
-            return await _look_for_archive(settings, what, local, reason, sent_at + settings.timeout + 2 * grace)
+    channel = grpc.aio.insecure_channel(target(settings.endpoint))  # a local unix socket: no TLS to have
+    try:
+        await asyncio.wait_for(channel.channel_ready(), settings.connect_timeout)
+    except TimeoutError:
+        await channel.close()
+        raise RuntimeCheckpointError(f"{what}: cannot connect within {settings.connect_timeout:.0f} s; "
+                                     "nothing was sent") from None
+    except BaseException:
+        await channel.close()
+        raise
+    sent_at = time.monotonic()
+    call = asyncio.create_task(_call(channel, request), name=f"checkpoint {container_id}")
+    in_flight.add(call)
+    call.add_done_callback(in_flight.discard)
+    try:
+        await asyncio.wait_for(asyncio.shield(call), settings.timeout + grace)
+    except TimeoutError:
+        raise RuntimeCheckpointError(
+            f"{what}: no answer within {settings.timeout + grace} s (--checkpoint-timeout {settings.timeout} and "
+            "its grace); the call is left to finish, not cancelled (cancelled mid-dump, the runtime would leave "
+            "the container paused), and not sent again", pending=call) from None
+    except grpc.aio.AioRpcError as err:
+        reason = f"{err.code().name}: {err.details()}"
+        if err.code() not in _UNCERTAIN:
+            raise RuntimeCheckpointError(f"{what} failed: {reason}") from None
+        # The connection broke (the runtime restarted, say): the dump may have been carried out.
+        return await _look_for_archive(settings, what, local, reason, sent_at + settings.timeout + 2 * grace)
     if finished_shape(local) is None:
         raise RuntimeCheckpointError(
             f"{what}: the runtime answered that it is written, but {local} is not a finished archive; the "
             "checkpoint directory as the runtime sees it and as the agent sees it must be one directory "
             "(--runtime-checkpoint-dir, --checkpoint-dir)")
     return local
+
+
+async def _call(channel: grpc.aio.Channel, request: bytes) -> None:
+    """The CheckpointContainer call, without a deadline of ours (see ``checkpoint``); the channel closed after."""
+    try:
+        await channel.unary_unary(_CHECKPOINT)(request)
+    finally:
+        await channel.close()
 
 
 async def _look_for_archive(settings: Settings, what: str, local: Path, reason: str, deadline: float) -> Path:

@@ -50,6 +50,11 @@ def encode_string(field: int, value: str) -> bytes:
     return encode_varint(field << 3 | LENGTH) + encode_varint(len(data)) + data if data else b""
 
 
+def encode_message(field: int, data: bytes) -> bytes:
+    """Field ``field`` holding the embedded message ``data`` (itself encoded), even when it is empty."""
+    return encode_varint(field << 3 | LENGTH) + encode_varint(len(data)) + data
+
+
 def _varint(data: bytes, at: int) -> tuple[int, int]:
     value = shift = 0
     for i in range(at, min(at + _MAX_VARINT_BYTES, len(data))):
