@@ -81,7 +81,8 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archives]:
         annotations = [flag for key, value in IDENTITY.items() for flag in ("--annotation", f"{key}={value}")]
         box.run("podman", "run", "-d", "--name", "talker", "--cap-add", "NET_ADMIN", "--env", SECRET,
                 *annotations, "localhost/lpm-inspect-busybox:1", "/bin/busybox", "sh", "-c", WORKLOAD)
-        tcp = share / "talker.tar"
+        # Named as the kubelet names its archives, so `lpm ingest` takes it into a store.
+        tcp = share / "checkpoint-nettalk-5f7d9_shop-talker-2026-12-02T06:40:00Z.tar"
         _checkpoint(box, "talker", tcp)
         yield Archives(tcp=tcp)
 

@@ -212,14 +212,15 @@ class Collector:
             if not match or match.group(1) != "pagemap":
                 continue
             pid = int(match.group(2))
-            head, *entries = _decode_pagemap(name, data)
+            head, *entries = _decode_pagemap(f"archive {self.where}: {name}", data)
             if head.pages_id != pages_id:
                 continue
             runs = list(_present_runs(entries))
             mm_data = self._kept.get(f"checkpoint/mm-{pid}.img")
             if mm_data is None:
                 continue
-            mm = _decode_one(f"checkpoint/mm-{pid}.img", mm_data, "MM", criu.message("mm", "mm_entry"))
+            mm = _decode_one(f"archive {self.where}: checkpoint/mm-{pid}.img", mm_data, "MM",
+                             criu.message("mm", "mm_entry"))
             ranges = [("args", mm.mm_arg_start, mm.mm_arg_end)]
             if self.options.environment:
                 ranges.append(("env", mm.mm_env_start, mm.mm_env_end))
@@ -299,13 +300,13 @@ def _image(collector: Collector, name: str, kind: str, proto: str, message: str)
     data = collector._kept.get(f"checkpoint/{name}")
     if data is None:
         raise ArchiveError(f"archive {collector.where}: checkpoint/{name} is missing")
-    return criu.decode(f"checkpoint/{name}", data, kind, criu.message(proto, message))
+    return criu.decode(f"archive {collector.where}: checkpoint/{name}", data, kind, criu.message(proto, message))
 
 
 def _first(collector: Collector, name: str, kind: str, proto: str, message: str) -> Any:
     entries = _image(collector, name, kind, proto, message)
     if not entries:
-        raise criu.ImageDecodeError(f"checkpoint/{name} in {collector.where}: holds no entry")
+        raise criu.ImageDecodeError(f"archive {collector.where}: checkpoint/{name} holds no entry")
     return entries[0]
 
 
@@ -393,7 +394,8 @@ def _assemble(collector: Collector, archive_size: int) -> Inspection:
         memory = None
         if state in ("Alive", "Stopped"):
             mm = _first(collector, f"mm-{pid}.img", "MM", "mm", "mm_entry")
-            _, *entries = _decode_pagemap(f"checkpoint/pagemap-{pid}.img", _require(collector, f"pagemap-{pid}.img"))
+            _, *entries = _decode_pagemap(f"archive {where}: checkpoint/pagemap-{pid}.img",
+                                          _require(collector, f"pagemap-{pid}.img"))
             pages = sum(run[2] for run in _present_runs(entries))
             memory = Memory(pages, len(mm.vmas), sum(vma.end - vma.start for vma in mm.vmas))
             ids = _first(collector, f"ids-{pid}.img", "IDS", "criu_core", "task_kobj_ids_entry")
