@@ -25,7 +25,7 @@ from watcher.inspect.sources import inspect_archive
 
 
 def _checkpointctl(binary: Path, archive: Path) -> dict[str, Any]:
-    result = subprocess.run([str(binary), "inspect", "--ps-tree-cmd", "--files", "--sockets", "--mounts",
+    result = subprocess.run([str(binary), "inspect", "--ps-tree-cmd", "--files", "--sockets", "--mounts", "--stats",
                              "--format", "json", str(archive)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"checkpointctl inspect failed: {result.stderr}"
     (only,) = json.loads(result.stdout)
@@ -117,6 +117,12 @@ def test_the_container_and_sizes_agree(both, archives):
     # Every dumped page is some process's: the pagemaps' pages add up to the pages images.
     assert sum(p["memory"]["bytes"] for p in ours["processes"]) == ours["sizes"]["memoryPages"], ours["processes"]
     assert ours["criu"]["imageVersion"] == 2, ours["criu"]
+    stats, theirs_stats = ours["statistics"], theirs["statistics"]
+    assert (stats["freezingTime"], stats["frozenTime"], stats["memdumpTime"], stats["memwriteTime"],
+            stats["pagesScanned"], stats["pagesWritten"]) == \
+        (theirs_stats["freezing_time"], theirs_stats["frozen_time"], theirs_stats["memdump_time"],
+         theirs_stats["memwrite_time"], theirs_stats["pages_scanned"], theirs_stats["pages_written"]), (stats, theirs)
+    assert stats["pagesWritten"] * 4096 == ours["sizes"]["memoryPages"], (stats, ours["sizes"])
 
 
 def test_the_rootfs_diff_lists_what_the_container_changed(both):

@@ -160,6 +160,18 @@ class MemoryRegion:
 
 
 @dataclass(frozen=True)
+class DumpStatistics:
+    """CRIU's own account of the dump (``stats-dump``): times in microseconds, counts in pages."""
+
+    freezing_time: int
+    frozen_time: int
+    memdump_time: int
+    memwrite_time: int
+    pages_scanned: int
+    pages_written: int
+
+
+@dataclass(frozen=True)
 class Inspection:
     source: str
     runtime: str
@@ -184,6 +196,7 @@ class Inspection:
     sockets: tuple[Socket, ...]
     mounts: tuple[Mount, ...]
     rootfs_diff: RootfsDiff | None
+    statistics: DumpStatistics | None = None
     notes: tuple[str, ...] = ()
     """What could not be read, and why (the rest stands)."""
     memory: tuple[MemoryRegion, ...] = field(default=())

@@ -33,6 +33,7 @@ from watcher.inspect.model import (
     TASK_STATES,
     TCP_STATES,
     ChangedFile,
+    DumpStatistics,
     Inspection,
     Memory,
     MemoryRegion,
@@ -429,6 +430,15 @@ def _assemble(collector: Collector, archive_size: int) -> Inspection:
         rootfs = RootfsDiff(size, tuple(ChangedFile(m.name, _KINDS.get(m.kind, "other"), m.size) for m in members),
                             tuple(str(path) for path in deleted) if isinstance(deleted, list) else ())
 
+    statistics = None
+    if "stats-dump" in kept:
+        stats = _decode_one(f"archive {where}: stats-dump", kept["stats-dump"], "STATS",
+                            criu.message("stats", "stats_entry"))
+        if stats.HasField("dump"):
+            dump = stats.dump
+            statistics = DumpStatistics(dump.freezing_time, dump.frozen_time, dump.memdump_time, dump.memwrite_time,
+                                        dump.pages_scanned, dump.pages_written)
+
     engine = _engine(annotations, kept)
     container = str(config.get("name") or annotations.get("io.kubernetes.container.name")
                     or annotations.get("io.kubernetes.cri.container-name") or "")
@@ -440,7 +450,7 @@ def _assemble(collector: Collector, archive_size: int) -> Inspection:
         criu_image_version=inventory.img_version, archive_size=archive_size,
         memory_pages_size=sum(collector._pages_sizes.values()), processes=tuple(processes),
         files=tuple(open_files), sockets=tuple(sockets), mounts=tuple(mounts), rootfs_diff=rootfs,
-        notes=tuple(notes),
+        statistics=statistics, notes=tuple(notes),
         memory=tuple(MemoryRegion(pid, address, bytes(data)) for pid, address, data in collector._regions),
     )
 

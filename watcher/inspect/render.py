@@ -55,6 +55,11 @@ def as_dict(inspection: Inspection) -> dict[str, Any]:
             "changed": [{"path": c.path, "kind": c.kind, "size": c.size} for c in diff.changed],
             "deleted": list(diff.deleted),
         },
+        "statistics": None if inspection.statistics is None else {
+            "freezingTime": inspection.statistics.freezing_time, "frozenTime": inspection.statistics.frozen_time,
+            "memdumpTime": inspection.statistics.memdump_time, "memwriteTime": inspection.statistics.memwrite_time,
+            "pagesScanned": inspection.statistics.pages_scanned, "pagesWritten": inspection.statistics.pages_written,
+        },
         "notes": list(inspection.notes),
     }
     if inspection.memory:
@@ -100,6 +105,12 @@ def _text(inspection: Inspection) -> str:
         lines.append(f"  checkpointed {inspection.checkpointed}")
     criu_version = inspection.criu_version or "not recorded in the archive"
     lines.append(f"  CRIU         {criu_version}, image format {inspection.criu_image_version}")
+    stats = inspection.statistics
+    if stats is not None:
+        lines.append(f"  dump         frozen {stats.frozen_time / 1000:.1f} ms (freezing "
+                     f"{stats.freezing_time / 1000:.1f} ms, memory dump {stats.memdump_time / 1000:.1f} ms, write "
+                     f"{stats.memwrite_time / 1000:.1f} ms), {stats.pages_written} of {stats.pages_scanned} pages "
+                     "scanned written")
     diff = inspection.rootfs_diff
     lines.append(f"  size         {size(inspection.archive_size)} archive, {size(inspection.memory_pages_size)} "
                  f"memory pages, {size(diff.size) if diff else 'no'} root-filesystem diff")
