@@ -116,7 +116,7 @@ def _text(inspection: Inspection) -> str:
                  f"memory pages, {size(diff.size) if diff else 'no'} root-filesystem diff")
 
     lines.append("")
-    lines.append("processes")
+    lines.append(f"processes\n  {'PID':<7} {'STATE':<7} {'MEMORY (DUMPED)':<22} COMMAND")
     children: dict[int, list[Process]] = {}
     pids = {process.pid for process in inspection.processes}
     for process in inspection.processes:
@@ -127,9 +127,10 @@ def _text(inspection: Inspection) -> str:
             memory = process.memory
             used = f"{memory.pages} pages ({size(memory.bytes)})" if memory else "no memory"
             command = " ".join(process.arguments) if process.arguments is not None else f"[{process.command}]"
-            lines.append(f"  {'  ' * depth}{process.pid:<6} {process.state:<7} {used:<22} {command}")
+            # The tree shows in the command column: children indented under their parent.
+            lines.append(f"  {process.pid:<7} {process.state:<7} {used:<22} {'  ' * depth}{command}")
             for variable in process.environment or ():
-                lines.append(f"  {'  ' * depth}       env {variable}")
+                lines.append(f"  {'':<7} {'':<7} {'env':<22} {'  ' * depth}{variable}")
             tree(process.pid, depth + 1)
 
     tree(0, 0)
