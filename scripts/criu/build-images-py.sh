@@ -30,14 +30,15 @@ fi
 # shellcheck source=../lib/go.sh
 . "$repo/scripts/lib/go.sh"
 use_go build-images-py
-dir=$(cd "$(mktemp -d)" && go mod download -json "$module@$version" | "$python" -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+# Outside any module (the scratch directory): `go mod download` fetches into Go's module cache and says where.
+dir=$(cd "$scratch" && go mod download -json "$module@$version" | "$python" -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
 if [[ ! -d $dir/crit/images || ! -f $dir/magic/magic.go ]]; then
 	echo "build-images-py: $module@$version has no crit/images/*.proto or magic/magic.go in $dir" >&2
 	exit 1
 fi
 
-scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
 mkdir "$scratch/proto" "$scratch/criu_pb"
 cp "$dir"/crit/images/*.proto "$scratch/proto/"
 chmod u+w "$scratch"/proto/*.proto

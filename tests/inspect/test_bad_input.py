@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.inspect.conftest import Archives
+from tests.inspect.fixtures import Archives
 from tests.support import REPO, lpm
 
 Edit = Callable[[tarfile.TarInfo, bytes | None], tuple[tarfile.TarInfo, bytes | None] | None]

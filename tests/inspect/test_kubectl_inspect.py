@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from lab.controlplane import ControlPlane
-from tests.inspect.conftest import Archives
+from tests.inspect.fixtures import Archives
 from tests.support import lpm
 from watcher.cluster.objects import lpm_path
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.inspect.conftest import Archives
+from tests.inspect.fixtures import Archives
 from tests.support import lpm
 from watcher.inspect.model import established_tcp
 from watcher.inspect.sources import inspect_archive

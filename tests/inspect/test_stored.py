@@ -13,8 +13,12 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from tests.inspect.conftest import POD_UID, Archives
+from tests.inspect.fixtures import POD_UID, Archives
 from tests.support import REPO, lpm
+from watcher.inspect.model import TcpConnection
+from watcher.inspect.sources import established_tcp_in_stored
+from watcher.store import fsio, layout
+from watcher.zstream import CompressionSettings
 
 
 def _inspect(*args: str) -> list[dict[str, Any]]:
@@ -41,6 +45,20 @@ def test_a_stored_checkpoint_by_uri_id_and_path(archives: Archives, tmp_path):
     for name in (uri, checkpoint_id, f"{POD_UID}/{checkpoint_id}", f"{POD_UID}/{checkpoint_id}/talker"):
         (stored,) = _inspect(name, "--store", str(store))
         _same(stored, archived)
+
+
+def test_the_agents_call_finds_the_established_connections_in_a_stored_dump(archives: Archives, tmp_path):
+    store = tmp_path / "store"
+    uri = _ingest(archives.tcp, store)
+    root = fsio.open_root(store, create=False)
+    try:
+        connections = established_tcp_in_stored(root, layout.parse_uri(uri), CompressionSettings())
+    finally:
+        os.close(root)
+    assert len(connections) == 2 and all(isinstance(c, TcpConnection) for c in connections), connections
+    listener, client = sorted(connections, key=lambda c: c.local_port != 7000)
+    assert (listener.local_port, client.remote_port, listener.remote_port) == (7000, 7000, client.local_port), \
+        connections
 
 
 def test_a_sealed_checkpoint_needs_its_key(archives: Archives, tmp_path):

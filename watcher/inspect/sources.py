@@ -16,7 +16,7 @@ from typing import Protocol
 import zstandard
 
 from watcher.errors import ArchiveError, UnknownCheckpoint
-from watcher.inspect.model import Inspection
+from watcher.inspect.model import Inspection, TcpConnection, established_tcp
 from watcher.inspect.reader import Collector, Options
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.zstream import CompressionSettings
@@ -60,6 +60,16 @@ def inspect_stored(root_fd: int, ref: layout.ArtifactRef, settings: CompressionS
     collector = Collector(ref.uri, options)
     manifest = retrieve.stream(root_fd, ref, settings, threading.Event(), _drop, collector.feed)
     return collector.finish(manifest.uncompressed_size)
+
+
+def established_tcp_in_stored(root_fd: int, ref: layout.ArtifactRef,
+                              settings: CompressionSettings) -> list[TcpConnection]:
+    """The established TCP connections in one stored dump (issue 14 item 3: warn before a restore breaks them).
+
+    Reads the dump once. A caller that reads it anyway (the streamed restore hands every decompressed piece to
+    an ``observe`` callback) can instead feed a ``reader.Collector`` there and call ``established_tcp`` on
+    its ``finish``: no second read."""
+    return established_tcp(inspect_stored(root_fd, ref, settings))
 
 
 def _drop(piece: bytes) -> None:

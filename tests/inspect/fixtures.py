@@ -1,4 +1,4 @@
-"""Real checkpoint archives for ``lpm inspect``'s tests, and the real checkpointctl to hold it to.
+"""Real checkpoint archives for ``lpm inspect``'s tests (and the image's), and the real checkpointctl to hold it to.
 
 The archives are podman's (``podman container checkpoint --export``), made by the lab's CRIU 4.2 in the
 trixie rootfs (lab/sandbox.py, as tests/image does), once per session. The container runs busybox from that
