@@ -4,6 +4,7 @@ on an archive far larger than what inspect holds, in bounded memory."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -12,6 +13,8 @@ import sys
 import tarfile
 from pathlib import Path
 from typing import Any
+
+import zstandard
 
 from tests.inspect.fixtures import POD_UID, Archives
 from tests.support import REPO, lpm
@@ -122,3 +125,21 @@ def test_memory_stays_bounded_whatever_the_pages(archives: Archives, tmp_path):
     assert inspection["sizes"]["memoryPages"] == plain["sizes"]["memoryPages"] + pages, inspection["sizes"]
     assert inspection["sizes"]["archive"] == big.stat().st_size > pages
     assert peak_kib < 160 << 10, f"peak resident set {peak_kib} KiB reading a {big.stat().st_size}-byte archive"
+
+
+def test_a_compressed_archive_reads_as_the_plain_one(archives: Archives, tmp_path):
+    """podman exports compressed archives too (--compress zstd|gzip): read through the decompressor."""
+    (plain,) = _inspect(str(archives.tcp))
+    data = archives.tcp.read_bytes()
+    zst = tmp_path / "cp.tar.zst"
+    zst.write_bytes(zstandard.ZstdCompressor().compress(data))
+    gz = tmp_path / "cp.tar.gz"
+    gz.write_bytes(gzip.compress(data))
+    for compressed in (zst, gz):
+        (inspection,) = _inspect(str(compressed))
+        assert {**inspection, "source": ""} == {**plain, "source": ""}, compressed
+    broken = tmp_path / "broken.tar.zst"
+    broken.write_bytes(zst.read_bytes()[: zst.stat().st_size // 2])
+    result = lpm("inspect", str(broken))
+    assert (result.returncode, result.stdout) == (1, ""), result
+    assert result.stderr.startswith(f"lpm: archive {broken}: "), result.stderr
