@@ -151,6 +151,9 @@ def test_environment_and_memory_only_when_asked(archives):
     # Its own stack holds its arguments, as the kernel laid them out.
     assert b"nc\0-l\0-p\x007000\0" in contents, len(contents)
     assert all("environment" not in p for p in dumped["processes"]), "--memory must not bring --env along"
+    nobody = _lpm(archives.tcp, "--memory", "99999")
+    assert "memory" not in nobody and nobody["notes"] == [
+        "pid 99999: no memory read for --memory (no such process, or no pages of it dumped)"], nobody["notes"]
 
 
 def test_the_library_call_gives_the_established_connections(archives):

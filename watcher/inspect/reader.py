@@ -417,6 +417,10 @@ def _assemble(collector: Collector, archive_size: int) -> Inspection:
         processes.append(Process(pid, task.ppid, task.pgid, task.sid, core.tc.comm, state, arguments, memory,
                                  environment))
 
+    wanted = collector.options.memory_pid
+    if wanted is not None and not any(pid == wanted for pid, _, _ in collector._regions):
+        notes.append(f"pid {wanted}: no memory read for --memory (no such process, or no pages of it dumped)")
+
     mounts = []
     for mount in spec.get("mounts") or []:
         if isinstance(mount, dict):
