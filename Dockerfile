@@ -20,6 +20,9 @@ COPY lock/image.txt ./lock/image.txt
 RUN python3 -m venv /opt/lpm \
  && /opt/lpm/bin/pip install --no-cache-dir --require-hashes -r lock/image.txt
 COPY pyproject.toml README.md ./
+# watcher/ carries watcher/inspect/criu_pb/, CRIU's image definitions compiled by scripts/setup
+# (scripts/criu/build-images-py.sh; git-ignored): build the image after setup, or `lpm inspect` in it
+# says they are missing. The package data takes them into the venv.
 COPY watcher ./watcher
 COPY gc ./gc
 # lpm itself, with nothing more fetched: no dependencies, the locked build backend. Then the build

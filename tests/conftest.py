@@ -19,4 +19,5 @@ def store(tmp_path: Path) -> Path:
     return tmp_path / "store"
 
 
+from tests.inspect.fixtures import archives, checkpointctl  # noqa: E402,F401  (real CRIU archives, checkpointctl)
 from tests.realstack.fixtures import *  # noqa: E402,F401,F403  (the session's real control plane)

@@ -11,6 +11,7 @@
     lpm store ls --store DIR [--json]
     lpm store verify --store DIR [--json]
     lpm store get URI --store DIR [--local-store DIR] -o FILE
+    lpm inspect ARCHIVE|CHECKPOINT [--store DIR] [-o text|json] [--env] [--memory PID [--memory-limit BYTES]]
     lpm gc --store DIR [--once] [--interval 10m] [--retention 24h] [--stale-after 1h] [--dry-run]
            [--standalone | --kubeconfig FILE]      (the collector: package lpm_gc, folder gc/)
 
@@ -41,6 +42,9 @@ from watcher.crypt import keyring
 from watcher.crypt.keyring import Keyring
 from watcher.errors import KeyringError, KeyUnavailable, LpmError
 from watcher.ingest import service
+from watcher.inspect import reader as inspect_reader
+from watcher.inspect import render as inspect_render
+from watcher.inspect import sources as inspect_sources
 from watcher.kubelet import KubeletSettings
 from watcher.observe import AgentMetrics, Readiness, serving
 from watcher.restore.importer import ContainerdImporter, ContainersStorageImporter, Importer, RegistryImporter
@@ -252,6 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("-o", "--output", type=Path, required=True)
     _encryption_flags(get, writes=False)
 
+    inspect = commands.add_parser(
+        "inspect", help="what a checkpoint holds (processes, memory, files, sockets, mounts, root-fs diff), "
+        "read from an archive or the store without restoring it")
+    inspect.add_argument("checkpoint", metavar="ARCHIVE|CHECKPOINT",
+                         help="a checkpoint archive's path, or a stored checkpoint: shared://... URI, "
+                         "podUID/checkpointID[/container], or a checkpoint ID")
+    inspect.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
+    _local_store_flag(inspect, "the node-local store, for file:// URIs (env LPM_LOCAL_STORE)")
+    _encryption_flags(inspect, writes=False)
+    inspect.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    inspect.add_argument("--env", action="store_true",
+                         help="also show the processes' environment variables (they often hold secrets)")
+    inspect.add_argument("--memory", type=int, metavar="PID", default=None,
+                         help="also show this process's memory contents (secrets too), up to --memory-limit")
+    inspect.add_argument("--memory-limit", type=_positive, default=1 << 20, metavar="BYTES")
     gc_cli.add_parser(commands)
     return parser
 
@@ -266,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ingest(args)
         if args.command == "gc":
             return gc_cli.run(args)
+        if args.command == "inspect":
+            return _inspect(args)
         if args.store_command == "ls":
             return _ls(args)
         if args.store_command == "verify":
@@ -502,4 +523,28 @@ def _get(args: argparse.Namespace) -> int:
     kind, ref = layout.parse_location(args.uri, local_store)
     root_fd = fsio.open_root(local_store if kind is StorageType.LOCAL else args.store.resolve(), create=False)
     retrieve.get(root_fd, ref, args.output, CompressionSettings(encryption=_keyring(args)), threading.Event())
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    options = inspect_reader.Options(environment=args.env, memory_pid=args.memory, memory_limit=args.memory_limit)
+    target = Path(args.checkpoint)
+    if not args.checkpoint.startswith((layout.URI_SCHEME, layout.FILE_SCHEME)) and target.is_file():
+        inspections = [inspect_sources.inspect_archive(target, options)]
+    else:
+        local_store = args.local_store.resolve()
+        if args.checkpoint.startswith(layout.FILE_SCHEME):
+            _, ref = layout.parse_location(args.checkpoint, local_store)
+            root_fd, refs = fsio.open_root(local_store, create=False), [ref]
+        else:
+            store = args.store.resolve()
+            root_fd = fsio.open_root(store, create=False)
+            refs = inspect_sources.find_stored(root_fd, args.checkpoint, str(store))
+        settings = CompressionSettings(encryption=_keyring(args))
+        try:
+            inspections = [inspect_sources.inspect_stored(root_fd, ref, settings, options) for ref in refs]
+        finally:
+            os.close(root_fd)
+    print(inspect_render.to_json(inspections) if args.output == "json" else inspect_render.to_text(inspections),
+          end="\n" if args.output == "json" else "")
     return 0

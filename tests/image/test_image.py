@@ -22,6 +22,7 @@ from lab.archives import ArchiveSpec, make_archive
 from lab.controlplane import REPO
 from lab.sandbox import Sandbox, rootfs
 from tests.deploy.kustomize import component_agent
+from tests.inspect.fixtures import Archives
 from tests.restore.containerd import run_containerd
 from tests.restore.support import PODMAN_CONFIG
 from tests.support import lpm
@@ -78,6 +79,20 @@ def test_image_prints_usage(image: tuple[Sandbox, str]) -> None:
         assert command in result.stdout
     assert "usage: lpm gc" in box.run("podman", "run", "--rm", ref, "gc", "--help").stdout
     assert box.run("podman", "run", "--rm", "--entrypoint", "skopeo", ref, "--version").stdout.startswith("skopeo")
+
+
+def test_image_inspects_a_real_checkpoint_with_crius_definitions(image: tuple[Sandbox, str],
+                                                                  archives: Archives) -> None:
+    """lpm inspect in the image reads a real CRIU archive: the compiled definitions (watcher/inspect/criu_pb,
+    git-ignored, in the build context after scripts/setup) and their protobuf runtime made it in."""
+    box, ref = image
+    archive = box.share / archives.tcp.name
+    shutil.copy2(archives.tcp, archive)
+    result = box.run("podman", "run", "--rm", "-v", f"{box.share}:{box.share}:ro", ref, "inspect", str(archive),
+                     "-o", "json", check=False)
+    assert result.returncode == 0, result.stderr
+    (inspection,) = json.loads(result.stdout)
+    assert len(inspection["establishedTCP"]) == 2 and len(inspection["processes"]) >= 6, inspection
 
 
 _PROBE = """

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from watcher.errors import ArchiveError, ArchiveIncomplete
 
@@ -86,13 +87,28 @@ class ScanResult:
     members: list[Member] = field(default_factory=list)
 
 
+class MemberSink(Protocol):
+    """Where a tapped member's data goes, as it streams past (``TarScanner``'s ``tap``)."""
+
+    def feed(self, chunk: memoryview) -> None: ...
+
+    def close(self) -> None:
+        """The member's last byte went past (not called when the archive ends inside it)."""
+
+
+Tap = Callable[[Member], "MemberSink | None"]
+"""Asked at each member that is not captured (its name checked and normalised): a sink for its data, or None."""
+
+
 class TarScanner:
     """Feed bytes with ``feed``; call ``finish`` at end of input."""
 
-    def __init__(self, capture: frozenset[str], where: str, keep_members: bool = False) -> None:
+    def __init__(self, capture: frozenset[str], where: str, keep_members: bool = False, tap: Tap | None = None) -> None:
         self._capture_names = capture
         self._where = where
         self._keep_members = keep_members
+        self._tap = tap
+        self._tapped: MemberSink | None = None
         self._offset = 0  # archive offset of the block being assembled or the data consumed
         self._block = bytearray()
         self._zero_blocks = 0
@@ -153,6 +169,8 @@ class TarScanner:
             take = min(self._content_left, len(view) - pos)
             if self._sink is not None:
                 self._sink += view[pos : pos + take]
+            elif self._tapped is not None:
+                self._tapped.feed(view[pos : pos + take])
             self._content_left -= take
             pos += take
             self._offset += take
@@ -220,11 +238,15 @@ class TarScanner:
                 raise self._fail(f"unsafe member name {name!r} (absolute, '..' or NUL)")
             if normal:
                 self.result.top_level.add(normal.split("/", 1)[0])
-            if self._keep_members:
+            if self._keep_members or self._tap is not None:
                 target = pax.get("linkpath", self._long_link if self._long_link is not None else
                                  _cstring(block[157:257]))
-                self.result.members.append(Member(normal, kind, self._offset + BLOCK, size,
-                                                  _number(block[100:108]) or 0, target, frozenset(pax)))
+                member = Member(normal, kind, self._offset + BLOCK, size, _number(block[100:108]) or 0, target,
+                                frozenset(pax))
+                if self._keep_members:
+                    self.result.members.append(member)
+                if self._tap is not None and normal not in self._capture_names:
+                    self._tapped = self._tap(member)
             if normal in self._capture_names:
                 if normal in self.result.captured:
                     raise self._fail(f"{normal} appears twice")
@@ -281,6 +303,9 @@ class TarScanner:
                              "(Go and tarfile may take it for a directory)")
         return name
     def _end_member(self) -> None:
+        if self._tapped is not None:
+            tapped, self._tapped = self._tapped, None
+            tapped.close()
         kind, sink = self._sink_kind, self._sink
         self._sink = None
         self._sink_kind = None

@@ -21,10 +21,15 @@ from typing import Any
 from watcher.cluster.objects import API_VERSION, MIGRATION_LABEL, lpm_path, meta, migration_name, pod_path
 from watcher.crypt import keyring
 from watcher.errors import Conflict, LpmError, NotFound
+from watcher.inspect import reader as inspect_reader
+from watcher.inspect import render as inspect_render
+from watcher.inspect import sources as inspect_sources
+from watcher.inspect.model import Inspection
 from watcher.kubectl import archive, keep, progress, views
 from watcher.kubectl.follow import Display, follow
 from watcher.kubectl.progress import Outcome
 from watcher.kubectl.session import Session
+from watcher.store import fsio
 from watcher.zstream import CompressionSettings
 
 
@@ -240,13 +245,21 @@ async def unpin(args: argparse.Namespace, session: Session) -> Exit:
 
 
 async def _checkpoint_directory(args: argparse.Namespace, session: Session) -> tuple[Path, tuple[str, str]]:
+    store, row = await _stored_checkpoint(args, session, "pins live in the shared store", "pinned")
+    assert row.directory is not None
+    return store, row.directory
+
+
+async def _stored_checkpoint(args: argparse.Namespace, session: Session, why: str,
+                             done: str) -> tuple[Path, views.Checkpoint]:
+    """The checkpoint content object ``args.checkpoint`` as ``ls`` shows it, with a directory in the shared store."""
     if args.store is None:
-        raise UsageError("pins live in the shared store: mount it and pass --store DIR (or set LPM_STORE)")
+        raise UsageError(f"{why}: mount it and pass --store DIR (or set LPM_STORE)")
     row, _ = await _content(args.checkpoint, session)
     if row.directory is None:
         raise LpmError(f"checkpoint {args.checkpoint} is held in node {row.node}'s local store, not the "
-                       "shared one: it can be pinned once the agent has moved it there")
-    return args.store, row.directory
+                       f"shared one: it can be {done} once the agent has moved it there")
+    return args.store, row
 
 
 async def _content(checkpoint: str, session: Session) -> tuple[views.Checkpoint, list[dict[str, Any]]]:
@@ -303,6 +316,48 @@ async def get(args: argparse.Namespace, session: Session) -> Exit:
     return Exit.OK
 
 
+# -- inspect -------------------------------------------------------------------------------------------------
+
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a PodCheckpointContent or ContainerCheckpointContent name (from ls)")
+    _store(parser, "required")
+    # No argparse choices: completion offers one set of values per flag name, and -o's are ls's and status's.
+    parser.add_argument("-o", "--output", default="text", help="text (the default) or json")
+    parser.add_argument("--encryption-keys", type=Path, default=os.environ.get("LPM_ENCRYPTION_KEYS") or None,
+                        help="the key-encryption keys, for a sealed checkpoint (env LPM_ENCRYPTION_KEYS)")
+    parser.add_argument("--env", action="store_true",
+                        help="also show the processes' environment variables (they often hold secrets)")
+    parser.add_argument("--memory", type=int, metavar="PID", default=None,
+                        help="also show this process's memory contents (secrets too), up to --memory-limit")
+    parser.add_argument("--memory-limit", type=int, default=1 << 20, metavar="BYTES")
+
+
+async def inspect(args: argparse.Namespace, session: Session) -> Exit:
+    """``lpm inspect`` on the checkpoint a content object names: read from the shared store, as the CLI does."""
+    if args.output not in ("text", "json"):
+        raise UsageError(f"inspect prints text or json, not {args.output!r}")
+    store, row = await _stored_checkpoint(args, session, "checkpoints are read from the shared store", "inspected")
+    assert row.directory is not None
+    options = inspect_reader.Options(environment=args.env, memory_pid=args.memory, memory_limit=args.memory_limit)
+    keys = keyring.load(args.encryption_keys) if args.encryption_keys is not None else None
+    uid, checkpoint_id = row.directory
+
+    def read() -> list[Inspection]:
+        root = fsio.open_root(store.resolve(), create=False)
+        try:
+            refs = [ref for container in row.containers for ref in
+                    inspect_sources.find_stored(root, f"{uid}/{checkpoint_id}/{container}", str(store))]
+            return [inspect_sources.inspect_stored(root, ref, CompressionSettings(encryption=keys), options)
+                    for ref in refs]
+        finally:
+            os.close(root)
+
+    inspections = await asyncio.to_thread(read)
+    print(inspect_render.to_json(inspections) if args.output == "json" else inspect_render.to_text(inspections),
+          end="\n" if args.output == "json" else "")
+    return Exit.OK
+
+
 # -- the table ---------------------------------------------------------------------------------------------
 
 COMMANDS: dict[str, Command] = {
@@ -312,6 +367,8 @@ COMMANDS: dict[str, Command] = {
     "pin": Command("keep a checkpoint from the collector", _pin_arguments, pin),
     "unpin": Command("let the collector's rules apply to a checkpoint again", _pin_arguments, unpin),
     "get": Command("write a checkpoint's original archive, verified", _get_arguments, get),
+    "inspect": Command("what a checkpoint holds: processes, memory, files, sockets (established TCP flagged), "
+                       "mounts, root-filesystem diff", _inspect_arguments, inspect),
 }
 
 

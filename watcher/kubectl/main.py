@@ -4,6 +4,7 @@
     kubectl lpm status [MIGRATION] [--wait] [--timeout D] [-o json|yaml|wide|name]
     kubectl lpm ls [-o json|yaml|wide|name] [--store DIR]
     kubectl lpm pin|unpin CHECKPOINT --store DIR
+    kubectl lpm inspect CHECKPOINT --store DIR [-o text|json] [--env] [--memory PID] [--encryption-keys DIR]
     kubectl lpm completion bash|zsh
     every command: [--kubeconfig FILE] [--context NAME] [-n NS | -A]
 

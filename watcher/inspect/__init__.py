@@ -1,0 +1,1 @@
+"""``lpm inspect``: what a checkpoint holds, read from the archive or the store without restoring it."""
