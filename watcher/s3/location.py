@@ -60,6 +60,9 @@ class S3Location:
     def manifest_key(self, ref: layout.ArtifactRef) -> str:
         return self.key(*ref.segments, layout.MANIFEST_FILE)
 
+    def collector_key(self, name: str) -> str:
+        return self.key(layout.COLLECTOR_DIR, name)
+
     def staging_prefix(self, node: str) -> str:
         return self.key(layout.INGEST_LEDGER_DIR, layout.node_name(node), STAGING_DIR) + "/"
 
@@ -94,6 +97,8 @@ class ObjectKind(Enum):
     MARKER = "marker"
     KEEP = "keep"
     STAGING = "staging"
+    COLLECTOR = "collector"
+    """The collector's own state (``.gc/``): not a checkpoint, never collected."""
     OTHER = "other"
     """A key below the prefix that no writer makes: reported, never deleted (unknown is not absent)."""
 
@@ -119,6 +124,8 @@ def classify(location: S3Location, key: str) -> KeyInfo:
         return KeyInfo(ObjectKind.OTHER, reason="outside the store's prefix")
     parts = key[len(location.root):].split("/")
     try:
+        if parts[0] == layout.COLLECTOR_DIR:
+            return KeyInfo(ObjectKind.COLLECTOR, name="/".join(parts[1:]))
         if parts[0] == layout.INGEST_LEDGER_DIR:
             if len(parts) == 4 and parts[2] == STAGING_DIR and _TOKEN.fullmatch(parts[3]):
                 return KeyInfo(ObjectKind.STAGING, node=layout.node_name(parts[1]), name=parts[3])

@@ -97,6 +97,16 @@ class S3Store:
                     found.append(Upload(str(item["Key"]), str(item["UploadId"]), item["Initiated"].timestamp()))
         return found
 
+    async def last_activity(self, upload: Upload) -> float:
+        """When the upload last took a part (its start if none): how a live upload is told from a dead one."""
+        newest = upload.initiated
+        with s3client.errors(f"store {self.location}: parts of the upload of {upload.key}"):
+            paginator = self.client.get_paginator("list_parts")
+            async for page in paginator.paginate(Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id):
+                for part in page.get("Parts", []):
+                    newest = max(newest, part["LastModified"].timestamp())
+        return newest
+
     async def abort(self, upload: Upload) -> None:
         with s3client.errors(f"store {self.location}: abort upload of {upload.key}"):
             await self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id)
@@ -110,6 +120,14 @@ class S3Store:
         except UnknownCheckpoint:
             return False
         return True
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        try:
+            with s3client.errors(f"store {self.location}: {key}"):
+                answer = await self.client.head_object(Bucket=self.bucket, Key=key)
+        except UnknownCheckpoint:
+            return None
+        return ObjectInfo(key, int(answer["ContentLength"]), answer["LastModified"].timestamp())
 
     async def read_small(self, key: str, cap: int) -> bytes:
         """The whole object, or StoreError when it is larger than ``cap`` bytes (read no further)."""
@@ -174,7 +192,7 @@ class S3Store:
             info = classify(self.location, item.key)
             if info.kind is ObjectKind.OTHER:
                 strange.append(Skipped(item.key, info.reason))
-            elif info.kind is not ObjectKind.STAGING:
+            elif info.kind not in (ObjectKind.STAGING, ObjectKind.COLLECTOR):
                 seen.setdefault((info.uid, info.cid))
                 if info.kind is ObjectKind.MARKER:
                     markers.add((info.uid, info.cid))
