@@ -162,3 +162,20 @@ def test_a_plain_http_endpoint_is_refused(bucket: Bucket, monkeypatch: pytest.Mo
     monkeypatch.setenv("AWS_ENDPOINT_URL", bucket.server.endpoint.replace("https://", "http://"))
     result = lpm("store", "ls", "--store", bucket.url)
     assert result.returncode == 1 and "is not https" in result.stderr, result
+
+
+def test_a_dump_over_the_copy_limit_is_copied_in_parts(bucket: Bucket) -> None:
+    """Above S3's 5 GiB CopyObject limit the staged dump is copied part by part (limits scaled down here)."""
+    store_at = location.parse(bucket.url)
+    data = bytes(range(256)) * (48 * 1024)  # 12 MiB: three ranges of 5, 5 and 2 MiB
+
+    async def run() -> None:
+        async with s3client.connect(store_at) as client:
+            store = S3Store(client, store_at)
+            await store.put("checkpoints/source", data)
+            await store.copy("checkpoints/source", "checkpoints/copied", len(data), limit=len(data) - 1,
+                             part=5 << 20)
+
+    asyncio.run(run())
+    assert bucket.get("checkpoints/copied") == data
+    assert bucket.uploads() == []
