@@ -36,6 +36,7 @@ from typing import Protocol
 from lpm_gc import cli as gc_cli
 from watcher import logs
 from watcher.agent import StandaloneAgent, StandaloneConfig
+from watcher.agent_s3 import S3AgentConfig, S3Readiness, S3StandaloneAgent
 from watcher.cluster_agent import ClusterAgent, ClusterConfig, RestoreSettings
 from watcher.crypt import keyring
 from watcher.crypt.keyring import Keyring
@@ -43,7 +44,7 @@ from watcher.errors import KeyringError, KeyUnavailable, LpmError, UnsafeNameErr
 from watcher.ingest import s3 as s3ingest
 from watcher.ingest import service
 from watcher.kubelet import KubeletSettings
-from watcher.observe import AgentMetrics, Readiness, serving
+from watcher.observe import AgentMetrics, Readiness, ReadinessCheck, serving
 from watcher.restore.importer import ContainerdImporter, ContainersStorageImporter, Importer, RegistryImporter
 from watcher.restore.standalone import RestorerSettings, StandaloneRestorer
 from watcher.runtime.checkpoint import Settings as RuntimeCheckpointSettings
@@ -155,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--checkpoint-dir", type=Path,
                        default=Path(_env("LPM_CHECKPOINT_DIR", "/var/lib/kubelet/checkpoints") or ""),
                        help="kubelet checkpoint directory (env LPM_CHECKPOINT_DIR)")
-    agent.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""),
-                       help="shared checkpoint store (env LPM_STORE)")
+    agent.add_argument("--store", type=_store_arg, default=_store_arg(_env("LPM_STORE", "/mnt/checkpoints") or ""),
+                       help="shared checkpoint store: a directory, or s3://BUCKET/PREFIX with --standalone "
+                            "(docs/s3.md) (env LPM_STORE)")
     _local_store_flag(agent, "node-local store: checkpoints taken while the shared store is unavailable are "
                              "held here, with file:// URIs, and moved to the shared store once it is back")
     agent.add_argument("--move-interval", type=float, default=float(_env("LPM_MOVE_INTERVAL", "30") or "30"),
@@ -309,6 +311,8 @@ def _node(args: argparse.Namespace) -> str:
 
 
 def _agent(args: argparse.Namespace) -> int:
+    if isinstance(args.store, S3Location):
+        return _s3_agent(args, args.store)
     config = StandaloneConfig(
         node=_node(args),
         store=args.store.resolve(),
@@ -413,6 +417,11 @@ class _WithRestorer:
 
 async def _run_until_signal(agent: Agent, health_port: int, metrics: AgentMetrics,
                             readiness: Readiness) -> int:
+    return await _serve_until_signal(agent, health_port, metrics, readiness)
+
+
+async def _serve_until_signal(agent: Agent, health_port: int, metrics: AgentMetrics,
+                              readiness: ReadinessCheck) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -594,3 +603,26 @@ async def _s3_ingest(args: argparse.Namespace) -> int:
                                                datetime.now(UTC), target_node=target)
     print(result.manifest.ref.uri)
     return 0
+
+
+def _s3_agent(args: argparse.Namespace, at: S3Location) -> int:
+    """``lpm agent --standalone --store s3://...`` (docs/s3.md: no local fallback, mover or ledger yet)."""
+    if not args.standalone:
+        raise LpmError(f"store {at}: an S3 store is served by the standalone agent only so far (docs/s3.md); "
+                       "cluster mode takes a directory")
+    if args.restore:
+        raise LpmError(f"store {at}: --restore reads a directory store only so far (docs/s3.md)")
+    node = _node(args)
+    watch = WatchSettings(directory=args.checkpoint_dir, debounce=args.debounce, force_polling=args.force_polling,
+                          give_up_after=args.give_up_after)
+
+    async def run() -> int:
+        async with s3client.connect(at) as client:
+            store = S3Store(client, at)
+            await store.check()
+            metrics = AgentMetrics(None)
+            agent = S3StandaloneAgent(S3AgentConfig(node, store, watch, _compression(args), args.delete_ingested),
+                                      metrics)
+            return await _serve_until_signal(agent, args.health_port, metrics, S3Readiness(store))
+
+    return asyncio.run(run())
