@@ -19,10 +19,14 @@ from lab.archives import ArchiveSpec, Pod, make_archive
 from lab.s3server import S3Server
 from tests.s3.conftest import Bucket, legacy_version
 from tests.support import lpm
+from watcher.errors import ChecksumMismatch
 from watcher.ingest import s3 as s3ingest
+from watcher.ingest import service
 from watcher.s3 import client as s3client
 from watcher.s3 import location
+from watcher.s3 import retrieve as s3retrieve
 from watcher.s3.store import S3Store
+from watcher.store import fsio, layout, retrieve
 from watcher.zstream import CompressionSettings
 
 
@@ -179,3 +183,35 @@ def test_a_dump_over_the_copy_limit_is_copied_in_parts(bucket: Bucket) -> None:
     asyncio.run(run())
     assert bucket.get("checkpoints/copied") == data
     assert bucket.uploads() == []
+
+
+def test_the_streamed_restores_read_gives_what_the_filesystem_store_gives(
+        bucket: Bucket, archive_dir: Path, tmp_path: Path) -> None:
+    """The read a streamed restore makes (the zstd stream to the runtime, the archive to the layer's scan),
+    from the bucket and from a directory holding the same archive: the same bytes; a dump changed in the
+    bucket fails after its last byte went by, naming both sums."""
+    archive = make_archive(archive_dir, ArchiveSpec(memory=6 << 20))
+    uri = lpm("ingest", str(archive), "--store", bucket.url, "--node", "node-a", check=True).stdout.strip()
+    root = fsio.open_root(tmp_path / "store", create=True)
+    service.ingest_archive(root, archive, "node-a", CompressionSettings(), threading.Event(), datetime.now(UTC))
+    ref = layout.parse_uri(uri)
+    from_dir: tuple[list[bytes], list[bytes]] = ([], [])
+    retrieve.stream(root, ref, CompressionSettings(), threading.Event(), from_dir[0].append, from_dir[1].append)
+    store_at = location.parse(bucket.url)
+
+    async def read() -> tuple[list[bytes], list[bytes]]:
+        got: tuple[list[bytes], list[bytes]] = ([], [])
+        async with s3client.connect(store_at) as client:
+            await s3retrieve.stream(S3Store(client, store_at), ref, CompressionSettings(), threading.Event(),
+                                    got[0].append, got[1].append)
+        return got
+
+    from_bucket = asyncio.run(read())
+    assert b"".join(from_bucket[1]) == b"".join(from_dir[1]) == archive.read_bytes()
+    assert b"".join(from_bucket[0]) == bucket.get(store_at.dump_key(ref))
+    # Tampered in the bucket: one byte of the dump changed.
+    dump = bytearray(bucket.get(store_at.dump_key(ref)))
+    dump[len(dump) // 2] ^= 1
+    bucket.call("put_object", Key=store_at.dump_key(ref), Body=bytes(dump))
+    with pytest.raises(ChecksumMismatch, match="stored dump has sha256|not valid zstd"):
+        asyncio.run(read())

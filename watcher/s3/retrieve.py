@@ -62,6 +62,16 @@ async def verify(store: S3Store, ref: layout.ArtifactRef, settings: CompressionS
         manifest, key, fd, None, settings, cancel, hash_output=True))
 
 
+async def stream(store: S3Store, ref: layout.ArtifactRef, settings: CompressionSettings, cancel: threading.Event,
+                 tee: Callable[[bytes], None], observe: Callable[[bytes], None]) -> Manifest:
+    """``watcher.store.retrieve.stream`` over the bucket, the streamed restore's read: the dump once, its zstd
+    stream (a sealed dump's opened) to ``tee``, the archive's bytes to ``observe``, then both SHA-256 sums,
+    both sizes and the zstd checksum checked; what the two were given is trusted only once this returns."""
+    manifest, key = await opened(store, ref, settings)
+    return await read_through(store, manifest, lambda fd: retrieve.read_open(
+        manifest, key, fd, None, settings, cancel, True, tee, observe))
+
+
 async def verify_stored(store: S3Store, ref: layout.ArtifactRef) -> Manifest:
     """Check only the stored bytes against ``checksumSHA256`` and ``compressedSize`` (no key needed)."""
     _, manifest = await store.find(ref)
