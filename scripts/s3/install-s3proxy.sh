@@ -2,19 +2,22 @@
 # Install s3proxy, the S3 server the tests of lpm's S3 store run against (tests/s3, bench/s3.py): a Java
 # program, its jar-with-dependencies from Maven Central, each version in scripts/s3/s3proxy.versions checked
 # against its SHA-256 and cached under LPM_CACHE_DIR (default REPO/.cache)/s3proxy/VERSION/s3proxy.jar. A
-# Java runtime (17 or later) comes from Debian when missing (root). Idempotent; prints the first jar's path.
+# Java runtime (17 or later) and curl come from Debian when missing (root). Idempotent; prints the first jar's path.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cache=${LPM_CACHE_DIR:-$repo/.cache}/s3proxy
 
-if ! command -v java >/dev/null; then
+need=()
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v curl >/dev/null || need+=(curl ca-certificates)
+if ((${#need[@]})); then
 	if ((EUID != 0)); then
-		echo "install-s3proxy: no java; installing it needs root" >&2
+		echo "install-s3proxy: missing ${need[*]}; installing them needs root" >&2
 		exit 1
 	fi
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -q
-	apt-get install -y -q --no-install-recommends openjdk-17-jre-headless
+	apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 
 first=
