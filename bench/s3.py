@@ -8,7 +8,7 @@ filesystem store) and prints, medians of ``--rounds`` with the range of the per-
   filesystem path (temp, fsync, rename), both from the same archive, alternating;
 - get: ``lpm store get`` from S3 (ranged GET through a pipe into the verifying reader) vs from the directory;
 - with --rss, peak RSS growth of one S3 ingest in a fresh process, for a 64 MiB and a 512 MiB archive:
-  memory must not grow with the dump (two 16 MiB parts).
+  memory must not grow with the dump (two parts of 8 MiB).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Rules (issue 5), applied in this order:
 
 1. An incomplete checkpoint, a staging file, an empty pod directory or an S3 store's multipart upload
    whose newest mtime (or part) is older than ``stale_after`` was abandoned (a live write touches its
-   files every chunk, and sends a part every 16 MiB).
+   files every chunk, and sends a part every 8 MiB).
    A fresher one may be being written right now and is left alone.
 2. A complete checkpoint older than ``retention`` (by its manifests' ``creationTime``) expired.
 3. Limits with parity to checkpoint-restore-operator, on what is left, oldest first: count per

@@ -7,9 +7,9 @@ import pytest
 from lab.archives import Pod
 from lpm_gc.entries import Kind
 from lpm_gc.s3 import group
-from watcher.errors import UnsafeNameError
+from watcher.errors import StoreError, UnsafeNameError
 from watcher.s3.location import ObjectKind, S3Location, classify, parse
-from watcher.s3.store import ObjectInfo
+from watcher.s3.store import MAX_PARTS, PART_SIZE, ObjectInfo, part_size
 from watcher.store import layout
 
 CID = "20261125T101112Z-455e15c3"
@@ -95,3 +95,17 @@ def test_a_listing_groups_into_the_collectors_entries() -> None:
     assert [(e.kind, e.parent, e.name, e.size, e.modified) for e in staging] == [
         (Kind.STAGING, "node-a", "a" * 32, 50, 5.0)]
     assert damaged == [("p/junk", "not a name of the store's layout")]
+
+
+@pytest.mark.parametrize("archive", [0, 1, PART_SIZE, 10 << 30, 78 << 30, 80 << 30, 2 << 40, 45 << 40])
+def test_parts_are_8_mib_unless_10000_would_not_hold_the_dump(archive: int) -> None:
+    size = part_size(archive)
+    assert size >= PART_SIZE and size % (1 << 20) == 0, size
+    assert size * MAX_PARTS >= archive * 1.01, (archive, size)
+    # No larger than it must be: one MiB less would not hold it.
+    assert size == PART_SIZE or (size - (1 << 20)) * MAX_PARTS < archive * 1.01, (archive, size)
+
+
+def test_an_archive_no_multipart_upload_can_hold_is_refused_up_front() -> None:
+    with pytest.raises(StoreError, match="needs parts of more than 5 GiB"):
+        part_size(50 << 40)

@@ -37,7 +37,7 @@ def _layout_keys(prefix: str, uri: str) -> list[str]:
 
 
 def test_ingest_ls_verify_get_round_trip(bucket: Bucket, archive_dir: Path, tmp_path: Path) -> None:
-    archive = make_archive(archive_dir, ArchiveSpec(memory=40 << 20))  # three parts of 16 MiB, compressed ~13
+    archive = make_archive(archive_dir, ArchiveSpec(memory=64 << 20))  # ~21 MiB stored: three parts of 8 MiB
     uri = lpm("ingest", str(archive), "--store", bucket.url, "--node", "node-a", "--target-node", "node-b",
               check=True).stdout.strip()
     assert uri.startswith(f"shared://{Pod().uid}/") and uri.endswith("/cart-api/dump.tar.zst")

@@ -34,7 +34,7 @@ from watcher.ingest.service import (
     manifest_for,
     open_archive,
 )
-from watcher.s3.store import S3Store, read_part_from
+from watcher.s3.store import S3Store, part_size, read_part_from
 from watcher.store import layout
 from watcher.zstream import CompressionSettings, StreamDigest, compress_stream
 
@@ -65,7 +65,7 @@ async def stage_archive(store: S3Store, path: Path, node: str, hint: Identity | 
     try:
         reader = asyncio.ensure_future(asyncio.to_thread(compress))
         try:
-            uploaded = await store.upload(key, read_part_from(read_fd))
+            uploaded = await store.upload(key, read_part_from(read_fd), part_size(stamp.size))
         except BaseException:
             stop.set()  # the reader stops at its next chunk; what it wrote meanwhile is drained
             await asyncio.to_thread(_drain, read_fd)

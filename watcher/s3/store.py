@@ -34,10 +34,12 @@ from watcher.store.catalog import Checkpoint, Skipped
 from watcher.store.commit import MANIFEST_CAP, MARKER_CAP
 from watcher.store.manifest import Manifest, Marker, decode, encode
 
-PART_SIZE = 16 << 20
-"""Bytes per uploaded part: what a dump costs in memory while it is written (two parts: one read while the
-other is sent). S3 allows 10,000 parts, so a dump may be up to 156 GiB."""
+PART_SIZE = 8 << 20
+"""Bytes per uploaded part, at least: what a dump costs in memory while it is written (two parts, one read
+while the other is sent, each copied a few times on its way out; bench/s3.py measures it). A dump whose
+archive is too big for 10,000 of them gets larger parts (``part_size``)."""
 MAX_PARTS = 10_000
+_MAX_PART = 5 << 30  # S3's limit for one part
 COPY_LIMIT = 5 << 30
 """The largest object one CopyObject copies (S3's limit); larger ones are copied in parts."""
 COPY_PART = 1 << 30
@@ -263,8 +265,8 @@ class S3Store:
                     except BrokenPipeError:
                         return
 
-    async def upload(self, key: str, read_part: Callable[[int], bytes]) -> int:
-        """Stream ``read_part(PART_SIZE)`` (empty at the end) into ``key`` as one multipart upload; its size.
+    async def upload(self, key: str, read_part: Callable[[int], bytes], part_size: int = PART_SIZE) -> int:
+        """Stream ``read_part(part_size)`` (empty at the end) into ``key`` as one multipart upload; its size.
 
         The next part is read while the last one is sent: two parts in memory, whatever the dump's size. On
         any failure the upload is aborted; if even that fails (the server went away), the collector aborts
@@ -276,14 +278,14 @@ class S3Store:
         try:
             parts: list[dict[str, Any]] = []
             size = 0
-            part = await asyncio.to_thread(read_part, PART_SIZE)
+            part = await asyncio.to_thread(read_part, part_size)
             while True:
                 number = len(parts) + 1
                 if number > MAX_PARTS:
-                    raise StoreError(f"{where}: larger than {MAX_PARTS} parts of {PART_SIZE} bytes")
+                    raise StoreError(f"{where}: larger than {MAX_PARTS} parts of {part_size} bytes")
                 # Both finish before either's error is raised: no read of the pipe outlives this call.
                 sent, following = await asyncio.gather(
-                    self._part(key, upload_id, number, part), asyncio.to_thread(read_part, PART_SIZE),
+                    self._part(key, upload_id, number, part), asyncio.to_thread(read_part, part_size),
                     return_exceptions=True)
                 for outcome in (sent, following):
                     if isinstance(outcome, BaseException):
@@ -357,6 +359,18 @@ class S3Store:
         marker = Marker(cid, uid, tuple(containers), completed_at, target_node)
         await self.put_once(self.location.marker_key(uid, cid), encode(marker.to_json()))
         return marker
+
+
+def part_size(archive_size: int) -> int:
+    """The part size for the dump of an archive of ``archive_size`` bytes: ``PART_SIZE``, or larger (whole
+    MiB) when 10,000 of those would not hold it. zstd grows an incompressible archive by a few bytes per
+    128 KiB block; a 1% margin covers that and a sealed dump's tags. Pure."""
+    needed = -(-(archive_size + archive_size // 100) // MAX_PARTS)
+    size = max(PART_SIZE, -(-needed // (1 << 20)) * (1 << 20))
+    if size > _MAX_PART:
+        raise StoreError(f"an archive of {archive_size} bytes needs parts of more than 5 GiB; S3 takes at most "
+                         f"{MAX_PARTS} parts of 5 GiB")
+    return size
 
 
 def _write_all(fd: int, data: bytes) -> None:
