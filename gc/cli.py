@@ -11,23 +11,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from lpm_gc.collector import Collector, ReferenceSource, Settings
+from lpm_gc import s3 as s3gc
+from lpm_gc.collector import Backend, Collector, ReferenceSource, Settings
 from lpm_gc.collector import run as run_passes
 from lpm_gc.kubelet import KubeletSettings
 from lpm_gc.lock import FileLock, Lock
 from lpm_gc.metrics import Metrics
 from lpm_gc.planner import Policy
 from watcher.crypt import keyring
-from watcher.errors import LpmError
+from watcher.errors import LpmError, UnsafeNameError
+from watcher.s3 import client as s3client
+from watcher.s3 import location as s3location
+from watcher.s3.location import S3Location
+from watcher.s3.store import S3Store
 from watcher.store import fsio, layout
 
 log = logging.getLogger("lpm.gc")
@@ -85,9 +92,9 @@ def count(text: str) -> int:
 def add_parser(commands: Any) -> None:
     gc = commands.add_parser("gc", help="collect garbage in the checkpoint store",
                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    gc.add_argument("--store", type=Path, metavar="DIR",
-                    default=Path(os.environ.get("LPM_STORE") or "/mnt/checkpoints"),
-                    help="shared checkpoint store (env LPM_STORE)")
+    gc.add_argument("--store", type=store_arg, metavar="DIR|s3://BUCKET/PREFIX",
+                    default=store_arg(os.environ.get("LPM_STORE") or "/mnt/checkpoints"),
+                    help="shared checkpoint store: a directory, or an S3 store (docs/s3.md) (env LPM_STORE)")
     gc.add_argument("--once", action="store_true", help="one pass, then exit (the CronJob)")
     gc.add_argument("--interval", type=duration, metavar="DURATION", default=duration("10m"),
                     help="time between passes (default 10m)")
@@ -126,6 +133,16 @@ def add_parser(commands: Any) -> None:
                     help="serve Prometheus metrics on this port (0: any free port, logged; env LPM_GC_METRICS_PORT)")
 
 
+def store_arg(text: str) -> Path | S3Location:
+    """``--store``: a directory, or ``s3://BUCKET/PREFIX`` (refused with the reason when malformed)."""
+    if text.startswith(s3location.SCHEME):
+        try:
+            return s3location.parse(text)
+        except UnsafeNameError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return Path(text)
+
+
 def _int_env(name: str) -> int | None:
     value = os.environ.get(name)
     return int(value) if value else None
@@ -148,6 +165,9 @@ def _retention(args: argparse.Namespace) -> float:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     hygiene = None
+    if args.checkpoint_dir is not None and isinstance(args.store, S3Location):
+        raise LpmError("--checkpoint-dir: the kubelet directory's sweep trusts the node's ingest ledger, kept in a "
+                       "filesystem store; not with an s3:// store")
     if args.checkpoint_dir is not None:
         if not args.node:
             raise LpmError("--checkpoint-dir needs --node (or LPM_NODE_NAME): whose ingest ledger to trust")
@@ -157,7 +177,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     max_per_container=args.max_per_container, max_per_pod=args.max_per_pod,
                     max_per_namespace=args.max_per_namespace, max_size_per_namespace=args.max_size_per_namespace,
                     max_total_size=args.max_total_size)
-    return Settings(store=args.store.resolve(), policy=policy, dry_run=args.dry_run, kubelet=hygiene)
+    store = args.store if isinstance(args.store, S3Location) else args.store.resolve()
+    return Settings(store=store, policy=policy, dry_run=args.dry_run, kubelet=hygiene)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,6 +195,8 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
     if args.metrics_port is not None:
         port = metrics.serve(args.metrics_port)
         log.info("metrics served", extra={"fields": {"port": port}})
+    if isinstance(settings.store, S3Location):
+        return await _s3_main(args, settings, metrics, stop)
     if args.standalone:
         root_fd = fsio.open_root(settings.store, create=False)
         try:
@@ -188,6 +211,30 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
         references: ReferenceSource = cluster.reference_source(kube)
         collector = Collector(settings, lock, metrics, sys.stdout, references)
         return await run_passes(collector, args.interval, args.once, stop)
+
+
+async def _s3_main(args: argparse.Namespace, settings: Settings, metrics: Metrics, stop: asyncio.Event) -> int:
+    """The collector over an S3 store: the same passes, its scan and deletions those of ``lpm_gc.s3``."""
+    assert isinstance(settings.store, S3Location)
+    async with s3client.connect(settings.store) as client:
+        store = S3Store(client, settings.store)
+        await store.check()
+        backend = s3gc.S3Backend(store, asyncio.get_running_loop())
+
+        @contextlib.asynccontextmanager
+        async def open_backend() -> AsyncIterator[Backend]:
+            yield backend
+
+        if args.standalone:
+            collector = Collector(settings, s3gc.S3Lock(store, settings.policy.stale_after), metrics, sys.stdout,
+                                  open_backend=open_backend)
+            return await run_passes(collector, args.interval, args.once, stop)
+        from lpm_gc import cluster
+
+        async with cluster.connect(args.kubeconfig) as kube:
+            collector = Collector(settings, cluster.lease_lock(kube, args.lease_namespace, _identity()), metrics,
+                                  sys.stdout, cluster.reference_source(kube), open_backend)
+            return await run_passes(collector, args.interval, args.once, stop)
 
 
 def _identity() -> str:

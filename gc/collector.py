@@ -8,15 +8,17 @@ Reports go to the output stream (``lpm gc`` gives it stdout) as one JSON object 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from lpm_gc import kubelet, runner
 from lpm_gc.entries import Entry, Kind
@@ -24,8 +26,9 @@ from lpm_gc.lock import Lock
 from lpm_gc.metrics import Metrics
 from lpm_gc.planner import Deletion, Policy, Reason, plan
 from lpm_gc.references import NoReferences, Reference, References, Unknown
-from lpm_gc.scanner import scan
+from lpm_gc.scanner import Scan, scan
 from watcher.errors import LpmError
+from watcher.s3.location import S3Location
 from watcher.store import fsio
 from watcher.store.usage import USAGE_WARNING, store_usage
 
@@ -34,7 +37,7 @@ log = logging.getLogger("lpm.gc")
 
 @dataclass(frozen=True)
 class Settings:
-    store: Path
+    store: Path | S3Location
     policy: Policy
     dry_run: bool = False
     kubelet: kubelet.KubeletSettings | None = None
@@ -71,14 +74,42 @@ class Summary:
 ReferenceSource = Callable[[], Awaitable[References]]
 
 
+class Backend(Protocol):
+    """What a pass needs of the store: a filesystem directory (``FsBackend``) or an S3 store (``lpm_gc.s3``)."""
+
+    root_fd: int | None
+    """The filesystem store's directory (its usage, the kubelet sweep's ledger); None for an S3 store."""
+
+    async def scan(self) -> Scan: ...
+
+    def delete(self, entry: Entry, stale_after: float) -> runner.Outcome:
+        """Delete one planned entry unless a re-check says otherwise; called from the deleting thread."""
+
+
+class FsBackend:
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd: int | None = root_fd
+        self._fd = root_fd
+
+    async def scan(self) -> Scan:
+        return await asyncio.to_thread(scan, self._fd)
+
+    def delete(self, entry: Entry, stale_after: float) -> runner.Outcome:
+        return runner.delete(self._fd, entry, stale_after)
+
+
+OpenBackend = Callable[[], AbstractAsyncContextManager[Backend]]
+
+
 async def _no_references() -> References:
     return NoReferences()
 
 
 class Collector:
     def __init__(self, settings: Settings, lock: Lock, metrics: Metrics, out: TextIO,
-                 references: ReferenceSource = _no_references) -> None:
+                 references: ReferenceSource = _no_references, open_backend: OpenBackend | None = None) -> None:
         self._settings = settings
+        self._open_backend = open_backend or self._open_directory
         self._lock = lock
         self.metrics = metrics
         self._out = out
@@ -91,25 +122,33 @@ class Collector:
         settings = self._settings
         summary = Summary(dry_run=settings.dry_run, lock="none" if settings.dry_run else "held")
         started = time.monotonic()
-        root_fd = fsio.open_root(settings.store, create=False)
-        try:
-            self._usage(root_fd, summary)
+        async with self._open_backend() as backend:
+            if backend.root_fd is not None:
+                self._usage(backend.root_fd, summary)
             if settings.dry_run or await self._lock.acquire():
                 try:
-                    await self._collect(root_fd, summary)
+                    await self._collect(backend, summary)
                 finally:
                     await self._lock.release()
             else:
                 summary.lock = "busy"
-            if settings.kubelet is not None:
-                await asyncio.to_thread(self._kubelet, root_fd, settings.kubelet, summary)
-        finally:
-            os.close(root_fd)
+            if settings.kubelet is not None and backend.root_fd is not None:
+                await asyncio.to_thread(self._kubelet, backend.root_fd, settings.kubelet, summary)
         summary.duration = time.monotonic() - started
         self.metrics.duration.observe(summary.duration)
         self.metrics.last_pass.set(time.time())
         self._emit(summary.to_json())
         return summary
+
+    @contextlib.asynccontextmanager
+    async def _open_directory(self) -> AsyncIterator[Backend]:
+        store = self._settings.store
+        assert isinstance(store, Path), "an S3 store's collector is given its open_backend (lpm_gc.cli)"
+        root_fd = fsio.open_root(store, create=False)
+        try:
+            yield FsBackend(root_fd)
+        finally:
+            os.close(root_fd)
 
     def _usage(self, root_fd: int, summary: Summary) -> None:
         usage = store_usage(root_fd)
@@ -120,9 +159,9 @@ class Collector:
             log.warning("checkpoint store is more than 80% full",
                         extra={"fields": {"store": str(self._settings.store), **summary.usage}})
 
-    async def _collect(self, root_fd: int, summary: Summary) -> None:
+    async def _collect(self, backend: Backend, summary: Summary) -> None:
         policy = self._settings.policy
-        found = await asyncio.to_thread(scan, root_fd)
+        found = await backend.scan()
         decided = plan(found.entries, policy, time.time())
         summary.scanned = len(found.entries) + len(found.damaged)
         for path, why in found.damaged:
@@ -138,9 +177,9 @@ class Collector:
             if isinstance(references, Unknown):
                 log.warning("cannot tell which checkpoints the API still references; keeping them",
                             extra={"fields": {"reason": references.why}})
-        await asyncio.to_thread(self._delete, root_fd, decided.deletions, references, summary)
+        await asyncio.to_thread(self._delete, backend, decided.deletions, references, summary)
 
-    def _delete(self, root_fd: int, deletions: list[Deletion], references: References, summary: Summary) -> None:
+    def _delete(self, backend: Backend, deletions: list[Deletion], references: References, summary: Summary) -> None:
         stale_after = self._settings.policy.stale_after
         for done, deletion in enumerate(deletions):
             if self.stopping.is_set() or not (self._settings.dry_run or self._lock.held()):
@@ -162,7 +201,7 @@ class Collector:
                 self._deleted(deletion, summary)
                 continue
             try:
-                outcome = runner.delete(root_fd, entry, stale_after)
+                outcome = backend.delete(entry, stale_after)
             except LpmError as err:
                 summary.errors += 1
                 self.metrics.errors.inc()

@@ -25,6 +25,8 @@ class Kind(Enum):
     """A pod directory that holds no checkpoint."""
     STAGING = "staging"
     """A file in a node's ingest staging directory: a dump on its way into the store."""
+    UPLOAD = "upload"
+    """An S3 store's incomplete multipart upload (docs/s3.md): a dump on its way in, or a writer's remains."""
 
 
 class Entry(NamedTuple):
@@ -32,7 +34,8 @@ class Entry(NamedTuple):
 
     ``parent``/``name`` by kind: a checkpoint is ``<parent=pod UID>/<name=checkpoint ID>``; an
     empty pod directory is ``<name=pod UID>`` (``parent`` empty); a staging file is
-    ``.ingest/<parent=node>/staging/<name>``.
+    ``.ingest/<parent=node>/staging/<name>``; an S3 store's incomplete upload is ``<parent=key>`` with
+    ``name`` its upload ID.
     """
 
     kind: Kind
@@ -56,6 +59,8 @@ class Entry(NamedTuple):
             return (self.name,)
         if self.kind is Kind.STAGING:
             return (layout.INGEST_LEDGER_DIR, self.parent, _STAGING, self.name)
+        if self.kind is Kind.UPLOAD:
+            return (self.parent,)
         return (self.parent, self.name)
 
     @property

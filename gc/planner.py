@@ -2,8 +2,9 @@
 
 Rules (issue 5), applied in this order:
 
-1. An incomplete checkpoint, a staging file or an empty pod directory whose newest mtime is
-   older than ``stale_after`` was abandoned (a live write touches its files every chunk).
+1. An incomplete checkpoint, a staging file, an empty pod directory or an S3 store's multipart upload
+   whose newest mtime (or part) is older than ``stale_after`` was abandoned (a live write touches its
+   files every chunk, and sends a part every 8 MiB).
    A fresher one may be being written right now and is left alone.
 2. A complete checkpoint older than ``retention`` (by its manifests' ``creationTime``) expired.
 3. Limits with parity to checkpoint-restore-operator, on what is left, oldest first: count per
@@ -28,6 +29,8 @@ from lpm_gc.entries import Entry, Kind
 class Reason(str, Enum):
     ABANDONED = "abandoned"
     STALE_STAGING = "stale-staging"
+    ABANDONED_UPLOAD = "abandoned-upload"
+    """An S3 store's multipart upload with no part sent for ``stale_after``: aborted."""
     EMPTY_POD = "empty-pod-dir"
     RETENTION = "retention"
     MAX_PER_CONTAINER = "max-per-container"
@@ -70,7 +73,7 @@ class Plan:
 
 
 _STALE_REASON = {Kind.INCOMPLETE: Reason.ABANDONED, Kind.STAGING: Reason.STALE_STAGING,
-                 Kind.EMPTY_POD: Reason.EMPTY_POD}
+                 Kind.EMPTY_POD: Reason.EMPTY_POD, Kind.UPLOAD: Reason.ABANDONED_UPLOAD}
 
 
 def _age_order(entry: Entry) -> tuple[float, str, str]:

@@ -29,7 +29,7 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -37,19 +37,26 @@ from typing import Protocol
 from lpm_gc import cli as gc_cli
 from watcher import logs
 from watcher.agent import StandaloneAgent, StandaloneConfig
+from watcher.agent_s3 import S3AgentConfig, S3Readiness, S3StandaloneAgent
 from watcher.cluster_agent import ClusterAgent, ClusterConfig, RestoreSettings
 from watcher.crypt import keyring
 from watcher.crypt.keyring import Keyring
-from watcher.errors import KeyringError, KeyUnavailable, LpmError
+from watcher.errors import KeyringError, KeyUnavailable, LpmError, UnsafeNameError
+from watcher.ingest import s3 as s3ingest
 from watcher.ingest import service
 from watcher.inspect import reader as inspect_reader
 from watcher.inspect import render as inspect_render
 from watcher.inspect import sources as inspect_sources
 from watcher.kubelet import KubeletSettings
-from watcher.observe import AgentMetrics, Readiness, serving
+from watcher.observe import AgentMetrics, Readiness, ReadinessCheck, serving
 from watcher.restore.importer import ContainerdImporter, ContainersStorageImporter, Importer, RegistryImporter
 from watcher.restore.standalone import RestorerSettings, StandaloneRestorer
 from watcher.runtime.checkpoint import Settings as RuntimeCheckpointSettings
+from watcher.s3 import client as s3client
+from watcher.s3 import location as s3location
+from watcher.s3 import retrieve as s3retrieve
+from watcher.s3.location import S3Location
+from watcher.s3.store import S3Store
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.store.catalog import Checkpoint, Skipped
 from watcher.store.layout import StorageType
@@ -92,6 +99,20 @@ def _positive(text: str) -> int:
 def _path_env(name: str) -> Path | None:
     value = _env(name)
     return Path(value) if value else None
+
+
+_STORE_HELP = ("the store: a directory, or s3://BUCKET/PREFIX (endpoint, region, credentials and CA bundle from "
+               "the standard AWS variables and files; docs/s3.md) (env LPM_STORE)")
+
+
+def _store_arg(text: str) -> Path | S3Location:
+    """``--store``: a directory, or an S3 store (``s3://BUCKET/PREFIX``, refused with the reason when malformed)."""
+    if text.startswith(s3location.SCHEME):
+        try:
+            return s3location.parse(text)
+        except UnsafeNameError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return Path(text)
 
 
 def _compression_flags(parser: argparse.ArgumentParser) -> None:
@@ -139,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--checkpoint-dir", type=Path,
                        default=Path(_env("LPM_CHECKPOINT_DIR", "/var/lib/kubelet/checkpoints") or ""),
                        help="kubelet checkpoint directory (env LPM_CHECKPOINT_DIR)")
-    agent.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""),
-                       help="shared checkpoint store (env LPM_STORE)")
+    agent.add_argument("--store", type=_store_arg, default=_store_arg(_env("LPM_STORE", "/mnt/checkpoints") or ""),
+                       help="shared checkpoint store: a directory, or s3://BUCKET/PREFIX with --standalone "
+                            "(docs/s3.md) (env LPM_STORE)")
     _local_store_flag(agent, "node-local store: checkpoints taken while the shared store is unavailable are "
                              "held here, with file:// URIs, and moved to the shared store once it is back")
     agent.add_argument("--move-interval", type=float, default=float(_env("LPM_MOVE_INTERVAL", "30") or "30"),
@@ -228,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser("ingest", help="ingest one kubelet archive and print its artifact URI")
     ingest.add_argument("archive", type=Path)
-    ingest.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
+    ingest.add_argument("--store", type=_store_arg, default=_store_arg(_env("LPM_STORE", "/mnt/checkpoints") or ""),
+                        help=_STORE_HELP)
     ingest.add_argument("--node", default=_env("LPM_NODE_NAME"))
     ingest.add_argument("--target-node", default=None)
     _compression_flags(ingest)
@@ -237,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     store = commands.add_parser("store", help="read the checkpoint store")
     store_commands = store.add_subparsers(dest="store_command", required=True)
     ls = store_commands.add_parser("ls", help="list complete checkpoints")
-    ls.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
+    ls.add_argument("--store", type=_store_arg, default=_store_arg(_env("LPM_STORE", "/mnt/checkpoints") or ""),
+                    help=_STORE_HELP)
     ls.add_argument("--json", action="store_true", help="one JSON object per line per checkpoint")
     ls.add_argument("--local", action="store_true",
                     help="--store is a node's local store (--local-store): print the file:// addresses "
@@ -246,12 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="read back every complete checkpoint: both SHA-256 sums, both sizes, the zstd frame",
         description="Exit 0 when every complete checkpoint holds, 1 when one does not (each is named, "
                     "with the reason), 2 on a usage error.")
-    verify.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
+    verify.add_argument("--store", type=_store_arg, default=_store_arg(_env("LPM_STORE", "/mnt/checkpoints") or ""),
+                        help=_STORE_HELP)
     verify.add_argument("--json", action="store_true", help="one JSON object per line per checkpoint")
     _encryption_flags(verify, writes=False)
     get = store_commands.add_parser("get", help="write a checkpoint's original kubelet archive, verified")
     get.add_argument("uri")
-    get.add_argument("--store", type=Path, default=Path(_env("LPM_STORE", "/mnt/checkpoints") or ""))
+    get.add_argument("--store", type=_store_arg, default=_store_arg(_env("LPM_STORE", "/mnt/checkpoints") or ""),
+                     help=_STORE_HELP)
     _local_store_flag(get, "where file:// URIs are read from")
     get.add_argument("-o", "--output", type=Path, required=True)
     _encryption_flags(get, writes=False)
@@ -282,11 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "agent":
             return _agent(args)
         if args.command == "ingest":
-            return _ingest(args)
+            return _ingest(args) if isinstance(args.store, Path) else asyncio.run(_s3_ingest(args))
         if args.command == "gc":
             return gc_cli.run(args)
         if args.command == "inspect":
             return _inspect(args)
+        if not isinstance(args.store, Path):
+            return asyncio.run(_s3_store_command(args))
         if args.store_command == "ls":
             return _ls(args)
         if args.store_command == "verify":
@@ -304,6 +332,8 @@ def _node(args: argparse.Namespace) -> str:
 
 
 def _agent(args: argparse.Namespace) -> int:
+    if isinstance(args.store, S3Location):
+        return _s3_agent(args, args.store)
     config = StandaloneConfig(
         node=_node(args),
         store=args.store.resolve(),
@@ -414,6 +444,11 @@ class _WithRestorer:
 
 async def _run_until_signal(agent: Agent, health_port: int, metrics: AgentMetrics,
                             readiness: Readiness) -> int:
+    return await _serve_until_signal(agent, health_port, metrics, readiness)
+
+
+async def _serve_until_signal(agent: Agent, health_port: int, metrics: AgentMetrics,
+                              readiness: ReadinessCheck) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -451,14 +486,18 @@ def _ingest(args: argparse.Namespace) -> int:
 def _ls(args: argparse.Namespace) -> int:
     store = args.store.resolve()
     root_fd = fsio.open_root(store, create=False)
+    return _print_listing(catalog.scan(root_fd), str(store), store if args.local else None, args.json)
+
+
+def _print_listing(entries: Iterable[Checkpoint | Skipped], store: str, local: Path | None, as_json: bool) -> int:
     damaged: list[Skipped] = []
-    for entry in catalog.scan(root_fd):
+    for entry in entries:
         if not isinstance(entry, Checkpoint):
             if entry.damaged:
                 damaged.append(entry)
             continue
-        summary = entry.summary(store if args.local else None)
-        if args.json:
+        summary = entry.summary(local)
+        if as_json:
             print(json.dumps(summary, sort_keys=True))
         else:
             print(f"{summary['creationTime']}  {summary['podNamespace']}/{summary['podName']}  "
@@ -548,3 +587,96 @@ def _inspect(args: argparse.Namespace) -> int:
     print(inspect_render.to_json(inspections) if args.output == "json" else inspect_render.to_text(inspections),
           end="\n" if args.output == "json" else "")
     return 0
+
+
+async def _s3_store_command(args: argparse.Namespace) -> int:
+    """``lpm store ls/verify/get --store s3://...``: the same output and exit codes as on a directory."""
+    async with s3client.connect(args.store) as client:
+        store = S3Store(client, args.store)
+        await store.check()
+        if args.store_command == "ls":
+            if args.local:
+                raise LpmError("--local names a node's local store, a directory; not an s3:// store")
+            return _print_listing(await store.scan(), str(store), None, args.json)
+        settings = CompressionSettings(encryption=_keyring(args))
+        if args.store_command == "verify":
+            return await _s3_verify(store, settings, args.json)
+        kind, ref = layout.parse_location(args.uri, args.local_store.resolve())
+        if kind is StorageType.LOCAL:
+            root_fd = fsio.open_root(args.local_store.resolve(), create=False)
+            retrieve.get(root_fd, ref, args.output, settings, threading.Event())
+        else:
+            await s3retrieve.get(store, ref, args.output, settings, threading.Event())
+        return 0
+
+
+async def _s3_verify(store: S3Store, settings: CompressionSettings, as_json: bool) -> int:
+    checked = bad = 0
+    for entry in await store.scan():
+        if isinstance(entry, Skipped) and not entry.damaged:
+            continue  # a write in progress: not a checkpoint yet
+        path = entry.path if isinstance(entry, Skipped) else f"{entry.marker.pod_uid}/{entry.marker.checkpoint_id}"
+        reasons = [entry.reason] if isinstance(entry, Skipped) else await _s3_failures(store, entry, settings)
+        checked += 1
+        bad += bool(reasons)
+        if as_json:
+            print(json.dumps({"checkpoint": path, "ok": not reasons, "reasons": reasons}, sort_keys=True))
+        else:
+            print(f"bad {path}: {'; '.join(reasons)}" if reasons else f"ok  {path}")
+    if bad:
+        print(f"lpm: {bad} of {checked} checkpoint(s) in {store} failed verification", file=sys.stderr)
+    return 1 if bad else 0
+
+
+async def _s3_failures(store: S3Store, checkpoint: Checkpoint, settings: CompressionSettings) -> list[str]:
+    """``_failures`` over an S3 store."""
+    reasons = []
+    for manifest in checkpoint.manifests:
+        try:
+            await s3retrieve.verify(store, manifest.ref, settings, threading.Event())
+        except KeyUnavailable as err:
+            try:
+                await s3retrieve.verify_stored(store, manifest.ref)
+            except LpmError as stored:
+                reasons.append(f"{err}; and {stored}")
+            else:
+                reasons.append(f"{err}; its stored bytes match their sha256 {manifest.checksum_sha256}, "
+                               "its contents are not checked")
+        except LpmError as err:
+            reasons.append(str(err))
+    return reasons
+
+
+async def _s3_ingest(args: argparse.Namespace) -> int:
+    node = _node(args)
+    target = layout.node_name(args.target_node) if args.target_node else None
+    async with s3client.connect(args.store) as client:
+        store = S3Store(client, args.store)
+        await store.check()
+        result = await s3ingest.ingest_archive(store, args.archive, node, _compression(args), threading.Event(),
+                                               datetime.now(UTC), target_node=target)
+    print(result.manifest.ref.uri)
+    return 0
+
+
+def _s3_agent(args: argparse.Namespace, at: S3Location) -> int:
+    """``lpm agent --standalone --store s3://...`` (docs/s3.md: no local fallback, mover or ledger yet)."""
+    if not args.standalone:
+        raise LpmError(f"store {at}: an S3 store is served by the standalone agent only so far (docs/s3.md); "
+                       "cluster mode takes a directory")
+    if args.restore:
+        raise LpmError(f"store {at}: --restore reads a directory store only so far (docs/s3.md)")
+    node = _node(args)
+    watch = WatchSettings(directory=args.checkpoint_dir, debounce=args.debounce, force_polling=args.force_polling,
+                          give_up_after=args.give_up_after)
+
+    async def run() -> int:
+        async with s3client.connect(at) as client:
+            store = S3Store(client, at)
+            await store.check()
+            metrics = AgentMetrics(None)
+            agent = S3StandaloneAgent(S3AgentConfig(node, store, watch, _compression(args), args.delete_ingested),
+                                      metrics)
+            return await _serve_until_signal(agent, args.health_port, metrics, S3Readiness(store))
+
+    return asyncio.run(run())

@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import (
@@ -184,12 +185,14 @@ class _RestoreCapability(Collector):
 class AgentMetrics:
     """One registry per agent, so tests (and two agents in one process) never share counters."""
 
-    def __init__(self, store: Path, local_store: Path | None = None, tasks: TaskHealth | None = None) -> None:
+    def __init__(self, store: Path | None, local_store: Path | None = None, tasks: TaskHealth | None = None) -> None:
+        """``store``: the shared store's directory, whose filesystem usage is exported (None: an S3 store)."""
         self.tasks = tasks or TaskHealth()
         """The supervised background tasks: /healthz fails while one keeps failing."""
         self.registry = r = CollectorRegistry()
         ProcessCollector(registry=r)  # memory, CPU, open fds: what a leak looks like
-        r.register(_StoreUsage(store))
+        if store is not None:
+            r.register(_StoreUsage(store))
         r.register(_LocalCheckpoints(local_store))
         self._restore = _RestoreCapability()
         r.register(self._restore)
@@ -262,6 +265,15 @@ class AgentMetrics:
         self._restore.current = capability
 
 
+class ReadinessCheck(Protocol):
+    """What /readyz asks: ``Readiness`` (a directory store), or the S3 agent's (``watcher.agent_s3``)."""
+
+    restore: Capability | None
+
+    async def check(self) -> tuple[list[str], str | None]:
+        """(problems: not ready while any, the degradation: ready but held locally, or None)."""
+
+
 class Readiness:
     """Ready = every registered API watch has listed once, and a store (shared, else local) takes a write."""
 
@@ -324,7 +336,7 @@ def _listen(port: int) -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def serving(port: int, metrics: AgentMetrics, readiness: Readiness) -> AsyncIterator[int]:
+async def serving(port: int, metrics: AgentMetrics, readiness: ReadinessCheck) -> AsyncIterator[int]:
     """Serve the endpoints on ``port`` (0: any free port) while the block runs; yields the port."""
 
     async def healthz(_: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -123,7 +124,8 @@ def compress_stream(
     if sealer is not None:
         tail = sealer.feed(tail) + sealer.finish()
     out_size += _emit(dst_fd, tail, out_hash)
-    os.fsync(dst_fd)
+    if stat.S_ISREG(os.fstat(dst_fd).st_mode):  # a pipe (the S3 store's upload, watcher.ingest.s3) has no fsync
+        os.fsync(dst_fd)
     if tally is not None:
         tally.written = out_size
     return StreamDigest(raw_size, raw_hash.hexdigest(), out_size, out_hash.hexdigest(), dump_key)

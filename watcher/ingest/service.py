@@ -27,7 +27,7 @@ from watcher.zstream import CompressionSettings, StreamDigest, Tally, compress_s
 
 log = logging.getLogger(__name__)
 
-_CAPTURED = frozenset({"spec.dump", "config.dump"})
+CAPTURED = frozenset({"spec.dump", "config.dump"})
 
 
 @dataclass
@@ -86,7 +86,7 @@ def stage_archive(
         with commit.staging(root_fd, node) as staging_fd:
             dst, temp = fsio.create_temp(staging_fd, layout.DUMP_FILE, "store staging")
             try:
-                scanner = TarScanner(_CAPTURED, label)
+                scanner = TarScanner(CAPTURED, label)
                 try:
                     with fsio.os_errors(f"ingest of {label} into the store"):
                         digest = compress_stream(src, dst, scanner.feed, settings, cancel, path.name,
@@ -97,7 +97,7 @@ def stage_archive(
                 if written is not None:
                     info = os.fstat(src)  # the file as its writer left it
                     stamp = ArchiveStamp(path.name, info.st_size, info.st_mtime_ns)
-                _check_unchanged(path, src, stamp, digest)
+                check_unchanged(path, src, stamp, digest)
                 identity = identify(scan.captured.get("spec.dump"), archive, scan.top_level, hint)
             except BaseException:
                 fsio.discard(staging_fd, temp)
@@ -135,7 +135,7 @@ class _Follow:
         return True
 
 
-def _check_unchanged(path: Path, src: int, stamp: ArchiveStamp, digest: StreamDigest) -> None:
+def check_unchanged(path: Path, src: int, stamp: ArchiveStamp, digest: StreamDigest) -> None:
     after = os.fstat(src)
     now = stamp_of(path)
     if (
@@ -159,7 +159,7 @@ def commit_staged(
     if len(uids) != 1 or len(set(containers)) != len(containers):
         raise ArchiveError("one checkpoint takes one archive per container of one pod")
     uid = uids.pop()
-    cid = layout.make_checkpoint_id(uid, [(s.archive.file_name, _known(s.digest.raw_sha256)) for s in staged],
+    cid = layout.make_checkpoint_id(uid, [(s.archive.file_name, known(s.digest.raw_sha256)) for s in staged],
                                     min(s.archive.taken_at for s in staged))
     with commit.staging(root_fd, node) as staging_fd:
         try:
@@ -169,7 +169,7 @@ def commit_staged(
                 try:
                     results = []
                     for item in staged:
-                        manifest = _manifest(item, cid, node, target_node)
+                        manifest = manifest_for(item, cid, node, target_node)
                         commit.commit_container(root_fd, staging_fd, item.dump_name, manifest)
                         results.append(IngestResult(manifest, False))
                     commit.complete(root_fd, uid, cid, containers, now, target_node)
@@ -193,7 +193,7 @@ def _committed(root_fd: int, uid: str, cid: str, container: str) -> Manifest:
     return catalog.find(root_fd, layout.ArtifactRef(uid, cid, container))[1]
 
 
-def _manifest(item: StagedArchive, cid: str, node: str, target_node: str | None) -> Manifest:
+def manifest_for(item: StagedArchive, cid: str, node: str, target_node: str | None) -> Manifest:
     who = item.identity.identity
     dump_key = item.digest.dump_key
     # A sealed dump's data key is wrapped only now: the wrap is bound to the artifact URI, known once the
@@ -212,13 +212,13 @@ def _manifest(item: StagedArchive, cid: str, node: str, target_node: str | None)
         kubelet_archive=item.archive.file_name,
         checksum_sha256=item.digest.compressed_sha256,
         compressed_size=item.digest.compressed_size,
-        uncompressed_sha256=_known(item.digest.raw_sha256),
+        uncompressed_sha256=known(item.digest.raw_sha256),
         uncompressed_size=item.digest.raw_size,
         encryption=dump_key.wrap(uri) if dump_key is not None else None,
     )
 
 
-def _known(digest: str | None) -> str:
+def known(digest: str | None) -> str:
     if digest is None:  # compress_stream always hashes its input
         raise AssertionError("ingest produced no SHA-256 of the archive")
     return digest

@@ -13,6 +13,7 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import zstandard
 
@@ -24,7 +25,7 @@ from watcher.store.manifest import Manifest
 from watcher.zstream import Bounds, CompressionSettings, StreamDigest, decompress_stream
 
 
-def _check(manifest: Manifest, digest: StreamDigest) -> None:
+def check_digest(manifest: Manifest, digest: StreamDigest) -> None:
     where = f"artifact {manifest.ref.uri}"
     if (digest.compressed_sha256, digest.compressed_size) != (manifest.checksum_sha256, manifest.compressed_size):
         raise ChecksumMismatch(
@@ -37,6 +38,8 @@ def _check(manifest: Manifest, digest: StreamDigest) -> None:
             f"manifest says {manifest.uncompressed_sha256} ({manifest.uncompressed_size} bytes)"
         )
 
+
+_S = TypeVar("_S")
 
 _CHUNK = 1 << 20
 """Bytes read per step where nothing decompresses (verify_stored)."""
@@ -91,7 +94,7 @@ def _stream(manifest: Manifest, key: bytes | None, src: int, dst_fd: int | None,
                 raise ChecksumMismatch(f"{where}: stored dump is not valid zstd ({err})") from None
     finally:
         os.close(src)
-    _check(manifest, digest)
+    check_digest(manifest, digest)
     return manifest
 
 
@@ -145,21 +148,40 @@ def get(root_fd: int, ref: layout.ArtifactRef, out: Path, settings: CompressionS
     pipe some program reads. And never inside the store itself, where it would be a file no
     writer made.
     """
+    # The key before the output: without it nothing is created, not even a temp file.
+    return write_output(out, root_fd, lambda: _open(root_fd, ref, settings), lambda opened: os.close(opened[2]),
+                        lambda opened, fd: _stream(*opened, fd, settings, cancel, hash_output=False))
+
+
+def read_open(manifest: Manifest, key: bytes | None, src: int, dst_fd: int | None, settings: CompressionSettings,
+              cancel: threading.Event, hash_output: bool, tee: Callable[[bytes], None] | None = None,
+              observe: Callable[[bytes], None] | None = None) -> Manifest:
+    """Read the open dump ``src`` (closed here) to its end into ``dst_fd`` (None: only checked), against
+    ``manifest``: both sizes, the SHA-256 of the stored bytes, the zstd content checksum, and with
+    ``hash_output`` the archive's. ``src`` may be a pipe (the S3 store's reads, watcher.s3.retrieve): the
+    walk over the zstd frame's headers needs a file and is skipped there; the sums and sizes still hold."""
+    return _stream(manifest, key, src, dst_fd, settings, cancel, hash_output, tee, observe)
+
+
+def write_output(out: Path, root_fd: int | None, open_source: Callable[[], _S], close_source: Callable[[_S], None],
+                 write: Callable[[_S, int], Manifest]) -> Manifest:
+    """``get``'s output: check ``out`` (a regular file or nothing, not inside the store ``root_fd``), open the
+    source, write it into a temp file beside ``out`` (``write`` takes over the source) and rename that over
+    ``out``; on any failure the temp file is removed and ``out`` left as it was."""
     out = out.absolute()
     where = f"output {out}"
     with fsio.os_errors(where):
         dir_fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _check_target(dir_fd, out.name, root_fd, where)
-        # The key before the output: without it nothing is created, not even a temp file.
-        manifest, key, src = _open(root_fd, ref, settings)
+        source = open_source()
         try:
             fd, temp = fsio.create_temp(dir_fd, out.name, where)
         except BaseException:
-            os.close(src)
+            close_source(source)
             raise
         try:
-            manifest = _stream(manifest, key, src, fd, settings, cancel, hash_output=False)
+            manifest = write(source, fd)
         except BaseException:
             os.close(fd)
             fsio.discard(dir_fd, temp)
@@ -175,7 +197,7 @@ def get(root_fd: int, ref: layout.ArtifactRef, out: Path, settings: CompressionS
     return manifest
 
 
-def _check_target(dir_fd: int, name: str, root_fd: int, where: str) -> None:
+def _check_target(dir_fd: int, name: str, root_fd: int | None, where: str) -> None:
     """Refuse an output that is not a regular file (or a link to one), or that lies inside the store."""
     with fsio.os_errors(where):
         try:
@@ -191,5 +213,5 @@ def _check_target(dir_fd: int, name: str, root_fd: int, where: str) -> None:
                 raise UnsafeNameError(f"{where}: is a symlink to {fsio.kind_of(target)}, refused")
         elif mode is not None and not stat.S_ISREG(mode):
             raise UnsafeNameError(f"{where}: is {fsio.kind_of(mode)}, refused")
-        if fsio.is_below(dir_fd, root_fd):
+        if root_fd is not None and fsio.is_below(dir_fd, root_fd):
             raise UnsafeNameError(f"{where}: is inside the store, refused")

@@ -1,0 +1,150 @@
+"""Ingesting kubelet archives into an S3 store: stage (one pass, as a multipart upload), identify, commit.
+
+The filesystem path's steps (``watcher.ingest.service``) with the S3 store's primitives (``watcher.s3.store``):
+the archive is read once on a worker thread (tar check, identity, zstd, both SHA-256 sums, sealed when
+encryption is on) into a pipe, and the event loop sends what comes out of the pipe as the parts of one
+multipart upload into this node's staging prefix, so memory holds two parts whatever the dump's size. Once
+the archive's identity is known the server copies the staged dump to its key, the manifest is put, and the
+marker last, once, conditionally. Before anything is uploaded the server must show it honours that
+condition (``S3Store.require_conditional_put``): lpm never races another writer to publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import secrets
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from watcher.archive import names
+from watcher.archive.identity import Identity, identify
+from watcher.archive.tarscan import TarScanner
+from watcher.errors import AlreadyComplete, ArchiveError, LpmError
+from watcher.ingest.service import (
+    CAPTURED,
+    IngestResult,
+    StagedArchive,
+    check_unchanged,
+    known,
+    manifest_for,
+    open_archive,
+)
+from watcher.s3.store import S3Store, part_size, read_part_from
+from watcher.store import layout
+from watcher.zstream import CompressionSettings, StreamDigest, compress_stream
+
+_PIPE_SIZE = 1 << 20
+
+
+async def stage_archive(store: S3Store, path: Path, node: str, hint: Identity | None,
+                        settings: CompressionSettings, cancel: threading.Event) -> StagedArchive:
+    """Read the archive once into a staging object (``dump_name`` is its token); nothing is left staged on
+    failure (an upload the server did not let us abort is the collector's, after ``--stale-after``)."""
+    archive = names.parse(path.name)
+    label = repr(path.name)
+    src, stamp = open_archive(path)
+    token = secrets.token_hex(16)
+    key = store.location.staging_key(node, token)
+    read_fd, write_fd = os.pipe()
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    scanner = TarScanner(CAPTURED, label)
+    stop = _Either(cancel)
+
+    def compress() -> StreamDigest:
+        try:
+            return compress_stream(src, write_fd, scanner.feed, settings, stop, path.name)
+        finally:
+            os.close(write_fd)  # the uploader sees the end
+
+    try:
+        reader = asyncio.ensure_future(asyncio.to_thread(compress))
+        try:
+            uploaded = await store.upload(key, read_part_from(read_fd), part_size(stamp.size))
+        except BaseException:
+            stop.set()  # the reader stops at its next chunk; what it wrote meanwhile is drained
+            await asyncio.to_thread(_drain, read_fd)
+            with contextlib.suppress(BaseException):
+                await reader
+            raise
+        try:
+            digest = await reader  # its error (a bad archive, cancelled) wins: the upload only ended early
+            if uploaded != digest.compressed_size:
+                raise LpmError(f"ingest of {label}: uploaded {uploaded} bytes of {digest.compressed_size}")
+            scan = scanner.finish()
+            check_unchanged(path, src, stamp, digest)
+            identity = identify(scan.captured.get("spec.dump"), archive, scan.top_level, hint)
+        except BaseException:
+            with contextlib.suppress(LpmError):
+                await store.delete(key)
+            raise
+    finally:
+        os.close(read_fd)
+        os.close(src)
+    return StagedArchive(archive, stamp, identity, digest, token)
+
+
+class _Either(threading.Event):
+    """compress_stream's ``cancel``: set when the agent's is, or once the upload failed (``set`` here)."""
+
+    def __init__(self, outer: threading.Event) -> None:
+        super().__init__()
+        self._outer = outer
+
+    def is_set(self) -> bool:
+        return super().is_set() or self._outer.is_set()
+
+
+def _drain(fd: int) -> None:
+    while os.read(fd, _PIPE_SIZE):
+        pass
+
+
+async def commit_staged(store: S3Store, node: str, staged: Sequence[StagedArchive], target_node: str | None,
+                        now: datetime) -> list[IngestResult]:
+    """Commit staged archives of one pod as ONE checkpoint, marker last (``service.commit_staged``)."""
+    uids = {s.identity.identity.pod_uid for s in staged}
+    containers = [s.identity.identity.container for s in staged]
+    if len(uids) != 1 or len(set(containers)) != len(containers):
+        raise ArchiveError("one checkpoint takes one archive per container of one pod")
+    uid = uids.pop()
+    cid = layout.make_checkpoint_id(uid, [(s.archive.file_name, known(s.digest.raw_sha256)) for s in staged],
+                                    min(s.archive.taken_at for s in staged))
+    try:
+        if await store.exists(store.location.marker_key(uid, cid)):
+            return await _duplicates(store, uid, cid, containers)
+        results = []
+        for item in staged:
+            manifest = manifest_for(item, cid, node, target_node)
+            await store.copy(store.location.staging_key(node, item.dump_name), store.location.dump_key(manifest.ref),
+                             item.digest.compressed_size)
+            await store.put_manifest(manifest)
+            results.append(IngestResult(manifest, False))
+        try:
+            await store.complete(uid, cid, containers, now, target_node)
+        except AlreadyComplete:
+            # Another writer published these very archives first: a duplicate, not a failure.
+            return await _duplicates(store, uid, cid, containers)
+        return results
+    finally:
+        for item in staged:
+            with contextlib.suppress(LpmError):
+                await store.delete(store.location.staging_key(node, item.dump_name))
+
+
+async def _duplicates(store: S3Store, uid: str, cid: str, containers: list[str]) -> list[IngestResult]:
+    return [IngestResult((await store.find(layout.ArtifactRef(uid, cid, c)))[1], True) for c in containers]
+
+
+async def ingest_archive(store: S3Store, path: Path, node: str, settings: CompressionSettings,
+                         cancel: threading.Event, now: datetime, target_node: str | None = None,
+                         hint: Identity | None = None) -> IngestResult:
+    """Ingest one archive as a one-container checkpoint; idempotent (same archive, same checkpoint ID)."""
+    await store.require_conditional_put(node)
+    staged = await stage_archive(store, path, node, hint, settings, cancel)
+    return (await commit_staged(store, node, [staged], target_node, now))[0]
