@@ -4,7 +4,9 @@ archive and what is wrong, exit 1, and nothing on stdout. The damaged archives a
 
 from __future__ import annotations
 
+import gzip
 import io
+import json
 import os
 import subprocess
 import sys
@@ -147,3 +149,28 @@ def test_a_missing_archive_or_checkpoint(tmp_path):
     assert (unknown.returncode, unknown.stdout) == (1, ""), unknown
     assert "checkpoint '20261202t101500z-5e6f7a8b': no complete checkpoint of that name in store" in unknown.stderr, \
         unknown.stderr
+
+
+def test_a_gzipped_rootfs_diff_is_read_and_an_unreadable_one_noted_not_fatal(archives: Archives,
+                                                                              tmp_path: Path) -> None:
+    """containerd writes rootfs-diff.tar gzip-compressed (seen on 2.3.7 in tests/realstack/test_real_nodes.py);
+    a diff that is no tar at all loses its file list, not the inspection."""
+    def listed(path: Path) -> dict:
+        shown = lpm("inspect", str(path), "-o", "json")
+        assert shown.returncode == 0, shown.stderr
+        [found] = json.loads(shown.stdout)
+        return found
+
+    def gzipped(member: tarfile.TarInfo, data: bytes | None) -> tuple[tarfile.TarInfo, bytes | None]:
+        return (member, gzip.compress(data)) if member.name == "rootfs-diff.tar" and data else (member, data)
+
+    def garbage(member: tarfile.TarInfo, data: bytes | None) -> tuple[tarfile.TarInfo, bytes | None]:
+        return (member, b"not a tar, not gzip") if member.name == "rootfs-diff.tar" else (member, data)
+
+    plain = listed(archives.tcp)
+    assert plain["rootfsDiff"]["changed"], plain["rootfsDiff"]
+    as_containerd = listed(_rewrite(archives.tcp, tmp_path / "gz.tar", gzipped))
+    assert as_containerd["rootfsDiff"]["changed"] == plain["rootfsDiff"]["changed"] and not as_containerd["notes"]
+    unreadable = listed(_rewrite(archives.tcp, tmp_path / "junk.tar", garbage))
+    assert unreadable["rootfsDiff"]["changed"] == [] and unreadable["processes"] == plain["processes"]
+    assert [n for n in unreadable["notes"] if n.startswith("rootfs-diff.tar: its files not listed: ")], unreadable

@@ -116,15 +116,22 @@ def test_memory_stays_bounded_whatever_the_pages(archives: Archives, tmp_path):
         tout.addfile(info, io.BufferedReader(_Zeros(pages), 1 << 20))
     code = ("import resource, sys; from watcher.cli import main; code = main(sys.argv[1:]); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
-    result = subprocess.run([sys.executable, "-c", code, "inspect", str(big), "-o", "json"], capture_output=True,
-                            text=True, timeout=300, cwd=REPO)
-    assert result.returncode == 0, result.stderr
-    peak_kib = int(result.stderr.strip().splitlines()[-1])
-    (inspection,) = json.loads(result.stdout)
-    (plain,) = _inspect(str(archives.tcp))
+
+    def peak(archive: Path) -> tuple[int, dict]:
+        result = subprocess.run([sys.executable, "-c", code, "inspect", str(archive), "-o", "json"],
+                                capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert result.returncode == 0, result.stderr
+        (inspection,) = json.loads(result.stdout)
+        return int(result.stderr.strip().splitlines()[-1]), inspection
+
+    # Against the real archive read the same way: what the CLI's imports cost is the same in both.
+    reference_kib, plain = peak(archives.tcp)
+    peak_kib, inspection = peak(big)
     assert inspection["sizes"]["memoryPages"] == plain["sizes"]["memoryPages"] + pages, inspection["sizes"]
     assert inspection["sizes"]["archive"] == big.stat().st_size > pages
-    assert peak_kib < 160 << 10, f"peak resident set {peak_kib} KiB reading a {big.stat().st_size}-byte archive"
+    assert peak_kib < reference_kib + (64 << 10), (
+        f"peak resident set {peak_kib} KiB reading a {big.stat().st_size}-byte archive, {reference_kib} KiB reading "
+        f"the {archives.tcp.stat().st_size}-byte one")
 
 
 def test_a_compressed_archive_reads_as_the_plain_one(archives: Archives, tmp_path):

@@ -29,7 +29,7 @@ from typing import Any
 
 from watcher.archive import names
 from watcher.archive.identity import Identity
-from watcher.cluster import events, progress
+from watcher.cluster import events, progress, sockets
 from watcher.cluster.checkpointers import Checkpointer
 from watcher.cluster.claims import Claims
 from watcher.cluster.objects import (
@@ -47,10 +47,12 @@ from watcher.cluster.objects import (
     pod_path,
 )
 from watcher.cluster.reads import UNREAD, Unread, get_or_none
+from watcher.cluster.sockets import Sockets
 from watcher.cluster.status import FINISHED, now, transition, update_status
 from watcher.errors import ArchiveError, Conflict, LpmError, StoreError, UnsafeNameError
 from watcher.ingest import service
 from watcher.ingest.service import IngestResult, StagedArchive
+from watcher.inspect.model import TcpConnection
 from watcher.kube.client import Kube
 from watcher.kubelet import KubeletError
 from watcher.observe import AgentMetrics, Operation
@@ -74,6 +76,8 @@ class Stored:
     """Why the shared store was not used (None when it was)."""
     refused: bool = False
     """The shared store was available but refused this checkpoint's place in it (something planted there)."""
+    connections: Mapping[str, tuple[TcpConnection, ...] | str] = field(default_factory=dict)
+    """By container: the established TCP connections its checkpoint holds, or why they could not be read."""
 
     def held_locally(self, node: str, what: str) -> str:
         if self.refused:
@@ -165,6 +169,8 @@ class Source:
         archives: dict[str, str] = {}
         late: dict[str, tuple[asyncio.Task[None], str]] = {}
         """A call the checkpoint gave up waiting for, still running, and the archive it writes: by container."""
+        found: dict[str, Sockets] = {}
+        """By container: its checkpoint's sockets, read by the ingest that stored it."""
         # Asked before the checkpoints, so that each archive can be read into the shared store while the
         # runtime writes it (``_take``); what the store says later is handled as before.
         why_local = await self.stores.probe()
@@ -172,14 +178,14 @@ class Source:
         try:
             for container in containers:
                 archives[container], staged = await self._take(
-                    pod, container, self.stores.shared if why_local is None else None, done, late)
+                    pod, container, self.stores.shared if why_local is None else None, done, late, found)
                 if staged is not None:
                     early[container] = staged
             refused = False  # True: the store is available but refused this checkpoint's place in it
             if why_local is None:
                 handed, early = early, {}  # _commit commits or discards them
                 try:
-                    results = await self._commit(self.stores.shared, pod, archives, target_node, handed, done)
+                    results = await self._commit(self.stores.shared, pod, archives, target_node, handed, done, found)
                 except UnsafeNameError as err:
                     # The store takes writes, but not where this checkpoint goes: something planted there (a
                     # symlink for the pod's directory, say), which a retry would meet again. Refused; this
@@ -195,11 +201,11 @@ class Source:
                     log.warning("shared store failed during the checkpoint; holding it locally", extra={
                         "fields": {"pod": f"{namespace}/{name}", "reason": why_local}})
             if why_local is not None:
-                results = await self._commit(self.stores.local, pod, archives, target_node, {}, done)
+                results = await self._commit(self.stores.local, pod, archives, target_node, {}, done, found)
                 self.metrics.held_locally.inc()
             self.metrics.checkpointed(results, time.monotonic() - began)
             return Stored(results, self.stores.shared if why_local is None else self.stores.local, why_local,
-                          refused)
+                          refused, {container: reading.connections() for container, reading in found.items()})
         finally:
             if early:  # a later container's checkpoint failed: what was read of the earlier ones goes
                 await asyncio.to_thread(service.discard_staged, self.stores.shared.fd, self.node,
@@ -229,7 +235,8 @@ class Source:
             "archive": archive, "outcome": outcome, "archiveRemoved": removed}})
 
     async def _take(self, pod: Mapping[str, Any], container: str, store: Store | None, done: progress.Progress,
-                    late: dict[str, tuple[asyncio.Task[None], str]]) -> tuple[str, StagedArchive | None]:
+                    late: dict[str, tuple[asyncio.Task[None], str]],
+                    found: dict[str, Sockets]) -> tuple[str, StagedArchive | None]:
         """Checkpoint one container; where its archive's name is known in advance and ``store`` is given,
         stage the archive into ``store`` as the runtime writes it (compression then overlaps the dump's
         tar instead of following it, inside the freeze window). Reading it early is only a head start:
@@ -240,14 +247,15 @@ class Source:
         planned = self.checkpointer.planned(pod, container)
         mine = done.containers[container]
         try:
-            return await self._call(pod, container, store, planned, mine, started)
+            return await self._call(pod, container, store, planned, mine, started, found)
         except RuntimeCheckpointError as err:
             if err.pending is not None and planned is not None:
                 late[container] = (err.pending, planned)
             raise
 
     async def _call(self, pod: Mapping[str, Any], container: str, store: Store | None, planned: str | None,
-                    mine: progress.ContainerProgress, started: float) -> tuple[str, StagedArchive | None]:
+                    mine: progress.ContainerProgress, started: float,
+                    found: dict[str, Sockets]) -> tuple[str, StagedArchive | None]:
         if store is None or planned is None:
             archive = await self.checkpointer.checkpoint(pod, container, planned)
             self._answered(pod, container, archive, started)
@@ -256,9 +264,10 @@ class Source:
         written = threading.Event()
         halt = _Halt(self.cancel)
         hint = Identity.checked(meta(pod)["uid"], namespace, name, container)
+        found[container] = Sockets(planned)
         staging = asyncio.create_task(asyncio.to_thread(
             service.stage_archive, store.fd, self.checkpoint_dir / planned, self.node, hint,
-            self.compression, halt, written, mine.tally))
+            self.compression, halt, written, mine.tally, found[container].feed))
         try:
             archive = await self.checkpointer.checkpoint(pod, container, planned)
             written.set()
@@ -297,7 +306,7 @@ class Source:
 
     async def _commit(self, store: Store, pod: Mapping[str, Any], archives: Mapping[str, str],
                       target_node: str | None, early: Mapping[str, StagedArchive],
-                      done: progress.Progress) -> list[IngestResult]:
+                      done: progress.Progress, found: dict[str, Sockets]) -> list[IngestResult]:
         """Stage what ``early`` does not hold yet, then commit them all as one checkpoint; on failure every
         staged archive, ``early``'s included, is discarded."""
         namespace, name, uid = meta(pod)["namespace"], meta(pod)["name"], meta(pod)["uid"]
@@ -311,9 +320,10 @@ class Source:
                 hint = Identity.checked(uid, namespace, name, container)
                 mine = done.containers[container]
                 mine.tally, mine.total = Tally(), _size(self.checkpoint_dir / archive)
+                found[container] = Sockets(archive)  # read afresh with the archive
                 staged.append(await asyncio.to_thread(
                     service.stage_archive, store.fd, self.checkpoint_dir / archive, self.node, hint,
-                    self.compression, self.cancel, None, mine.tally))
+                    self.compression, self.cancel, None, mine.tally, found[container].feed))
                 mine.done = True
                 log.info("container ingested", extra={"fields": {
                     "pod": f"{namespace}/{name}", "container": container, "store": store.kind.value,
@@ -541,8 +551,17 @@ async def _succeeded(src: Source, kind: str, request: Mapping[str, Any], pod: Ma
     """The request's status and the pod's Event once its checkpoint is stored: ``what`` in the status,
     ``checkpointed`` in a Normal Event; or, held in the local store, both say so (the Event a Warning)."""
     message = what if stored.why_local is None else stored.held_locally(src.node, what)
+    connections = sockets.warning(stored.connections)
+    unread = {container: why for container, why in stored.connections.items() if isinstance(why, str)}
+    if unread:
+        log.info("checkpoint's sockets not read; no warning about its TCP connections", extra={"fields": {
+            "pod": f"{meta(pod)['namespace']}/{meta(pod)['name']}", "reasons": unread}})
+    if connections:
+        status["warnings"] = [connections]
     await update_status(src.kube, kind, meta(request)["namespace"], meta(request)["name"], lambda fresh: transition(
         fresh, Phase.SUCCEEDED, message, ready=True, completionTime=now(), **status))
+    if connections:
+        await events.record(src.kube, pod, "EstablishedConnections", connections, warning=True, node=src.node)
     if stored.why_local is None:
         await events.record(src.kube, pod, "Checkpointed", checkpointed, node=src.node)
     else:

@@ -299,10 +299,14 @@ async def _carry_out(kube: Kube, node: str, seen: Seen, decision: Decision, retr
     elif decision.step is Step.COMPLETE:
         assert isinstance(seen.pod, Mapping)
         complete = datetime.now(UTC)
+        assert isinstance(seen.checkpoint, Mapping)
+        # What the checkpoint warns of (its established TCP connections) is the migration's to say, too.
+        warned = {"warnings": seen.checkpoint["status"]["warnings"]} \
+            if seen.checkpoint.get("status", {}).get("warnings") else {}
         await update_status(kube, "PodMigration", namespace, name, lambda status: transition(
             status, MigrationPhase.CHECKPOINT_COMPLETE, decision.message, settled=_DONE_HERE,
             podCheckpointRef={"name": name, "namespace": namespace},
-            freezeWindow=progress.window(status, checkpointComplete=complete)))
+            freezeWindow=progress.window(status, checkpointComplete=complete), **warned))
         await events.record(kube, seen.pod, "CheckpointComplete", decision.event, node=node)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -66,6 +66,7 @@ def stage_archive(
     cancel: threading.Event,
     written: threading.Event | None = None,
     tally: Tally | None = None,
+    also: Callable[[memoryview], None] | None = None,
 ) -> StagedArchive:
     """Read the archive once: check its tar structure, compress and hash it into staging.
 
@@ -77,7 +78,8 @@ def stage_archive(
     runtime writes it: waited for until it appears, followed as it grows, and taken as it is once
     ``written`` is set (the runtime answered) and the end of the file is reached; it must then be
     a whole archive like any other. Compression overlaps the runtime's write instead of following it.
-    ``tally`` counts the bytes read and stored as they go.
+    ``tally`` counts the bytes read and stored as they go; ``also`` is shown every raw chunk after the tar
+    scanner (a reader of the CRIU images, ``watcher.cluster.sockets``), in the same single pass.
     """
     archive = names.parse(path.name)
     label = repr(path.name)
@@ -87,9 +89,10 @@ def stage_archive(
             dst, temp = fsio.create_temp(staging_fd, layout.DUMP_FILE, "store staging")
             try:
                 scanner = TarScanner(CAPTURED, label)
+                observe = scanner.feed if also is None else _both(scanner.feed, also)
                 try:
                     with fsio.os_errors(f"ingest of {label} into the store"):
-                        digest = compress_stream(src, dst, scanner.feed, settings, cancel, path.name,
+                        digest = compress_stream(src, dst, observe, settings, cancel, path.name,
                                                  None if written is None else _Follow(written), tally)
                 finally:
                     os.close(dst)
@@ -105,6 +108,13 @@ def stage_archive(
     finally:
         os.close(src)
     return StagedArchive(archive, stamp, identity, digest, temp)
+
+
+def _both(first: Callable[[memoryview], None], then: Callable[[memoryview], None]) -> Callable[[memoryview], None]:
+    def observe(chunk: memoryview) -> None:
+        first(chunk)
+        then(chunk)
+    return observe
 
 
 # How often a followed archive is looked at again when the reader has caught up with its writer.

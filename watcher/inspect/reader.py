@@ -21,6 +21,7 @@ import json
 import re
 import socket
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,7 @@ _SINGLE = frozenset({"checkpoint/inventory.img", "checkpoint/pstree.img", "check
 _PAGES = re.compile(r"^checkpoint/pages-([0-9]{1,10})\.img$")
 _METADATA = frozenset({"config.dump", "spec.dump", "stats-dump", "network.status", "status", "deleted.files"})
 ROOTFS_DIFF = "rootfs-diff.tar"
+_GZIP_MAGIC = b"\x1f\x8b"
 
 # pagemap entry flags (criu/include/pagemap.h): pages in a parent image, or present in this one.
 _PE_PARENT = 1 << 0
@@ -138,17 +140,39 @@ class _Pages:
 
 
 class _Nested:
-    """``rootfs-diff.tar``: a tar inside the tar, scanned as it streams (names and sizes, no contents)."""
+    """``rootfs-diff.tar``: a tar inside the tar, scanned as it streams (names and sizes, no contents).
 
-    def __init__(self, where: str, done: Callable[[list[Member]], None]) -> None:
+    containerd writes it gzip-compressed (its name notwithstanding): that is read through gzip. One that
+    cannot be read says so in the notes (``done`` is given the reason) instead of failing the inspection:
+    the diff is a side matter beside the processes, and the runtimes' formats for it differ."""
+
+    def __init__(self, where: str, done: Callable[[list[Member] | str], None]) -> None:
         self._scanner = TarScanner(frozenset(), f"{ROOTFS_DIFF} in {where}", keep_members=True)
         self._done = done
+        self._gunzip: Any = None
+        self._started = False
+        self._failed: str | None = None
 
     def feed(self, chunk: memoryview) -> None:
-        self._scanner.feed(chunk)
+        if self._failed is not None:
+            return
+        try:
+            if not self._started:
+                self._started = True
+                if bytes(chunk[:2]) == _GZIP_MAGIC:
+                    self._gunzip = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            self._scanner.feed(chunk if self._gunzip is None else self._gunzip.decompress(chunk))
+        except (ArchiveError, zlib.error) as err:
+            self._failed = str(err)
 
     def close(self) -> None:
-        self._done(self._scanner.finish().members)
+        if self._failed is None:
+            try:
+                self._done(self._scanner.finish().members)
+                return
+            except ArchiveError as err:
+                self._failed = str(err)
+        self._done(self._failed)
 
 
 class _Count:
@@ -175,6 +199,8 @@ class Collector:
         self._seen: set[str] = set()
         self._pages_sizes: dict[int, int] = {}
         self._rootfs: tuple[int, list[Member]] | None = None
+        self._rootfs_unread: str | None = None
+        """Why ``rootfs-diff.tar`` could not be read as a tar (None: it could, or there is none)."""
         self._rootfs_size = 0
         # Bytes read out of memory: (pid, "args" | "env") -> buffer; and --memory's regions.
         self._from_memory: dict[tuple[int, str], bytearray] = {}
@@ -202,7 +228,10 @@ class Collector:
             return _Nested(self.where, self._rootfs_done)
         return None
 
-    def _rootfs_done(self, members: list[Member]) -> None:
+    def _rootfs_done(self, members: list[Member] | str) -> None:
+        if isinstance(members, str):
+            self._rootfs_unread = members
+            members = []
         self._rootfs = (self._rootfs_size, members)
 
     def _plan(self, pages_id: int) -> list[_Want]:
@@ -428,6 +457,8 @@ def _assemble(collector: Collector, archive_size: int) -> Inspection:
                                 str(mount.get("source", ""))))
 
     rootfs = None
+    if collector._rootfs_unread is not None:
+        notes.append(f"{ROOTFS_DIFF}: its files not listed: {collector._rootfs_unread}")
     if collector._rootfs is not None:
         size, members = collector._rootfs
         deleted = _json(collector, "deleted.files") or []

@@ -8,6 +8,7 @@ server's watch timeouts and restarts. The caller bounds the whole with its ``--t
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -78,6 +79,12 @@ class Display:
         self.out.write(progress.line(state, elapsed) + "\n")
         self.tick(state, elapsed)
 
+    def warn(self, warning: str) -> None:
+        """On stderr, as kubectl prints the API server's warnings."""
+        self._clear()
+        self.out.flush()
+        print(f"Warning: {warning}", file=sys.stderr, flush=True)
+
     def moved(self, state: Seen, before: Seen, elapsed: float) -> None:
         """The bytes moved: the bar on a terminal, a line per container that moved when piped."""
         if not self.terminal:
@@ -128,6 +135,9 @@ async def follow(kube: Kube, namespace: str, name: str, display: Display,
                 raise update
             if update is None:
                 return None
+            for warning in update.warnings:
+                if state is None or warning not in state.warnings:
+                    display.warn(warning)
             if state is None or update.stage != state.stage:
                 display.stage(update, offset + clock() - began)
             elif update.progress != state.progress:

@@ -77,6 +77,8 @@ class Seen:
     """``status.completionTime``: when the destination's agent saw the restored pod run (whole seconds)."""
     progress: tuple[Bytes, ...] = ()
     freeze: Freeze | None = None
+    warnings: tuple[str, ...] = ()
+    """What the checkpoint holds that its restore will not keep (established TCP connections)."""
 
     @property
     def stage(self) -> tuple[str, str]:
@@ -91,7 +93,8 @@ def seen(migration: Mapping[str, Any]) -> Seen:
                 target=spec.get("targetNode") or "", restored=status.get("restoredPodName") or "",
                 started=parse_time(status.get("startTime")), completed=parse_time(status.get("completionTime")),
                 progress=tuple(_bytes(item) for item in status.get("progress") or [] if isinstance(item, Mapping)),
-                freeze=_freeze(status.get("freezeWindow")))
+                freeze=_freeze(status.get("freezeWindow")),
+                warnings=tuple(str(w) for w in status.get("warnings") or [] if isinstance(w, str)))
 
 
 def _count(value: Any) -> int | None:
