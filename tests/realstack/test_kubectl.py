@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import signal
 import subprocess
 import sys
@@ -29,7 +27,7 @@ from lab.controlplane import ControlPlane
 from lpm_gc.scanner import scan
 from tests.realstack import samples
 from tests.realstack.clients import kube_client
-from tests.support import lpm
+from tests.support import lpm, run_in_pty
 from watcher.cluster.migration import reconcile_annotated_pod
 from watcher.cluster.objects import MIGRATE_ANNOTATION, MIGRATION_LABEL, lpm_path, migration_name, pod_path
 from watcher.kube.client import Kube
@@ -100,33 +98,6 @@ def act_as_agents(control_plane: ControlPlane, namespace: str, name: str, status
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
-
-
-def run_in_pty(argv: list[str], timeout: float = 60) -> tuple[int, str]:
-    """Run ``argv`` with a pseudo-terminal as stdout (stderr too), as a person at a shell would."""
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
-    os.close(terminal)
-    output = bytearray()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([controller], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(controller, 65536)
-                except OSError:  # EIO: every writer closed the terminal
-                    break
-                if not chunk:
-                    break
-                output += chunk
-            elif process.poll() is not None:
-                break
-        return process.wait(timeout=max(1.0, deadline - time.monotonic())), output.decode(errors="replace")
-    finally:
-        os.close(controller)
-        if process.poll() is None:
-            process.kill()
 
 
 # -- migrate -----------------------------------------------------------------------------------------------

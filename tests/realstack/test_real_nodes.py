@@ -47,7 +47,7 @@ from lab.network import GATEWAY
 from lab.pki import CertificateAuthority
 from lab.sandbox import rootfs
 from tests.restore.tools import RegistryTLS, Skopeo, run_registry
-from tests.support import lpm
+from tests.support import lpm, run_in_pty
 from watcher.cluster.objects import migration_name
 
 NO_RESTORE = "node-c"
@@ -283,6 +283,29 @@ async def test_an_operator_moves_a_pod_with_kubectl_lpm_and_sees_its_bytes_and_f
     assert lines[-2] == f"pod runs on {TARGET} as {status['restoredPodName']} (moved from {SOURCE})", explain
     await verified(cluster, status["restoredPodName"], size, timeout=120)
 
+
+@pytest.mark.asyncio
+async def test_on_a_terminal_kubectl_lpm_migrate_draws_the_checkpoints_bytes_as_a_bar(
+        cluster: RealCluster, agents: dict[str, AgentProcess]) -> None:
+    """The same as a person at a shell sees it (a pseudo-terminal): a pod holding 512 MiB moves, and while
+    node-a checkpoints it the bar is drawn from the bytes its agent publishes, redrawn in place, with the
+    rate; then the pod runs on node-b with every byte of its memory."""
+    cp = cluster.control_plane
+    install_memhold(cluster, (SOURCE, TARGET))
+    size = 512 * MIB
+    await run_holder(cluster, "pty-hold", size, SOURCE)
+    plugin = str(Path(sys.executable).parent / "kubectl-lpm")
+    code, output = await asyncio.to_thread(
+        run_in_pty, [plugin, "--kubeconfig", str(cp.admin_kubeconfig), "migrate", "pty-hold", "--to", TARGET,
+                     "-n", NAMESPACE, "--timeout", "5m"], 400)
+    explain = f"output:\n{output!r}\n" + "\n".join(f"=== {n}:\n{a.tail(20)}" for n, a in agents.items())
+    assert code == 0, explain
+    # Redrawn in place (carriage return, the line cleared after it): the bytes as a bar, and the rate.
+    bars = [part for part in output.split("\r") if part.startswith("[") and " MiB checkpointed, " in part]
+    assert bars and any("MiB/s" in bar for bar in bars), explain
+    assert "pod runs on node-b as pty-hold-restored-" in output and "freeze window: " in output, explain
+    restored = output.split("pod runs on node-b as ", 1)[1].split(" ", 1)[0]
+    await verified(cluster, restored, size, timeout=120)
 
 @pytest.mark.asyncio
 async def test_the_base_image_is_pulled_on_the_target_while_the_source_checkpoints(

@@ -10,59 +10,56 @@ checkpoint's directory comes from its content object's artifact URIs, validated 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from watcher.store import fsio, layout
 
 
-def _directory(store: Path, directory: tuple[str, str]) -> int:
+@contextmanager
+def _in_checkpoint(store: Path, directory: tuple[str, str]) -> Iterator[int]:
+    """The checkpoint's directory, open (validated segments, no symlink followed); its OS errors name the pin."""
     root = fsio.open_root(store, create=False)
     try:
-        return fsio.open_dir(root, [layout.pod_uid(directory[0]), layout.checkpoint_id(directory[1])],
-                             create=False, where=f"store {store}")
+        fd = fsio.open_dir(root, [layout.pod_uid(directory[0]), layout.checkpoint_id(directory[1])],
+                           create=False, where=f"store {store}")
     finally:
         os.close(root)
+    try:
+        with fsio.os_errors(f"store {store}: {'/'.join(directory)}/{layout.KEEP_FILE}"):
+            yield fd
+    finally:
+        os.close(fd)
 
 
 def is_pinned(store: Path, directory: tuple[str, str]) -> bool:
-    fd = _directory(store, directory)
-    try:
-        with fsio.os_errors(f"store {store}: {'/'.join(directory)}"):
-            try:
-                os.stat(layout.KEEP_FILE, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                return False
-    finally:
-        os.close(fd)
+    with _in_checkpoint(store, directory) as fd:
+        try:
+            os.stat(layout.KEEP_FILE, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
     return True
 
 
 def pin(store: Path, directory: tuple[str, str]) -> bool:
     """Create the ``.keep``; False when it was there already."""
-    fd = _directory(store, directory)
-    try:
-        with fsio.os_errors(f"store {store}: {'/'.join(directory)}/{layout.KEEP_FILE}"):
-            try:
-                os.close(os.open(layout.KEEP_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                                 | os.O_CLOEXEC, fsio.FILE_MODE, dir_fd=fd))
-            except FileExistsError:
-                return False
-            os.fsync(fd)  # the pin must outlive a crash: a collector could run right after
-    finally:
-        os.close(fd)
+    with _in_checkpoint(store, directory) as fd:
+        try:
+            os.close(os.open(layout.KEEP_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, fsio.FILE_MODE, dir_fd=fd))
+        except FileExistsError:
+            return False
+        os.fsync(fd)  # the pin must outlive a crash: a collector could run right after
     return True
 
 
 def unpin(store: Path, directory: tuple[str, str]) -> bool:
     """Remove the ``.keep``; False when there was none."""
-    fd = _directory(store, directory)
-    try:
-        with fsio.os_errors(f"store {store}: {'/'.join(directory)}/{layout.KEEP_FILE}"):
-            try:
-                os.unlink(layout.KEEP_FILE, dir_fd=fd)
-            except FileNotFoundError:
-                return False
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    with _in_checkpoint(store, directory) as fd:
+        try:
+            os.unlink(layout.KEEP_FILE, dir_fd=fd)
+        except FileNotFoundError:
+            return False
+        os.fsync(fd)
     return True
