@@ -246,28 +246,36 @@ async def test_many_migrations_at_once_each_pod_keeps_its_own_memory(cluster: Re
         agents[SOURCE].wait_logged("cluster mode watching")
 
 
+async def _migrate_with_plugin(cluster: RealCluster, agents: dict[str, AgentProcess],
+                               pod: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], str]:
+    """``kubectl lpm migrate POD --to node-b --wait``, piped, as a script runs it; it must exit 0. Its output,
+    the migration as it ended, and what explains a failed assertion."""
+    cp = cluster.control_plane
+    uid = cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}")["metadata"]["uid"]
+    plugin = str(Path(sys.executable).parent / "kubectl-lpm")
+    done = await asyncio.to_thread(
+        subprocess.run, [plugin, "--kubeconfig", str(cp.admin_kubeconfig), "migrate", pod, "--to", TARGET,
+                         "-n", NAMESPACE, "--wait", "--timeout", "5m"],
+        capture_output=True, text=True, timeout=400, check=False)
+    explain = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}\n" + "\n".join(
+        f"=== {n}:\n{a.tail(20)}" for n, a in agents.items())
+    assert done.returncode == 0, explain
+    migration = cp.admin.request("GET", f"/apis/lpm.my.domain/v1/namespaces/{NAMESPACE}/podmigrations/"
+                                        f"{migration_name(pod, uid)}")
+    return done, migration, explain
+
+
 @pytest.mark.asyncio
 async def test_an_operator_moves_a_pod_with_kubectl_lpm_and_sees_its_bytes_and_freeze_window(
         cluster: RealCluster, agents: dict[str, AgentProcess]) -> None:
     """``kubectl lpm migrate --wait``, piped as a script would run it, moves a pod holding 192 MiB from node-a
     to node-b: it prints the checkpoint's bytes as the source's agent publishes them, ends 0 with where the pod
     runs and its freeze window, and the restored pod finds every byte of its memory as it was."""
-    cp = cluster.control_plane
     install_memhold(cluster, (SOURCE, TARGET))
     size = 192 * MIB
     await run_holder(cluster, "plugin-hold", size, SOURCE)
-    pod = cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/plugin-hold")
-    plugin = str(Path(sys.executable).parent / "kubectl-lpm")
-    done = await asyncio.to_thread(
-        subprocess.run, [plugin, "--kubeconfig", str(cp.admin_kubeconfig), "migrate", "plugin-hold", "--to", TARGET,
-                         "-n", NAMESPACE, "--wait", "--timeout", "5m"],
-        capture_output=True, text=True, timeout=400, check=False)
-    explain = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}\n" + "\n".join(
-        f"=== {n}:\n{a.tail(20)}" for n, a in agents.items())
-    assert done.returncode == 0, explain
+    done, migration, explain = await _migrate_with_plugin(cluster, agents, "plugin-hold")
     print(done.stdout)
-    migration = cp.admin.request("GET", f"/apis/lpm.my.domain/v1/namespaces/{NAMESPACE}/podmigrations/"
-                                        f"{migration_name('plugin-hold', pod['metadata']['uid'])}")
     status = migration["status"]
     [moved] = status["progress"]
     # The archive holds the pod's memory; the store holds it compressed (memhold's pages are a third zeros).
@@ -428,17 +436,7 @@ async def test_a_checkpoint_holding_established_tcp_connections_is_warned_of_bef
             break
         assert time.monotonic() < deadline, cluster.node_failure()
         await asyncio.sleep(0.5)
-    pod = cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/talker")
-    plugin = str(Path(sys.executable).parent / "kubectl-lpm")
-    done = await asyncio.to_thread(
-        subprocess.run, [plugin, "--kubeconfig", str(cp.admin_kubeconfig), "migrate", "talker", "--to", TARGET,
-                         "-n", NAMESPACE, "--wait", "--timeout", "5m"],
-        capture_output=True, text=True, timeout=400, check=False)
-    explain = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}\n" + "\n".join(
-        f"=== {n}:\n{a.tail(20)}" for n, a in agents.items())
-    assert done.returncode == 0, explain
-    migration = cp.admin.request("GET", f"/apis/lpm.my.domain/v1/namespaces/{NAMESPACE}/podmigrations/"
-                                        f"{migration_name('talker', pod['metadata']['uid'])}")
+    done, migration, explain = await _migrate_with_plugin(cluster, agents, "talker")
     unread = agents[SOURCE].logs("checkpoint's sockets not read; no warning about its TCP connections")
     if not migration["status"].get("warnings"):
         checkpoint = cp.admin.request("GET", f"/apis/lpm.my.domain/v1/namespaces/{NAMESPACE}/podcheckpoints/"
