@@ -71,7 +71,8 @@ async def verified(cluster: RealCluster, pod: str, size: int, timeout: float) ->
         if f"verified {size // MIB} MiB" in text:
             return
         if "CORRUPT" in text or "verified" in text or time.monotonic() > deadline:
-            raise HolderFailed(f"{pod} (holding {size // MIB} MiB) did not verify its memory: {text[-300:]}")
+            raise HolderFailed(f"{pod} (holding {size // MIB} MiB) did not verify its memory; its log begins "
+                               f"{text[:200]!r} and ends {text[-200:]!r}")
         await asyncio.sleep(0.5)
 
 
