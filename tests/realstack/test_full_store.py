@@ -29,7 +29,7 @@ from tests.support import lpm
 STORE_SIZE = 256 * MIB
 ROOM = 24 * MIB
 """What the filler leaves free: less than the pod's compressed dump (memhold's is two thirds of its memory)."""
-HELD = 128 * MIB  # enough that its dump freeze is past the 500 ms gap memhold checks its memory on
+HELD = 128 * MIB
 
 
 @pytest.fixture(scope="module")

@@ -342,8 +342,6 @@ async def test_the_base_image_is_pulled_on_the_target_while_the_source_checkpoin
         image = f"{registry.address}/lpm/memhold-pulled:1"
         Skopeo(tmp_path)("copy", "--dest-cert-dir", str(trust),
                          f"oci-archive:{memhold_image(rootfs(), cluster.directory, 'pulled')}", f"docker://{image}")
-        # memhold checks its memory when it sees its lines more than 500 ms apart; the gap it saw after a 48 MiB
-        # pod's restore was under that (the source's dump freeze is what it measures), so it never checked.
         size = 256 * MIB
         await run_holder(cluster, "pulled-hold", size, SOURCE, image=image)
         pod = cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/pulled-hold")
