@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -212,20 +212,28 @@ class RealCluster:
     def stop(self) -> None:
         if self._lock is None:  # never started, or another cluster's: nothing here is ours to undo
             return
-        for node in reversed(list(self.nodes.values())):
-            node.stop()
+        # Every part is stopped even when one fails: a node left running (its cgroups, its veth, its mounts)
+        # breaks every cluster started after it. The first failure is raised at the end.
+        failures: list[Exception] = []
+        steps: list[Callable[[], object]] = [node.stop for node in reversed(list(self.nodes.values()))]
         if self.store_views:
-            self._store.__exit__(None, None, None)
+            steps.append(lambda: self._store.__exit__(None, None, None))
         if self._approver is not None:
-            self._approver.stop()
-        for controller in reversed(self._controllers):
-            controller.stop()
+            steps.append(self._approver.stop)
+        steps += [controller.stop for controller in reversed(self._controllers)]
         if self.cp is not None:
-            self.cp.stop()
-        self._bridge.__exit__()
+            steps.append(self.cp.stop)
+        steps.append(self._bridge.__exit__)
+        for step in steps:
+            try:
+                step()
+            except Exception as err:  # noqa: BLE001  (raised below, after the rest is stopped)
+                failures.append(err)
         shutil.rmtree(self.directory, ignore_errors=True)
         self._lock.close()
         self._lock = None
+        if failures:
+            raise failures[0]
 
     def _kubeconfig(self, cp: ControlPlane, user: str) -> Path:
         cert = cp.ca.issue_client(user.replace(":", "-"), user)
