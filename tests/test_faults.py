@@ -1,6 +1,7 @@
 """Faults of the store: a full disk. Needs root for a small tmpfs; CI runs as root."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from lab.agent import AgentProcess
 from lab.archives import ArchiveSpec, Pod, make_archive
 from tests.support import lpm
+from watcher.stores import Stores
 
 
 @pytest.fixture
@@ -59,3 +61,27 @@ def test_full_disk_on_the_cli_exits_non_zero_with_one_line(kube_dir, small_store
     [line] = result.stderr.strip().splitlines()
     assert "no space left" in line and big.name in line
     assert [p for p in small_store.rglob("*") if p.is_file()] == []
+
+
+def _fill_up(store):
+    """Fill ``store`` to the last byte: a probe's create succeeds there and its write cannot."""
+    with open(store / ".filler", "wb") as out:
+        try:
+            while True:
+                out.write(b"\xa5" * 65536)
+                out.flush()
+        except OSError:
+            pass
+
+
+@pytest.mark.asyncio
+async def test_a_probe_of_a_full_store_says_so_and_leaves_nothing_behind(small_store, tmp_path):
+    _fill_up(small_store)
+    stores = Stores(small_store, tmp_path / "local", "node-a")
+    try:
+        problem = await stores.probe()
+    finally:  # the agent holds its stores' directories for its life; here the tmpfs must unmount after
+        os.close(stores.shared.fd)
+        os.close(stores.local.fd)
+    assert problem is not None and "not writable (No space left on device)" in problem, problem
+    assert sorted(p.name for p in small_store.iterdir()) == [".filler"]

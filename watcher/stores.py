@@ -133,9 +133,11 @@ def write_probe(root_fd: int, name: str) -> None:
         os.fsync(fd)  # on NFS the round trip to the server, which is what a dead server fails
     finally:
         os.close(fd)
-    try:
-        os.unlink(name, dir_fd=root_fd)
-    except FileNotFoundError:
-        # The name is the node's, not the process's: the node's other agent (old and new one during a
-        # rollout) removed it after its own probe. Our write and fsync went through, which is the answer.
-        pass
+        # Removed whether the write went through or not: on a full store the create succeeds and the write
+        # fails, and an empty probe file left behind was the one thing in a full store not the user's.
+        try:
+            os.unlink(name, dir_fd=root_fd)
+        except FileNotFoundError:
+            # The name is the node's, not the process's: the node's other agent (old and new one during a
+            # rollout) removed it after its own probe.
+            pass
