@@ -162,3 +162,32 @@ async def test_a_5xx_answer_is_retried_unless_the_runtime_left_an_archive(tmp_pa
     async with Kubelet(tmp_path / "second", fails_after_writing) as kubelet:
         path = await kubelet.checkpoint()
         assert len(kubelet.requests) == 1 and path.parent == kubelet.directory
+
+
+@pytest.mark.asyncio
+async def test_a_request_whose_waiter_is_cancelled_stays_connected_until_the_kubelet_answers(
+        tmp_path: Path) -> None:
+    # The kubelet hands the request's context to the runtime: a dropped connection would cancel the dump
+    # mid-way and containerd would leave the container paused. So the agent stopping must not drop it.
+    seen: list[bool] = []
+
+    async def answers_late(request: web.Request, directory: Path) -> web.StreamResponse:
+        await asyncio.sleep(1.5)
+        seen.append(request.transport is not None and not request.transport.is_closing())
+        name = _now_name()
+        make_archive(directory, ArchiveSpec(pod=POD, memory=4096), name)
+        return web.json_response({"items": [str(directory / name)]})
+
+    async with Kubelet(tmp_path, answers_late) as kubelet:
+        client = kubelet.client(timeout=5)
+        waiter = asyncio.create_task(client.checkpoint(Endpoint("node-a", "127.0.0.1", kubelet.port),
+                                                       POD.namespace, POD.name, POD.container))
+        await asyncio.sleep(0.5)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        [request] = client.in_flight  # still out, its waiter gone
+        status, _ = await asyncio.wait_for(request, 20)
+        assert seen == [True], "the kubelet saw the connection dropped before it answered"
+        assert status == 200 and not client.in_flight
+        await client.close()

@@ -20,6 +20,13 @@ archive that request produced, named for this pod and container and timed no ear
 the request, waits for it to stop growing, and uses it; if none appears, it fails with the
 reason. Every request goes out on a fresh connection (no keep-alive), so a pooled
 connection the kubelet closed while idle cannot turn an ordinary call into an uncertain one.
+
+Nor is a request ever cut short by the agent: the kubelet hands the request's own context to the runtime
+(``pkg/kubelet/server/server.go``), so a dropped connection cancels the runtime's call, and containerd,
+which resumes a paused container with that call's context, leaves the container paused for good. Each
+request runs in a task of its own (``in_flight``) that no waiter's cancellation reaches; the agent waits
+for those before it stops. Only the reply timeout, which falls after the kubelet's own deadline for the
+runtime, ends a request from this side.
 """
 
 from __future__ import annotations
@@ -80,8 +87,11 @@ class KubeletClient:
         self._settings = settings
         self._ssl = ssl.create_default_context(cafile=str(settings.ca_file))
         self._session: aiohttp.ClientSession | None = None
+        self.in_flight: set[asyncio.Task[tuple[int, str]]] = set()
+        """Requests still out, their waiters gone or not: each runs until the kubelet answers or times out."""
 
     async def close(self) -> None:
+        """Close the connection pool; call it once ``in_flight`` is empty (a request would lose its connection)."""
         if self._session is not None:
             await self._session.close()
 
@@ -104,16 +114,16 @@ class KubeletClient:
         for attempt in range(1, self._settings.attempts + 1):
             token = self._settings.token_file.read_text().strip()
             sent_at = time.time()
+            request = asyncio.create_task(self._post(url, token, timeout), name=f"checkpoint {namespace}/{pod}")
+            self.in_flight.add(request)
+            request.add_done_callback(self._ended)
             try:
-                async with self._client().post(url, params={"timeout": str(self._settings.checkpoint_timeout)},
-                                               headers={"Authorization": f"Bearer {token}"},
-                                               timeout=timeout) as response:
-                    body = await response.text()
-                    if response.status == 200:
-                        return _archive_path(what, body)
-                    last = f"HTTP {response.status}: {body.strip()[:300]}"
-                    if response.status < 500:
-                        raise KubeletError(f"{what} refused: {last}")
+                status, body = await asyncio.shield(request)
+                if status == 200:
+                    return _archive_path(what, body)
+                last = f"HTTP {status}: {body.strip()[:300]}"
+                if status < 500:
+                    raise KubeletError(f"{what} refused: {last}")
                 # The kubelet answered that it failed. If the runtime left an archive all the same (the
                 # kubelet's own deadline passed while CRIU was still writing), that is this request's.
                 if self._produced(namespace, pod, container, sent_at):
@@ -133,6 +143,17 @@ class KubeletClient:
                     "reason": last, "retryInSeconds": round(delay, 2)}})
                 await asyncio.sleep(delay)
         raise KubeletError(f"{what} failed after {self._settings.attempts} attempts: {last}")
+
+    def _ended(self, request: asyncio.Task[tuple[int, str]]) -> None:
+        self.in_flight.discard(request)
+        if not request.cancelled():
+            request.exception()  # a waiter that left no longer takes it; its failure is not news at shutdown
+
+    async def _post(self, url: str, token: str, timeout: aiohttp.ClientTimeout) -> tuple[int, str]:
+        async with self._client().post(url, params={"timeout": str(self._settings.checkpoint_timeout)},
+                                       headers={"Authorization": f"Bearer {token}"},
+                                       timeout=timeout) as response:
+            return response.status, await response.text()
 
     def _produced(self, namespace: str, pod: str, container: str, sent_at: float) -> Path | None:
         """The newest archive in the checkpoint directory for this container, timed no earlier than ``sent_at``.

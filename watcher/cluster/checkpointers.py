@@ -61,9 +61,13 @@ class KubeletCheckpointer:
         return path.name
 
     async def settle(self) -> None:
-        pass  # the kubelet holds its own call to the runtime
+        """The kubelet cancels the runtime's call when its request is dropped (``watcher.kubelet``): wait for
+        each request still out, up to the kubelet's deadline for the runtime and the reply's grace."""
+        timeout = self._settings.checkpoint_timeout
+        await _settle(self._client.in_flight, timeout + min(30, timeout))
 
     async def close(self) -> None:
+        await self.settle()
         await self._client.close()
 
 
@@ -86,18 +90,22 @@ class RuntimeCheckpointer:
 
     async def settle(self) -> None:
         """Cut short, a call would leave its container paused: each gets the runtime's timeout and its grace."""
-        if not self._in_flight:
-            return
-        limit = self._settings.timeout + min(30, self._settings.timeout)
-        log.warning("waiting for checkpoint calls under way before stopping", extra={"fields": {
-            "calls": len(self._in_flight), "atMostSeconds": limit}})
-        _, left = await asyncio.wait(set(self._in_flight), timeout=limit)
-        if left:
-            log.error("checkpoint calls still under way at shutdown; their containers may stay paused", extra={
-                "fields": {"calls": len(left)}})
+        await _settle(self._in_flight, self._settings.timeout + min(30, self._settings.timeout))
 
     async def close(self) -> None:
         await self.settle()
+
+
+async def _settle(in_flight: set[asyncio.Task[Any]], limit: float) -> None:
+    """Wait up to ``limit`` seconds for the checkpoint calls in ``in_flight`` (the agent is stopping)."""
+    if not in_flight:
+        return
+    log.warning("waiting for checkpoint calls under way before stopping", extra={"fields": {
+        "calls": len(in_flight), "atMostSeconds": limit}})
+    _, left = await asyncio.wait(set(in_flight), timeout=limit)
+    if left:
+        log.error("checkpoint calls still under way at shutdown; their containers may stay paused", extra={
+            "fields": {"calls": len(left)}})
 
 
 def container_id(pod: Mapping[str, Any], container: str) -> str:
