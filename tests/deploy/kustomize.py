@@ -17,6 +17,7 @@ OVERLAYS = {
     "cri-o": DEPLOY / "overlays" / "cri-o",
     "containerd": DEPLOY / "overlays" / "containerd",
     "registry": DEPLOY / "overlays" / "registry",
+    "s3": DEPLOY / "overlays" / "s3",
 }
 COMPONENTS = DEPLOY / "components"
 

@@ -21,6 +21,7 @@ from lpm_gc.metrics import Metrics
 from tests.deploy.kustomize import DEPLOY, OVERLAYS, find
 from watcher.cli import build_parser
 from watcher.observe import AgentMetrics, Operation
+from watcher.s3.location import S3Location
 
 CHECKPOINT_DIR = "/var/lib/kubelet/checkpoints"
 STORE = "/mnt/checkpoints"
@@ -321,3 +322,44 @@ def test_encryption_at_rest_is_off_by_default_and_on_with_its_component(
         for key, value in _env(container).items():
             monkeypatch.setenv(key, value if isinstance(value, str) else "node-a")
         assert build_parser().parse_args(container["args"]).encryption_keys == Path(KEYS_DIR), name
+
+
+def test_the_s3_overlay_keeps_checkpoints_in_the_bucket_with_no_volume_and_the_credentials_as_files(
+        rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PVC and no shared volume anywhere; every container reads the bucket's parameters from the overlay's
+    ConfigMap and the credentials from the Secret's files (never env from it); the commands, parsed by the
+    real command line with that environment, are the standalone agent and collectors over s3://."""
+    objects = rendered["s3"]
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    [config] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("lpm-s3")]
+    ds = find(objects, "DaemonSet", "lpm-agent")
+    cronjob = find(objects, "CronJob", "lpm-gc")
+    for workload in (ds, cronjob):
+        volumes = {v["name"]: v for v in _pod_spec(workload)["volumes"]}
+        assert "checkpoint-repo" not in volumes and "local-store" not in volumes, sorted(volumes)
+        assert volumes["s3"] == {"name": "s3", "secret": {"secretName": "lpm-s3", "defaultMode": 0o400}}
+
+    def parse(container: dict[str, Any]) -> Any:
+        for key in [k for k in os.environ if k.startswith(("LPM_", "AWS_"))] + ["RETENTION_HOURS", "POD_NAMESPACE"]:
+            monkeypatch.delenv(key, raising=False)
+        assert [e["configMapRef"]["name"] for e in container["envFrom"]] == [config["metadata"]["name"]]
+        environment = {**config["data"], **_env(container)}
+        assert not any("secretKeyRef" in str(value) for value in environment.values())
+        for key, value in environment.items():
+            monkeypatch.setenv(key, value if isinstance(value, str) else "node-a")
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert STORE not in mounts and mounts["/etc/lpm/s3"] == {"name": "s3", "mountPath": "/etc/lpm/s3",
+                                                                  "readOnly": True}
+        assert environment["AWS_SHARED_CREDENTIALS_FILE"] == "/etc/lpm/s3/credentials"
+        assert environment["AWS_ENDPOINT_URL_S3"].startswith("https://")
+        return build_parser().parse_args(container["args"]), mounts
+
+    agent, mounts = parse(_containers(ds)["agent"])
+    assert (agent.command, agent.standalone, agent.delete_ingested) == ("agent", True, True)
+    assert isinstance(agent.store, S3Location) and agent.checkpoint_dir == Path(CHECKPOINT_DIR)
+    assert mounts[CHECKPOINT_DIR]["readOnly"] is False  # --delete-ingested removes the kubelet's archives
+    collector, mounts = parse(_containers(ds)["collector"])
+    assert (collector.command, collector.checkpoint_dir) == ("gc", None) and CHECKPOINT_DIR not in mounts
+    assert isinstance(collector.store, S3Location) and collector.store == agent.store
+    nightly, _ = parse(_containers(cronjob)["gc"])
+    assert (nightly.command, nightly.once, nightly.store) == ("gc", True, agent.store)
