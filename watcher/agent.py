@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Protocol
 
 from watcher.archive.stamp import ArchiveStamp
+from watcher.attempt import attempt
 from watcher.errors import (
-    ArchiveChanged,
-    ArchiveError,
     ArchiveIncomplete,
     Cancelled,
     LpmError,
@@ -142,22 +141,10 @@ class StandaloneAgent:
         if self._hooks is not None and (decided := self._hooks.before(path)) is not None:
             return decided
         started = time.monotonic()
-        try:
-            result, store = await self._store_archive(path, fields)
-        except Cancelled:
-            return Outcome.STORE_TROUBLE
-        except (ArchiveIncomplete, ArchiveChanged) as err:
-            log.info("archive not finished yet; waiting for its writer",
-                     extra={"fields": {**fields, "reason": str(err)}})
-            return Outcome.INCOMPLETE
-        except ArchiveError as err:
-            log.error("archive refused", extra={"fields": {**fields, "reason": str(err)}})
-            self._metrics.failed(Operation.INGEST, err)
-            return Outcome.REFUSED
-        except LpmError as err:
-            log.error("ingest failed", extra={"fields": {**fields, "reason": str(err)}})
-            self._metrics.failed(Operation.INGEST, err)
-            return Outcome.STORE_TROUBLE
+        stored = await attempt(self._store_archive(path, fields), fields, self._metrics)
+        if isinstance(stored, Outcome):
+            return stored
+        result, store = stored
         seconds = time.monotonic() - started
         self._metrics.ingested(result, seconds)
         if store.kind is StorageType.LOCAL and not result.duplicate:

@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from watcher.archive.stamp import ArchiveStamp, stamp_of
-from watcher.errors import ArchiveChanged, ArchiveError, ArchiveIncomplete, Cancelled, LpmError, StoreError
+from watcher.attempt import attempt
+from watcher.errors import ArchiveIncomplete, Cancelled, LpmError, StoreError
 from watcher.ingest import s3 as s3ingest
 from watcher.observe import AgentMetrics, Operation
 from watcher.runtime.capability import Capability
@@ -103,23 +104,10 @@ class S3StandaloneAgent:
         cfg = self._config
         fields: dict[str, object] = {"archive": path.name, "bytes": stamp.size}
         started = time.monotonic()
-        try:
-            result = await s3ingest.ingest_archive(cfg.store, path, cfg.node, cfg.compression, self.cancel,
-                                                   datetime.now(UTC))
-        except Cancelled:
-            return Outcome.STORE_TROUBLE
-        except (ArchiveIncomplete, ArchiveChanged) as err:
-            log.info("archive not finished yet; waiting for its writer",
-                     extra={"fields": {**fields, "reason": str(err)}})
-            return Outcome.INCOMPLETE
-        except ArchiveError as err:
-            log.error("archive refused", extra={"fields": {**fields, "reason": str(err)}})
-            self._metrics.failed(Operation.INGEST, err)
-            return Outcome.REFUSED
-        except LpmError as err:
-            log.error("ingest failed", extra={"fields": {**fields, "reason": str(err)}})
-            self._metrics.failed(Operation.INGEST, err)
-            return Outcome.STORE_TROUBLE
+        result = await attempt(s3ingest.ingest_archive(cfg.store, path, cfg.node, cfg.compression, self.cancel,
+                                                       datetime.now(UTC)), fields, self._metrics)
+        if isinstance(result, Outcome):
+            return result
         seconds = time.monotonic() - started
         self._metrics.ingested(result, seconds)
         manifest = result.manifest
