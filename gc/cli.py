@@ -30,7 +30,7 @@ from lpm_gc.lock import FileLock, Lock
 from lpm_gc.metrics import Metrics
 from lpm_gc.planner import Policy
 from watcher.crypt import keyring
-from watcher.errors import LpmError, UnsafeNameError
+from watcher.errors import LpmError
 from watcher.s3 import client as s3client
 from watcher.s3 import location as s3location
 from watcher.s3.location import S3Location
@@ -92,8 +92,8 @@ def count(text: str) -> int:
 def add_parser(commands: Any) -> None:
     gc = commands.add_parser("gc", help="collect garbage in the checkpoint store",
                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    gc.add_argument("--store", type=store_arg, metavar="DIR|s3://BUCKET/PREFIX",
-                    default=store_arg(os.environ.get("LPM_STORE") or "/mnt/checkpoints"),
+    gc.add_argument("--store", type=s3location.store_argument, metavar="DIR|s3://BUCKET/PREFIX",
+                    default=s3location.store_argument(os.environ.get("LPM_STORE") or "/mnt/checkpoints"),
                     help="shared checkpoint store: a directory, or an S3 store (docs/s3.md) (env LPM_STORE)")
     gc.add_argument("--once", action="store_true", help="one pass, then exit (the CronJob)")
     gc.add_argument("--interval", type=duration, metavar="DURATION", default=duration("10m"),
@@ -131,16 +131,6 @@ def add_parser(commands: Any) -> None:
                               "verified with them; without its key the archive is kept")
     gc.add_argument("--metrics-port", type=int, metavar="PORT", default=_int_env("LPM_GC_METRICS_PORT"),
                     help="serve Prometheus metrics on this port (0: any free port, logged; env LPM_GC_METRICS_PORT)")
-
-
-def store_arg(text: str) -> Path | S3Location:
-    """``--store``: a directory, or ``s3://BUCKET/PREFIX`` (refused with the reason when malformed)."""
-    if text.startswith(s3location.SCHEME):
-        try:
-            return s3location.parse(text)
-        except UnsafeNameError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    return Path(text)
 
 
 def _int_env(name: str) -> int | None:

@@ -41,7 +41,7 @@ from watcher.agent_s3 import S3AgentConfig, S3Readiness, S3StandaloneAgent
 from watcher.cluster_agent import ClusterAgent, ClusterConfig, RestoreSettings
 from watcher.crypt import keyring
 from watcher.crypt.keyring import Keyring
-from watcher.errors import KeyringError, KeyUnavailable, LpmError, UnsafeNameError
+from watcher.errors import KeyringError, KeyUnavailable, LpmError
 from watcher.ingest import s3 as s3ingest
 from watcher.ingest import service
 from watcher.inspect import reader as inspect_reader
@@ -105,14 +105,9 @@ _STORE_HELP = ("the store: a directory, or s3://BUCKET/PREFIX (endpoint, region,
                "the standard AWS variables and files; docs/s3.md) (env LPM_STORE)")
 
 
-def _store_arg(text: str) -> Path | S3Location:
-    """``--store``: a directory, or an S3 store (``s3://BUCKET/PREFIX``, refused with the reason when malformed)."""
-    if text.startswith(s3location.SCHEME):
-        try:
-            return s3location.parse(text)
-        except UnsafeNameError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    return Path(text)
+def _store_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--store", type=s3location.store_argument, help=help,
+                        default=s3location.store_argument(_env("LPM_STORE", "/mnt/checkpoints") or ""))
 
 
 def _compression_flags(parser: argparse.ArgumentParser) -> None:
@@ -160,9 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--checkpoint-dir", type=Path,
                        default=Path(_env("LPM_CHECKPOINT_DIR", "/var/lib/kubelet/checkpoints") or ""),
                        help="kubelet checkpoint directory (env LPM_CHECKPOINT_DIR)")
-    agent.add_argument("--store", type=_store_arg, default=_store_arg(_env("LPM_STORE", "/mnt/checkpoints") or ""),
-                       help="shared checkpoint store: a directory, or s3://BUCKET/PREFIX with --standalone "
-                            "(docs/s3.md) (env LPM_STORE)")
+    _store_flag(agent, "shared checkpoint store: a directory, or s3://BUCKET/PREFIX with --standalone "
+                       "(docs/s3.md) (env LPM_STORE)")
     _local_store_flag(agent, "node-local store: checkpoints taken while the shared store is unavailable are "
                              "held here, with file:// URIs, and moved to the shared store once it is back")
     agent.add_argument("--move-interval", type=float, default=float(_env("LPM_MOVE_INTERVAL", "30") or "30"),
@@ -250,8 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser("ingest", help="ingest one kubelet archive and print its artifact URI")
     ingest.add_argument("archive", type=Path)
-    ingest.add_argument("--store", type=_store_arg, default=_store_arg(_env("LPM_STORE", "/mnt/checkpoints") or ""),
-                        help=_STORE_HELP)
+    _store_flag(ingest, _STORE_HELP)
     ingest.add_argument("--node", default=_env("LPM_NODE_NAME"))
     ingest.add_argument("--target-node", default=None)
     _compression_flags(ingest)
@@ -260,8 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     store = commands.add_parser("store", help="read the checkpoint store")
     store_commands = store.add_subparsers(dest="store_command", required=True)
     ls = store_commands.add_parser("ls", help="list complete checkpoints")
-    ls.add_argument("--store", type=_store_arg, default=_store_arg(_env("LPM_STORE", "/mnt/checkpoints") or ""),
-                    help=_STORE_HELP)
+    _store_flag(ls, _STORE_HELP)
     ls.add_argument("--json", action="store_true", help="one JSON object per line per checkpoint")
     ls.add_argument("--local", action="store_true",
                     help="--store is a node's local store (--local-store): print the file:// addresses "
@@ -270,14 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="read back every complete checkpoint: both SHA-256 sums, both sizes, the zstd frame",
         description="Exit 0 when every complete checkpoint holds, 1 when one does not (each is named, "
                     "with the reason), 2 on a usage error.")
-    verify.add_argument("--store", type=_store_arg, default=_store_arg(_env("LPM_STORE", "/mnt/checkpoints") or ""),
-                        help=_STORE_HELP)
+    _store_flag(verify, _STORE_HELP)
     verify.add_argument("--json", action="store_true", help="one JSON object per line per checkpoint")
     _encryption_flags(verify, writes=False)
     get = store_commands.add_parser("get", help="write a checkpoint's original kubelet archive, verified")
     get.add_argument("uri")
-    get.add_argument("--store", type=_store_arg, default=_store_arg(_env("LPM_STORE", "/mnt/checkpoints") or ""),
-                     help=_STORE_HELP)
+    _store_flag(get, _STORE_HELP)
     _local_store_flag(get, "where file:// URIs are read from")
     get.add_argument("-o", "--output", type=Path, required=True)
     _encryption_flags(get, writes=False)

@@ -13,9 +13,11 @@ which refuses anything no writer would have made.
 
 from __future__ import annotations
 
+import argparse
 import re
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
 from watcher.errors import UnsafeNameError
 from watcher.store import layout
@@ -140,3 +142,14 @@ def classify(location: S3Location, key: str) -> KeyInfo:
     except UnsafeNameError as err:
         return KeyInfo(ObjectKind.OTHER, reason=str(err))
     return KeyInfo(ObjectKind.OTHER, reason="not a name of the store's layout")
+
+
+def store_argument(text: str) -> Path | S3Location:
+    """``--store`` of every command (argparse's ``type``): a directory, or ``s3://BUCKET/PREFIX``, refused with
+    the reason when malformed."""
+    if text.startswith(SCHEME):
+        try:
+            return parse(text)
+        except UnsafeNameError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return Path(text)
