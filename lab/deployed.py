@@ -76,12 +76,13 @@ def _agent_pod(cluster: RealCluster, node: str) -> dict[str, Any]:
     return pods[0]
 
 
-def deploy(cluster: RealCluster, scratch: Path) -> dict[str, PodAgent]:
-    """lpm from lab/deploy/ on every node of ``cluster``; returns each node's agent once all are Ready."""
+def deploy(cluster: RealCluster, scratch: Path, objects: list[dict[str, Any]] | None = None) -> dict[str, PodAgent]:
+    """lpm from lab/deploy/ (or ``objects``, rendered elsewhere and naming the image ``REFERENCE``) on every
+    node of ``cluster``; returns each node's agent once all are Ready."""
     archive = oci_archive(scratch)
     for node in cluster.nodes.values():
         node.import_image(archive, REFERENCE)
-    Applier(cluster.control_plane.admin).apply_all(render(locate_kustomize(), OVERLAY))
+    Applier(cluster.control_plane.admin).apply_all(objects or render(locate_kustomize(), OVERLAY))
     deadline = time.monotonic() + _ROLLOUT_TIMEOUT
     while not _rolled_out(cluster):
         if time.monotonic() > deadline:

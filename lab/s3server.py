@@ -49,16 +49,18 @@ def locate_jar(version: str | None = None) -> Path:
 
 def _free_port() -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("", 0))
         return int(sock.getsockname()[1])
 
 
 @dataclass
 class S3Server:
-    """One s3proxy process. ``start`` (again after ``kill``) keeps the port, the data and the CA."""
+    """One s3proxy process. ``start`` (again after ``kill``) keeps the port, the data and the CA. ``host``: the
+    address it serves on (its certificate names it); the lab bridge's gateway serves the lab's pods."""
 
     work: Path
     version: str | None = None
+    host: str = "127.0.0.1"
     port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -69,7 +71,7 @@ class S3Server:
         pki = self.work / "pki"
         pki.mkdir(mode=0o700, exist_ok=True)
         self.ca = CertificateAuthority(pki, "lpm-s3-test-ca")
-        serving = self.ca.issue_serving("s3", ["127.0.0.1", "localhost"])
+        serving = self.ca.issue_serving("s3", [self.host, "localhost"])
         key = load_pem_private_key(serving.key.read_bytes(), None)
         cert = x509.load_pem_x509_certificate(serving.cert.read_bytes())
         self.keystore = pki / "s3.p12"
@@ -78,7 +80,7 @@ class S3Server:
         self.keystore.chmod(0o600)
         self.config = self.work / "s3proxy.conf"
         self.config.write_text("\n".join([
-            f"s3proxy.secure-endpoint=https://127.0.0.1:{self.port}",
+            f"s3proxy.secure-endpoint=https://{self.host}:{self.port}",
             f"s3proxy.keystore-path={self.keystore}",
             f"s3proxy.keystore-password={_KEYSTORE_PASSWORD}",
             "s3proxy.authorization=aws-v2-or-v4",
@@ -95,7 +97,7 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -124,8 +126,8 @@ class S3Server:
                 raise RuntimeError(f"s3proxy exited with {self.process.returncode}; its log {self.log}:\n"
                                    + self.log.read_text()[-3000:])
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw, \
-                        context.wrap_socket(raw, server_hostname="127.0.0.1"):
+                with socket.create_connection((self.host, self.port), timeout=1) as raw, \
+                        context.wrap_socket(raw, server_hostname=self.host):
                     return
             except OSError:
                 if time.monotonic() > deadline:
