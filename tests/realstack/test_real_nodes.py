@@ -407,6 +407,60 @@ async def test_a_runtime_slower_than_the_checkpoint_timeout_fails_the_migration_
         agents[SOURCE].wait_logged("cluster mode watching")
 
 
+def _task_state(cluster: RealCluster, pod: str) -> str:
+    """containerd's own word on ``pod``'s container on node-a: RUNNING, PAUSED (frozen for a dump), ..."""
+    status = cluster.control_plane.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}")["status"]
+    container = status["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+    listing = subprocess.run([*cluster.nodes[SOURCE].ctr_prefix(), "task", "ls"], capture_output=True, text=True,
+                             check=True).stdout
+    states = {fields[0]: fields[-1] for fields in (line.split() for line in listing.splitlines()[1:]) if fields}
+    return states.get(container, f"no task (tasks: {states})")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("via", ["runtime", "kubelet"])
+async def test_an_agent_stopped_mid_checkpoint_waits_for_the_dump_and_the_pod_runs_on(
+        cluster: RealCluster, agents: dict[str, AgentProcess], via: str) -> None:
+    """SIGTERM (a DaemonSet rollout) reaches node-a's agent while containerd dumps a 384 MiB pod for it, over the
+    CRI socket or through the kubelet. Cut short, the dump would leave the pod paused for good: containerd
+    resumes a paused container with the call's own context, and the kubelet hands the runtime its HTTP
+    request's context. So the agent waits for the call before it exits, and the pod runs on, thawed, with every
+    byte of its memory."""
+    cp = cluster.control_plane
+    install_memhold(cluster, (SOURCE,))
+    binding = grant_kubelet_checkpoints(cp.admin) if via == "kubelet" else None
+    agents[SOURCE].stop()
+    agents[SOURCE] = start_agent(cp, cluster.nodes[SOURCE], cluster.store_views[SOURCE], via=via)
+    pod, size = f"stopped-{via}", 384 * MIB
+    try:
+        agents[SOURCE].wait_logged("cluster mode watching")
+        await run_holder(cluster, pod, size, SOURCE)
+        cp.admin.request("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}",
+                         {"metadata": {"annotations": {MIGRATE_TO: TARGET}}},
+                         content_type="application/merge-patch+json")
+        deadline = time.monotonic() + 60
+        while (state := await asyncio.to_thread(_task_state, cluster, pod)) != "PAUSED":
+            assert time.monotonic() < deadline, f"{pod} never paused for its dump ({state})\n{agents[SOURCE].tail()}"
+            await asyncio.sleep(0.05)
+        code, seconds = await asyncio.to_thread(agents[SOURCE].stop)
+        explain = f"the agent exited {code} after {seconds:.1f} s; its log:\n{agents[SOURCE].tail(25)}"
+        assert code == 0 and agents[SOURCE].logs("waiting for checkpoint calls under way before stopping"), explain
+        assert await asyncio.to_thread(_task_state, cluster, pod) == "RUNNING", explain
+        await verified(cluster, pod, size, timeout=60)  # thawed, and its memory as it was
+    finally:
+        if agents[SOURCE].proc.poll() is None:
+            agents[SOURCE].stop()
+        if binding is not None:
+            revoke_kubelet_checkpoints(cp.admin, binding)
+        # Nothing of this pod's migration goes on in the tests after this one.
+        if (migration := _migration_of(cluster, pod)) is not None:
+            cp.admin.request("DELETE", f"/apis/lpm.my.domain/v1/namespaces/{NAMESPACE}/podmigrations/"
+                                       f"{migration['metadata']['name']}")
+        cp.admin.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}")
+        agents[SOURCE] = start_agent(cp, cluster.nodes[SOURCE], cluster.store_views[SOURCE])
+        agents[SOURCE].wait_logged("cluster mode watching")
+
+
 # A connection over loopback kept open (nc -l <- nc), beside a counter that is the container's main process.
 # busybox's nc applet, not one of the image's linked applets.
 # Each nc's stdin a pipe that stays open: busybox's nc -l ends at once on an empty stdin.
