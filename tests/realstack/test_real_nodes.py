@@ -36,7 +36,7 @@ from lab.agent import AgentProcess
 from lab.cluster import RealCluster
 from lab.holders import MIB, install_memhold, migrate_at_once, run_holder, verified
 from lab.images import BUSYBOX_IMAGE, memhold_image
-from lab.live import MIGRATE_TO, NAMESPACE, SOURCE, TARGET, host_agents, migrate, read_logs, run_pod, start_agent
+from lab.live import NAMESPACE, SOURCE, TARGET, host_agents, migrate, read_logs, run_pod, start_agent
 from lab.manifests import (
     AGENT_NAMESPACE,
     AGENT_SERVICE_ACCOUNT,
@@ -46,6 +46,7 @@ from lab.manifests import (
 from lab.network import GATEWAY
 from lab.pki import CertificateAuthority
 from lab.sandbox import rootfs
+from lab.workloads import annotate
 from tests.restore.tools import RegistryTLS, Skopeo, run_registry
 from tests.support import lpm, run_in_pty
 from watcher.cluster.objects import migration_name
@@ -96,9 +97,7 @@ async def test_a_node_that_cannot_restore_is_refused_before_the_checkpoint(
     assert "enable_experimental_restore_via_create=false" in lease["lpm.my.domain/restore-capability"], lease
 
     await run_pod(cluster, "stay", ("count",), SOURCE)
-    cp.admin.request("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/stay",
-                     {"metadata": {"annotations": {MIGRATE_TO: NO_RESTORE}}},
-                     content_type="application/merge-patch+json")
+    annotate(cp, "stay", NO_RESTORE)
     deadline = time.monotonic() + 60
     while (migration := _migration_of(cluster, "stay")) is None or \
             migration.get("status", {}).get("phase") not in ("Failed", "Succeeded"):
@@ -435,9 +434,7 @@ async def test_an_agent_stopped_mid_checkpoint_waits_for_the_dump_and_the_pod_ru
     try:
         agents[SOURCE].wait_logged("cluster mode watching")
         await run_holder(cluster, pod, size, SOURCE)
-        cp.admin.request("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}",
-                         {"metadata": {"annotations": {MIGRATE_TO: TARGET}}},
-                         content_type="application/merge-patch+json")
+        annotate(cp, pod, TARGET)
         deadline = time.monotonic() + 60
         while (state := await asyncio.to_thread(_task_state, cluster, pod)) != "PAUSED":
             assert time.monotonic() < deadline, f"{pod} never paused for its dump ({state})\n{agents[SOURCE].tail()}"
