@@ -16,10 +16,9 @@ from typing import Any
 from lab.apiclient import ApiError
 from lab.cluster import RealCluster
 from lab.images import MEMHOLD_IMAGE, memhold_image
+from lab.live import NAMESPACE, annotate
 from lab.sandbox import rootfs
 
-NAMESPACE = "live"
-MIGRATE_TO = "lpm.my.domain/migrate-to"
 MIB = 1 << 20
 
 
@@ -105,9 +104,7 @@ async def migrate_at_once(cluster: RealCluster, moves: dict[str, str], timeout: 
     cp = cluster.control_plane
     started = time.monotonic()
     for pod, target in moves.items():
-        cp.admin.request("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}",
-                         {"metadata": {"annotations": {MIGRATE_TO: target}}},
-                         content_type="application/merge-patch+json")
+        annotate(cp, pod, target)
     done: dict[str, Moved] = {}
     said: dict[str, list[str]] = {pod: [] for pod in moves}
     while len(done) < len(moves):

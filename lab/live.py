@@ -50,6 +50,13 @@ _SOURCE_GONE_TIMEOUT = 60.0  # seconds for the source pod to be deleted once the
 Say = Callable[[str], None]
 
 
+def annotate(cp: ControlPlane, pod: str, target: str) -> None:
+    """``kubectl annotate pod POD lpm.my.domain/migrate-to=TARGET`` (in the lab's namespace)."""
+    cp.admin.request("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}",
+                     {"metadata": {"annotations": {MIGRATE_TO: target}}},
+                     content_type="application/merge-patch+json")
+
+
 class Agent(Protocol):
     """An lpm agent as the scenario sees it: a process of the lab (lab/agent.py) or a DaemonSet pod
     (lab/deployed.py)."""
@@ -201,9 +208,7 @@ async def migrate(cluster: RealCluster, agents: Mapping[str, Agent], pod: str, c
     """Annotate ``pod`` (running on SOURCE) to move to TARGET; check every counter went on; see the module."""
     cp = cluster.control_plane
     started = time.monotonic()
-    cp.admin.request("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}",  # kubectl annotate
-                     {"metadata": {"annotations": {MIGRATE_TO: TARGET}}},
-                     content_type="application/merge-patch+json")
+    annotate(cp, pod, TARGET)
     say(f"annotated {NAMESPACE}/{pod} {MIGRATE_TO}={TARGET}")
     source_logs: dict[str, list[Line]] = {c: [] for c in containers}
     seen: list[str] = []

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from lab.apiclient import ApiError
 from lab.controlplane import ControlPlane
 from lab.images import BUSYBOX_IMAGE
-from lab.live import COUNTER, MIGRATE_TO, NAMESPACE, read_logs
+from lab.live import COUNTER, NAMESPACE, read_logs
 
 T = TypeVar("T")
 APPS = f"/apis/apps/v1/namespaces/{NAMESPACE}"
@@ -69,12 +69,6 @@ def running(pod: dict[str, Any]) -> bool:
 def migration_of(cp: ControlPlane, pod: str) -> dict[str, Any] | None:
     items = cp.admin.request("GET", f"/apis/lpm.my.domain/v1/namespaces/{NAMESPACE}/podmigrations")["items"]
     return next((m for m in items if m["spec"]["podName"] == pod), None)
-
-
-def annotate(cp: ControlPlane, pod: str, target: str) -> None:
-    """``kubectl annotate pod POD lpm.my.domain/migrate-to=TARGET``."""
-    cp.admin.request("PATCH", f"{PODS}/{pod}", {"metadata": {"annotations": {MIGRATE_TO: target}}},
-                     content_type="application/merge-patch+json")
 
 
 def outcome(cp: ControlPlane, pod: str, timeout: float = 180.0, explain: Callable[[], str] = lambda: "",

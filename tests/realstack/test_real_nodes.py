@@ -36,7 +36,7 @@ from lab.agent import AgentProcess
 from lab.cluster import RealCluster
 from lab.holders import MIB, install_memhold, migrate_at_once, run_holder, verified
 from lab.images import BUSYBOX_IMAGE, memhold_image
-from lab.live import NAMESPACE, SOURCE, TARGET, host_agents, migrate, read_logs, run_pod, start_agent
+from lab.live import NAMESPACE, SOURCE, TARGET, annotate, host_agents, migrate, read_logs, run_pod, start_agent
 from lab.manifests import (
     AGENT_NAMESPACE,
     AGENT_SERVICE_ACCOUNT,
@@ -46,7 +46,6 @@ from lab.manifests import (
 from lab.network import GATEWAY
 from lab.pki import CertificateAuthority
 from lab.sandbox import rootfs
-from lab.workloads import annotate
 from tests.restore.tools import RegistryTLS, Skopeo, run_registry
 from tests.support import lpm, run_in_pty
 from watcher.cluster.objects import migration_name

@@ -22,12 +22,11 @@ from lab.agent import AgentProcess
 from lab.apiclient import ApiError
 from lab.cluster import RealCluster
 from lab.controlplane import ControlPlane
-from lab.live import NAMESPACE, SOURCE, TARGET, Line, host_agents, read_logs
+from lab.live import NAMESPACE, SOURCE, TARGET, Line, annotate, host_agents, read_logs
 from lab.workloads import (
     APPS,
     PODS,
     PodHistory,
-    annotate,
     counted_on,
     deployment,
     disruption_budget,
