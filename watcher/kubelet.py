@@ -46,7 +46,7 @@ import aiohttp
 
 from watcher.archive import names
 from watcher.archive.finished import wait_settled
-from watcher.backoff import Backoff
+from watcher.backoff import Backoff, grace
 from watcher.errors import ArchiveError, LpmError
 
 log = logging.getLogger(__name__)
@@ -105,10 +105,9 @@ class KubeletClient:
         url = (f"https://{endpoint.host}:{endpoint.port}/checkpoint/"
                f"{quote(namespace, safe='')}/{quote(pod, safe='')}/{quote(container, safe='')}")
         what = f"kubelet on {endpoint.node}: checkpoint of {namespace}/{pod} container {container}"
-        # The kubelet answers once the runtime is done; allow it its own timeout plus as much again
-        # (at most 30 s) for the archive write and the reply, then count the call as failed.
-        grace = min(30, self._settings.checkpoint_timeout)
-        timeout = aiohttp.ClientTimeout(total=self._settings.checkpoint_timeout + grace,
+        # The kubelet answers once the runtime is done; allow it its own timeout and the grace.
+        spare = grace(self._settings.checkpoint_timeout)
+        timeout = aiohttp.ClientTimeout(total=self._settings.checkpoint_timeout + spare,
                                         sock_connect=self._settings.connect_timeout)
         last = ""
         for attempt in range(1, self._settings.attempts + 1):
@@ -127,15 +126,15 @@ class KubeletClient:
                 # The kubelet answered that it failed. If the runtime left an archive all the same (the
                 # kubelet's own deadline passed while CRIU was still writing), that is this request's.
                 if self._produced(namespace, pod, container, sent_at):
-                    return await self._look_for_archive(what, namespace, pod, container, sent_at, last, grace)
+                    return await self._look_for_archive(what, namespace, pod, container, sent_at, last, spare)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
                 last = f"cannot connect: {type(err).__name__}: {err}"  # never sent: safe to send again
             except TimeoutError:
                 reason = f"no answer within {timeout.total:.0f} s"
-                return await self._look_for_archive(what, namespace, pod, container, sent_at, reason, grace)
+                return await self._look_for_archive(what, namespace, pod, container, sent_at, reason, spare)
             except (aiohttp.ClientError, OSError) as err:
                 reason = f"{type(err).__name__}: {err}"
-                return await self._look_for_archive(what, namespace, pod, container, sent_at, reason, grace)
+                return await self._look_for_archive(what, namespace, pod, container, sent_at, reason, spare)
             if attempt < self._settings.attempts:
                 delay = self._settings.backoff.delay(attempt)
                 log.warning("kubelet call failed; retrying", extra={"fields": {

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from watcher.archive import names
+from watcher.backoff import grace
 from watcher.cluster.nodes import endpoint_of
 from watcher.cluster.objects import meta, node_path
 from watcher.kube.client import Kube
@@ -64,7 +65,7 @@ class KubeletCheckpointer:
         """The kubelet cancels the runtime's call when its request is dropped (``watcher.kubelet``): wait for
         each request still out, up to the kubelet's deadline for the runtime and the reply's grace."""
         timeout = self._settings.checkpoint_timeout
-        await _settle(self._client.in_flight, timeout + min(30, timeout))
+        await _settle(self._client.in_flight, timeout + grace(timeout))
 
     async def close(self) -> None:
         await self.settle()
@@ -90,7 +91,7 @@ class RuntimeCheckpointer:
 
     async def settle(self) -> None:
         """Cut short, a call would leave its container paused: each gets the runtime's timeout and its grace."""
-        await _settle(self._in_flight, self._settings.timeout + min(30, self._settings.timeout))
+        await _settle(self._in_flight, self._settings.timeout + grace(self._settings.timeout))
 
     async def close(self) -> None:
         await self.settle()

@@ -33,6 +33,7 @@ from pathlib import Path
 import grpc
 
 from watcher.archive.finished import finished_shape, wait_settled
+from watcher.backoff import grace as grace_of
 from watcher.errors import LpmError
 from watcher.runtime import protowire
 from watcher.runtime.cri import target
@@ -84,8 +85,8 @@ async def checkpoint(settings: Settings, container_id: str, archive_name: str,
     what = f"runtime at {settings.endpoint}: checkpoint of container {container_id} to {location}"
     request = (protowire.encode_string(1, container_id) + protowire.encode_string(2, str(location))
                + protowire.encode_uint(3, settings.timeout))
-    # As the kubelet does: the runtime's own timeout, then up to as much again (at most 30 s) for the reply.
-    grace = min(30, settings.timeout)
+    # As the kubelet does: the runtime's own timeout, then the grace for the reply.
+    grace = grace_of(settings.timeout)
     channel = grpc.aio.insecure_channel(target(settings.endpoint))  # a local unix socket: no TLS to have
     try:
         await asyncio.wait_for(channel.channel_ready(), settings.connect_timeout)
