@@ -39,6 +39,7 @@ from tests.restore.containerd import run_containerd  # noqa: E402
 from watcher.ingest import service  # noqa: E402
 from watcher.restore.importer import ContainerdImporter  # noqa: E402
 from watcher.restore.pipeline import import_checkpoint  # noqa: E402
+from watcher.restore.source import DirectorySource  # noqa: E402
 from watcher.store import catalog, fsio, retrieve  # noqa: E402
 from watcher.zstream import CompressionSettings  # noqa: E402
 
@@ -63,7 +64,8 @@ def child(step: str, archive: Path, store: Path, address: str, ctr: str) -> None
             out.unlink()
         else:
             importer = ContainerdImporter(address=address, ctr=ctr, timeout=3600)
-            asyncio.run(import_checkpoint(root, ref, store.parent / "work", importer, settings, cancel))
+            source = DirectorySource(root, settings, cancel)
+            asyncio.run(import_checkpoint(source, ref, store.parent / "work", importer))
     seconds = time.monotonic() - started
     print(json.dumps({"seconds": seconds, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 

@@ -59,6 +59,7 @@ from watcher.restore import layer, stream  # noqa: E402
 from watcher.restore.image import OCI_LAYOUT, host_platform, parse_config_dump, plan_image  # noqa: E402
 from watcher.restore.importer import ContainerdImporter  # noqa: E402
 from watcher.restore.pipeline import import_checkpoint  # noqa: E402
+from watcher.restore.source import DirectorySource  # noqa: E402
 from watcher.store import catalog, fsio  # noqa: E402
 from watcher.store.manifest import Manifest  # noqa: E402
 from watcher.zstream import CompressionSettings  # noqa: E402
@@ -141,7 +142,8 @@ def _serial(archive: Path, store: Path, containerd: Containerd) -> dict[str, flo
         service.ingest_archive(root, archive, "node-a", settings, cancel, datetime.now(UTC), target_node="node-b")
         ingested = time.monotonic()
         importer = ContainerdImporter(address=containerd.address, ctr=str(containerd.ctr_binary), timeout=3600)
-        asyncio.run(import_checkpoint(root, _manifest(root).ref, store.parent / "work", importer, settings, cancel))
+        asyncio.run(import_checkpoint(DirectorySource(root, settings, cancel), _manifest(root).ref,
+                                      store.parent / "work", importer))
         return {"serial": time.monotonic() - started, "ingest": ingested - started}
     finally:
         os.close(root)
@@ -212,7 +214,7 @@ def _pipe(archive: Path, store: Path, containerd: Containerd, size: int) -> dict
                                  "-"], stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(read_end)
         with os.fdopen(write_end, "wb") as out:
-            stream.write_archive(root, manifest.ref, manifest, out, "bench", settings, cancel)
+            stream.write_archive(DirectorySource(root, settings, cancel), manifest.ref, manifest, out, "bench")
         if tool.wait():
             raise SystemExit(f"ctr images import through a {size}-byte pipe failed")
         return {f"pipe {size // 1024} KiB": time.monotonic() - started}

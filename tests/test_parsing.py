@@ -24,6 +24,7 @@ from watcher.jsonobj import json_object
 from watcher.observe import AgentMetrics
 from watcher.restore.image import parse_config_dump
 from watcher.restore.importer import ContainersStorageImporter
+from watcher.restore.source import DirectorySource
 from watcher.restore.standalone import RestorerSettings, StandaloneRestorer
 from watcher.store import catalog, fsio
 from watcher.store.catalog import Checkpoint, Skipped
@@ -243,10 +244,11 @@ def test_the_restorer_refuses_a_hostile_checkpoint_and_passes_over_a_hostile_mar
     marker_uid, marker_cid, _ = _ingest(store, tmp_path, "bigint", target="node-b")
     (store / marker_uid / marker_cid / ".checkpoint-complete").write_bytes(b'{"a": ' + b"9" * 5000 + b"}")
     work = tmp_path / "work-b"
-    settings = RestorerSettings("node-b", work, ContainersStorageImporter(()), CompressionSettings(), 0.1)
+    settings = RestorerSettings("node-b", work, ContainersStorageImporter(()), 0.1)
     root = fsio.open_root(store, create=False)
     try:
-        restorer = StandaloneRestorer(settings, root, threading.Event(), AgentMetrics(store))
+        restorer = StandaloneRestorer(settings, DirectorySource(root, CompressionSettings(), threading.Event()),
+                                      AgentMetrics(store))
         try:
             with caplog.at_level(logging.WARNING):
                 asyncio.run(restorer.poll_round())

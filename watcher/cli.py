@@ -50,6 +50,7 @@ from watcher.inspect import sources as inspect_sources
 from watcher.kubelet import KubeletSettings
 from watcher.observe import AgentMetrics, Readiness, ReadinessCheck, serving
 from watcher.restore.importer import ContainerdImporter, ContainersStorageImporter, Importer, RegistryImporter
+from watcher.restore.source import BucketSource, DirectorySource
 from watcher.restore.standalone import RestorerSettings, StandaloneRestorer
 from watcher.runtime.checkpoint import Settings as RuntimeCheckpointSettings
 from watcher.s3 import client as s3client
@@ -342,9 +343,10 @@ def _agent(args: argparse.Namespace) -> int:
         ingest = StandaloneAgent(config, metrics, stores)
         agent: Agent = ingest
         if args.restore:
-            agent = _WithRestorer(ingest, RestorerSettings(config.node, args.restore_work_dir, make_importer(args),
-                                                          config.compression, args.marker_poll),
-                                  stores.shared.fd, metrics)
+            # The shared store only: a checkpoint another node holds locally is not restorable from here yet.
+            source = DirectorySource(stores.shared.fd, config.compression, ingest.cancel)
+            agent = _WithRestorer(ingest, StandaloneRestorer(_restorer_settings(args, config.node), source, metrics),
+                                  metrics)
         return asyncio.run(_run_until_signal(agent, args.health_port, metrics, readiness))
     endpoint = runtime_endpoint(args.runtime_endpoint, args.importer, args.containerd_address)
     cluster = ClusterConfig(config, args.kubeconfig, _checkpoints(args, endpoint),
@@ -409,15 +411,17 @@ class Agent(Protocol):
         """Once stopped: what must end before the shutdown's grace starts (checkpoint calls under way)."""
 
 
+def _restorer_settings(args: argparse.Namespace, node: str) -> RestorerSettings:
+    return RestorerSettings(node, args.restore_work_dir, make_importer(args), args.marker_poll)
+
+
 class _WithRestorer:
     """Standalone mode with its destination half beside the ingest, a supervised task of its own."""
 
-    def __init__(self, agent: StandaloneAgent, settings: RestorerSettings, shared_fd: int,
-                 metrics: AgentMetrics) -> None:
+    def __init__(self, agent: Agent, restorer: StandaloneRestorer, metrics: AgentMetrics) -> None:
         self._agent = agent
         self._metrics = metrics
-        # The shared store only: a checkpoint another node holds locally is not restorable from here yet.
-        self._restorer = StandaloneRestorer(settings, shared_fd, agent.cancel, metrics)
+        self._restorer = restorer
 
     async def settle(self) -> None:
         await self._agent.settle()
@@ -654,8 +658,6 @@ def _s3_agent(args: argparse.Namespace, at: S3Location) -> int:
     if not args.standalone:
         raise LpmError(f"store {at}: an S3 store is served by the standalone agent only so far (docs/s3.md); "
                        "cluster mode takes a directory")
-    if args.restore:
-        raise LpmError(f"store {at}: --restore reads a directory store only so far (docs/s3.md)")
     node = _node(args)
     watch = WatchSettings(directory=args.checkpoint_dir, debounce=args.debounce, force_polling=args.force_polling,
                           give_up_after=args.give_up_after)
@@ -665,7 +667,12 @@ def _s3_agent(args: argparse.Namespace, at: S3Location) -> int:
             store = S3Store(client, at)
             await store.check()
             metrics = AgentMetrics(None)
-            agent = S3StandaloneAgent(S3AgentConfig(node, store, watch, _compression(args), args.delete_ingested),
+            ingest = S3StandaloneAgent(S3AgentConfig(node, store, watch, _compression(args), args.delete_ingested),
+                                       metrics)
+            agent: Agent = ingest
+            if args.restore:
+                source = BucketSource(store, _compression(args), ingest.cancel, asyncio.get_running_loop())
+                agent = _WithRestorer(ingest, StandaloneRestorer(_restorer_settings(args, node), source, metrics),
                                       metrics)
             return await _serve_until_signal(agent, args.health_port, metrics, S3Readiness(store))
 

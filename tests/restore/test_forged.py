@@ -17,6 +17,7 @@ from lab.archives import ArchiveSpec, Pod, make_archive
 from watcher.ingest import service
 from watcher.observe import AgentMetrics
 from watcher.restore.importer import ContainersStorageImporter
+from watcher.restore.source import DirectorySource
 from watcher.restore.standalone import RestorerSettings, StandaloneRestorer
 from watcher.store import fsio
 from watcher.zstream import CompressionSettings
@@ -51,10 +52,11 @@ def test_forged_checkpoints_are_refused_without_filling_the_work_directory(store
     huge_uid, huge_cid, huge = _ingest(store, kube_dir, "huge")
     _forge(huge, uncompressedSize=1 << 62)
     work = tmp_path / "work-b"
-    settings = RestorerSettings("node-b", work, ContainersStorageImporter(()), CompressionSettings(), 0.1)
+    settings = RestorerSettings("node-b", work, ContainersStorageImporter(()), 0.1)
     root = fsio.open_root(store, create=False)
     try:
-        restorer = StandaloneRestorer(settings, root, threading.Event(), AgentMetrics(store))
+        restorer = StandaloneRestorer(settings, DirectorySource(root, CompressionSettings(), threading.Event()),
+                                      AgentMetrics(store))
         try:
             asyncio.run(restorer.poll_round())
         finally:

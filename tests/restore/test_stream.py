@@ -31,6 +31,7 @@ from watcher.restore.image import CRIU_NAME, Platform
 from watcher.restore.importer import ContainerdImporter
 from watcher.restore.layer import ZSTD_MEDIA_TYPE
 from watcher.restore.pipeline import import_checkpoint, repository
+from watcher.restore.source import DirectorySource
 from watcher.store import catalog, fsio
 from watcher.store.manifest import Manifest
 from watcher.zstream import CompressionSettings
@@ -80,8 +81,8 @@ def _images(containerd: Containerd) -> list[str]:
 
 def _import(root: int, manifest: Manifest, containerd: Containerd, work: Path) -> str:
     importer = ContainerdImporter(address=containerd.address, ctr=str(containerd.ctr_binary))
-    imported = asyncio.run(import_checkpoint(root, manifest.ref, work, importer, SETTINGS, threading.Event(),
-                                             manifest.checksum_sha256))
+    imported = asyncio.run(import_checkpoint(DirectorySource(root, SETTINGS, threading.Event()), manifest.ref, work,
+                                             importer, manifest.checksum_sha256))
     return imported.reference
 
 
@@ -136,7 +137,8 @@ def test_a_dump_that_fails_a_check_never_becomes_an_image(root, store, kube_dir,
 def _stream_refusal(root: int, manifest: Manifest) -> tuple[LpmError, bytes]:
     out = io.BytesIO()
     with pytest.raises(LpmError) as caught:
-        stream.write_archive(root, manifest.ref, manifest, out, "ckpt", SETTINGS, threading.Event(), Platform("amd64"))
+        stream.write_archive(DirectorySource(root, SETTINGS, threading.Event()), manifest.ref, manifest, out, "ckpt",
+                             Platform("amd64"))
     return caught.value, out.getvalue()
 
 
@@ -194,11 +196,11 @@ def test_a_sealed_checkpoint_streams_opened_and_only_with_its_key(store, kube_di
         assert manifest.encryption is not None
         importer = ContainerdImporter(address=containerd.address, ctr=str(containerd.ctr_binary))
         with pytest.raises(KeyUnavailable, match="k1"):
-            asyncio.run(import_checkpoint(root, manifest.ref, tmp_path / "work", importer, SETTINGS,
-                                          threading.Event(), manifest.checksum_sha256))
+            asyncio.run(import_checkpoint(DirectorySource(root, SETTINGS, threading.Event()), manifest.ref,
+                                          tmp_path / "work", importer, manifest.checksum_sha256))
         assert _images(containerd) == []
-        imported = asyncio.run(import_checkpoint(root, manifest.ref, tmp_path / "work", importer, sealed_settings,
-                                                 threading.Event(), manifest.checksum_sha256))
+        imported = asyncio.run(import_checkpoint(DirectorySource(root, sealed_settings, threading.Event()),
+                                                 manifest.ref, tmp_path / "work", importer, manifest.checksum_sha256))
     finally:
         os.close(root)
     row = next(line.split() for line in containerd.ctr("images", "check").stdout.splitlines()

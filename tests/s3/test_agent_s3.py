@@ -73,9 +73,6 @@ def test_an_ingest_the_server_failed_is_retried_once_it_is_back(own_server: S3Se
     assert code == 0, agent.tail()
 
 
-def test_cluster_mode_and_restore_refuse_an_s3_store_naming_why(s3_env: S3Server, archive_dir: Path) -> None:
+def test_cluster_mode_refuses_an_s3_store_naming_why(s3_env: S3Server, archive_dir: Path) -> None:
     result = lpm("agent", "--node", "node-a", "--store", "s3://lpm-x/p", "--checkpoint-dir", str(archive_dir))
     assert result.returncode == 1 and "standalone agent only" in result.stderr, result
-    result = lpm("agent", "--standalone", "--restore", "--node", "node-a", "--store", "s3://lpm-x/p",
-                 "--checkpoint-dir", str(archive_dir))
-    assert result.returncode == 1 and "--restore reads a directory store only" in result.stderr, result

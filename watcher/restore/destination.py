@@ -43,6 +43,7 @@ from watcher.restore.early import EarlyPulls
 from watcher.restore.importer import Importer
 from watcher.restore.pipeline import RestoreRefused, import_checkpoint
 from watcher.restore.podspec import restored_spec
+from watcher.restore.source import DirectorySource
 from watcher.store import layout
 from watcher.zstream import CompressionSettings
 
@@ -224,9 +225,9 @@ class Destination:
         return restored
 
     async def _image(self, container: Mapping[str, Any], timings: dict[str, float]) -> str:
-        imported = await import_checkpoint(self.root_fd, layout.parse_uri(container["artifactURI"]), self.work_dir,
-                                           self.importer, self.compression, self.cancel,
-                                           container.get("checksumSHA256"))
+        source = DirectorySource(self.root_fd, self.compression, self.cancel)
+        imported = await import_checkpoint(source, layout.parse_uri(container["artifactURI"]), self.work_dir,
+                                           self.importer, container.get("checksumSHA256"))
         for phase, seconds in imported.timings.items():
             timings[phase] = timings.get(phase, 0.0) + seconds
         return imported.reference

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +25,9 @@ from watcher.kube.names import dns_name
 from watcher.restore import stream
 from watcher.restore.image import write_image
 from watcher.restore.importer import ArchiveImporter, Importer, LayoutImporter
-from watcher.store import catalog, layout, retrieve
+from watcher.restore.source import Source
+from watcher.store import layout
 from watcher.store.manifest import Manifest
-from watcher.zstream import CompressionSettings
 
 
 class RestoreRefused(LpmError):
@@ -44,13 +43,12 @@ class Imported:
     """verifySeconds, imageSeconds, importSeconds."""
 
 
-def _check_room(root_fd: int, ref: layout.ArtifactRef, work: Path) -> None:
+def _check_room(manifest: Manifest, ref: layout.ArtifactRef, work: Path) -> None:
     """Refuse a checkpoint whose archive and image layer (twice its uncompressedSize) would not fit.
 
     Decompression stops at the manifest's uncompressedSize (zstream.Bounds), but a forged manifest
     may promise terabytes; this keeps such a checkpoint from filling the node's disk.
     """
-    _, manifest = catalog.find(root_fd, ref)
     free = shutil.disk_usage(work).free
     if 2 * manifest.uncompressed_size > free:
         raise RestoreRefused(f"artifact {ref.uri}: its archive ({manifest.uncompressed_size} bytes) and image "
@@ -62,14 +60,14 @@ def repository(manifest: Manifest) -> str:
     return dns_name("lpm-checkpoint", manifest.pod_namespace, manifest.pod_name, manifest.container_name, limit=128)
 
 
-async def import_checkpoint(root_fd: int, ref: layout.ArtifactRef, work_dir: Path, importer: Importer,
-                            compression: CompressionSettings, cancel: threading.Event,
+async def import_checkpoint(source: Source, ref: layout.ArtifactRef, work_dir: Path, importer: Importer,
                             announced_sha256: str | None = None) -> Imported:
-    """Verify ``ref``'s dump and import its checkpoint image: streamed where the runtime reads an archive
-    from a pipe (stream.py), else written to scratch space (always removed) as a normalised layout."""
+    """Verify ``ref``'s dump, read from ``source`` (a directory store or a bucket), and import its checkpoint
+    image: streamed where the runtime reads an archive from a pipe (stream.py), else written to scratch space
+    (always removed) as a normalised layout."""
     if isinstance(importer, ArchiveImporter):
-        return await _import_streamed(root_fd, ref, importer, compression, cancel, announced_sha256)
-    return await _import_normalised(root_fd, ref, work_dir, importer, compression, cancel, announced_sha256)
+        return await _import_streamed(source, ref, importer, announced_sha256)
+    return await _import_normalised(source, ref, work_dir, importer, announced_sha256)
 
 
 def _check_announced(ref: layout.ArtifactRef, manifest: Manifest, announced_sha256: str | None) -> None:
@@ -78,32 +76,30 @@ def _check_announced(ref: layout.ArtifactRef, manifest: Manifest, announced_sha2
                              f"the store's manifest {manifest.checksum_sha256}")
 
 
-async def _import_streamed(root_fd: int, ref: layout.ArtifactRef, importer: ArchiveImporter,
-                           compression: CompressionSettings, cancel: threading.Event,
+async def _import_streamed(source: Source, ref: layout.ArtifactRef, importer: ArchiveImporter,
                            announced_sha256: str | None) -> Imported:
     started = time.monotonic()
-    _, manifest = await asyncio.to_thread(catalog.find, root_fd, ref)
+    manifest = await source.find(ref)
     _check_announced(ref, manifest, announced_sha256)  # before a byte goes to the runtime
     tag = ref.checkpoint_id.lower()
 
     def feed(out: BinaryIO) -> None:
-        stream.write_archive(root_fd, ref, manifest, out, tag, compression, cancel)
+        stream.write_archive(source, ref, manifest, out, tag)
 
     reference = await importer.import_archive(feed, tag, repository(manifest))
     return Imported(reference, manifest, {"importSeconds": time.monotonic() - started})
 
 
-async def _import_normalised(root_fd: int, ref: layout.ArtifactRef, work_dir: Path, importer: LayoutImporter,
-                             compression: CompressionSettings, cancel: threading.Event,
+async def _import_normalised(source: Source, ref: layout.ArtifactRef, work_dir: Path, importer: LayoutImporter,
                              announced_sha256: str | None) -> Imported:
     work = work_dir / f"{ref.checkpoint_id}-{ref.container}"
     shutil.rmtree(work, ignore_errors=True)  # a previous attempt cut short by a crash
     work.mkdir(mode=0o700, parents=True)
     timings: dict[str, float] = {}
     try:
-        _check_room(root_fd, ref, work)
+        _check_room(await source.find(ref), ref, work)
         started = time.monotonic()
-        manifest = await asyncio.to_thread(retrieve.get, root_fd, ref, work / "archive.tar", compression, cancel)
+        manifest = await source.get(ref, work / "archive.tar")
         _check_announced(ref, manifest, announced_sha256)
         timings["verifySeconds"] = time.monotonic() - started
         started = time.monotonic()

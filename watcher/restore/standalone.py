@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,11 +27,10 @@ from pathlib import Path
 from watcher.errors import Cancelled, EncryptionKeyError, LpmError
 from watcher.observe import AgentMetrics, Operation
 from watcher.restore.importer import Importer, ImportFailed
-from watcher.restore.markers import read_markers
 from watcher.restore.pipeline import import_checkpoint
+from watcher.restore.source import Source
 from watcher.store import fsio, layout
 from watcher.store.manifest import Marker, encode, rfc3339
-from watcher.zstream import CompressionSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +53,14 @@ class RestorerSettings:
     work_dir: Path
     """Node-local: scratch space for each import, and the record of what was done (0700)."""
     importer: Importer
-    compression: CompressionSettings
     interval: float = 10.0
 
 
 class StandaloneRestorer:
-    def __init__(self, settings: RestorerSettings, root_fd: int, cancel: threading.Event,
-                 metrics: AgentMetrics) -> None:
+    def __init__(self, settings: RestorerSettings, source: Source, metrics: AgentMetrics) -> None:
+        """``source``: the store the markers and dumps are read from, a directory or a bucket."""
         self._settings = settings
-        self._root_fd = root_fd
-        self._cancel = cancel
+        self._source = source
         self._metrics = metrics
         self._records_fd = fsio.open_root(settings.work_dir / RECORDS_DIR, create=True)
         self._lacking_key: set[str] = set()
@@ -92,13 +88,12 @@ class StandaloneRestorer:
         os.close(self._records_fd)
 
     async def poll_round(self) -> None:
-        def scan() -> tuple[list[Marker], set[str]]:
-            with fsio.os_errors("store: reading completion markers"):
-                markers = list(read_markers(self._root_fd))
+        def recorded_names() -> set[str]:
             with fsio.os_errors(f"{self._settings.work_dir / RECORDS_DIR}: listing"):
-                return markers, set(os.listdir(self._records_fd))
+                return set(os.listdir(self._records_fd))
 
-        markers, recorded = await asyncio.to_thread(scan)
+        markers = await self._source.markers()
+        recorded = await asyncio.to_thread(recorded_names)
         for marker in plan(markers, self._settings.node, recorded | self._lacking_key):
             await self._restore(marker)
 
@@ -110,8 +105,7 @@ class StandaloneRestorer:
         try:
             for container in marker.containers:
                 ref = layout.ArtifactRef(marker.pod_uid, marker.checkpoint_id, container)
-                imported = await import_checkpoint(self._root_fd, ref, cfg.work_dir, cfg.importer, cfg.compression,
-                                                   self._cancel)
+                imported = await import_checkpoint(self._source, ref, cfg.work_dir, cfg.importer)
                 images[container] = imported.reference
                 fields["pod"] = f"{imported.manifest.pod_namespace}/{imported.manifest.pod_name}"
         except ImportFailed as err:

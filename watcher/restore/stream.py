@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-import threading
 from typing import BinaryIO
 
 from watcher.archive.tarscan import Member, TarScanner
@@ -54,9 +53,9 @@ from watcher.restore.image import (
     parse_config_dump,
     plan_image,
 )
-from watcher.store import layout, retrieve
+from watcher.restore.source import Source
+from watcher.store import layout
 from watcher.store.manifest import Manifest
-from watcher.zstream import CompressionSettings
 
 _BLOCK = tarfile.BLOCKSIZE
 # pax records that say no more than a plain header could: anything else (SCHILY.xattr.*, say) would be
@@ -157,8 +156,7 @@ def _entry(member: Member, where: str) -> layer.Entry:
     return layer.Entry(member.name, kind, member.mode & 0o777, member.size, member.offset, member.target)
 
 
-def _opened_layer(root_fd: int, ref: layout.ArtifactRef, settings: CompressionSettings,
-                  cancel: threading.Event) -> tuple[str, int]:
+def _opened_layer(source: Source, ref: layout.ArtifactRef) -> tuple[str, int]:
     """A sealed dump read whole and checked: its opened zstd stream's SHA-256 (hex) and size."""
     digest, size = hashlib.sha256(), 0
 
@@ -167,12 +165,11 @@ def _opened_layer(root_fd: int, ref: layout.ArtifactRef, settings: CompressionSe
         digest.update(piece)
         size += len(piece)
 
-    retrieve.stream(root_fd, ref, settings, cancel, tee=count, observe=lambda piece: None)
+    source.stream(ref, count, lambda piece: None)
     return digest.hexdigest(), size
 
 
-def write_archive(root_fd: int, ref: layout.ArtifactRef, manifest: Manifest, out: BinaryIO, tag: str,
-                  settings: CompressionSettings, cancel: threading.Event,
+def write_archive(source: Source, ref: layout.ArtifactRef, manifest: Manifest, out: BinaryIO, tag: str,
                   platform: Platform | None = None) -> None:
     """Write the checkpoint image of ``ref`` to ``out`` as an OCI archive, its layer the stored dump.
 
@@ -192,7 +189,7 @@ def write_archive(root_fd: int, ref: layout.ArtifactRef, manifest: Manifest, out
         # Sealed (docs/encryption.md): the layer is the opened zstd stream, whose digest and size no manifest
         # records. A first read checks the whole dump and learns them; the second, the one sent, must give
         # the same bytes again (a dump changed in between fails here, and in containerd's own digest check).
-        digest, size = _opened_layer(root_fd, ref, settings, cancel)
+        digest, size = _opened_layer(source, ref)
 
     def tee(piece: bytes) -> None:
         if manifest.encryption is not None:  # a plain dump's bytes are hashed as stored, by retrieve
@@ -202,7 +199,7 @@ def write_archive(root_fd: int, ref: layout.ArtifactRef, manifest: Manifest, out
     tar.begin(f"blobs/sha256/{digest}", size)
     scan = _LayerScan(where)
     try:
-        read = retrieve.stream(root_fd, ref, settings, cancel, tee=tee, observe=scan.feed)
+        read = source.stream(ref, tee, scan.feed)
     except _ImporterGone as gone:
         raise gone.cause from None  # the importer's own error says why it stopped reading
     if read != manifest:
