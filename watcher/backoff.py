@@ -24,4 +24,3 @@ def grace(timeout: float) -> float:
     """What a checkpoint call gets after the runtime's own ``timeout``: as much again, at most 30 s, for the
     archive's write and the reply (the kubelet allows the runtime the same). Past it the call counts as failed."""
     return min(30.0, timeout)
-

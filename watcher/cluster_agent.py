@@ -58,6 +58,7 @@ from watcher.restore.destination import Destination
 from watcher.restore.early import EarlyPulls
 from watcher.restore.importer import ContainersStorageImporter, Importer
 from watcher.restore.markers import poll_markers
+from watcher.restore.source import DirectorySource
 from watcher.runtime import checkpoint as runtime_checkpoint
 from watcher.runtime.capability import Capability
 from watcher.store.catalog import Checkpoint
@@ -171,9 +172,9 @@ class ClusterAgent:
 
         # Without the node's CRI socket (a user who chose none) the restore pulls base images as it always did.
         early = EarlyPulls(kube, node, cfg.runtime_endpoint) if cfg.runtime_endpoint is not None else None
-        destination = Destination(kube, node, stores.shared.fd, cfg.restore.work_dir,
-                                  cfg.restore.importer, cfg.base.compression,
-                                  directory.cancel, self._metrics, look_again, early)
+        shared = DirectorySource(stores.shared.fd, cfg.base.compression, directory.cancel)
+        destination = Destination(kube, node, shared, cfg.restore.work_dir, cfg.restore.importer, self._metrics,
+                                  look_again, early)
 
         def on_capability(capability: Capability) -> None:
             self._metrics.restore_capability(capability)

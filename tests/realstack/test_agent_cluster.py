@@ -745,6 +745,7 @@ async def test_marker_poll_alone_brings_the_restore(cluster: Cluster, monkeypatc
     from watcher.restore.destination import Destination
     from watcher.restore.importer import ContainersStorageImporter
     from watcher.restore.markers import poll_markers
+    from watcher.restore.source import DirectorySource
     from watcher.store import fsio
     from watcher.zstream import CompressionSettings
 
@@ -760,8 +761,9 @@ async def test_marker_poll_alone_brings_the_restore(cluster: Cluster, monkeypatc
     kube = Kube(await connect(cluster.cp.service_account_kubeconfig(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT)))
     root_fd = fsio.open_root(view, create=False)
     work = cluster.tmp / "work-b"
-    destination = Destination(kube, "node-b", root_fd, work, ContainersStorageImporter((str(SLOW_IMPORT),)),
-                              CompressionSettings(), threading.Event(), AgentMetrics(view),
+    source = DirectorySource(root_fd, CompressionSettings(), threading.Event())
+    destination = Destination(kube, "node-b", source, work, ContainersStorageImporter((str(SLOW_IMPORT),)),
+                              AgentMetrics(view),
                               lambda delay, obj: migrations.submit_later(delay, "MODIFIED", dict(obj)))
     migrations = Workers("podmigration", destination.reconcile)
     stop = asyncio.Event()

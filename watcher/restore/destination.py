@@ -20,7 +20,6 @@ carries it out.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -43,9 +42,8 @@ from watcher.restore.early import EarlyPulls
 from watcher.restore.importer import Importer
 from watcher.restore.pipeline import RestoreRefused, import_checkpoint
 from watcher.restore.podspec import restored_spec
-from watcher.restore.source import DirectorySource
+from watcher.restore.source import Source
 from watcher.store import layout
-from watcher.zstream import CompressionSettings
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +133,10 @@ def restored_pod_name(migration: Mapping[str, Any]) -> str:
 class Destination:
     kube: Kube
     node: str
-    root_fd: int
+    source: Source
+    """The store the checkpoints are read from (the shared directory)."""
     work_dir: Path
     importer: Importer
-    compression: CompressionSettings
-    cancel: threading.Event
     metrics: AgentMetrics
     retry_later: RetryLater
     early: EarlyPulls | None = None
@@ -225,8 +222,7 @@ class Destination:
         return restored
 
     async def _image(self, container: Mapping[str, Any], timings: dict[str, float]) -> str:
-        source = DirectorySource(self.root_fd, self.compression, self.cancel)
-        imported = await import_checkpoint(source, layout.parse_uri(container["artifactURI"]), self.work_dir,
+        imported = await import_checkpoint(self.source, layout.parse_uri(container["artifactURI"]), self.work_dir,
                                            self.importer, container.get("checksumSHA256"))
         for phase, seconds in imported.timings.items():
             timings[phase] = timings.get(phase, 0.0) + seconds
