@@ -38,6 +38,11 @@ class StoreError(LpmError):
     """The checkpoint store refused an operation (permissions, full disk, unsafe layout)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store did not answer, or failed on its side (unreachable, timed out, a 5xx, a stale NFS handle):
+    it says nothing about the checkpoint's bytes, so what failed is worth trying again once the store is back."""
+
+
 class UnknownCheckpoint(StoreError):
     """No such checkpoint or artifact in the store."""
 

@@ -81,6 +81,18 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 
 
 @pytest.fixture
+def own_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """A server of the test's own, which it may kill and start again (``S3Server.kill``), with lpm's
+    environment pointing at it."""
+    server = S3Server(tmp_path / "s3")
+    server.start()
+    for name, value in server.env.items():
+        monkeypatch.setenv(name, value)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def bucket(s3_env: S3Server) -> Bucket:
     made = Bucket(s3_env, f"lpm-test-{next(_buckets)}")
     made.create()

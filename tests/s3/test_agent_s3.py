@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from lab.agent import AgentProcess
 from lab.archives import ArchiveSpec, Pod, archive_bytes, archive_name, write_in_place
@@ -41,16 +38,6 @@ def test_the_agent_ingests_into_the_bucket_and_removes_the_verified_archive(
     finally:
         code, seconds = agent.stop(signal.SIGTERM)
     assert code == 0 and seconds < 5, (code, seconds, agent.tail())
-
-
-@pytest.fixture
-def own_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    server = S3Server(tmp_path / "s3")
-    server.start()
-    for name, value in server.env.items():
-        monkeypatch.setenv(name, value)
-    yield server
-    server.stop()
 
 
 def test_an_ingest_the_server_failed_is_retried_once_it_is_back(own_server: S3Server, archive_dir: Path) -> None:

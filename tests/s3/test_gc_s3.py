@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from lab.archives import ArchiveSpec, Pod, make_archive
 from lab.controlplane import REPO
 from lab.s3server import S3Server
@@ -56,17 +54,6 @@ def test_the_collectors_rules_over_a_bucket(bucket: Bucket, archive_dir: Path) -
     # Only the operator's file is left, and the collector's lock is released.
     assert bucket.keys() == ["checkpoints/notes.txt"], bucket.keys()
     assert lpm("store", "ls", "--store", bucket.url, check=True).stdout == ""
-
-
-@pytest.fixture
-def own_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A server of this test's own, which it may kill."""
-    server = S3Server(tmp_path / "s3")
-    server.start()
-    for name, value in server.env.items():
-        monkeypatch.setenv(name, value)
-    yield server
-    server.stop()
 
 
 def test_a_server_gone_mid_upload_publishes_nothing_and_the_collector_aborts_the_upload(

@@ -10,7 +10,9 @@ another NFS client's writes, so it is polled, never watched.
 Each checkpoint is acted on once per node: the outcome — the image references, or why the
 checkpoint was refused — is recorded in the node-local work directory before the next one is
 looked at, so a restart neither imports twice nor retries a checkpoint that cannot be restored.
-An import the runtime refused is not recorded: the runtime may be back next round.
+An import the runtime refused is not recorded: the runtime may be back next round; nor is a read the
+store failed on its side (``StoreUnavailable``: an S3 server or NFS server gone mid-import), which is
+tried again once the store answers.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from watcher.errors import Cancelled, EncryptionKeyError, LpmError
+from watcher.errors import Cancelled, EncryptionKeyError, LpmError, StoreUnavailable
 from watcher.observe import AgentMetrics, Operation
 from watcher.restore.importer import Importer, ImportFailed
 from watcher.restore.pipeline import import_checkpoint
@@ -95,9 +97,11 @@ class StandaloneRestorer:
         markers = await self._source.markers()
         recorded = await asyncio.to_thread(recorded_names)
         for marker in plan(markers, self._settings.node, recorded | self._lacking_key):
-            await self._restore(marker)
+            if not await self._restore(marker):
+                return  # the store is away: every other checkpoint would fail alike until the next round
 
-    async def _restore(self, marker: Marker) -> None:
+    async def _restore(self, marker: Marker) -> bool:
+        """Import ``marker``'s checkpoint and record the outcome; False when the store failed on its side."""
         cfg = self._settings
         fields = {"checkpoint": f"{marker.pod_uid}/{marker.checkpoint_id}"}
         started = time.monotonic()
@@ -112,13 +116,18 @@ class StandaloneRestorer:
             log.error("checkpoint image not imported; trying again next round",
                       extra={"fields": {**fields, "reason": str(err)}})
             self._metrics.failed(Operation.RESTORE, err)
-            return
+            return True
+        except StoreUnavailable as err:
+            log.error("store unavailable during the import; trying again next round",
+                      extra={"fields": {**fields, "reason": str(err)}})
+            self._metrics.failed(Operation.RESTORE, err)
+            return False
         except EncryptionKeyError as err:
             log.error("checkpoint sealed with a key this node does not hold; restart the agent with the key to "
                       "restore it", extra={"fields": {**fields, "keyID": err.key_id, "reason": str(err)}})
             self._metrics.failed(Operation.RESTORE, err)
             self._lacking_key.add(record_name(marker))
-            return
+            return True
         except Cancelled:
             raise
         except LpmError as err:  # checksums, a container the marker lists but the store lacks, a bad archive
@@ -126,12 +135,13 @@ class StandaloneRestorer:
                       extra={"fields": {**fields, "reason": str(err)}})
             self._metrics.failed(Operation.RESTORE, err)
             await self._record(marker, {"outcome": "refused", "reason": str(err)})
-            return
+            return True
         seconds = time.monotonic() - started
         self._metrics.restore_duration.observe(seconds)
         await self._record(marker, {"outcome": "imported", "images": images})
         log.info("checkpoint images ready to restore", extra={"fields": {
             **fields, "images": images, "seconds": round(seconds, 3)}})
+        return True
 
     async def _record(self, marker: Marker, outcome: dict[str, object]) -> None:
         body = {"podUID": marker.pod_uid, "checkpointID": marker.checkpoint_id, "node": self._settings.node,

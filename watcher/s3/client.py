@@ -25,13 +25,15 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore import exceptions as boto
 
-from watcher.errors import AlreadyComplete, StoreError, UnknownCheckpoint
+from watcher.errors import AlreadyComplete, StoreError, StoreUnavailable, UnknownCheckpoint
 from watcher.s3.location import S3Location
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0
 """Seconds without a byte from the server before a request is given up on (botocore then retries)."""
 MAX_ATTEMPTS = 3
+_BUSY = frozenset({"SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError"})
+"""Codes S3 servers send when they are overloaded or slow, not when the request is wrong (some with a 4xx)."""
 
 
 class ConditionalPutUnsupported(StoreError):
@@ -87,6 +89,8 @@ def errors(what: str) -> Iterator[None]:
                              "the credentials file and the bucket's policy") from None
         if code in ("NotImplemented", "501"):
             raise ConditionalPutUnsupported(f"{what}: the server does not implement it ({code})") from None
+        if status >= 500 or status == 429 or code in _BUSY:  # after botocore's own retries
+            raise StoreUnavailable(f"{what}: the server failed on its side ({status} {code})") from None
         raise StoreError(f"{what}: the server answered {status} {code}") from None
     except boto.NoCredentialsError:
         raise StoreError(f"{what}: no credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
@@ -98,7 +102,7 @@ def errors(what: str) -> Iterator[None]:
                          "AWS_CA_BUNDLE") from None
     except (boto.EndpointConnectionError, boto.ConnectionError, boto.ConnectTimeoutError,
             boto.ReadTimeoutError, aiohttp.ClientError, ConnectionError) as err:
-        raise StoreError(f"{what}: the server is unreachable or went away ({_short(err)})") from None
+        raise StoreUnavailable(f"{what}: the server is unreachable or went away ({_short(err)})") from None
     except boto.BotoCoreError as err:
         raise StoreError(f"{what}: {_short(err)}") from None
 

@@ -21,10 +21,13 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from watcher.errors import StoreError, UnknownCheckpoint, UnsafeNameError
+from watcher.errors import StoreError, StoreUnavailable, UnknownCheckpoint, UnsafeNameError
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+_AWAY = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.ENOTCONN, errno.EHOSTDOWN, errno.EHOSTUNREACH,
+                   errno.ENETUNREACH, errno.ECONNRESET})
+"""What an NFS client (or a failing disk) answers when the server went away: nothing about the bytes."""
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -38,6 +41,8 @@ def os_errors(what: str) -> Iterator[None]:
             raise StoreError(f"{what}: no space left on its filesystem") from err
         if err.errno == errno.ELOOP:
             raise UnsafeNameError(f"{what}: is a symlink, refused") from err
+        if err.errno in _AWAY:
+            raise StoreUnavailable(f"{what}: the store's server or disk failed ({err.strerror or err})") from err
         raise StoreError(f"{what}: {err.strerror or err}") from err
 
 
