@@ -48,6 +48,7 @@ from watcher.cluster.objects import (
 )
 from watcher.cluster.presence import Announcer
 from watcher.cluster.relocation import announce_moved
+from watcher.cluster.sinks import DirectoryPlaces
 from watcher.cluster.status import now, transition, update_status
 from watcher.ingest.service import IngestResult
 from watcher.kube.client import Kube, connect
@@ -160,8 +161,8 @@ class ClusterAgent:
         stores = self._stores
         directory = StandaloneAgent(cfg.base, self._metrics, stores,
                                     _DirectoryHooks(kube, claims, node, stores.local.path))
-        source = Source(kube, checkpointer, node, cfg.base.watch.directory, stores, cfg.base.compression,
-                        directory.cancel, claims, self._metrics, cfg.max_concurrent_checkpoints)
+        source = Source(kube, checkpointer, node, cfg.base.watch.directory, DirectoryPlaces(stores),
+                        cfg.base.compression, directory.cancel, claims, self._metrics, cfg.max_concurrent_checkpoints)
         # The shared store's fd keeps its number even when the store is replaced (see watcher.stores).
 
         def look_again(delay: float, obj: Mapping[str, Any]) -> None:
@@ -221,7 +222,7 @@ class ClusterAgent:
             supervisor.start(f"watch {name}", functools.partial(informer, kube, resource, handler, stop, listed))
         supervisor.start("checkpoint directory", lambda: directory.run(stop))
         # The fallback to the PodMigration watch: a missed event must not strand a migration.
-        supervisor.start("poll store markers", lambda: poll_markers(kube, node, stores.shared.fd, migrations.submit,
+        supervisor.start("poll store markers", lambda: poll_markers(kube, node, shared.markers, migrations.submit,
                                                                   stop, cfg.restore.marker_poll))
         log.info("cluster mode watching", extra={"fields": {"node": node}})
         try:

@@ -83,7 +83,7 @@ def compress_stream(
     the bytes as they go (a migration's progress in its status).
 
     At the end of the input, ``more`` (when given) is asked whether to read again: a file still being
-    written is followed until its writer says it is done (``ingest.service``'s ``_Follow``).
+    written is followed until its writer says it is done (``ingest.service.Follow``).
     """
     compressor = zstandard.ZstdCompressor(
         level=settings.level, threads=settings.threads, write_checksum=True

@@ -767,7 +767,7 @@ async def test_marker_poll_alone_brings_the_restore(cluster: Cluster, monkeypatc
                               lambda delay, obj: migrations.submit_later(delay, "MODIFIED", dict(obj)))
     migrations = Workers("podmigration", destination.reconcile)
     stop = asyncio.Event()
-    poller = asyncio.create_task(poll_markers(kube, "node-b", root_fd, migrations.submit, stop, interval=0.5))
+    poller = asyncio.create_task(poll_markers(kube, "node-b", source.markers, migrations.submit, stop, interval=0.5))
     try:
         restored = await eventually(lambda: cluster.get("podmigrations", name)["status"].get("restoredPodName"),
                                     what="the restore the marker poke brings")

@@ -47,10 +47,10 @@ from watcher.cluster.objects import (
     pod_path,
 )
 from watcher.cluster.reads import UNREAD, Unread, get_or_none
+from watcher.cluster.sinks import Places, Sink, Where
 from watcher.cluster.sockets import Sockets
 from watcher.cluster.status import FINISHED, now, transition, update_status
 from watcher.errors import ArchiveError, Conflict, LpmError, StoreError, UnsafeNameError
-from watcher.ingest import service
 from watcher.ingest.service import IngestResult, StagedArchive
 from watcher.inspect.model import TcpConnection
 from watcher.kube.client import Kube
@@ -58,7 +58,6 @@ from watcher.kubelet import KubeletError
 from watcher.observe import AgentMetrics, Operation
 from watcher.runtime.checkpoint import RuntimeCheckpointError
 from watcher.store.manifest import Manifest
-from watcher.stores import Store, Stores
 from watcher.zstream import CompressionSettings, Tally
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ FINAL_ERRORS = (KubeletError, RuntimeCheckpointError, ArchiveError, StoreError, 
 @dataclass(frozen=True)
 class Stored:
     results: list[IngestResult]
-    store: Store
+    store: Where
     """Where they went: the shared store, or the local one while the shared one is unavailable."""
     why_local: str | None
     """Why the shared store was not used (None when it was)."""
@@ -114,7 +113,8 @@ class Source:
     checkpointer: Checkpointer
     node: str
     checkpoint_dir: Path
-    stores: Stores
+    places: Places
+    """The shared store while it is available, else the node's local one (a directory, or a bucket)."""
     compression: CompressionSettings
     cancel: threading.Event
     claims: Claims
@@ -173,19 +173,19 @@ class Source:
         """By container: its checkpoint's sockets, read by the ingest that stored it."""
         # Asked before the checkpoints, so that each archive can be read into the shared store while the
         # runtime writes it (``_take``); what the store says later is handled as before.
-        why_local = await self.stores.probe()
+        why_local = await self.places.probe()
         early: dict[str, StagedArchive] = {}
         try:
             for container in containers:
                 archives[container], staged = await self._take(
-                    pod, container, self.stores.shared if why_local is None else None, done, late, found)
+                    pod, container, self.places.shared if why_local is None else None, done, late, found)
                 if staged is not None:
                     early[container] = staged
             refused = False  # True: the store is available but refused this checkpoint's place in it
             if why_local is None:
                 handed, early = early, {}  # _commit commits or discards them
                 try:
-                    results = await self._commit(self.stores.shared, pod, archives, target_node, handed, done, found)
+                    results = await self._commit(self.places.shared, pod, archives, target_node, handed, done, found)
                 except UnsafeNameError as err:
                     # The store takes writes, but not where this checkpoint goes: something planted there (a
                     # symlink for the pod's directory, say), which a retry would meet again. Refused; this
@@ -196,20 +196,19 @@ class Source:
                 except StoreError as err:
                     # Nothing half-written is visible there (no marker); the kubelet's archives are
                     # still in its directory, so the checkpoint is read again into the local store.
-                    self.stores.unavailable(str(err))
+                    self.places.unavailable(str(err))
                     why_local = str(err)
                     log.warning("shared store failed during the checkpoint; holding it locally", extra={
                         "fields": {"pod": f"{namespace}/{name}", "reason": why_local}})
             if why_local is not None:
-                results = await self._commit(self.stores.local, pod, archives, target_node, {}, done, found)
+                results = await self._commit(self.places.local, pod, archives, target_node, {}, done, found)
                 self.metrics.held_locally.inc()
             self.metrics.checkpointed(results, time.monotonic() - began)
-            return Stored(results, self.stores.shared if why_local is None else self.stores.local, why_local,
+            return Stored(results, self.places.shared if why_local is None else self.places.local, why_local,
                           refused, {container: reading.connections() for container, reading in found.items()})
         finally:
             if early:  # a later container's checkpoint failed: what was read of the earlier ones goes
-                await asyncio.to_thread(service.discard_staged, self.stores.shared.fd, self.node,
-                                        list(early.values()))
+                await self.places.shared.discard(self.node, list(early.values()))
             for container, prefix in prefixes.items():
                 if container in late:  # claimed until its call ends: then its archive goes
                     call, archive = late[container]
@@ -234,7 +233,7 @@ class Source:
         log.warning("checkpoint call given up on has ended", extra={"fields": {
             "archive": archive, "outcome": outcome, "archiveRemoved": removed}})
 
-    async def _take(self, pod: Mapping[str, Any], container: str, store: Store | None, done: progress.Progress,
+    async def _take(self, pod: Mapping[str, Any], container: str, store: Sink | None, done: progress.Progress,
                     late: dict[str, tuple[asyncio.Task[None], str]],
                     found: dict[str, Sockets]) -> tuple[str, StagedArchive | None]:
         """Checkpoint one container; where its archive's name is known in advance and ``store`` is given,
@@ -253,7 +252,7 @@ class Source:
                 late[container] = (err.pending, planned)
             raise
 
-    async def _call(self, pod: Mapping[str, Any], container: str, store: Store | None, planned: str | None,
+    async def _call(self, pod: Mapping[str, Any], container: str, store: Sink | None, planned: str | None,
                     mine: progress.ContainerProgress, started: float,
                     found: dict[str, Sockets]) -> tuple[str, StagedArchive | None]:
         if store is None or planned is None:
@@ -265,9 +264,8 @@ class Source:
         halt = _Halt(self.cancel)
         hint = Identity.checked(meta(pod)["uid"], namespace, name, container)
         found[container] = Sockets(planned)
-        staging = asyncio.create_task(asyncio.to_thread(
-            service.stage_archive, store.fd, self.checkpoint_dir / planned, self.node, hint,
-            self.compression, halt, written, mine.tally, found[container].feed))
+        staging = asyncio.create_task(store.stage(self.checkpoint_dir / planned, self.node, hint, self.compression,
+                                                  halt, written, mine.tally, found[container].feed))
         try:
             archive = await self.checkpointer.checkpoint(pod, container, planned)
             written.set()
@@ -304,7 +302,7 @@ class Source:
             "pod": f"{meta(pod)['namespace']}/{meta(pod)['name']}", "container": container, "archive": archive,
             "checkpointSeconds": round(time.monotonic() - started, 4)}})
 
-    async def _commit(self, store: Store, pod: Mapping[str, Any], archives: Mapping[str, str],
+    async def _commit(self, store: Sink, pod: Mapping[str, Any], archives: Mapping[str, str],
                       target_node: str | None, early: Mapping[str, StagedArchive],
                       done: progress.Progress, found: dict[str, Sockets]) -> list[IngestResult]:
         """Stage what ``early`` does not hold yet, then commit them all as one checkpoint; on failure every
@@ -321,19 +319,17 @@ class Source:
                 mine = done.containers[container]
                 mine.tally, mine.total = Tally(), _size(self.checkpoint_dir / archive)
                 found[container] = Sockets(archive)  # read afresh with the archive
-                staged.append(await asyncio.to_thread(
-                    service.stage_archive, store.fd, self.checkpoint_dir / archive, self.node, hint,
-                    self.compression, self.cancel, None, mine.tally, found[container].feed))
+                staged.append(await store.stage(self.checkpoint_dir / archive, self.node, hint, self.compression,
+                                                self.cancel, None, mine.tally, found[container].feed))
                 mine.done = True
                 log.info("container ingested", extra={"fields": {
                     "pod": f"{namespace}/{name}", "container": container, "store": store.kind.value,
                     "ingestSeconds": round(time.monotonic() - started, 4)}})
             started = time.monotonic()
-            results = await asyncio.to_thread(service.commit_staged, store.fd, self.node, staged, target_node,
-                                              datetime.now(UTC))
+            results = await store.commit(self.node, staged, target_node, datetime.now(UTC))
         except BaseException:
             rest = [item for container, item in early.items() if item not in staged]
-            await asyncio.to_thread(service.discard_staged, store.fd, self.node, staged + rest)
+            await store.discard(self.node, staged + rest)
             raise
         log.info("checkpoint committed", extra={"fields": {
             "pod": f"{namespace}/{name}", "checkpointID": results[0].manifest.checkpoint_id,
@@ -361,17 +357,17 @@ def _size(path: Path) -> int | None:
         return None
 
 
-async def _discard(staging: asyncio.Task[StagedArchive], store: Store, node: str) -> None:
+async def _discard(staging: asyncio.Task[StagedArchive], store: Sink, node: str) -> None:
     """Wait for an early read whose checkpoint failed to stop (its writer is done: it soon does), then drop
     what it staged; its own failure needs no word, the checkpoint's says why."""
     try:
         staged = await staging
     except BaseException:  # noqa: BLE001  (the read cleans up after itself when it fails)
         return
-    await asyncio.to_thread(service.discard_staged, store.fd, node, [staged])
+    await store.discard(node, [staged])
 
 
-def _content_spec(manifest: Manifest, store: Store) -> StoredArtifact:
+def _content_spec(manifest: Manifest, store: Where) -> StoredArtifact:
     return {"artifactURI": store.uri(manifest.ref), "storageType": store.kind.value,
             "checksumSHA256": manifest.checksum_sha256, "compressedSize": manifest.compressed_size}
 
@@ -383,7 +379,7 @@ async def create_idempotent(kube: Kube, path: str, body: Mapping[str, Any]) -> N
         pass  # made by an earlier attempt of this same reconcile: same name, same content
 
 
-async def announce_container(kube: Kube, request: Mapping[str, Any], manifest: Manifest, store: Store) -> str:
+async def announce_container(kube: Kube, request: Mapping[str, Any], manifest: Manifest, store: Where) -> str:
     name = content_name(manifest.pod_namespace, meta(request)["name"], manifest.checkpoint_id, manifest.container_name)
     await create_idempotent(kube, lpm_path("ContainerCheckpointContent"), {
         "apiVersion": API_VERSION, "kind": "ContainerCheckpointContent", "metadata": {"name": name},
@@ -395,7 +391,7 @@ async def announce_container(kube: Kube, request: Mapping[str, Any], manifest: M
     return name
 
 
-async def announce_pod(kube: Kube, request: Mapping[str, Any], manifests: list[Manifest], store: Store) -> str:
+async def announce_pod(kube: Kube, request: Mapping[str, Any], manifests: list[Manifest], store: Where) -> str:
     first = manifests[0]
     name = content_name(first.pod_namespace, meta(request)["name"], first.checkpoint_id)
     spec: PodCheckpointContentSpec = {

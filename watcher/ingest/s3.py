@@ -17,55 +17,68 @@ import fcntl
 import os
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
 from watcher.archive import names
 from watcher.archive.identity import Identity, identify
+from watcher.archive.stamp import ArchiveStamp
 from watcher.archive.tarscan import TarScanner
 from watcher.errors import AlreadyComplete, ArchiveError, LpmError
 from watcher.ingest.service import (
     CAPTURED,
+    Follow,
     IngestResult,
     StagedArchive,
+    both,
     check_unchanged,
     known,
     manifest_for,
     open_archive,
+    open_when_there,
 )
-from watcher.s3.store import S3Store, part_size, read_part_from
+from watcher.s3.store import PART_SIZE, S3Store, part_size, read_part_from
 from watcher.store import layout
-from watcher.zstream import CompressionSettings, StreamDigest, compress_stream
+from watcher.zstream import CompressionSettings, StreamDigest, Tally, compress_stream
 
 _PIPE_SIZE = 1 << 20
 
 
 async def stage_archive(store: S3Store, path: Path, node: str, hint: Identity | None,
-                        settings: CompressionSettings, cancel: threading.Event) -> StagedArchive:
+                        settings: CompressionSettings, cancel: threading.Event,
+                        written: threading.Event | None = None, tally: Tally | None = None,
+                        also: Callable[[memoryview], None] | None = None) -> StagedArchive:
     """Read the archive once into a staging object (``dump_name`` is its token); nothing is left staged on
-    failure (an upload the server did not let us abort is the collector's, after ``--stale-after``)."""
+    failure (an upload the server did not let us abort is the collector's, after ``--stale-after``).
+    ``written``, ``tally`` and ``also`` are ``service.stage_archive``'s: an archive read while the runtime
+    writes it (in parts of ``PART_SIZE``, its size unknown: a dump past 10,000 of them fails the early read,
+    and the finished archive is read again), the bytes counted, the raw chunks shown to another reader."""
     archive = names.parse(path.name)
     label = repr(path.name)
-    src, stamp = open_archive(path)
+    stop = _Either(cancel)
+    src, stamp = (open_archive(path) if written is None
+                  else await asyncio.to_thread(open_when_there, path, written, stop))
     token = secrets.token_hex(16)
     key = store.location.staging_key(node, token)
     read_fd, write_fd = os.pipe()
     with contextlib.suppress(OSError):
         fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
     scanner = TarScanner(CAPTURED, label)
-    stop = _Either(cancel)
+    observe = scanner.feed if also is None else both(scanner.feed, also)
 
     def compress() -> StreamDigest:
         try:
-            return compress_stream(src, write_fd, scanner.feed, settings, stop, path.name)
+            return compress_stream(src, write_fd, observe, settings, stop, path.name,
+                                   None if written is None else Follow(written), tally)
         finally:
             os.close(write_fd)  # the uploader sees the end
 
     try:
         reader = asyncio.ensure_future(asyncio.to_thread(compress))
         try:
-            uploaded = await store.upload(key, read_part_from(read_fd), part_size(stamp.size))
+            uploaded = await store.upload(key, read_part_from(read_fd),
+                                          part_size(stamp.size) if written is None else PART_SIZE)
         except BaseException:
             stop.set()  # the reader stops at its next chunk; what it wrote meanwhile is drained
             await asyncio.to_thread(_drain, read_fd)
@@ -77,6 +90,9 @@ async def stage_archive(store: S3Store, path: Path, node: str, hint: Identity | 
             if uploaded != digest.compressed_size:
                 raise LpmError(f"ingest of {label}: uploaded {uploaded} bytes of {digest.compressed_size}")
             scan = scanner.finish()
+            if written is not None:
+                info = os.fstat(src)  # the file as its writer left it
+                stamp = ArchiveStamp(path.name, info.st_size, info.st_mtime_ns)
             check_unchanged(path, src, stamp, digest)
             identity = identify(scan.captured.get("spec.dump"), archive, scan.top_level, hint)
         except BaseException:

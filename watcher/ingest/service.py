@@ -83,17 +83,17 @@ def stage_archive(
     """
     archive = names.parse(path.name)
     label = repr(path.name)
-    src, stamp = open_archive(path) if written is None else _open_when_there(path, written, cancel)
+    src, stamp = open_archive(path) if written is None else open_when_there(path, written, cancel)
     try:
         with commit.staging(root_fd, node) as staging_fd:
             dst, temp = fsio.create_temp(staging_fd, layout.DUMP_FILE, "store staging")
             try:
                 scanner = TarScanner(CAPTURED, label)
-                observe = scanner.feed if also is None else _both(scanner.feed, also)
+                observe = scanner.feed if also is None else both(scanner.feed, also)
                 try:
                     with fsio.os_errors(f"ingest of {label} into the store"):
                         digest = compress_stream(src, dst, observe, settings, cancel, path.name,
-                                                 None if written is None else _Follow(written), tally)
+                                                 None if written is None else Follow(written), tally)
                 finally:
                     os.close(dst)
                 scan = scanner.finish()
@@ -110,7 +110,7 @@ def stage_archive(
     return StagedArchive(archive, stamp, identity, digest, temp)
 
 
-def _both(first: Callable[[memoryview], None], then: Callable[[memoryview], None]) -> Callable[[memoryview], None]:
+def both(first: Callable[[memoryview], None], then: Callable[[memoryview], None]) -> Callable[[memoryview], None]:
     def observe(chunk: memoryview) -> None:
         first(chunk)
         then(chunk)
@@ -121,7 +121,7 @@ def _both(first: Callable[[memoryview], None], then: Callable[[memoryview], None
 _FOLLOW_POLL = 0.01
 
 
-def _open_when_there(path: Path, written: threading.Event, cancel: threading.Event) -> tuple[int, ArchiveStamp]:
+def open_when_there(path: Path, written: threading.Event, cancel: threading.Event) -> tuple[int, ArchiveStamp]:
     """Open ``path`` once its writer has created it; an error if it is still not there once it said done."""
     while not (os.path.lexists(path) or written.is_set()):
         if cancel.is_set():
@@ -130,7 +130,7 @@ def _open_when_there(path: Path, written: threading.Event, cancel: threading.Eve
     return open_archive(path)
 
 
-class _Follow:
+class Follow:
     """compress_stream's ``more`` for an archive still being written: at its current end, wait a moment
     and read again, until the writer is done; then read once more, to the file's true end."""
 

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,14 +127,13 @@ async def migration_of(kube: Kube, node: str, marker: Marker,
 Poke = Callable[[str, dict[str, Any]], None]
 
 
-async def poll_round(kube: Kube, node: str, root_fd: int, state: PollState, poke: Poke,
-                     patience: float) -> None:
-    """One look at the store: poke the PodMigration of every new marker for this node."""
-    def scan() -> list[Marker]:
-        with fsio.os_errors("store: reading completion markers"):
-            return list(read_markers(root_fd))
+Scan = Callable[[], Awaitable[list[Marker]]]
+"""The store's readable completion markers: ``watcher.restore.source.Source.markers``, a directory or a bucket."""
 
-    markers = await asyncio.to_thread(scan)
+
+async def poll_round(kube: Kube, node: str, scan: Scan, state: PollState, poke: Poke, patience: float) -> None:
+    """One look at the store: poke the PodMigration of every new marker for this node."""
+    markers = await scan()
     now = time.monotonic()
     todo = plan(markers, node, state, now, patience)
     state.acted -= todo.forget
@@ -164,13 +163,13 @@ async def poll_round(kube: Kube, node: str, root_fd: int, state: PollState, poke
         state.first_seen.pop(marker.checkpoint_id, None)
 
 
-async def poll_markers(kube: Kube, node: str, root_fd: int, poke: Poke, stop: asyncio.Event,
+async def poll_markers(kube: Kube, node: str, scan: Scan, poke: Poke, stop: asyncio.Event,
                        interval: float, patience: float = 600.0) -> None:
     """Run ``poll_round`` every ``interval`` seconds until ``stop``; a failed round is logged and retried."""
     state = PollState()
     while not stop.is_set():
         try:
-            await poll_round(kube, node, root_fd, state, poke, patience)
+            await poll_round(kube, node, scan, state, poke, patience)
         except LpmError as err:  # the API or the store unavailable for a while: the next round retries
             log.warning("marker poll failed", extra={"fields": {"reason": str(err)}})
         try:

@@ -1,0 +1,148 @@
+"""Where the source's checkpoints are written: a directory store, or an S3 bucket (docs/s3.md).
+
+A checkpoint goes in two steps, the same in both: each container's archive is staged (read once,
+checked, compressed and hashed into the store's staging area), then the pod's staged archives are
+committed as one checkpoint, completion marker last; staged archives that will not be committed are
+discarded. ``Places`` says which store takes the next checkpoint: the shared one while it is available,
+else the node's local directory, from which the mover brings it over later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from watcher.archive.identity import Identity
+from watcher.errors import LpmError
+from watcher.ingest import s3 as s3ingest
+from watcher.ingest import service
+from watcher.ingest.service import IngestResult, StagedArchive
+from watcher.s3.store import S3Store
+from watcher.store import layout
+from watcher.store.layout import StorageType
+from watcher.stores import Store, Stores
+from watcher.zstream import CompressionSettings, Tally
+
+Also = Callable[[memoryview], None]
+
+
+class Where(Protocol):
+    """What an announcement says of a store: its kind, and the URI it gives an artifact."""
+
+    @property
+    def kind(self) -> StorageType: ...
+
+    def uri(self, ref: layout.ArtifactRef) -> str: ...
+
+
+class Sink(Where, Protocol):
+    async def stage(self, path: Path, node: str, hint: Identity | None, settings: CompressionSettings,
+                    cancel: threading.Event, written: threading.Event | None = None, tally: Tally | None = None,
+                    also: Also | None = None) -> StagedArchive:
+        """``watcher.ingest.service.stage_archive`` into this store: nothing is left staged on failure."""
+
+    async def commit(self, node: str, staged: Sequence[StagedArchive], target_node: str | None,
+                     now: datetime) -> list[IngestResult]:
+        """The staged archives of one pod as ONE checkpoint, marker last; what was staged is gone after."""
+
+    async def discard(self, node: str, staged: Sequence[StagedArchive]) -> None:
+        """Drop staged archives that will not be committed."""
+
+
+@dataclass(frozen=True)
+class DirectorySink:
+    store: Store
+
+    @property
+    def kind(self) -> StorageType:
+        return self.store.kind
+
+    def uri(self, ref: layout.ArtifactRef) -> str:
+        return self.store.uri(ref)
+
+    async def stage(self, path: Path, node: str, hint: Identity | None, settings: CompressionSettings,
+                    cancel: threading.Event, written: threading.Event | None = None, tally: Tally | None = None,
+                    also: Also | None = None) -> StagedArchive:
+        return await asyncio.to_thread(service.stage_archive, self.store.fd, path, node, hint, settings, cancel,
+                                       written, tally, also)
+
+    async def commit(self, node: str, staged: Sequence[StagedArchive], target_node: str | None,
+                     now: datetime) -> list[IngestResult]:
+        return await asyncio.to_thread(service.commit_staged, self.store.fd, node, staged, target_node, now)
+
+    async def discard(self, node: str, staged: Sequence[StagedArchive]) -> None:
+        await asyncio.to_thread(service.discard_staged, self.store.fd, node, staged)
+
+
+@dataclass(frozen=True)
+class BucketSink:
+    """The shared store in a bucket: staged as a multipart upload, committed by server-side copies, the
+    marker a conditional put (``watcher.ingest.s3``)."""
+
+    store: S3Store
+
+    @property
+    def kind(self) -> StorageType:
+        return StorageType.SHARED
+
+    def uri(self, ref: layout.ArtifactRef) -> str:
+        return ref.uri
+
+    async def stage(self, path: Path, node: str, hint: Identity | None, settings: CompressionSettings,
+                    cancel: threading.Event, written: threading.Event | None = None, tally: Tally | None = None,
+                    also: Also | None = None) -> StagedArchive:
+        return await s3ingest.stage_archive(self.store, path, node, hint, settings, cancel, written, tally, also)
+
+    async def commit(self, node: str, staged: Sequence[StagedArchive], target_node: str | None,
+                     now: datetime) -> list[IngestResult]:
+        return await s3ingest.commit_staged(self.store, node, staged, target_node, now)
+
+    async def discard(self, node: str, staged: Sequence[StagedArchive]) -> None:
+        for item in staged:
+            with contextlib.suppress(LpmError):  # left for the collector, after --stale-after
+                await self.store.delete(self.store.location.staging_key(node, item.dump_name))
+
+
+class Places(Protocol):
+    """The shared store while it is available, else the node's local one."""
+
+    @property
+    def shared(self) -> Sink: ...
+
+    @property
+    def local(self) -> Sink: ...
+
+    async def probe(self) -> str | None:
+        """Probe the shared store now; None when it is available, else the reason."""
+
+    def unavailable(self, reason: str) -> None:
+        """An ingest found the shared store failing: the next ones go local until a probe succeeds."""
+
+
+class DirectoryPlaces:
+    """Both stores directories (``watcher.stores.Stores``)."""
+
+    def __init__(self, stores: Stores) -> None:
+        self._stores = stores
+        self._shared = DirectorySink(stores.shared)
+        self._local = DirectorySink(stores.local)
+
+    @property
+    def shared(self) -> Sink:
+        return self._shared
+
+    @property
+    def local(self) -> Sink:
+        return self._local
+
+    async def probe(self) -> str | None:
+        return await self._stores.probe()
+
+    def unavailable(self, reason: str) -> None:
+        self._stores.unavailable(reason)
