@@ -43,7 +43,7 @@ def test_a_failing_task_is_logged_counted_restarted_and_fails_healthz_until_it_r
     async def scenario() -> list[tuple[int, str]]:
         stop = asyncio.Event()
         seen = []
-        async with serving(0, metrics, Readiness(stores)) as port:
+        async with serving(0, metrics, Readiness.of(stores)) as port:
             supervisor = Supervisor(metrics.tasks, Backoff(base=0.02, cap=0.05))
             supervisor.start("flaky", lambda: flaky(stop))
             supervisor.start("steady", stop.wait)

@@ -16,10 +16,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
 
 from watcher.archive.stamp import ArchiveStamp
-from watcher.attempt import attempt
+from watcher.attempt import IngestHooks, attempt
 from watcher.errors import (
     ArchiveIncomplete,
     Cancelled,
@@ -31,8 +30,8 @@ from watcher.ingest import service
 from watcher.ingest.service import IngestResult
 from watcher.mover import run_mover
 from watcher.observe import AgentMetrics, Operation
+from watcher.s3.location import S3Location
 from watcher.store import commit
-from watcher.store.catalog import Checkpoint
 from watcher.store.layout import StorageType
 from watcher.stores import Store, Stores
 from watcher.supervise import Supervisor
@@ -50,7 +49,9 @@ SHUTDOWN_GRACE = 3.0
 @dataclass(frozen=True)
 class StandaloneConfig:
     node: str
-    store: Path
+    store: Path | S3Location
+    """The shared store: a directory, or a bucket (cluster mode only: ``watcher.cluster_agent.BucketStores``; the
+    standalone agent over a bucket is ``watcher.agent_s3``)."""
     watch: WatchSettings
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     delete_ingested: bool = False
@@ -59,19 +60,6 @@ class StandaloneConfig:
     """Node-local store for checkpoints taken while the shared store is unavailable."""
     move_interval: float = 30.0
     """Seconds between the mover's looks at the local store (and probes of the shared one)."""
-
-
-class IngestHooks(Protocol):
-    """What cluster mode adds around the directory's ingests."""
-
-    def before(self, path: Path) -> Outcome | None:
-        """An outcome to report without ingesting (the archive is the agent's own request), or None."""
-
-    async def after(self, path: Path, result: IngestResult, store: Store) -> None:
-        """Announce an ingested archive nobody requested."""
-
-    async def moved(self, checkpoint: Checkpoint) -> None:
-        """Point the API at a checkpoint's shared copy, before its local copy is removed."""
 
 
 class StandaloneAgent:

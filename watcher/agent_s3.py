@@ -2,10 +2,13 @@
 bucket out.
 
 Composition only, as ``watcher.agent``: the directory watch decides when an archive is ready,
-``watcher.ingest.s3`` stages and commits it. What the directory store's agent has and this one has not yet:
-the node-local fallback and its mover (a failed ingest is retried by the watch instead, the archive staying
-in the kubelet's directory), and the ingest ledger (after a restart the archives still in the directory are
-read again; each lands on its checkpoint's existing marker and is a duplicate, never a second checkpoint).
+``watcher.ingest.s3`` stages and commits it. Cluster mode adds the same hooks as over a directory
+(``IngestHooks``: the agent's own archives wait for their request, the others are announced) and an
+ingest ledger in a node-local directory (an archive the ledger knows is in the bucket is not read again).
+What the directory store's agent has and this one has not: the node-local fallback and its mover (a failed
+ingest is retried by the watch instead, the archive staying in the kubelet's directory); and, standalone,
+the ledger (after a restart the archives still in the directory are read again; each lands on its
+checkpoint's existing marker and is a duplicate, never a second checkpoint).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from watcher.archive.stamp import ArchiveStamp, stamp_of
-from watcher.attempt import attempt
+from watcher.attempt import IngestHooks, attempt
 from watcher.errors import ArchiveIncomplete, Cancelled, LpmError, StoreError
 from watcher.ingest import s3 as s3ingest
 from watcher.observe import AgentMetrics, Operation
@@ -28,6 +31,7 @@ from watcher.runtime.capability import Capability
 from watcher.s3 import retrieve as s3retrieve
 from watcher.s3.store import S3Store
 from watcher.store.manifest import Manifest
+from watcher.stores import InBucket
 from watcher.supervise import Supervisor
 from watcher.watch.dirwatch import WatchSettings, watch_directory
 from watcher.watch.stability import Outcome
@@ -36,6 +40,7 @@ from watcher.zstream import CompressionSettings
 log = logging.getLogger("lpm.agent")
 
 SHUTDOWN_GRACE = 4.0
+_BUCKET = InBucket()
 PROBE_TIMEOUT = 3.0
 """Seconds /readyz waits for the bucket to answer; below the DaemonSet's readiness probe timeout (5 s)."""
 
@@ -47,6 +52,8 @@ class S3AgentConfig:
     watch: WatchSettings
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     delete_ingested: bool = False
+    ledger_fd: int | None = None
+    """A node-local directory for the ingest ledger (cluster mode: the local store's), or None: no ledger."""
 
 
 class S3Readiness:
@@ -67,9 +74,10 @@ class S3Readiness:
 
 
 class S3StandaloneAgent:
-    def __init__(self, config: S3AgentConfig, metrics: AgentMetrics) -> None:
+    def __init__(self, config: S3AgentConfig, metrics: AgentMetrics, hooks: IngestHooks | None = None) -> None:
         self._config = config
         self._metrics = metrics
+        self._hooks = hooks
         self.cancel = threading.Event()
 
     async def settle(self) -> None:
@@ -78,8 +86,8 @@ class S3StandaloneAgent:
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self._config
         log.info("agent starting", extra={"fields": {
-            "mode": "standalone", "node": cfg.node, "checkpointDir": str(cfg.watch.directory),
-            "store": str(cfg.store), "deleteIngested": cfg.delete_ingested,
+            "mode": "standalone" if self._hooks is None else "cluster", "node": cfg.node,
+            "checkpointDir": str(cfg.watch.directory), "store": str(cfg.store), "deleteIngested": cfg.delete_ingested,
             "forcePolling": cfg.watch.force_polling}})
         supervisor = Supervisor(self._metrics.tasks)
         supervisor.start("checkpoint-directory watch",
@@ -103,9 +111,12 @@ class S3StandaloneAgent:
     async def _ingest(self, path: Path, stamp: ArchiveStamp) -> Outcome:
         cfg = self._config
         fields: dict[str, object] = {"archive": path.name, "bytes": stamp.size}
+        if self._hooks is not None and (decided := self._hooks.before(path)) is not None:
+            return decided
         started = time.monotonic()
         result = await attempt(s3ingest.ingest_archive(cfg.store, path, cfg.node, cfg.compression, self.cancel,
-                                                       datetime.now(UTC)), fields, self._metrics)
+                                                       datetime.now(UTC), ledger_fd=cfg.ledger_fd),
+                               fields, self._metrics)
         if isinstance(result, Outcome):
             return result
         seconds = time.monotonic() - started
@@ -117,6 +128,14 @@ class S3StandaloneAgent:
                      "container": manifest.container_name, "checkpointID": manifest.checkpoint_id,
                      "artifactURI": manifest.ref.uri, "storageType": "shared", "store": str(cfg.store),
                      "compressedBytes": manifest.compressed_size, "seconds": round(seconds, 3)}})
+        if self._hooks is not None:
+            # Also for duplicates, as over a directory: announcing is idempotent, and a restart must finish
+            # an announcement the API refused last time.
+            try:
+                await self._hooks.after(path, result, _BUCKET)
+            except LpmError as err:
+                log.error("ingested archive not announced yet", extra={"fields": {**fields, "reason": str(err)}})
+                return Outcome.STORE_TROUBLE
         if cfg.delete_ingested:
             await self._delete_verified(path, stamp, manifest, fields)
         return Outcome.DONE

@@ -3,17 +3,22 @@
 Both standalone agents (a directory store, ``watcher.agent``; a bucket, ``watcher.agent_s3``) watch the
 kubelet's directory the same way, so an ingest that failed means the same to the watch whatever the store:
 an archive still being written is waited for, a malformed one is refused for good, anything else is the
-store's trouble and retried with backoff.
+store's trouble and retried with backoff. Cluster mode adds the same hooks around either agent's ingests
+(``IngestHooks``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from typing import TypeVar
+from pathlib import Path
+from typing import Protocol, TypeVar
 
 from watcher.errors import ArchiveChanged, ArchiveError, ArchiveIncomplete, Cancelled, LpmError
+from watcher.ingest.service import IngestResult
 from watcher.observe import AgentMetrics, Operation
+from watcher.store.catalog import Checkpoint
+from watcher.stores import Where
 from watcher.watch.stability import Outcome
 
 log = logging.getLogger("lpm.agent")
@@ -38,3 +43,16 @@ async def attempt(ingest: Awaitable[T], fields: dict[str, object], metrics: Agen
         log.error("ingest failed", extra={"fields": {**fields, "reason": str(err)}})
         metrics.failed(Operation.INGEST, err)
         return Outcome.STORE_TROUBLE
+
+
+class IngestHooks(Protocol):
+    """What cluster mode adds around the directory's ingests."""
+
+    def before(self, path: Path) -> Outcome | None:
+        """An outcome to report without ingesting (the archive is the agent's own request), or None."""
+
+    async def after(self, path: Path, result: IngestResult, store: Where) -> None:
+        """Announce an ingested archive nobody requested."""
+
+    async def moved(self, checkpoint: Checkpoint) -> None:
+        """Point the API at a checkpoint's shared copy, before its local copy is removed."""

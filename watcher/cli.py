@@ -38,7 +38,8 @@ from lpm_gc import cli as gc_cli
 from watcher import logs
 from watcher.agent import StandaloneAgent, StandaloneConfig
 from watcher.agent_s3 import S3AgentConfig, S3Readiness, S3StandaloneAgent
-from watcher.cluster_agent import ClusterAgent, ClusterConfig, RestoreSettings
+from watcher.cluster.sinks import BucketPlaces, BucketSink
+from watcher.cluster_agent import BucketStores, ClusterAgent, ClusterConfig, RestoreSettings
 from watcher.crypt import keyring
 from watcher.crypt.keyring import Keyring
 from watcher.errors import KeyringError, KeyUnavailable, LpmError
@@ -61,7 +62,7 @@ from watcher.s3.store import S3Store
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.store.catalog import Checkpoint, Skipped
 from watcher.store.layout import StorageType
-from watcher.stores import Stores
+from watcher.stores import Stores, open_local
 from watcher.supervise import Supervisor
 from watcher.watch.dirwatch import WatchSettings
 from watcher.zstream import CompressionSettings
@@ -323,11 +324,12 @@ def _node(args: argparse.Namespace) -> str:
 
 
 def _agent(args: argparse.Namespace) -> int:
-    if isinstance(args.store, S3Location):
-        return _s3_agent(args, args.store)
+    at = args.store if isinstance(args.store, S3Location) else None
+    if at is not None and args.standalone:
+        return _s3_agent(args, at)
     config = StandaloneConfig(
         node=_node(args),
-        store=args.store.resolve(),
+        store=args.store.resolve() if at is None else at,
         watch=WatchSettings(directory=args.checkpoint_dir, debounce=args.debounce,
                             force_polling=args.force_polling, give_up_after=args.give_up_after),
         compression=_compression(args),
@@ -335,10 +337,12 @@ def _agent(args: argparse.Namespace) -> int:
         local_store=args.local_store.resolve(),
         move_interval=args.move_interval,
     )
-    stores = Stores(config.store, config.local_store, config.node)
-    metrics = AgentMetrics(config.store, config.local_store)
+    if at is not None:
+        return _s3_cluster_agent(args, config, at)
+    stores = Stores(args.store.resolve(), config.local_store, config.node)
+    metrics = AgentMetrics(args.store.resolve(), config.local_store)
     stores.on_change(lambda available: metrics.shared_store_available.set(1 if available else 0))
-    readiness = Readiness(stores)
+    readiness = Readiness.of(stores)
     if args.standalone:
         ingest = StandaloneAgent(config, metrics, stores)
         agent: Agent = ingest
@@ -348,13 +352,38 @@ def _agent(args: argparse.Namespace) -> int:
             agent = _WithRestorer(ingest, StandaloneRestorer(_restorer_settings(args, config.node), source, metrics),
                                   metrics)
         return asyncio.run(_run_until_signal(agent, args.health_port, metrics, readiness))
+    return asyncio.run(_run_until_signal(ClusterAgent(_cluster_config(args, config), metrics, readiness, stores),
+                                         args.health_port, metrics, readiness))
+
+
+def _cluster_config(args: argparse.Namespace, base: StandaloneConfig) -> ClusterConfig:
     endpoint = runtime_endpoint(args.runtime_endpoint, args.importer, args.containerd_address)
-    cluster = ClusterConfig(config, args.kubeconfig, _checkpoints(args, endpoint),
-                            RestoreSettings(args.restore_work_dir, make_importer(args), marker_poll=args.marker_poll),
-                            namespace=args.namespace or _in_cluster_namespace() or AGENT_NAMESPACE,
-                            runtime_endpoint=endpoint, max_concurrent_checkpoints=args.max_concurrent_checkpoints)
-    return asyncio.run(_run_until_signal(ClusterAgent(cluster, metrics, readiness, stores), args.health_port,
-                                         metrics, readiness))
+    return ClusterConfig(base, args.kubeconfig, _checkpoints(args, endpoint),
+                         RestoreSettings(args.restore_work_dir, make_importer(args), marker_poll=args.marker_poll),
+                         namespace=args.namespace or _in_cluster_namespace() or AGENT_NAMESPACE,
+                         runtime_endpoint=endpoint, max_concurrent_checkpoints=args.max_concurrent_checkpoints)
+
+
+def _s3_cluster_agent(args: argparse.Namespace, base: StandaloneConfig, at: S3Location) -> int:
+    """``lpm agent --store s3://...``: migrations over a bucket (docs/s3.md), the local store holding only this
+    node's ingest ledger."""
+    cluster = _cluster_config(args, base)
+
+    async def run() -> int:
+        async with s3client.connect(at) as client:
+            store = S3Store(client, at)
+            await store.check()
+            # Once here rather than before every checkpoint: the source's own ingests do not ask it again.
+            await store.require_conditional_put(base.node)
+            metrics = AgentMetrics(None, base.local_store)
+            local = open_local(base.local_store)
+            places = BucketPlaces(BucketSink(store, local.fd),
+                                  lambda available: metrics.shared_store_available.set(1 if available else 0))
+            readiness = Readiness(places.probe, None, str(store))
+            agent = ClusterAgent(cluster, metrics, readiness, BucketStores(store, local, places))
+            return await _serve_until_signal(agent, args.health_port, metrics, readiness)
+
+    return asyncio.run(run())
 
 
 def _checkpoints(args: argparse.Namespace, endpoint: str | None) -> KubeletSettings | RuntimeCheckpointSettings:
@@ -655,9 +684,6 @@ async def _s3_ingest(args: argparse.Namespace) -> int:
 
 def _s3_agent(args: argparse.Namespace, at: S3Location) -> int:
     """``lpm agent --standalone --store s3://...`` (docs/s3.md: no local fallback, mover or ledger yet)."""
-    if not args.standalone:
-        raise LpmError(f"store {at}: an S3 store is served by the standalone agent only so far (docs/s3.md); "
-                       "cluster mode takes a directory")
     node = _node(args)
     watch = WatchSettings(directory=args.checkpoint_dir, debounce=args.debounce, force_polling=args.force_polling,
                           give_up_after=args.give_up_after)

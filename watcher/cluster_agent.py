@@ -4,7 +4,8 @@ Watches (list, then watch, relist on 410): pods on this node (field selector
 ``spec.nodeName``), ContainerCheckpoints, PodCheckpoints and PodMigrations. Keeps this node's
 Lease renewed, saying whether its runtime can restore (``presence``). The directory
 watcher's mover switches contents to ``shared`` when it moves a locally held checkpoint
-(``relocation``); the PodMigration status that move writes is what brings the destination back. Every background
+(``relocation``); the PodMigration status that move writes is what brings the destination back. The shared
+store is a directory (``Stores``), or a bucket (``BucketStores``, docs/s3.md: no local fallback). Every background
 task is named and supervised: if one ends unexpectedly the agent logs it and stops, and the
 DaemonSet restarts it, rather than running on half-blind.
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from watcher.agent import SHUTDOWN_GRACE, StandaloneAgent, StandaloneConfig
+from watcher.agent_s3 import S3AgentConfig, S3StandaloneAgent
 from watcher.cluster.checkpointers import Checkpointer, KubeletCheckpointer, RuntimeCheckpointer
 from watcher.cluster.checkpointing import (
     Source,
@@ -48,7 +50,7 @@ from watcher.cluster.objects import (
 )
 from watcher.cluster.presence import Announcer
 from watcher.cluster.relocation import announce_moved
-from watcher.cluster.sinks import DirectoryPlaces
+from watcher.cluster.sinks import BucketPlaces, DirectoryPlaces, Places
 from watcher.cluster.status import now, transition, update_status
 from watcher.ingest.service import IngestResult
 from watcher.kube.client import Kube, connect
@@ -59,11 +61,12 @@ from watcher.restore.destination import Destination
 from watcher.restore.early import EarlyPulls
 from watcher.restore.importer import ContainersStorageImporter, Importer
 from watcher.restore.markers import poll_markers
-from watcher.restore.source import DirectorySource
+from watcher.restore.source import BucketSource, DirectorySource
 from watcher.runtime import checkpoint as runtime_checkpoint
 from watcher.runtime.capability import Capability
+from watcher.s3.store import S3Store
 from watcher.store.catalog import Checkpoint
-from watcher.stores import Store, Stores
+from watcher.stores import Store, Stores, Where
 from watcher.supervise import Supervisor
 from watcher.watch.stability import Outcome
 
@@ -112,7 +115,7 @@ class _DirectoryHooks:
         # stored copy is then verified like any other.
         return None
 
-    async def after(self, path: Path, result: IngestResult, store: Store) -> None:
+    async def after(self, path: Path, result: IngestResult, store: Where) -> None:
         """Record an unrequested archive as a finished ContainerCheckpoint with its content."""
         if self._claims.of(path.name) is Claim.OURS:
             return  # announced by the request that asked for it
@@ -137,8 +140,20 @@ class _DirectoryHooks:
         await announce_moved(self._kube, self._node, self._local_store, checkpoint)
 
 
+@dataclass(frozen=True)
+class BucketStores:
+    """Cluster mode over a bucket (docs/s3.md): checkpoints go to the bucket, and the node-local directory
+    keeps only this node's ingest ledger; there is no local fallback (``watcher.cluster.sinks.BucketPlaces``,
+    which /readyz probes too)."""
+
+    bucket: S3Store
+    local: Store
+    places: BucketPlaces
+
+
 class ClusterAgent:
-    def __init__(self, config: ClusterConfig, metrics: AgentMetrics, readiness: Readiness, stores: Stores) -> None:
+    def __init__(self, config: ClusterConfig, metrics: AgentMetrics, readiness: Readiness,
+                 stores: Stores | BucketStores) -> None:
         self._config = config
         self._metrics = metrics
         self._readiness = readiness
@@ -159,11 +174,23 @@ class ClusterAgent:
         self._checkpointer = checkpointer
         claims = Claims()
         stores = self._stores
-        directory = StandaloneAgent(cfg.base, self._metrics, stores,
-                                    _DirectoryHooks(kube, claims, node, stores.local.path))
-        source = Source(kube, checkpointer, node, cfg.base.watch.directory, DirectoryPlaces(stores),
-                        cfg.base.compression, directory.cancel, claims, self._metrics, cfg.max_concurrent_checkpoints)
-        # The shared store's fd keeps its number even when the store is replaced (see watcher.stores).
+        hooks = _DirectoryHooks(kube, claims, node, stores.local.path)
+        directory: StandaloneAgent | S3StandaloneAgent
+        places: Places
+        shared: DirectorySource | BucketSource
+        if isinstance(stores, Stores):
+            directory = StandaloneAgent(cfg.base, self._metrics, stores, hooks)
+            places = DirectoryPlaces(stores)
+            # The shared store's fd keeps its number even when the store is replaced (see watcher.stores).
+            shared = DirectorySource(stores.shared.fd, cfg.base.compression, directory.cancel)
+        else:
+            base = cfg.base
+            directory = S3StandaloneAgent(S3AgentConfig(node, stores.bucket, base.watch, base.compression,
+                                                        base.delete_ingested, stores.local.fd), self._metrics, hooks)
+            places = stores.places
+            shared = BucketSource(stores.bucket, base.compression, directory.cancel, asyncio.get_running_loop())
+        source = Source(kube, checkpointer, node, cfg.base.watch.directory, places, cfg.base.compression,
+                        directory.cancel, claims, self._metrics, cfg.max_concurrent_checkpoints)
 
         def look_again(delay: float, obj: Mapping[str, Any]) -> None:
             """Reconcile this PodMigration again in ``delay`` s: what it waits for (the other node's pod, a
@@ -173,7 +200,6 @@ class ClusterAgent:
 
         # Without the node's CRI socket (a user who chose none) the restore pulls base images as it always did.
         early = EarlyPulls(kube, node, cfg.runtime_endpoint) if cfg.runtime_endpoint is not None else None
-        shared = DirectorySource(stores.shared.fd, cfg.base.compression, directory.cancel)
         destination = Destination(kube, node, shared, cfg.restore.work_dir, cfg.restore.importer, self._metrics,
                                   look_again, early)
 

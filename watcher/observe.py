@@ -28,7 +28,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from enum import StrEnum
@@ -277,8 +277,14 @@ class ReadinessCheck(Protocol):
 class Readiness:
     """Ready = every registered API watch has listed once, and a store (shared, else local) takes a write."""
 
-    def __init__(self, stores: Stores) -> None:
-        self._stores = stores
+    def __init__(self, probe: Callable[[], Awaitable[str | None]], local_writable: Callable[[], str | None] | None,
+                 store: str) -> None:
+        """``probe``: None when the shared store is available, else why; ``local_writable``: the same of the
+        local store, whose checkpoints are held while the shared one is not (None: no local store, so the
+        shared one unavailable is not ready); ``store``: the shared store, as a log line names it."""
+        self._probe = probe
+        self._local_writable = local_writable
+        self._store = store
         self._watches: dict[str, asyncio.Event] = {}
         self._was: tuple[bool, bool] | None = None
         self.restore: Capability | None = None
@@ -293,9 +299,10 @@ class Readiness:
         """(problems: not ready while any, the degradation: ready but held locally, or None)."""
         problems = [f"watch {name} not established yet" for name, synced in self._watches.items()
                     if not synced.is_set()]
-        degraded = await self._stores.probe()
+        degraded = await self._probe()
         if degraded is not None:
-            local = await asyncio.to_thread(self._stores.local_writable)
+            local = ("no local store to hold checkpoints in" if self._local_writable is None
+                     else await asyncio.to_thread(self._local_writable))
             if local is not None:
                 problems += [degraded, local]
                 degraded = None
@@ -312,7 +319,13 @@ class Readiness:
         elif degraded is not None:
             log.warning("agent ready, degraded", extra={"fields": {"reason": degraded}})
         else:
-            log.info("agent ready", extra={"fields": {"store": str(self._stores.shared.path)}})
+            log.info("agent ready", extra={"fields": {"store": self._store}})
+
+
+    @classmethod
+    def of(cls, stores: Stores) -> Readiness:
+        """Both stores directories: ready, degraded, while the local one takes what the shared one cannot."""
+        return cls(stores.probe, stores.local_writable, str(stores.shared.path))
 
 
 def _listen(port: int) -> socket.socket:

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from watcher.errors import LpmError, StoreError
 from watcher.store import fsio, layout
@@ -32,6 +33,27 @@ log = logging.getLogger("lpm.agent")
 
 PROBE_TIMEOUT = 3.0
 """Seconds a probe write may take; below the DaemonSet's readiness probe timeout (5 s)."""
+
+
+class Where(Protocol):
+    """What an announcement says of a store: its kind, and the URI it gives an artifact (a ``Store``, or a
+    bucket: ``watcher.cluster.sinks.BucketSink``)."""
+
+    @property
+    def kind(self) -> StorageType: ...
+
+    def uri(self, ref: layout.ArtifactRef) -> str: ...
+
+
+class InBucket:
+    """A bucket's ``Where``: always shared, its URIs the layout's own (``shared://...``)."""
+
+    @property
+    def kind(self) -> StorageType:
+        return StorageType.SHARED
+
+    def uri(self, ref: layout.ArtifactRef) -> str:
+        return ref.uri
 
 
 @dataclass(frozen=True)
@@ -44,6 +66,15 @@ class Store:
         return ref.uri if self.kind is StorageType.SHARED else ref.file_uri(self.path)
 
 
+def open_local(path: Path) -> Store:
+    """The node-local store, made if missing, 0700."""
+    store = Store(StorageType.LOCAL, path, fsio.open_root(path, create=True))
+    # A hostPath the kubelet made is 0755; what it holds is process memory, so narrow it as the store's.
+    with fsio.os_errors(f"local store {path}"):
+        os.fchmod(store.fd, fsio.DIR_MODE)
+    return store
+
+
 class Stores:
     """Both stores of one agent, and the shared one's last known availability."""
 
@@ -53,10 +84,7 @@ class Stores:
             raise StoreError(f"local store {local}: overlaps the shared store {shared}; it must be a separate "
                              "directory on the node's own disk")
         self.shared = Store(StorageType.SHARED, shared, fsio.open_root(shared, create=True))
-        self.local = Store(StorageType.LOCAL, local, fsio.open_root(local, create=True))
-        # A hostPath the kubelet made is 0755; what it holds is process memory, so narrow it as the store's.
-        with fsio.os_errors(f"local store {local}"):
-            os.fchmod(self.local.fd, fsio.DIR_MODE)
+        self.local = open_local(local)
         # A dot-name: every reader of the store skips those. One per node, so agents never collide.
         self._probe_name = f".readyz-{node}"
         self._probe: asyncio.Future[None] | None = None

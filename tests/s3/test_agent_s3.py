@@ -58,8 +58,3 @@ def test_an_ingest_the_server_failed_is_retried_once_it_is_back(own_server: S3Se
     finally:
         code, _ = agent.stop(signal.SIGTERM)
     assert code == 0, agent.tail()
-
-
-def test_cluster_mode_refuses_an_s3_store_naming_why(s3_env: S3Server, archive_dir: Path) -> None:
-    result = lpm("agent", "--node", "node-a", "--store", "s3://lpm-x/p", "--checkpoint-dir", str(archive_dir))
-    assert result.returncode == 1 and "standalone agent only" in result.stderr, result

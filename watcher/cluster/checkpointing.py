@@ -47,7 +47,7 @@ from watcher.cluster.objects import (
     pod_path,
 )
 from watcher.cluster.reads import UNREAD, Unread, get_or_none
-from watcher.cluster.sinks import Places, Sink, Where
+from watcher.cluster.sinks import Places, Sink
 from watcher.cluster.sockets import Sockets
 from watcher.cluster.status import FINISHED, now, transition, update_status
 from watcher.errors import ArchiveError, Conflict, LpmError, StoreError, UnsafeNameError
@@ -58,6 +58,7 @@ from watcher.kubelet import KubeletError
 from watcher.observe import AgentMetrics, Operation
 from watcher.runtime.checkpoint import RuntimeCheckpointError
 from watcher.store.manifest import Manifest
+from watcher.stores import Where
 from watcher.zstream import CompressionSettings, Tally
 
 log = logging.getLogger(__name__)
@@ -198,14 +199,21 @@ class Source:
                     # still in its directory, so the checkpoint is read again into the local store.
                     self.places.unavailable(str(err))
                     why_local = str(err)
-                    log.warning("shared store failed during the checkpoint; holding it locally", extra={
-                        "fields": {"pod": f"{namespace}/{name}", "reason": why_local}})
+                    said = "shared store failed during the checkpoint"
+                    log.warning(said + "; holding it locally" if self.places.local is not None else said,
+                                extra={"fields": {"pod": f"{namespace}/{name}", "reason": why_local}})
+            where = self.places.shared
             if why_local is not None:
-                results = await self._commit(self.places.local, pod, archives, target_node, {}, done, found)
+                local = self.places.local
+                if local is None:
+                    raise StoreError(f"shared store unavailable ({why_local}), and this agent has no local store "
+                                     "to hold the checkpoint in (an S3 store: docs/s3.md); nothing was stored")
+                results = await self._commit(local, pod, archives, target_node, {}, done, found)
+                where = local
                 self.metrics.held_locally.inc()
             self.metrics.checkpointed(results, time.monotonic() - began)
-            return Stored(results, self.places.shared if why_local is None else self.places.local, why_local,
-                          refused, {container: reading.connections() for container, reading in found.items()})
+            return Stored(results, where, why_local, refused,
+                          {container: reading.connections() for container, reading in found.items()})
         finally:
             if early:  # a later container's checkpoint failed: what was read of the earlier ones goes
                 await self.places.shared.discard(self.node, list(early.values()))

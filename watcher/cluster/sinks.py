@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,19 +27,12 @@ from watcher.ingest.service import IngestResult, StagedArchive
 from watcher.s3.store import S3Store
 from watcher.store import layout
 from watcher.store.layout import StorageType
-from watcher.stores import Store, Stores
+from watcher.stores import PROBE_TIMEOUT, InBucket, Store, Stores, Where
 from watcher.zstream import CompressionSettings, Tally
 
+log = logging.getLogger("lpm.agent")
+
 Also = Callable[[memoryview], None]
-
-
-class Where(Protocol):
-    """What an announcement says of a store: its kind, and the URI it gives an artifact."""
-
-    @property
-    def kind(self) -> StorageType: ...
-
-    def uri(self, ref: layout.ArtifactRef) -> str: ...
 
 
 class Sink(Where, Protocol):
@@ -81,18 +75,14 @@ class DirectorySink:
 
 
 @dataclass(frozen=True)
-class BucketSink:
+class BucketSink(InBucket):
     """The shared store in a bucket: staged as a multipart upload, committed by server-side copies, the
     marker a conditional put (``watcher.ingest.s3``)."""
 
     store: S3Store
-
-    @property
-    def kind(self) -> StorageType:
-        return StorageType.SHARED
-
-    def uri(self, ref: layout.ArtifactRef) -> str:
-        return ref.uri
+    ledger_fd: int
+    """A node-local directory for this node's ingest ledger (the local store), so that the directory watch
+    neither reads nor uploads again an archive this agent committed (``watcher.ingest.s3.already_ingested``)."""
 
     async def stage(self, path: Path, node: str, hint: Identity | None, settings: CompressionSettings,
                     cancel: threading.Event, written: threading.Event | None = None, tally: Tally | None = None,
@@ -101,7 +91,7 @@ class BucketSink:
 
     async def commit(self, node: str, staged: Sequence[StagedArchive], target_node: str | None,
                      now: datetime) -> list[IngestResult]:
-        return await s3ingest.commit_staged(self.store, node, staged, target_node, now)
+        return await s3ingest.commit_staged(self.store, node, staged, target_node, now, self.ledger_fd)
 
     async def discard(self, node: str, staged: Sequence[StagedArchive]) -> None:
         for item in staged:
@@ -110,13 +100,14 @@ class BucketSink:
 
 
 class Places(Protocol):
-    """The shared store while it is available, else the node's local one."""
+    """The shared store while it is available, else the node's local one, if there is one."""
 
     @property
     def shared(self) -> Sink: ...
 
     @property
-    def local(self) -> Sink: ...
+    def local(self) -> Sink | None:
+        """None: no local fallback (a bucket); a checkpoint the shared store cannot take fails, saying why."""
 
     async def probe(self) -> str | None:
         """Probe the shared store now; None when it is available, else the reason."""
@@ -146,3 +137,50 @@ class DirectoryPlaces:
 
     def unavailable(self, reason: str) -> None:
         self._stores.unavailable(reason)
+
+
+class BucketPlaces:
+    """The shared store a bucket, with no local fallback: there is no mover into a bucket yet (docs/s3.md), and a
+    checkpoint held where no destination can read it would strand its migration. Available while the bucket
+    answers a HEAD within ``PROBE_TIMEOUT``."""
+
+    def __init__(self, bucket: BucketSink, on_change: Callable[[bool], None] | None = None) -> None:
+        """``on_change(available)``: after every probe (the metrics keep their gauge with it)."""
+        self._bucket = bucket
+        self._on_change = on_change
+        self.problem: str | None = None
+        """Why the bucket is unavailable (None: it answered the last probe)."""
+
+    @property
+    def shared(self) -> Sink:
+        return self._bucket
+
+    @property
+    def local(self) -> Sink | None:
+        return None
+
+    async def probe(self) -> str | None:
+        try:
+            await asyncio.wait_for(self._bucket.store.check(), PROBE_TIMEOUT)
+        except TimeoutError:
+            problem: str | None = f"store {self._bucket.store}: no answer within {PROBE_TIMEOUT:g} s"
+        except LpmError as err:
+            problem = str(err)
+        else:
+            problem = None
+        self._record(problem)
+        return problem
+
+    def unavailable(self, reason: str) -> None:
+        self._record(f"store {self._bucket.store}: {reason}")
+
+    def _record(self, problem: str | None) -> None:
+        if (problem is None) != (self.problem is None):
+            if problem is None:
+                log.info("shared store available again", extra={"fields": {"store": str(self._bucket.store)}})
+            else:
+                log.warning("shared store unavailable; checkpoints fail until it is back", extra={
+                    "fields": {"reason": problem}})
+        self.problem = problem
+        if self._on_change is not None:
+            self._on_change(problem is None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
 import threading
@@ -23,9 +24,17 @@ from pathlib import Path
 
 from watcher.archive import names
 from watcher.archive.identity import Identity, identify
-from watcher.archive.stamp import ArchiveStamp
+from watcher.archive.stamp import ArchiveStamp, stamp_of
 from watcher.archive.tarscan import TarScanner
-from watcher.errors import AlreadyComplete, ArchiveError, LpmError
+from watcher.errors import (
+    AlreadyComplete,
+    ArchiveError,
+    IncompleteCheckpoint,
+    LpmError,
+    StoreError,
+    UnknownCheckpoint,
+    UnsafeNameError,
+)
 from watcher.ingest.service import (
     CAPTURED,
     Follow,
@@ -40,7 +49,10 @@ from watcher.ingest.service import (
 )
 from watcher.s3.store import PART_SIZE, S3Store, part_size, read_part_from
 from watcher.store import layout
+from watcher.store.ledger import Ledger, LedgerRecord
 from watcher.zstream import CompressionSettings, StreamDigest, Tally, compress_stream
+
+log = logging.getLogger(__name__)
 
 _PIPE_SIZE = 1 << 20
 
@@ -122,8 +134,17 @@ def _drain(fd: int) -> None:
 
 
 async def commit_staged(store: S3Store, node: str, staged: Sequence[StagedArchive], target_node: str | None,
-                        now: datetime) -> list[IngestResult]:
-    """Commit staged archives of one pod as ONE checkpoint, marker last (``service.commit_staged``)."""
+                        now: datetime, ledger_fd: int | None = None) -> list[IngestResult]:
+    """Commit staged archives of one pod as ONE checkpoint, marker last (``service.commit_staged``); with
+    ``ledger_fd`` (a node-local directory), record them in this node's ingest ledger there."""
+    results = await _commit(store, node, staged, target_node, now)
+    if ledger_fd is not None:
+        await asyncio.to_thread(_record, ledger_fd, node, staged, results)
+    return results
+
+
+async def _commit(store: S3Store, node: str, staged: Sequence[StagedArchive], target_node: str | None,
+                  now: datetime) -> list[IngestResult]:
     uids = {s.identity.identity.pod_uid for s in staged}
     containers = [s.identity.identity.container for s in staged]
     if len(uids) != 1 or len(set(containers)) != len(containers):
@@ -153,14 +174,42 @@ async def commit_staged(store: S3Store, node: str, staged: Sequence[StagedArchiv
                 await store.delete(store.location.staging_key(node, item.dump_name))
 
 
+def _record(ledger_fd: int, node: str, staged: Sequence[StagedArchive], results: list[IngestResult]) -> None:
+    """After the marker, as over a directory: a crash before it costs one re-read, never a duplicate."""
+    ledger = Ledger(ledger_fd, node)
+    for item, result in zip(staged, results, strict=True):  # both in the order of the pod's containers
+        m = result.manifest
+        ledger.record(LedgerRecord(item.stamp, m.pod_uid, m.checkpoint_id, m.container_name, verified=False))
+
+
 async def _duplicates(store: S3Store, uid: str, cid: str, containers: list[str]) -> list[IngestResult]:
     return [IngestResult((await store.find(layout.ArtifactRef(uid, cid, c)))[1], True) for c in containers]
 
 
+async def already_ingested(store: S3Store, ledger_fd: int, node: str, path: Path) -> IngestResult | None:
+    """The checkpoint in the bucket of this exact archive version, if the node-local ledger has one
+    (``service.already_ingested``): the archive is then neither read nor uploaded again."""
+    try:
+        record = await asyncio.to_thread(Ledger(ledger_fd, node).lookup, path.name)
+    except (StoreError, UnsafeNameError) as err:
+        log.warning("ledger record unreadable; ingesting the archive again",
+                    extra={"fields": {"archive": path.name, "reason": str(err)}})
+        return None
+    if record is None or record.stamp != stamp_of(path):
+        return None
+    try:
+        return IngestResult((await store.find(record.ref))[1], True)
+    except (UnknownCheckpoint, IncompleteCheckpoint):
+        return None  # collected, or never completed: ingest it afresh (the bucket away is raised: retried)
+
+
 async def ingest_archive(store: S3Store, path: Path, node: str, settings: CompressionSettings,
                          cancel: threading.Event, now: datetime, target_node: str | None = None,
-                         hint: Identity | None = None) -> IngestResult:
-    """Ingest one archive as a one-container checkpoint; idempotent (same archive, same checkpoint ID)."""
+                         hint: Identity | None = None, ledger_fd: int | None = None) -> IngestResult:
+    """Ingest one archive as a one-container checkpoint; idempotent (same archive, same checkpoint ID). With
+    ``ledger_fd``, an archive the ledger there says is in the bucket is not read again."""
+    if ledger_fd is not None and (known_result := await already_ingested(store, ledger_fd, node, path)) is not None:
+        return known_result
     await store.require_conditional_put(node)
     staged = await stage_archive(store, path, node, hint, settings, cancel)
-    return (await commit_staged(store, node, [staged], target_node, now))[0]
+    return (await commit_staged(store, node, [staged], target_node, now, ledger_fd))[0]
