@@ -175,6 +175,8 @@ class Source:
         # Asked before the checkpoints, so that each archive can be read into the shared store while the
         # runtime writes it (``_take``); what the store says later is handled as before.
         why_local = await self.places.probe()
+        if why_local is not None and self.places.local is None:  # before any dump: nowhere to put it
+            raise _nowhere(why_local, "the pod was not checkpointed")
         early: dict[str, StagedArchive] = {}
         try:
             for container in containers:
@@ -206,8 +208,7 @@ class Source:
             if why_local is not None:
                 local = self.places.local
                 if local is None:
-                    raise StoreError(f"shared store unavailable ({why_local}), and this agent has no local store "
-                                     "to hold the checkpoint in (an S3 store: docs/s3.md); nothing was stored")
+                    raise _nowhere(why_local, "nothing was stored")
                 results = await self._commit(local, pod, archives, target_node, {}, done, found)
                 where = local
                 self.metrics.held_locally.inc()
@@ -343,6 +344,12 @@ class Source:
             "pod": f"{namespace}/{name}", "checkpointID": results[0].manifest.checkpoint_id,
             "storageType": store.kind.value, "commitSeconds": round(time.monotonic() - started, 4)}})
         return results
+
+
+def _nowhere(why: str, outcome: str) -> StoreError:
+    """The shared store cannot take the checkpoint, and there is no local store to hold it (a bucket)."""
+    return StoreError(f"shared store unavailable ({why}), and this agent has no local store to hold the checkpoint "
+                      f"in (an S3 store: docs/s3.md); {outcome}")
 
 
 class _Halt(threading.Event):

@@ -4,7 +4,8 @@ A checkpoint goes in two steps, the same in both: each container's archive is st
 checked, compressed and hashed into the store's staging area), then the pod's staged archives are
 committed as one checkpoint, completion marker last; staged archives that will not be committed are
 discarded. ``Places`` says which store takes the next checkpoint: the shared one while it is available,
-else the node's local directory, from which the mover brings it over later.
+else the node's local directory, from which the mover brings it over later (a directory shared store only:
+over a bucket there is no local fallback, ``BucketPlaces``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import logging
 import os
 import secrets
 import threading
@@ -24,16 +23,14 @@ from pathlib import Path
 
 from watcher.archive import names
 from watcher.archive.identity import Identity, identify
-from watcher.archive.stamp import ArchiveStamp, stamp_of
+from watcher.archive.stamp import ArchiveStamp
 from watcher.archive.tarscan import TarScanner
 from watcher.errors import (
     AlreadyComplete,
     ArchiveError,
     IncompleteCheckpoint,
     LpmError,
-    StoreError,
     UnknownCheckpoint,
-    UnsafeNameError,
 )
 from watcher.ingest.service import (
     CAPTURED,
@@ -43,6 +40,7 @@ from watcher.ingest.service import (
     both,
     check_unchanged,
     known,
+    ledger_record,
     manifest_for,
     open_archive,
     open_when_there,
@@ -51,8 +49,6 @@ from watcher.s3.store import PART_SIZE, S3Store, part_size, read_part_from
 from watcher.store import layout
 from watcher.store.ledger import Ledger, LedgerRecord
 from watcher.zstream import CompressionSettings, StreamDigest, Tally, compress_stream
-
-log = logging.getLogger(__name__)
 
 _PIPE_SIZE = 1 << 20
 
@@ -189,13 +185,8 @@ async def _duplicates(store: S3Store, uid: str, cid: str, containers: list[str])
 async def already_ingested(store: S3Store, ledger_fd: int, node: str, path: Path) -> IngestResult | None:
     """The checkpoint in the bucket of this exact archive version, if the node-local ledger has one
     (``service.already_ingested``): the archive is then neither read nor uploaded again."""
-    try:
-        record = await asyncio.to_thread(Ledger(ledger_fd, node).lookup, path.name)
-    except (StoreError, UnsafeNameError) as err:
-        log.warning("ledger record unreadable; ingesting the archive again",
-                    extra={"fields": {"archive": path.name, "reason": str(err)}})
-        return None
-    if record is None or record.stamp != stamp_of(path):
+    record = await asyncio.to_thread(ledger_record, ledger_fd, node, path)
+    if record is None:
         return None
     try:
         return IngestResult((await store.find(record.ref))[1], True)

@@ -234,19 +234,25 @@ def known(digest: str | None) -> str:
     return digest
 
 
-def already_ingested(root_fd: int, node: str, path: Path) -> IngestResult | None:
-    """The committed checkpoint of this exact archive version, if the ledger has one.
+def ledger_record(ledger_fd: int, node: str, path: Path) -> LedgerRecord | None:
+    """The ledger's record of this exact archive version (name, size, mtime), if it has one.
 
     A record that does not read is this node's own bookkeeping gone bad: the archive is ingested
     again (same deterministic checkpoint ID, never a duplicate) and its record written afresh.
     """
     try:
-        record = Ledger(root_fd, node).lookup(path.name)
+        record = Ledger(ledger_fd, node).lookup(path.name)
     except (StoreError, UnsafeNameError) as err:
         log.warning("ledger record unreadable; ingesting the archive again",
                     extra={"fields": {"archive": path.name, "reason": str(err)}})
         return None
-    if record is None or record.stamp != stamp_of(path):
+    return record if record is not None and record.stamp == stamp_of(path) else None
+
+
+def already_ingested(root_fd: int, node: str, path: Path) -> IngestResult | None:
+    """The committed checkpoint of this exact archive version, if the ledger has one."""
+    record = ledger_record(root_fd, node, path)
+    if record is None:
         return None
     try:
         return IngestResult(catalog.find(root_fd, record.ref)[1], True)
