@@ -2,13 +2,12 @@
 bucket out.
 
 Composition only, as ``watcher.agent``: the directory watch decides when an archive is ready,
-``watcher.ingest.s3`` stages and commits it. Cluster mode adds the same hooks as over a directory
-(``IngestHooks``: the agent's own archives wait for their request, the others are announced) and an
-ingest ledger in a node-local directory (an archive the ledger knows is in the bucket is not read again).
-What the directory store's agent has and this one has not: the node-local fallback and its mover (a failed
-ingest is retried by the watch instead, the archive staying in the kubelet's directory); and, standalone,
-the ledger (after a restart the archives still in the directory are read again; each lands on its
-checkpoint's existing marker and is a duplicate, never a second checkpoint).
+``watcher.ingest.s3`` stages and commits it, and records it in the ingest ledger, kept in the node-local
+store (an archive the ledger knows is in the bucket is neither read nor uploaded again, after a restart
+too). Cluster mode adds the same hooks as over a directory (``IngestHooks``: the agent's own archives wait
+for their request, the others are announced). What the directory store's agent has and this one has not:
+the node-local fallback and its mover (a failed ingest is retried by the watch instead, the archive staying
+in the kubelet's directory).
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ class S3AgentConfig:
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     delete_ingested: bool = False
     ledger_fd: int | None = None
-    """A node-local directory for the ingest ledger (cluster mode: the local store's), or None: no ledger."""
+    """A node-local directory for the ingest ledger (the local store's), or None: no ledger."""
 
 
 class S3Readiness:

@@ -683,7 +683,7 @@ async def _s3_ingest(args: argparse.Namespace) -> int:
 
 
 def _s3_agent(args: argparse.Namespace, at: S3Location) -> int:
-    """``lpm agent --standalone --store s3://...`` (docs/s3.md: no local fallback, mover or ledger yet)."""
+    """``lpm agent --standalone --store s3://...`` (docs/s3.md: no local fallback or mover yet)."""
     node = _node(args)
     watch = WatchSettings(directory=args.checkpoint_dir, debounce=args.debounce, force_polling=args.force_polling,
                           give_up_after=args.give_up_after)
@@ -692,9 +692,10 @@ def _s3_agent(args: argparse.Namespace, at: S3Location) -> int:
         async with s3client.connect(at) as client:
             store = S3Store(client, at)
             await store.check()
-            metrics = AgentMetrics(None)
-            ingest = S3StandaloneAgent(S3AgentConfig(node, store, watch, _compression(args), args.delete_ingested),
-                                       metrics)
+            local = open_local(args.local_store.resolve())  # the ingest ledger's, as in cluster mode
+            metrics = AgentMetrics(None, local.path)
+            ingest = S3StandaloneAgent(S3AgentConfig(node, store, watch, _compression(args), args.delete_ingested,
+                                                     local.fd), metrics)
             agent: Agent = ingest
             if args.restore:
                 source = BucketSource(store, _compression(args), ingest.cancel, asyncio.get_running_loop())

@@ -1,8 +1,10 @@
 """``lpm agent --standalone --store s3://...`` as a real process against a real S3 server: an archive written
-in place is ingested, verified back and removed; a server gone away is retried until it is back."""
+in place is ingested, verified back and removed; one the ingest ledger knows is not read again after a restart;
+a server gone away is retried until it is back."""
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -58,3 +60,28 @@ def test_an_ingest_the_server_failed_is_retried_once_it_is_back(own_server: S3Se
     finally:
         code, _ = agent.stop(signal.SIGTERM)
     assert code == 0, agent.tail()
+
+
+def test_after_a_restart_an_archive_the_ledger_knows_is_not_read_or_uploaded_again(
+        bucket: Bucket, archive_dir: Path, tmp_path: Path) -> None:
+    local = tmp_path / "local-store"  # the node-local store, where the agent keeps its ingest ledger
+    archive = archive_dir / archive_name(Pod())
+    write_in_place(archive, archive_bytes(ArchiveSpec(memory=2 << 20)), pieces=2, pause=0.05)
+    first = _agent(archive_dir, bucket.url, "--local-store", str(local))
+    try:
+        [ingested] = first.wait_logged("archive ingested")
+    finally:
+        assert first.stop(signal.SIGTERM)[0] == 0, first.tail()
+    # The same name, size and mtime, but bytes no ingest would take: an agent that read the archive again
+    # would refuse it (and a real re-read is a whole upload); one that trusts its ledger does not look.
+    stat = archive.stat()
+    archive.write_bytes(bytes(stat.st_size))
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = _agent(archive_dir, bucket.url, "--local-store", str(local))
+    try:
+        [known] = second.wait_logged("archive already in the store")
+    finally:
+        assert second.stop(signal.SIGTERM)[0] == 0, second.tail()
+    assert known["artifactURI"] == ingested["artifactURI"], known
+    assert second.logs("archive ingested") == [] and second.logs("archive refused") == [], second.tail()
+    assert len([k for k in bucket.keys() if k.endswith("/.checkpoint-complete")]) == 1, bucket.keys()
