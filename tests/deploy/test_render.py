@@ -328,7 +328,8 @@ def test_the_s3_overlay_keeps_checkpoints_in_the_bucket_with_no_volume_and_the_c
         rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch) -> None:
     """No PVC and no shared volume anywhere; every container reads the bucket's parameters from the overlay's
     ConfigMap and the credentials from the Secret's files (never env from it); the commands, parsed by the
-    real command line with that environment, are the standalone agent and collectors over s3://."""
+    real command line with that environment, are the cluster agent (the containerd restore component's importer,
+    the local store for its ledger) and the collectors over s3://."""
     objects = rendered["s3"]
     assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
     [config] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("lpm-s3")]
@@ -336,7 +337,7 @@ def test_the_s3_overlay_keeps_checkpoints_in_the_bucket_with_no_volume_and_the_c
     cronjob = find(objects, "CronJob", "lpm-gc")
     for workload in (ds, cronjob):
         volumes = {v["name"]: v for v in _pod_spec(workload)["volumes"]}
-        assert "checkpoint-repo" not in volumes and "local-store" not in volumes, sorted(volumes)
+        assert "checkpoint-repo" not in volumes, sorted(volumes)
         assert volumes["s3"] == {"name": "s3", "secret": {"secretName": "lpm-s3", "defaultMode": 0o400}}
 
     def parse(container: dict[str, Any]) -> Any:
@@ -355,8 +356,10 @@ def test_the_s3_overlay_keeps_checkpoints_in_the_bucket_with_no_volume_and_the_c
         return build_parser().parse_args(container["args"]), mounts
 
     agent, mounts = parse(_containers(ds)["agent"])
-    assert (agent.command, agent.standalone, agent.delete_ingested) == ("agent", True, True)
+    assert (agent.command, agent.standalone, agent.delete_ingested) == ("agent", False, True)
     assert isinstance(agent.store, S3Location) and agent.checkpoint_dir == Path(CHECKPOINT_DIR)
+    assert (agent.importer, agent.local_store) == ("containerd", Path("/var/lib/lpm/local-store"))
+    assert mounts["/var/lib/lpm/local-store"]["name"] == "local-store"  # the ingest ledger
     assert mounts[CHECKPOINT_DIR]["readOnly"] is False  # --delete-ingested removes the kubelet's archives
     collector, mounts = parse(_containers(ds)["collector"])
     assert (collector.command, collector.checkpoint_dir) == ("gc", None) and CHECKPOINT_DIR not in mounts

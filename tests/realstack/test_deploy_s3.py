@@ -1,11 +1,12 @@
-"""deploy/overlays/s3 as users install it, on a real node: the DaemonSet's standalone agent takes the kubelet's
-checkpoint into a real S3 server and removes the kubelet's archive, with no volume but the node's own.
+"""deploy/overlays/s3 as users install it, on two real nodes (kubelet + containerd + runc + CRIU): the
+DaemonSet's agents migrate a pod through a real S3 server, and take a checkpoint the kubelet's API made into
+it, removing the kubelet's archive once the bucket's copy reads back; no volume but the nodes' own.
 
 The server is s3proxy (lab/s3server.py) serving HTTPS on the lab bridge's gateway, its certificate from a
 throw-away CA that reaches the pods only through the Secret `lpm-s3`, as the overlay documents: the agent's
 readiness (the bucket answers a HEAD) already proves the pod verified TLS and signed with the credentials.
 The overlay is rendered by the real kustomize; the test sets only what an operator sets: s3.env's values,
-the Secret, and the image's name.
+the Secret, the image's name, and where the nodes' ctr is (as lab/deploy does: /opt/lpm/containerd/ctr).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 from lab.cluster import RealCluster
 from lab.deployed import PodAgent, deploy, pods_report
 from lab.kustomize import locate_kustomize, render
-from lab.live import NAMESPACE, SOURCE, run_pod
+from lab.live import NAMESPACE, SOURCE, TARGET, migrate, run_pod
 from lab.lpmimage import REFERENCE
 from lab.manifests import AGENT_NAMESPACE
 from lab.network import GATEWAY
@@ -33,12 +34,13 @@ from tests.s3.conftest import Bucket
 from tests.support import lpm
 
 STORE = "s3://lpm-lab/checkpoints"
+NODE_CTR = "/opt/lpm/containerd/ctr"
 _INGEST_TIMEOUT = 120.0
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RealCluster]:
-    with RealCluster((SOURCE,)) as real:
+    with RealCluster((SOURCE, TARGET)) as real:
         real.control_plane.create_namespace(NAMESPACE)
         yield real
 
@@ -73,6 +75,9 @@ def _as_the_operator_sets_it(objects: list[dict[str, Any]], server: S3Server) ->
         for container in pod.get("containers", []):
             if container["image"].startswith("lpm:"):
                 container["image"] = REFERENCE  # imported into the node's containerd, never pulled
+        for volume in pod.get("volumes", []):
+            if volume["name"] == "node-ctr":
+                volume["hostPath"]["path"] = NODE_CTR
     return [*objects, _secret(server)]
 
 
@@ -82,7 +87,7 @@ def agents(cluster: RealCluster, s3: S3Server, tmp_path_factory: pytest.TempPath
     return deploy(cluster, tmp_path_factory.mktemp("lpm-image"), objects)
 
 
-def test_the_standalone_agent_takes_the_kubelets_checkpoint_into_the_bucket(
+def test_an_agent_takes_a_checkpoint_the_kubelets_api_made_into_the_bucket(
         cluster: RealCluster, s3: S3Server, agents: dict[str, PodAgent], monkeypatch: pytest.MonkeyPatch) -> None:
     cp = cluster.control_plane
     asyncio.run(run_pod(cluster, "counter", ("count",), SOURCE))
@@ -114,3 +119,24 @@ def test_the_standalone_agent_takes_the_kubelets_checkpoint_into_the_bucket(
     assert [(e["podName"], e["containers"]) for e in listed] == [("counter", ["count"])], listed
     verified = lpm("store", "verify", "--store", STORE)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.asyncio
+async def test_the_daemonsets_agents_migrate_a_counter_through_the_bucket(
+        cluster: RealCluster, s3: S3Server, agents: dict[str, PodAgent]) -> None:
+    await run_pod(cluster, "mover", ("count",), SOURCE)
+    outcome = await migrate(cluster, agents, "mover", ("count",), print)
+    cp = cluster.control_plane
+    restored = cp.admin.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{outcome.restored_pod}")
+    assert restored["spec"]["nodeName"] == TARGET
+    # Through the bucket: the checkpoint's content names it as shared, and its marker is there.
+    [migration] = [m for m in cp.admin.request("GET", f"/apis/lpm.my.domain/v1/namespaces/{NAMESPACE}/podmigrations")
+                   ["items"] if m["spec"]["podName"] == "mover"]
+    checkpoint = cp.admin.request("GET", f"/apis/lpm.my.domain/v1/namespaces/{NAMESPACE}/podcheckpoints/"
+                                         f"{migration['status']['podCheckpointRef']['name']}")
+    content = cp.admin.request("GET", "/apis/lpm.my.domain/v1/podcheckpointcontents/"
+                                      f"{checkpoint['status']['boundContentName']}")
+    [stored] = content["spec"]["containers"]
+    assert stored["storageType"] == "shared", stored
+    keys = await asyncio.to_thread(Bucket(s3, "lpm-lab").keys)
+    assert "checkpoints/" + stored["artifactURI"].removeprefix("shared://") in keys, keys
