@@ -39,9 +39,10 @@ from watcher.zstream import CompressionSettings
 log = logging.getLogger("lpm.agent")
 
 SHUTDOWN_GRACE = 4.0
-_BUCKET = InBucket()
 PROBE_TIMEOUT = 3.0
 """Seconds /readyz waits for the bucket to answer; below the DaemonSet's readiness probe timeout (5 s)."""
+_BUCKET = InBucket()
+"""What cluster mode's hooks are told of where an archive went: the bucket, as ``shared://``."""
 
 
 @dataclass(frozen=True)

@@ -321,7 +321,6 @@ class Readiness:
         else:
             log.info("agent ready", extra={"fields": {"store": self._store}})
 
-
     @classmethod
     def of(cls, stores: Stores) -> Readiness:
         """Both stores directories: ready, degraded, while the local one takes what the shared one cannot."""
