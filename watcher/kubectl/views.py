@@ -196,10 +196,14 @@ def yaml(value: Any, indent: int = 0) -> str:
     if isinstance(value, Mapping) and value:
         out = []
         for key, item in value.items():
+            quoted = _quoted(str(key))
+            # YAML allows an implicit key of at most 1024 characters before its ':'; a longer one (a pod's
+            # annotation, say) is written as an explicit key, '? KEY' then ': VALUE' on a line of its own.
+            head = f"{pad}{quoted}:" if len(quoted) < _IMPLICIT_KEY else f"{pad}? {quoted}\n{pad}:"
             if _nested(item):
-                out.append(f"{pad}{_quoted(str(key))}:\n{yaml(item, indent + 2)}")
+                out.append(f"{head}\n{yaml(item, indent + 2)}")
             else:
-                out.append(f"{pad}{_quoted(str(key))}: {_scalar(item)}\n")
+                out.append(f"{head} {_scalar(item)}\n")
         return "".join(out)
     if isinstance(value, list) and value:
         out = []
@@ -211,6 +215,10 @@ def yaml(value: Any, indent: int = 0) -> str:
                 out.append(f"{pad}- {_scalar(item)}\n")
         return "".join(out)
     return f"{pad}{_scalar(value)}\n"
+
+
+_IMPLICIT_KEY = 1000
+"""Below YAML's 1024-character bound on an implicit key, with room for the ': ' after it."""
 
 
 def _nested(value: Any) -> bool:
