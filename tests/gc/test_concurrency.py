@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
 from tests.gc import synthetic
-from tests.gc.support import gc, listed, stamp, summary
+from tests.gc.support import FrozenCollector, gc, listed, stamp, summary
 from tests.support import REPO, lpm
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -92,25 +92,18 @@ def test_concurrent_ingest_and_collection_lose_nothing(kube_dir, store):
         assert lpm("store", "get", uri, "--store", str(store), "-o", str(kube_dir / "out.tar")).returncode == 0
 
 
-def test_two_collectors_never_delete_at_the_same_time(store):
+def test_two_collectors_never_delete_at_the_same_time(store, tmp_path):
     synthetic.build(store, 600, time.time(), max_age=90 * 86400, min_age=2 * 86400)
-    first = _gc_process(store, "--standalone", "--once", "--retention", "1d")
+    first = FrozenCollector(store, tmp_path, "--standalone", "--once", "--retention", "1d")
     try:
-        assert first.stdout is not None
-        head = json.loads(first.stdout.readline())  # it holds the lock and is deleting...
-        first.send_signal(signal.SIGSTOP)  # ...and stays in the middle of its pass
         code, lines, _ = gc(store, "--retention", "1d")
-        first.send_signal(signal.SIGCONT)
-        out, err = first.communicate(timeout=60)
     finally:
-        if first.poll() is None:
-            first.kill()
+        first_code, mine, err = first.finish()
     # The second collector found the lock held: it deleted nothing and said so, and exited 0.
     assert code == 0 and [line["event"] for line in lines] == ["summary"]
     assert summary(lines)["lock"] == "busy" and summary(lines)["deleted"] == 0
     # The first finished alone: every checkpoint deleted exactly once.
-    assert first.returncode == 0, err
-    mine = [head, *map(json.loads, out.splitlines())]
+    assert first_code == 0, err
     deleted = [line["path"] for line in mine if line["event"] == "deletion" and line["kind"] == "complete"]
     assert len(deleted) == len(set(deleted)) == 600
     assert summary(mine)["errors"] == 0 and listed(store) == set()
