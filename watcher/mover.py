@@ -5,7 +5,9 @@ store's complete checkpoints, and if there are any and the shared store takes a 
 each one (``watcher.store.transfer``): copy and commit into the shared store (pinned against the
 collector), let the API say ``shared`` (cluster mode's ``moved`` hook), check the shared copy is
 still complete, unpin it, and only then remove the local copy. A failure leaves the local copy and is
-retried next round.
+retried next round. A checkpoint larger than the room the shared store has left waits, saying so: a
+store that takes the probe's small write may still be too full for it, and a copy would only fill it
+and fail again every round.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from collections.abc import Awaitable, Callable
 
 from watcher.errors import Cancelled, ChecksumMismatch, LpmError, StoreError, UnsafeNameError
 from watcher.observe import AgentMetrics
-from watcher.store import transfer
+from watcher.store import fsio, transfer
 from watcher.store.catalog import Checkpoint
+from watcher.store.usage import store_usage
 from watcher.stores import Stores
 
 log = logging.getLogger("lpm.agent")
@@ -54,6 +57,12 @@ async def move_round(stores: Stores, node: str, cancel: threading.Event, metrics
     count = 0
     for checkpoint in held:
         where = f"{checkpoint.marker.pod_uid}/{checkpoint.marker.checkpoint_id}"
+        needed = transfer.room_needed(checkpoint)
+        available = await asyncio.to_thread(_available, stores)
+        if needed > available:
+            log.info("held checkpoint waits for room in the shared store", extra={"fields": {
+                "checkpoint": where, "neededBytes": needed, "availableBytes": available}})
+            continue
         started = time.monotonic()
         try:
             copied = await asyncio.to_thread(transfer.copy_to_shared, local, stores.shared.fd, node, checkpoint,
@@ -82,3 +91,8 @@ async def move_round(stores: Stores, node: str, cancel: threading.Event, metrics
             "checkpoint": where, "containers": list(checkpoint.marker.containers), "copied": copied,
             "seconds": round(time.monotonic() - started, 3)}})
     return count
+
+
+def _available(stores: Stores) -> int:
+    with fsio.os_errors(f"shared store {stores.shared.path}: its free space"):
+        return store_usage(stores.shared.fd).available

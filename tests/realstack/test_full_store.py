@@ -4,7 +4,7 @@ The store is a filesystem of its own here (a 256 MiB tmpfs under the nodes' bind
 test until a pod's checkpoint no longer fits. The source's agent reads the archive into the store while
 containerd writes it, runs out of space there, and holds the whole checkpoint in node-a's local store
 instead: the request succeeds saying so, with a Warning Event on the pod, the pod runs on untouched, the
-destination waits, and the shared store keeps nothing of the attempt. Once space is freed, the mover brings
+destination waits, and the shared store keeps nothing of the attempt; the mover waits for room, saying so. Once space is freed, the mover brings
 the checkpoint over and the migration goes on: the restored pod on node-b finds every byte of its memory.
 """
 
@@ -111,6 +111,15 @@ async def test_a_store_full_mid_checkpoint_holds_it_locally_then_the_migration_g
                                       f"{request['status']['boundContentName']}")
     assert {c["storageType"] for c in content["spec"]["containers"]} == {"local"}, content["spec"]
     assert not moving.done()
+    # The store still takes the mover's probe (a small write), but not the checkpoint: the mover says it
+    # waits for room, and writes nothing there meanwhile (a copy would only fill the store and fail again).
+    deadline = time.monotonic() + 30
+    while not (waiting := agents[SOURCE].logs("held checkpoint waits for room in the shared store")):
+        assert time.monotonic() < deadline, f"the mover said nothing of the held checkpoint\n{explain()}"
+        await asyncio.sleep(0.2)
+    assert waiting[0]["neededBytes"] > waiting[0]["availableBytes"], waiting[0]
+    assert _files(store, filler) == before, _files(store, filler)
+    assert not agents[SOURCE].logs("shared store failed during a move; the local copy is kept"), explain()
 
     filler.unlink()  # room again: the mover brings the checkpoint over, and the restore follows
     freed = time.monotonic()

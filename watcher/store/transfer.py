@@ -31,6 +31,14 @@ from watcher.store.ledger import Ledger
 _CHUNK = 1 << 20
 _REMOVED_PREFIX = ".moved-"
 """A local checkpoint directory being removed after its move; every reader skips dot-names."""
+_SLACK = 1 << 20
+"""Per container, beyond its dump: its manifest, the marker, the directories and what the filesystem rounds up."""
+
+
+def room_needed(checkpoint: Checkpoint) -> int:
+    """Bytes the shared store must have free to take ``checkpoint``: a copy into a store with less would run
+    out of space part-way, and be tried again, and run out again, every round the store is that full."""
+    return sum(manifest.compressed_size + _SLACK for manifest in checkpoint.manifests)
 
 
 def local_checkpoints(local_fd: int) -> list[Checkpoint]:
