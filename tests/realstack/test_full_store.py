@@ -4,8 +4,9 @@ The store is a filesystem of its own here (a 256 MiB tmpfs under the nodes' bind
 test until a pod's checkpoint no longer fits. The source's agent reads the archive into the store while
 containerd writes it, runs out of space there, and holds the whole checkpoint in node-a's local store
 instead: the request succeeds saying so, with a Warning Event on the pod, the pod runs on untouched, the
-destination waits, and the shared store keeps nothing of the attempt; the mover waits for room, saying so. Once space is freed, the mover brings
-the checkpoint over and the migration goes on: the restored pod on node-b finds every byte of its memory.
+destination waits, and the shared store keeps nothing of the attempt; the mover waits for room, saying so.
+Once space is freed, the mover brings the checkpoint over and the migration goes on: the restored pod on
+node-b finds every byte of its memory.
 """
 
 from __future__ import annotations
