@@ -232,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds between polls of the store's completion markers: the fallback to the "
                             "PodMigration watch, and standalone --restore's only signal (default 10; "
                             "env LPM_MARKER_POLL)")
+    agent.add_argument("--restore-store-patience", type=float, metavar="S",
+                       default=float(_env("LPM_RESTORE_STORE_PATIENCE", "600") or "600"),
+                       help="cluster mode: seconds a restore waits for a store that fails on its side (an S3 or "
+                            "NFS server away) before its migration fails; the migration stays Restoring and says "
+                            "so meanwhile, and the source pod runs on (default 600; env LPM_RESTORE_STORE_PATIENCE)")
     agent.add_argument("--health-port", type=int, default=int(_env("LPM_HEALTH_PORT", "8080") or "8080"),
                        help="serve /metrics, /healthz and /readyz on this port, all addresses "
                             "(0: any free port, logged; env LPM_HEALTH_PORT, default 8080)")
@@ -359,7 +364,8 @@ def _agent(args: argparse.Namespace) -> int:
 def _cluster_config(args: argparse.Namespace, base: StandaloneConfig) -> ClusterConfig:
     endpoint = runtime_endpoint(args.runtime_endpoint, args.importer, args.containerd_address)
     return ClusterConfig(base, args.kubeconfig, _checkpoints(args, endpoint),
-                         RestoreSettings(args.restore_work_dir, make_importer(args), marker_poll=args.marker_poll),
+                         RestoreSettings(args.restore_work_dir, make_importer(args), marker_poll=args.marker_poll,
+                                         store_patience=args.restore_store_patience),
                          namespace=args.namespace or _in_cluster_namespace() or AGENT_NAMESPACE,
                          runtime_endpoint=endpoint, max_concurrent_checkpoints=args.max_concurrent_checkpoints)
 

@@ -57,7 +57,7 @@ from watcher.kube.client import Kube, connect
 from watcher.kube.informer import Resource, Workers, informer
 from watcher.kubelet import KubeletSettings
 from watcher.observe import AgentMetrics, Readiness
-from watcher.restore.destination import Destination
+from watcher.restore.destination import STORE_PATIENCE, Destination
 from watcher.restore.early import EarlyPulls
 from watcher.restore.importer import ContainersStorageImporter, Importer
 from watcher.restore.markers import poll_markers
@@ -97,6 +97,8 @@ class RestoreSettings:
     """Where checkpoint images go so that this node's runtime can restore from them."""
     marker_poll: float = 10.0
     """Seconds between looks at the store's completion markers (the fallback to the PodMigration watch)."""
+    store_patience: float = STORE_PATIENCE
+    """Seconds a restore waits for a store that fails on its side before its migration fails."""
 
 
 class _DirectoryHooks:
@@ -201,7 +203,7 @@ class ClusterAgent:
         # Without the node's CRI socket (a user who chose none) the restore pulls base images as it always did.
         early = EarlyPulls(kube, node, cfg.runtime_endpoint) if cfg.runtime_endpoint is not None else None
         destination = Destination(kube, node, shared, cfg.restore.work_dir, cfg.restore.importer, self._metrics,
-                                  look_again, early)
+                                  look_again, early, cfg.restore.store_patience)
 
         def on_capability(capability: Capability) -> None:
             self._metrics.restore_capability(capability)

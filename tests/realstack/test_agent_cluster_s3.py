@@ -2,7 +2,8 @@
 ServiceAccount's token, against the real apiserver, a kubelet stand-in per node) keep their checkpoints in a real S3
 server (s3proxy) instead of a shared directory. A migration goes from node-a's kubelet into the bucket and out of
 it into node-b's importer; a bucket that is away when a checkpoint is asked for fails the request, saying why, and
-the next one, once it is back, is stored.
+the next one, once it is back, is stored; a bucket away while node-b reads the checkpoint keeps the migration
+Restoring, saying so, until it is back (or fails it after --restore-store-patience).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 
 import pytest
 
+from lab.agent import AgentProcess
 from lab.archives import ArchiveSpec, Pod, archive_name, make_archive
 from lab.s3server import S3Server
 from tests.realstack.test_agent_cluster import (  # noqa: F401 (fixture)
@@ -151,3 +153,84 @@ async def test_an_archive_taken_without_a_request_is_stored_in_the_bucket_and_an
     assert await _keys(bucket, "/dump.tar.zst") == ["checkpoints/" + uri.removeprefix("shared://")]
     assert cluster.nodes["node-a"].kubelet.requests == []
     assert agent.stop(signal.SIGTERM)[0] == 0, agent.tail()
+
+
+async def _restore_meets_the_bucket_away(cluster: Cluster, server: S3Server, pod: str, *extra: str) -> tuple[
+        Bucket, AgentProcess, AgentProcess, str]:
+    """A migration of ``pod`` whose checkpoint is in the bucket, the bucket away once node-b's agent comes to read
+    it: node-b's agent starts while the bucket answers (it checks it then), is stopped (SIGSTOP) before the
+    migration is asked for, and goes on (SIGCONT) once the checkpoint is complete and the server killed."""
+    bucket = await _bucket(server, f"lpm-{pod}")
+    cluster.create_pod(pod, "node-a")
+    source = cluster.start_agent("node-a", "--store", bucket.url)
+    destination = cluster.start_agent("node-b", "--store", bucket.url, "--restore-work-dir",
+                                      str(cluster.tmp / f"work-{pod}"), "--import-prefix", str(SLOW_IMPORT), *extra)
+    destination.proc.send_signal(signal.SIGSTOP)
+    try:
+        name = f"{pod}-move"
+        cluster.create("podmigrations", name, "PodMigration",
+                       {"podName": pod, "targetNode": "node-b", "retainOriginalPod": True})
+        await eventually(lambda: _phase(cluster.get("podmigrations", name)) == "CheckpointComplete",
+                         what="CheckpointComplete", state=lambda: f"{cluster.get('podmigrations', name)}\n"
+                                                                 f"{source.tail()}")
+        await asyncio.to_thread(server.kill)
+    finally:
+        destination.proc.send_signal(signal.SIGCONT)
+    return bucket, source, destination, name
+
+
+@pytest.mark.asyncio
+async def test_a_bucket_away_during_the_restore_keeps_the_migration_restoring_and_it_goes_on_once_back(
+        cluster: Cluster, own_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LPM_TEST_IMPORT_SECONDS", "0")
+    _, source, destination, name = await _restore_meets_the_bucket_away(cluster, own_server, "away-0")
+
+    def state() -> str:
+        return f"migration: {cluster.get('podmigrations', name).get('status')}\nnode-b:\n{destination.tail()}"
+
+    # The migration waits, Restoring, saying why; the source pod runs on.
+    waiting = await eventually(lambda: (m := cluster.get("podmigrations", name))["status"]["message"].startswith(
+        "waiting for the store on node-b") and m, what="the restore to wait for the store", state=state)
+    message = waiting["status"]["message"]
+    assert _phase(waiting) == "Restoring", state()
+    assert "unreachable or went away" in message and "trying again every 5 s for up to 600 s" in message, message
+    assert cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/away-0")["metadata"].get(
+        "deletionTimestamp") is None
+    [first, *_] = destination.logs("store unavailable during the restore; trying again")
+    assert first["migration"] == f"{cluster.namespace}/{name}", first
+
+    await asyncio.to_thread(own_server.start)
+    restored = await eventually(lambda: cluster.get("podmigrations", name)["status"].get("restoredPodName"),
+                                what="the restored pod once the bucket is back", state=state)
+    _report_running(cluster, restored)
+    done = await eventually(lambda: _phase(m := cluster.get("podmigrations", name)) in ("Succeeded", "Failed") and m,
+                            what="the migration to finish", state=state)
+    assert _phase(done) == "Succeeded", state()
+    assert destination.logs("restore failed") == [], state()
+    # Tried again at its pace, not on every status write of its own: a few tries while the bucket was away.
+    tries = destination.logs("store unavailable during the restore; trying again")
+    assert len(tries) <= 1 + (tries[-1]["waitedSeconds"] / 5) + 1, tries
+    for agent in (source, destination):
+        assert agent.stop(signal.SIGTERM)[0] == 0, agent.tail()
+
+
+@pytest.mark.asyncio
+async def test_a_bucket_away_past_the_patience_fails_the_migration_saying_so_and_the_source_pod_runs_on(
+        cluster: Cluster, own_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LPM_TEST_IMPORT_SECONDS", "0")
+    _, source, destination, name = await _restore_meets_the_bucket_away(
+        cluster, own_server, "gone-0", "--restore-store-patience", "3")
+    done = await eventually(lambda: _phase(m := cluster.get("podmigrations", name)) in ("Succeeded", "Failed") and m,
+                            what="the migration to fail", state=destination.tail)
+    message = done["status"]["message"]
+    assert _phase(done) == "Failed", done["status"]
+    assert message.startswith("restore failed: the store failed on its side for "), message
+    assert "s (--restore-store-patience 3); last: " in message and "unreachable or went away" in message, message
+    # Tried again once at least before giving up, never restored, and the source pod is there, running on.
+    assert destination.logs("store unavailable during the restore; trying again"), destination.tail()
+    assert "restoredPodName" not in done["status"]
+    pod = cluster.api("GET", f"/api/v1/namespaces/{cluster.namespace}/pods/gone-0")
+    assert pod["metadata"].get("deletionTimestamp") is None and pod["spec"]["nodeName"] == "node-a"
+    assert "RestoreFailed" in [e["reason"] for e in cluster.events("gone-0")]
+    for agent in (source, destination):
+        assert agent.stop(signal.SIGTERM)[0] == 0, agent.tail()

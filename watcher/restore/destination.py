@@ -13,6 +13,11 @@ the pod here gets the source's labels and controller, the source is deleted ther
 Restarts never restore twice: the restored pod's name is derived from the migration, so an
 agent that died between creating it and recording it finds it and carries on from there.
 
+A store that fails on its side while the checkpoint is read (``StoreUnavailable``: an S3 or NFS server
+gone, a timeout) does not fail the migration at once: the checkpoint is still there, and the source pod
+runs on. The migration stays ``Restoring``, its message says why and that it is tried again every
+``STORE_RETRY`` seconds; only a store still failing after ``store_patience`` seconds fails it.
+
 ``decide`` is the pure step over what has been read; ``Destination.reconcile`` reads what it asks for and
 carries it out.
 """
@@ -22,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -34,7 +39,7 @@ from watcher.cluster.handover import Step as HandoverStep
 from watcher.cluster.objects import MigrationPhase, lpm_path, meta, pod_path
 from watcher.cluster.reads import UNREAD, Unread, get_or_none
 from watcher.cluster.status import now, transition, update_status
-from watcher.errors import ApiError, Conflict, LpmError, NotFound
+from watcher.errors import ApiError, Conflict, LpmError, NotFound, StoreUnavailable
 from watcher.kube.client import Kube
 from watcher.kube.names import dns_name
 from watcher.observe import AgentMetrics, Operation
@@ -49,6 +54,8 @@ log = logging.getLogger(__name__)
 
 RESTORED_FROM_ANNOTATION = "lpm.my.domain/restored-from"
 SOURCE_LOOK = 5.0  # seconds between looks while it is the source's agent's turn
+STORE_RETRY = 5.0  # seconds between tries while the store fails on its side
+STORE_PATIENCE = 600.0  # seconds a restore waits for such a store before its migration fails (the default)
 
 RetryLater = Callable[[float, Mapping[str, Any]], None]
 """Reconcile this PodMigration again after so many seconds (a change to the source pod brings no event here:
@@ -125,6 +132,13 @@ def decide(seen: Seen, node: str) -> Decision:
     return Decision(Step.RESTORE)
 
 
+@dataclass
+class _StoreAway:
+    """A restore waiting for the store: since when (``time.monotonic()``), and when it is tried again."""
+    since: float
+    next_try: float = 0.0
+
+
 def restored_pod_name(migration: Mapping[str, Any]) -> str:
     return dns_name(migration["spec"]["podName"], "restored", meta(migration)["uid"][:8])
 
@@ -141,15 +155,23 @@ class Destination:
     retry_later: RetryLater
     early: EarlyPulls | None = None
     """Pulls the base images of migrations to this node while they are checkpointed (None: the restore does)."""
+    store_patience: float = STORE_PATIENCE
+    """Seconds a restore waits for a store that fails on its side before its migration fails."""
+    _store_away: dict[str, _StoreAway] = field(default_factory=dict)
+    """By migration UID: restores waiting for the store (kept in memory: a restarted agent tries at once)."""
 
     async def reconcile(self, event: str, obj: Mapping[str, Any]) -> None:
         """Read what ``decide`` asks for and carry out its decision."""
         if event == "DELETED":
+            self._store_away.pop(meta(obj).get("uid", ""), None)
             return
         namespace, name = meta(obj)["namespace"], meta(obj)["name"]
         migration = await get_or_none(self.kube, lpm_path("PodMigration", namespace, name))
         if migration is None:
             return
+        away = self._store_away.get(meta(migration)["uid"])
+        if away is not None and time.monotonic() < away.next_try:
+            return  # an event while the store is waited for (its own status write among them): retry_later is due
         if self.early is not None:
             self.early.begin(migration)
         seen = Seen(migration)
@@ -188,6 +210,8 @@ class Destination:
                     raise RestoreRefused(decision.message)  # failed as every refusal is, just below
                 else:
                     return
+        except StoreUnavailable as err:  # the store's server or disk failed on its side: the checkpoint is still there
+            await self._wait_for_store(migration, err)
         except NotFound as err:  # an object the restore needs is gone: it cannot go on
             await self._fail(migration, err)
         except ApiError:
@@ -215,6 +239,7 @@ class Destination:
             status, MigrationPhase.RESTORING, f"restored pod {meta(restored)['name']} created on {self.node}",
             restoredPodName=meta(restored)["name"], checkpointImages=images))
         self.metrics.restore_duration.observe(time.monotonic() - started)
+        self._store_away.pop(meta(migration)["uid"], None)
         log.info("restored pod created", extra={"fields": {
             "migration": f"{namespace}/{name}", "pod": f"{namespace}/{meta(restored)['name']}",
             "seconds": round(time.monotonic() - started, 3), **{k: round(v, 3) for k, v in timings.items()},
@@ -341,7 +366,31 @@ class Destination:
         except NotFound:
             pass
 
+    async def _wait_for_store(self, migration: Mapping[str, Any], err: StoreUnavailable) -> None:
+        """Stay ``Restoring`` and try again in ``STORE_RETRY`` s, saying why; fail once ``store_patience`` is over."""
+        namespace, name, uid = meta(migration)["namespace"], meta(migration)["name"], meta(migration)["uid"]
+        moment = time.monotonic()
+        away = self._store_away.setdefault(uid, _StoreAway(since=moment))
+        waited = moment - away.since
+        if waited >= self.store_patience:
+            await self._fail(migration, StoreUnavailable(
+                f"the store failed on its side for {waited:.0f} s (--restore-store-patience "
+                f"{self.store_patience:g}); last: {err}"))
+            return
+        # Events before then are let be (this very status write brings one); retry_later's, at STORE_RETRY, is not.
+        away.next_try = moment + STORE_RETRY / 2
+        log.warning("store unavailable during the restore; trying again", extra={"fields": {
+            "migration": f"{namespace}/{name}", "reason": str(err), "retryInSeconds": STORE_RETRY,
+            "waitedSeconds": round(waited, 1)}})
+        message = (f"waiting for the store on {self.node}: it failed on its side while the checkpoint was read "
+                   f"({err}); trying again every {STORE_RETRY:g} s for up to {self.store_patience:g} s, the source "
+                   "pod runs on meanwhile")
+        await update_status(self.kube, "PodMigration", namespace, name, lambda status: transition(
+            status, MigrationPhase.RESTORING, message, within={MigrationPhase.RESTORING.value}))
+        self.retry_later(STORE_RETRY, migration)
+
     async def _fail(self, migration: Mapping[str, Any], err: LpmError) -> None:
+        self._store_away.pop(meta(migration)["uid"], None)
         self.metrics.failed(Operation.RESTORE, err)
         reason = str(err)
         namespace, name = meta(migration)["namespace"], meta(migration)["name"]
