@@ -8,6 +8,7 @@ restore would refuse them. Then ``retrieve.get`` writes the archive, verified ag
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Mapping
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from watcher.errors import ChecksumMismatch
+from watcher.s3 import retrieve as s3retrieve
+from watcher.s3.store import S3Store
 from watcher.store import catalog, fsio, layout, retrieve
 from watcher.store.manifest import Manifest
 from watcher.zstream import CompressionSettings
@@ -37,6 +40,21 @@ def write(store: Path, artifact: Mapping[str, Any], out: Path, settings: Compres
         return written
     finally:
         os.close(root_fd)
+
+
+async def write_from_bucket(store: S3Store, artifact: Mapping[str, Any], out: Path,
+                            settings: CompressionSettings) -> Manifest:
+    """``write`` from a bucket."""
+    ref = layout.parse_uri(str(artifact.get("artifactURI", "")))
+    recorded = artifact.get("checksumSHA256")
+    _check((await store.find(ref))[1], recorded)
+    written = await s3retrieve.get(store, ref, out, settings, threading.Event())
+    try:
+        _check(written, recorded)  # replaced while it was read: what was written goes
+    except ChecksumMismatch:
+        await asyncio.to_thread(out.unlink)
+        raise
+    return written
 
 
 def _check(manifest: Manifest, recorded: object) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -29,6 +29,9 @@ from watcher.kubectl import archive, keep, progress, views
 from watcher.kubectl.follow import Display, follow
 from watcher.kubectl.progress import Outcome
 from watcher.kubectl.session import Session
+from watcher.s3 import client as s3client
+from watcher.s3.location import S3Location, store_argument
+from watcher.s3.store import S3Store
 from watcher.store import fsio
 from watcher.zstream import CompressionSettings
 
@@ -80,8 +83,25 @@ def _duration(text: str) -> float:
 
 
 def _store(parser: argparse.ArgumentParser, required_for: str) -> None:
-    parser.add_argument("--store", type=Path, default=os.environ.get("LPM_STORE") or None,
-                        help=f"the shared store as mounted here ({required_for}; env LPM_STORE)")
+    parser.add_argument("--store", type=store_argument, default=os.environ.get("LPM_STORE") or None,
+                        help=f"the shared store as mounted here, or s3://BUCKET/PREFIX ({required_for}; "
+                             "env LPM_STORE)")
+
+
+@contextlib.asynccontextmanager
+async def _shared(store: Path | S3Location) -> AsyncIterator[Path | S3Store]:
+    """The shared store: a directory as given, or the bucket, connected and checked (docs/s3.md)."""
+    if isinstance(store, Path):
+        yield store
+        return
+    async with s3client.connect(store) as client:
+        bucket = S3Store(client, store)
+        await bucket.check()
+        yield bucket
+
+
+def _pins(store: Path | S3Store) -> keep.Pins:
+    return keep.DirectoryPins(store) if isinstance(store, Path) else keep.BucketPins(store)
 
 
 # -- migrate -----------------------------------------------------------------------------------------------
@@ -207,7 +227,9 @@ async def ls(args: argparse.Namespace, session: Session) -> Exit:
     containers = (await session.kube.get(lpm_path("ContainerCheckpointContent"))).get("items") or []
     rows = [row for row in views.checkpoints(pods, containers) if _all(args) or row.namespace == namespace]
     if args.store is not None:
-        rows = [_with_pin(row, args.store) for row in rows]
+        async with _shared(args.store) as store:
+            pins = _pins(store)
+            rows = [await _with_pin(row, pins) for row in rows]
     if not rows and args.output is None:
         print(f"No checkpoints found{'' if _all(args) else f' in {namespace} namespace'}.", file=sys.stderr)
         return Exit.OK
@@ -215,11 +237,11 @@ async def ls(args: argparse.Namespace, session: Session) -> Exit:
     return Exit.OK
 
 
-def _with_pin(row: views.Checkpoint, store: Path) -> views.Checkpoint:
+async def _with_pin(row: views.Checkpoint, pins: keep.Pins) -> views.Checkpoint:
     if row.directory is None:
         return row
     try:
-        return replace(row, pinned=keep.is_pinned(store, row.directory))
+        return replace(row, pinned=await pins.is_pinned(row.directory))
     except LpmError as err:  # gone from the store, or unreadable: unknown, said once per row
         print(f"kubectl-lpm: {row.name}: {err}", file=sys.stderr)
         return row
@@ -232,29 +254,33 @@ def _pin_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def pin(args: argparse.Namespace, session: Session) -> Exit:
     store, directory = await _checkpoint_directory(args, session)
-    done = keep.pin(store, directory)
+    async with _shared(store) as opened:
+        done = await _pins(opened).pin(directory)
     print(f"{args.checkpoint} {'pinned' if done else 'was pinned already'}")
     return Exit.OK
 
 
 async def unpin(args: argparse.Namespace, session: Session) -> Exit:
     store, directory = await _checkpoint_directory(args, session)
-    done = keep.unpin(store, directory)
+    async with _shared(store) as opened:
+        done = await _pins(opened).unpin(directory)
     print(f"{args.checkpoint} {'unpinned' if done else 'was not pinned'}")
     return Exit.OK
 
 
-async def _checkpoint_directory(args: argparse.Namespace, session: Session) -> tuple[Path, tuple[str, str]]:
+async def _checkpoint_directory(args: argparse.Namespace,
+                                session: Session) -> tuple[Path | S3Location, keep.Directory]:
     store, row = await _stored_checkpoint(args, session, "pins live in the shared store", "pinned")
     assert row.directory is not None
     return store, row.directory
 
 
 async def _stored_checkpoint(args: argparse.Namespace, session: Session, why: str,
-                             done: str) -> tuple[Path, views.Checkpoint]:
+                             done: str) -> tuple[Path | S3Location, views.Checkpoint]:
     """The checkpoint content object ``args.checkpoint`` as ``ls`` shows it, with a directory in the shared store."""
     if args.store is None:
-        raise UsageError(f"{why}: mount it and pass --store DIR (or set LPM_STORE)")
+        raise UsageError(f"{why}: mount it and pass --store DIR, or pass --store s3://BUCKET/PREFIX "
+                         "(or set LPM_STORE)")
     row, _ = await _content(args.checkpoint, session)
     if row.directory is None:
         raise LpmError(f"checkpoint {args.checkpoint} is held in node {row.node}'s local store, not the "
@@ -295,7 +321,8 @@ async def get(args: argparse.Namespace, session: Session) -> Exit:
     """Write one container's original checkpoint archive, verified against the SHA-256 the API recorded for
     it when it was announced (so a store rewritten behind the API's back is refused) and the store's own."""
     if args.store is None:
-        raise UsageError("archives live in the shared store: mount it and pass --store DIR (or set LPM_STORE)")
+        raise UsageError("archives live in the shared store: mount it and pass --store DIR, or pass --store "
+                         "s3://BUCKET/PREFIX (or set LPM_STORE)")
     row, artifacts = await _content(args.checkpoint, session)
     by_name = {a.get("containerName", ""): a for a in artifacts}
     name = args.container or (next(iter(by_name)) if len(by_name) == 1 else None)
@@ -310,8 +337,12 @@ async def get(args: argparse.Namespace, session: Session) -> Exit:
         raise LpmError(f"checkpoint {args.checkpoint} is held in node {row.node}'s local store, not the shared one: "
                        "it can be read once the agent has moved it there")
     keys = keyring.load(args.encryption_keys, None) if args.encryption_keys is not None else None
-    manifest = await asyncio.to_thread(archive.write, args.store, artifact, args.output,
-                                       CompressionSettings(encryption=keys))
+    settings = CompressionSettings(encryption=keys)
+    async with _shared(args.store) as store:
+        if isinstance(store, Path):
+            manifest = await asyncio.to_thread(archive.write, store, artifact, args.output, settings)
+        else:
+            manifest = await archive.write_from_bucket(store, artifact, args.output, settings)
     print(f"{args.output}: container {name} of {args.checkpoint}, {manifest.uncompressed_size} bytes, SHA-256 verified")
     return Exit.OK
 
@@ -338,6 +369,9 @@ async def inspect(args: argparse.Namespace, session: Session) -> Exit:
         raise UsageError(f"inspect prints text or json, not {args.output!r}")
     store, row = await _stored_checkpoint(args, session, "checkpoints are read from the shared store", "inspected")
     assert row.directory is not None
+    if isinstance(store, S3Location):
+        raise UsageError(f"inspect reads a mounted store, not {store}: write the archive with `kubectl lpm get "
+                         f"{args.checkpoint} -o FILE --store {store}`, then run `lpm inspect FILE`")
     options = inspect_reader.Options(environment=args.env, memory_pid=args.memory, memory_limit=args.memory_limit)
     keys = keyring.load(args.encryption_keys) if args.encryption_keys is not None else None
     uid, checkpoint_id = row.directory

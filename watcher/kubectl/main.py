@@ -2,8 +2,9 @@
 
     kubectl lpm migrate POD --to NODE [--retain-original] [--wait | --no-wait] [--timeout D]
     kubectl lpm status [MIGRATION] [--wait] [--timeout D] [-o json|yaml|wide|name]
-    kubectl lpm ls [-o json|yaml|wide|name] [--store DIR]
-    kubectl lpm pin|unpin CHECKPOINT --store DIR
+    kubectl lpm ls [-o json|yaml|wide|name] [--store DIR|s3://BUCKET/PREFIX]
+    kubectl lpm pin|unpin CHECKPOINT --store DIR|s3://BUCKET/PREFIX
+    kubectl lpm get CHECKPOINT [-c CONTAINER] -o FILE --store DIR|s3://BUCKET/PREFIX [--encryption-keys DIR]
     kubectl lpm inspect CHECKPOINT --store DIR [-o text|json] [--env] [--memory PID] [--encryption-keys DIR]
     kubectl lpm completion bash|zsh
     every command: [--kubeconfig FILE] [--context NAME] [-n NS | -A]
