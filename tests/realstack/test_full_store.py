@@ -101,6 +101,11 @@ async def test_a_store_full_mid_checkpoint_holds_it_locally_then_the_migration_g
     warned = [e for e in events
               if e["involvedObject"]["name"] == "full-hold" and e["reason"] == "CheckpointHeldLocally"]
     assert warned and warned[0]["type"] == "Warning", [e["reason"] for e in events]
+    # One attempt at the shared store: the read into it as containerd wrote the archive ran out of space, and
+    # the archive was then read into the local store, not again into the full one.
+    [failed] = agents[SOURCE].logs("shared store failed during the checkpoint; holding it locally")
+    assert "no space left" in failed["reason"], failed
+    assert not agents[SOURCE].logs("reading the archive as it was written failed; reading it again"), explain()
     # Nothing of the failed attempt is left in the shared store, and no checkpoint is listed there.
     assert _files(store, filler) == before, _files(store, filler)
     listed = lpm("store", "ls", "--store", str(cluster.store_views[SOURCE]), "--json", check=True).stdout

@@ -180,10 +180,13 @@ class Source:
         early: dict[str, StagedArchive] = {}
         try:
             for container in containers:
-                archives[container], staged = await self._take(
-                    pod, container, self.places.shared if why_local is None else None, done, late, found)
-                if staged is not None:
-                    early[container] = staged
+                taken = await self._take(pod, container, self.places.shared if why_local is None else None, done,
+                                         late, found)
+                archives[container] = taken.archive
+                if taken.staged is not None:
+                    early[container] = taken.staged
+                if taken.store_failed is not None and why_local is None:
+                    why_local = self._shared_failed(taken.store_failed, namespace, name)
             refused = False  # True: the store is available but refused this checkpoint's place in it
             if why_local is None:
                 handed, early = early, {}  # _commit commits or discards them
@@ -197,13 +200,7 @@ class Source:
                     log.warning("shared store refused the checkpoint; holding it locally", extra={
                         "fields": {"pod": f"{namespace}/{name}", "reason": why_local}})
                 except StoreError as err:
-                    # Nothing half-written is visible there (no marker); the kubelet's archives are
-                    # still in its directory, so the checkpoint is read again into the local store.
-                    self.places.unavailable(str(err))
-                    why_local = str(err)
-                    said = "shared store failed during the checkpoint"
-                    log.warning(said + "; holding it locally" if self.places.local is not None else said,
-                                extra={"fields": {"pod": f"{namespace}/{name}", "reason": why_local}})
+                    why_local = self._shared_failed(err, namespace, name)
             where = self.places.shared
             if why_local is not None:
                 local = self.places.local
@@ -225,6 +222,16 @@ class Source:
                 else:
                     self.claims.end(prefix, archives.get(container))
 
+    def _shared_failed(self, err: StoreError, namespace: str, name: str) -> str:
+        """The shared store failed this checkpoint: the next ones go local until a probe succeeds; returns why.
+        Nothing half-written is visible there (no marker); the kubelet's archives are still in its directory,
+        so the checkpoint is read again into the local store (over a bucket: fails, ``_nowhere``)."""
+        self.places.unavailable(str(err))
+        said = "shared store failed during the checkpoint"
+        log.warning(said + "; holding it locally" if self.places.local is not None else said,
+                    extra={"fields": {"pod": f"{namespace}/{name}", "reason": str(err)}})
+        return str(err)
+
     def _late_answer(self, prefix: str, archive: str, call: asyncio.Task[None]) -> None:
         """A checkpoint call given up on has ended: the archive it may have written is nobody's (its request
         failed) and holds a process's memory, so it is removed, never ingested as an archive nobody asked for."""
@@ -244,11 +251,13 @@ class Source:
 
     async def _take(self, pod: Mapping[str, Any], container: str, store: Sink | None, done: progress.Progress,
                     late: dict[str, tuple[asyncio.Task[None], str]],
-                    found: dict[str, Sockets]) -> tuple[str, StagedArchive | None]:
+                    found: dict[str, Sockets]) -> _Taken:
         """Checkpoint one container; where its archive's name is known in advance and ``store`` is given,
         stage the archive into ``store`` as the runtime writes it (compression then overlaps the dump's
         tar instead of following it, inside the freeze window). Reading it early is only a head start:
-        if that fails for any reason, None is returned and the finished archive is read as before."""
+        if that fails, nothing is staged and the finished archive is read again; but where the store itself
+        failed (full, gone: not the archive), reading it again into the same store would only fail again,
+        and ``store_failed`` says so."""
         started = time.monotonic()
         if done.requested is None:
             done.requested = datetime.now(UTC)
@@ -263,11 +272,11 @@ class Source:
 
     async def _call(self, pod: Mapping[str, Any], container: str, store: Sink | None, planned: str | None,
                     mine: progress.ContainerProgress, started: float,
-                    found: dict[str, Sockets]) -> tuple[str, StagedArchive | None]:
+                    found: dict[str, Sockets]) -> _Taken:
         if store is None or planned is None:
             archive = await self.checkpointer.checkpoint(pod, container, planned)
             self._answered(pod, container, archive, started)
-            return archive, None
+            return _Taken(archive)
         namespace, name = meta(pod)["namespace"], meta(pod)["name"]
         written = threading.Event()
         halt = _Halt(self.cancel)
@@ -293,16 +302,19 @@ class Source:
         except asyncio.CancelledError:
             halt.set()  # the agent stops: the read in its thread stops too
             raise
+        except StoreError as err:
+            mine.tally = Tally()  # read again from the start, into the local store
+            return _Taken(archive, store_failed=err)
         except LpmError as err:
             log.warning("reading the archive as it was written failed; reading it again", extra={"fields": {
                 "pod": f"{namespace}/{name}", "container": container, "reason": str(err)}})
             mine.tally = Tally()  # read again from the start by _commit
-            return archive, None
+            return _Taken(archive)
         mine.done = True
         log.info("container ingested", extra={"fields": {
             "pod": f"{namespace}/{name}", "container": container, "store": store.kind.value,
             "overlapped": True, "ingestSeconds": round(time.monotonic() - answered, 4)}})
-        return archive, staged
+        return _Taken(archive, staged)
 
     def _answered(self, pod: Mapping[str, Any], container: str, archive: str, started: float) -> None:
         if not names.is_candidate(archive):
@@ -344,6 +356,16 @@ class Source:
             "pod": f"{namespace}/{name}", "checkpointID": results[0].manifest.checkpoint_id,
             "storageType": store.kind.value, "commitSeconds": round(time.monotonic() - started, 4)}})
         return results
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """One container's checkpoint: its archive in the kubelet's directory, and what its early read did."""
+    archive: str
+    staged: StagedArchive | None = None
+    """Staged into the shared store while the runtime wrote it; None: read (again) when committed."""
+    store_failed: StoreError | None = None
+    """The shared store failed the early read (not the archive): the checkpoint goes where that sends it."""
 
 
 def _nowhere(why: str, outcome: str) -> StoreError:
